@@ -1,0 +1,77 @@
+// Package blob moves bytes for the blob strategy: storage backends (Dir, a
+// filesystem root, first), key validation, the primary's transfer endpoint,
+// its token authentication, and the secondary's downloader that streams a
+// record's bytes into storage while checking their size and SHA-256.
+//
+// blob knows nothing of registry rows, engines or events: it is the
+// byte-moving half of replication, usable and tested on its own.
+package blob
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotExist is returned (wrapped) when no blob is stored at a key.
+var ErrNotExist = errors.New("blob: not found")
+
+// ErrInvalidKey is returned (wrapped) for a key that is empty, absolute,
+// has a "." or ".." segment, a NUL byte, a backslash or an empty segment.
+// Such a key never touches the disk.
+var ErrInvalidKey = errors.New("blob: invalid key")
+
+// Info describes a stored blob.
+type Info struct {
+	Size    int64
+	ModTime time.Time
+}
+
+// Storage is where one site keeps its blobs, addressed by key. The contract
+// is checked for every backend by the shared storage test (see
+// blob/storagetest). Methods are safe for concurrent use.
+type Storage interface {
+	// Open opens the blob at key for reading. It returns an error matching
+	// ErrNotExist when there is none and ErrInvalidKey for a bad key.
+	Open(ctx context.Context, key string) (Reader, error)
+
+	// Stat describes the blob at key, or returns an error matching
+	// ErrNotExist.
+	Stat(ctx context.Context, key string) (Info, error)
+
+	// Create starts writing a new version of the blob at key. Nothing is
+	// visible at key until Commit returns nil; Abort (or a cancelled ctx)
+	// discards the bytes written so far and leaves nothing behind.
+	Create(ctx context.Context, key string) (Writer, error)
+
+	// Remove deletes the blob at key. Removing a missing blob is not an
+	// error (it is idempotent).
+	Remove(ctx context.Context, key string) error
+}
+
+// Reader reads one stored blob.
+type Reader interface {
+	io.ReadSeekCloser
+	// Size is the blob's size in bytes.
+	Size() int64
+	// ModTime is when the blob was last written.
+	ModTime() time.Time
+}
+
+// Writer receives a new version of a blob. It hashes what it writes.
+type Writer interface {
+	io.Writer
+	// Written returns the number of bytes written so far and their
+	// lowercase hex SHA-256.
+	Written() (n int64, sha256 string)
+	// Commit makes the bytes durable and visible at the key, atomically:
+	// a reader sees the old version or the new one, never a mix or a
+	// prefix. After a successful Commit the bytes survive a crash.
+	// Commit or Abort must be called exactly once; after a failed Commit
+	// nothing new is visible at the key and no temporary data remains.
+	Commit(ctx context.Context) error
+	// Abort discards the bytes. It is safe to call after Commit (then it
+	// does nothing).
+	Abort() error
+}

@@ -1,0 +1,93 @@
+// Package strategy holds the contracts a replicable data type implements,
+// and the retry policy the engines apply to every type.
+//
+// An adopter adding a blob type implements BlobStrategy in one small file:
+// the type's stable name, how to list its record ids, and where a record's
+// bytes live. Everything about moving bytes safely (atomic writes,
+// checksums, retries, leases, deletes, verification) belongs to the
+// framework, not to the strategy.
+//
+// strategy is not where engines, storage backends or HTTP live; it depends
+// on nothing else in geo.
+package strategy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+)
+
+// ErrNotFound is returned (possibly wrapped) by BlobStrategy.BlobKey when a
+// record does not exist or lies outside the strategy's scope. Either way it
+// must not be on the secondary: the engines remove its bytes and registry
+// row.
+var ErrNotFound = errors.New("record not found")
+
+// ErrInvalidName is returned by ValidateName for a name that cannot be a
+// replicable name.
+var ErrInvalidName = errors.New("invalid replicable name")
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// ValidateName reports whether name can identify a replicable type: 1 to 63
+// characters, lowercase ASCII letters, digits and underscores, starting with
+// a letter ("package_file"). The error wraps ErrInvalidName.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w %q: want 1-63 characters of [a-z0-9_] starting with a letter", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// BlobStrategy is what an adopter implements for one blob type.
+//
+// One value serves one site: on the primary it reads the application's
+// database; on a secondary it reads the primary's database through a
+// read-only replica and may narrow what it lists to a scope (selective sync,
+// local files only). Methods are called concurrently and must be safe for
+// concurrent use. They must not write to the database they read.
+type BlobStrategy interface {
+	// Name identifies the type. It is persisted in registry rows and events,
+	// so it must never change and never be reused for another type. It must
+	// pass ValidateName.
+	Name() string
+
+	// IDs returns up to limit record ids greater than after, in strictly
+	// ascending order, restricted to the strategy's scope. Fewer than limit
+	// ids (possibly none) means there are no more. limit is at least 1.
+	IDs(ctx context.Context, after int64, limit int) ([]int64, error)
+
+	// BlobKey returns the storage key of record id's bytes. It returns an
+	// error matching ErrNotFound when the record does not exist or lies
+	// outside the scope. A key must be relative, slash-separated, without
+	// "." or ".." segments or NUL bytes, and stable: the same record gives
+	// the same key until the application changes it.
+	BlobKey(ctx context.Context, id int64) (string, error)
+}
+
+// Checksummer is an optional interface of a BlobStrategy that knows the
+// SHA-256 of a record's bytes itself (for example from an upload-time
+// digest column). The primary's verification uses it instead of reading
+// the bytes when present.
+type Checksummer interface {
+	// BlobChecksum returns the lowercase hex SHA-256 of record id's bytes,
+	// or an error matching ErrNotFound.
+	BlobChecksum(ctx context.Context, id int64) (string, error)
+}
+
+// Opener is an optional interface of a BlobStrategy whose bytes on the
+// primary do not come from the site's storage backend (for example a
+// generated file). The primary's transfer endpoint and verification use it
+// when present.
+type Opener interface {
+	// OpenBlob opens record id's bytes for reading and returns their size.
+	// It returns an error matching ErrNotFound when the record is gone, and
+	// one matching ErrBlobMissing when the record exists but its bytes do not.
+	OpenBlob(ctx context.Context, id int64) (io.ReadSeekCloser, int64, error)
+}
+
+// ErrBlobMissing means a record exists but its bytes do not ("missing on
+// primary" when it happens there).
+var ErrBlobMissing = errors.New("blob missing")
