@@ -1,0 +1,149 @@
+package registry_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/geoframework/geo/registry"
+)
+
+const benchBatch = 10000
+
+// benchDB opens a fresh migrated database, with lib/pq's
+// binary_parameters=yes when binary is set.
+func benchDB(b *testing.B, binary bool) *sqlx.DB {
+	b.Helper()
+	u := pg.NewDatabaseURL(b)
+	if binary {
+		u += "&binary_parameters=yes"
+	}
+	db, err := sqlx.Open("postgres", u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	b.Cleanup(func() { db.Close() })
+	if err := registry.MigrateTracking(context.Background(), db); err != nil {
+		b.Fatal(err)
+	}
+	return db
+}
+
+func reportRows(b *testing.B, rows int) {
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+}
+
+var paramModes = []struct {
+	name   string
+	binary bool
+}{{"text", false}, {"binary_parameters", true}}
+
+// BenchmarkUpsertPendingBatch measures backfill: InsertMissing of 10,000
+// new ids per statement. Compare with BenchmarkRawUnnestInsert.
+func BenchmarkUpsertPendingBatch(b *testing.B) {
+	for _, mode := range paramModes {
+		b.Run(mode.name, func(b *testing.B) {
+			ctx := context.Background()
+			s, err := registry.NewStore(benchDB(b, mode.binary), registry.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := make([]int64, benchBatch)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for j := range batch {
+					batch[j] = int64(i*benchBatch + j + 1)
+				}
+				n, err := s.InsertMissing(ctx, "package_file", batch)
+				if err != nil || n != benchBatch {
+					b.Fatalf("InsertMissing = %d, %v; want %d", n, err, benchBatch)
+				}
+			}
+			reportRows(b, b.N*benchBatch)
+		})
+	}
+}
+
+// BenchmarkRawUnnestInsert is the raw-SQL reference for
+// BenchmarkUpsertPendingBatch: the same insert into the same table, written
+// by hand (DESIGN.md §11 measured ≈ 320k rows/s).
+func BenchmarkRawUnnestInsert(b *testing.B) {
+	ctx := context.Background()
+	db := benchDB(b, false)
+	batch := make([]int64, benchBatch)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range batch {
+			batch[j] = int64(i*benchBatch + j + 1)
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO geo_registry (replicable, model_id)
+SELECT 'package_file', unnest($1::bigint[]) ON CONFLICT DO NOTHING`, pq.Array(batch)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRows(b, b.N*benchBatch)
+}
+
+// BenchmarkClaim measures the sync engine's database work: claim batches of
+// 100 rows, then settle each (SettleSynced, one transaction per row, 8 at a
+// time, as workers do). "claim-only" measures the claim statement alone.
+func BenchmarkClaim(b *testing.B) {
+	const batch = 100
+	for _, mode := range paramModes {
+		for _, settle := range []bool{true, false} {
+			name := mode.name + "/claim+settle"
+			if !settle {
+				name = mode.name + "/claim-only"
+			}
+			b.Run(name, func(b *testing.B) {
+				ctx := context.Background()
+				db := benchDB(b, mode.binary)
+				s, err := registry.NewStore(db, registry.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				// Rows to claim, behind a larger set of synced ones.
+				total := b.N*batch + 50000
+				all := ids(1, int64(total))
+				if _, err := s.InsertMissing(ctx, "package_file", all); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := db.ExecContext(ctx, `UPDATE geo_registry SET state = 2 WHERE model_id > $1`, b.N*batch); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := db.ExecContext(ctx, `VACUUM ANALYZE geo_registry`); err != nil {
+					b.Fatal(err)
+				}
+				limits := []registry.TypeLimit{{Replicable: "package_file", Limit: batch}}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					cs, err := s.Claim(ctx, "bench", time.Minute, limits)
+					if err != nil || len(cs) != batch {
+						b.Fatalf("Claim = %d rows, %v; want %d", len(cs), err, batch)
+					}
+					if !settle {
+						continue
+					}
+					var g errgroup.Group
+					g.SetLimit(8)
+					for _, c := range cs {
+						g.Go(func() error {
+							_, err := s.SettleSynced(ctx, "bench", c, registry.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}, nil)
+							return err
+						})
+					}
+					if err := g.Wait(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportRows(b, b.N*batch)
+			})
+		}
+	}
+}

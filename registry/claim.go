@@ -1,0 +1,491 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// TypeLimit is how many rows of one replicable type a Claim may take.
+type TypeLimit struct {
+	Replicable string
+	Limit      int
+}
+
+// Claim is a row claimed by Claim: state started, leased to an owner until
+// LeaseExpiresAt. Seq is the generation the settle must still match.
+type Claim struct {
+	Replicable string
+	ModelID    int64
+	// Seq is the row's generation when claimed. MarkPending (an event, a
+	// resync) changes it; a settle with a stale Seq changes nothing (R1).
+	Seq int64
+	// PrevState is the state the row was claimed from: pending, failed (a
+	// due retry) or started (a dead worker's expired lease).
+	PrevState State
+	// RetryCount is the number of consecutive failures so far; claiming
+	// does not reset it (R4).
+	RetryCount int
+	// BlobKey and BlobSize are what the last successful sync stored ("" and
+	// 0 if none).
+	BlobKey  string
+	BlobSize int64
+	// VerificationChecksum is the local SHA-256 (hex) recorded by the last
+	// sync or verification, "" if none.
+	VerificationChecksum string
+	// LastSyncedAt is when the row was last synced; zero if never or since
+	// it was last marked pending.
+	LastSyncedAt time.Time
+	// LeaseExpiresAt is when the lease ends unless renewed.
+	LeaseExpiresAt time.Time
+}
+
+// Key returns the claimed row's key.
+func (c Claim) Key() Key { return Key{Replicable: c.Replicable, ModelID: c.ModelID} }
+
+// claimSQL claims, per type, up to n rows: pending rows in seq order
+// (FIFO), then failed rows whose retry is due, oldest retry_at first, then
+// started rows whose lease expired (R3). Each branch walks its own partial
+// index and skips rows other claimers hold; the outer LIMIT stops the
+// later branches once the earlier ones fill the quota. Paused types are
+// skipped.
+const claimSQL = `
+WITH lim AS (
+  SELECT t.replicable, t.n
+  FROM unnest($1::text[], $2::int[]) AS t(replicable, n)
+  WHERE t.n > 0
+    AND NOT EXISTS (SELECT 1 FROM geo_paused p WHERE p.replicable = t.replicable)
+), picked AS (
+  SELECT c.replicable, c.model_id, c.state
+  FROM lim CROSS JOIN LATERAL (
+    -- FOR UPDATE is not allowed directly in a UNION branch, but is inside
+    -- a sub-select; Append pulls the branches lazily, so the outer LIMIT
+    -- stops them (and their locking) once the quota is met.
+    SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
+      WHERE r.replicable = lim.replicable AND r.state = 0
+      ORDER BY r.seq LIMIT lim.n FOR UPDATE SKIP LOCKED) pending
+    UNION ALL
+    SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
+      WHERE r.replicable = lim.replicable AND r.state = 3 AND r.retry_at <= $3
+      ORDER BY r.retry_at LIMIT lim.n FOR UPDATE SKIP LOCKED) due
+    UNION ALL
+    SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
+      WHERE r.replicable = lim.replicable AND r.state = 1 AND r.lease_expires_at < $3
+      ORDER BY r.lease_expires_at LIMIT lim.n FOR UPDATE SKIP LOCKED) expired
+    LIMIT lim.n
+  ) c
+)
+UPDATE geo_registry r
+SET state = 1, lease_owner = $4, lease_expires_at = $5, updated_at = $3
+FROM picked p
+WHERE r.replicable = p.replicable AND r.model_id = p.model_id
+RETURNING r.replicable, r.model_id, r.seq, p.state AS prev_state, r.retry_count,
+  coalesce(r.blob_key, '') AS blob_key, coalesce(r.blob_size, 0) AS blob_size,
+  coalesce(r.verification_checksum, '') AS verification_checksum,
+  r.last_synced_at, r.lease_expires_at`
+
+// Claim claims due rows for owner in one statement and leases them for
+// lease: for each type in limits, up to Limit rows, taking pending rows
+// first (FIFO by seq), then failed rows whose retry_at has passed (oldest
+// first), then started rows whose lease expired (a dead worker's, R3).
+// Claimed rows become started, owned by owner until now+lease; retry_count
+// and the failure fields are left as they are (R4).
+//
+// Concurrent claimers (goroutines or processes) never get the same row.
+// Paused types, and limits of 0 or less, yield nothing. Entries naming the
+// same type are added together. owner must be unique among live workers
+// (for example host, pid and a random suffix) and lease positive. The
+// returned claims are in no particular order. A row another transaction
+// holds locked at that moment (a settle, an event) is skipped and left for
+// a later call, so an empty result does not prove there is no due work.
+func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, limits []TypeLimit) ([]Claim, error) {
+	args, err := s.claimArgs(owner, lease, limits)
+	if err != nil || args == nil {
+		return nil, err
+	}
+	var rows []claimScan
+	if err := s.db.SelectContext(ctx, &rows, claimSQL, args...); err != nil {
+		return nil, fmt.Errorf("registry: claim: %w", err)
+	}
+	claims := make([]Claim, len(rows))
+	for i, r := range rows {
+		claims[i] = Claim{
+			Replicable:           r.Replicable,
+			ModelID:              r.ModelID,
+			Seq:                  r.Seq,
+			PrevState:            State(r.PrevState),
+			RetryCount:           r.RetryCount,
+			BlobKey:              r.BlobKey,
+			BlobSize:             r.BlobSize,
+			VerificationChecksum: r.VerificationChecksum,
+			LastSyncedAt:         r.LastSyncedAt.Time,
+			LeaseExpiresAt:       r.LeaseExpiresAt,
+		}
+	}
+	return claims, nil
+}
+
+// claimArgs validates Claim's arguments and returns claimSQL's arguments,
+// or nil when there is nothing to claim.
+func (s *Store) claimArgs(owner string, lease time.Duration, limits []TypeLimit) ([]any, error) {
+	if owner == "" {
+		return nil, errors.New("registry: claim: empty owner")
+	}
+	if lease <= 0 {
+		return nil, fmt.Errorf("registry: claim: lease = %v, want > 0", lease)
+	}
+	var types []string
+	var ns []int64
+	index := map[string]int{}
+	for _, l := range limits {
+		if l.Limit <= 0 {
+			continue
+		}
+		if i, ok := index[l.Replicable]; ok {
+			ns[i] += int64(l.Limit)
+			continue
+		}
+		index[l.Replicable] = len(types)
+		types = append(types, l.Replicable)
+		ns = append(ns, int64(l.Limit))
+	}
+	if len(types) == 0 {
+		return nil, nil
+	}
+	now := s.now()
+	return []any{pq.Array(types), pq.Array(ns), now, owner, now.Add(lease)}, nil
+}
+
+type claimScan struct {
+	Replicable           string       `db:"replicable"`
+	ModelID              int64        `db:"model_id"`
+	Seq                  int64        `db:"seq"`
+	PrevState            int16        `db:"prev_state"`
+	RetryCount           int          `db:"retry_count"`
+	BlobKey              string       `db:"blob_key"`
+	BlobSize             int64        `db:"blob_size"`
+	VerificationChecksum string       `db:"verification_checksum"`
+	LastSyncedAt         sql.NullTime `db:"last_synced_at"`
+	LeaseExpiresAt       time.Time    `db:"lease_expires_at"`
+}
+
+// claimArrays splits claims into the parallel arrays the statements below
+// unnest.
+func claimArrays(claims []Claim) (types []string, ids, seqs, prev []int64) {
+	for _, c := range claims {
+		types = append(types, c.Replicable)
+		ids = append(ids, c.ModelID)
+		seqs = append(seqs, c.Seq)
+		prev = append(prev, int64(c.PrevState))
+	}
+	return types, ids, seqs, prev
+}
+
+// RenewLeases extends to now+lease, in one statement, the leases of the
+// claims that owner still holds (row started, owned by owner, same seq),
+// and returns the keys of those it no longer holds (same order as claims):
+// marked pending again (a claim of an older generation of a row is lost
+// even if a newer one is held), deleted, or reclaimed by another owner
+// after expiry. The caller should
+// abandon work on a lost key; its settle would return false anyway.
+func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Duration, claims []Claim) ([]Key, error) {
+	if len(claims) == 0 {
+		return nil, nil
+	}
+	if lease <= 0 {
+		return nil, fmt.Errorf("registry: renew leases: lease = %v, want > 0", lease)
+	}
+	types, ids, seqs, _ := claimArrays(claims)
+	now := s.now()
+	rows, err := s.db.QueryContext(ctx, `
+UPDATE geo_registry r SET lease_expires_at = $2, updated_at = $3
+FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS k(replicable, model_id, seq)
+WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
+  AND r.state = 1 AND r.lease_owner = $1
+RETURNING r.replicable, r.model_id, r.seq`,
+		owner, now.Add(lease), now, pq.Array(types), pq.Array(ids), pq.Array(seqs))
+	if err != nil {
+		return nil, fmt.Errorf("registry: renew leases: %w", err)
+	}
+	defer rows.Close()
+	type generation struct {
+		key Key
+		seq int64
+	}
+	held := map[generation]bool{}
+	for rows.Next() {
+		var g generation
+		if err := rows.Scan(&g.key.Replicable, &g.key.ModelID, &g.seq); err != nil {
+			return nil, fmt.Errorf("registry: renew leases: %w", err)
+		}
+		held[g] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("registry: renew leases: %w", err)
+	}
+	var lost []Key
+	for _, c := range claims {
+		if !held[generation{c.Key(), c.Seq}] {
+			lost = append(lost, c.Key())
+		}
+	}
+	return lost, nil
+}
+
+// Release gives back claims owner still holds (graceful shutdown): each
+// such row returns to the state it was claimed from, failed rows to
+// failed (their retry_at, already due, and retry_count unchanged), others
+// to pending keeping their seq (and so their FIFO place) and retry_count;
+// the lease is cleared. Claims no longer held are ignored.
+func (s *Store) Release(ctx context.Context, owner string, claims []Claim) error {
+	if len(claims) == 0 {
+		return nil
+	}
+	types, ids, seqs, prev := claimArrays(claims)
+	if _, err := s.db.ExecContext(ctx, `
+UPDATE geo_registry r
+SET state = CASE WHEN k.prev = 3 THEN 3 ELSE 0 END,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::int[]) AS k(replicable, model_id, seq, prev)
+WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
+  AND r.state = 1 AND r.lease_owner = $1`,
+		owner, s.now(), pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(prev)); err != nil {
+		return fmt.Errorf("registry: release: %w", err)
+	}
+	return nil
+}
+
+// SyncedResult describes a successful sync for SettleSynced.
+type SyncedResult struct {
+	// BlobKey is the storage key the bytes were published at.
+	BlobKey string
+	// Size is the number of bytes.
+	Size int64
+	// Checksum is the lowercase hex SHA-256 of the local bytes, "" if not
+	// computed.
+	Checksum string
+	// PrimaryChecksum is the primary's SHA-256 of the record's bytes, ""
+	// when the primary has none yet. When known it must equal Checksum.
+	PrimaryChecksum string
+	// Skipped says the download was skipped because the bytes were already
+	// present and matched. It is informational: the row is settled the
+	// same way.
+	Skipped bool
+}
+
+// settleSyncedSQL marks a claim synced if, and only if, it is still
+// current: same seq, still started, still owned by the claimer.
+const settleSyncedSQL = `
+UPDATE geo_registry SET
+  state = 2, retry_count = 0, retry_at = NULL, last_synced_at = $5,
+  last_sync_failure = NULL, missing_on_primary = false,
+  blob_key = $6, blob_size = $7, lease_owner = NULL, lease_expires_at = NULL,
+  verification_state = $8, verification_checksum = NULLIF($9, ''),
+  verification_checksum_mismatched = NULL, checksum_mismatch = false,
+  verified_at = $10, verification_retry_count = 0, verification_retry_at = NULL,
+  verification_failure = NULL, verification_started_at = NULL, updated_at = $5
+WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4`
+
+// SettleSynced records that claim c's sync succeeded, publishing its bytes
+// under the row lock. In one transaction it updates the row to synced if
+// the claim is still current (the row exists, is started, owned by owner,
+// with seq c.Seq); otherwise it changes nothing, does not call publish and
+// returns (false, nil): the record changed (R1) or was deleted (R2) since
+// the claim, and the caller must discard its staged bytes.
+//
+// When the claim is current it calls publish(ctx), which must move the
+// staged bytes to r.BlobKey atomically (and may be repeated for the same
+// record later). publish runs while the transaction holds the row lock, so
+// a concurrent MarkPending, Delete or DeleteIfClaim waits for the settle
+// and then sees the published bytes (Delete removes them, R2). If publish
+// fails, the transaction is rolled back, the row stays started, and the
+// error is returned wrapped; the caller then calls SettleFailed. If the
+// commit fails after publish succeeded, the row stays started and is
+// reclaimed after its lease, which syncs the record again.
+//
+// The synced row gets retry_count 0, no retry_at, last_synced_at now, no
+// failure, missing_on_primary false, r's key and size, and no lease. Its
+// verification state is succeeded (verified_at now) when r.PrimaryChecksum
+// is known and equals r.Checksum, and pending when it is unknown. A known,
+// different primary checksum is a failure (R6): SettleSynced returns an
+// error matching ErrChecksumMismatch without touching the row or calling
+// publish.
+func (s *Store) SettleSynced(ctx context.Context, owner string, c Claim, r SyncedResult, publish func(ctx context.Context) error) (bool, error) {
+	vstate := VerificationPending
+	var verifiedAt sql.NullTime
+	now := s.now()
+	if r.PrimaryChecksum != "" {
+		if !strings.EqualFold(r.PrimaryChecksum, r.Checksum) {
+			return false, fmt.Errorf("registry: settle synced %s/%d: %w: local %q, primary %q",
+				c.Replicable, c.ModelID, ErrChecksumMismatch, r.Checksum, r.PrimaryChecksum)
+		}
+		vstate = VerificationSucceeded
+		verifiedAt = sql.NullTime{Time: now, Valid: true}
+	}
+	var blobKey sql.NullString
+	if r.BlobKey != "" {
+		blobKey = sql.NullString{String: r.BlobKey, Valid: true}
+	}
+	settled := false
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		res, err := tx.ExecContext(ctx, settleSyncedSQL, c.Replicable, c.ModelID, c.Seq, owner,
+			now, blobKey, r.Size, vstate, strings.ToLower(r.Checksum), verifiedAt)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return errStale
+		}
+		if publish != nil {
+			if err := publish(ctx); err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+		}
+		settled = true
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("registry: settle synced %s/%d: %w", c.Replicable, c.ModelID, err)
+	}
+	return settled, nil
+}
+
+// errStale rolls back a transaction whose claim is no longer current.
+var errStale = errors.New("registry: claim no longer current")
+
+// SettleFailed records that claim c's sync failed, if the claim is still
+// current (row started, owned by owner, seq c.Seq); otherwise it changes
+// nothing and returns false. The row becomes failed with retry_count one
+// more than the row's current count (read under the row lock, so a stale
+// c.RetryCount does not matter), retry_at = now + Retry.NextRetry(that
+// count, missingOnPrimary), last_sync_failure = reason cut to
+// MaxFailureLen bytes, the given missing_on_primary, and no lease.
+// retry_count keeps growing across consecutive failures and is reset only
+// by SettleSynced or a MarkPending/Resync (R4).
+func (s *Store) SettleFailed(ctx context.Context, owner string, c Claim, reason string, missingOnPrimary bool) (bool, error) {
+	reason = truncate(reason, s.maxFailureLen)
+	now := s.now()
+	settled := false
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		var count int
+		err := tx.GetContext(ctx, &count, `
+SELECT retry_count FROM geo_registry
+WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4
+FOR UPDATE`, c.Replicable, c.ModelID, c.Seq, owner)
+		if errors.Is(err, sql.ErrNoRows) {
+			return errStale
+		}
+		if err != nil {
+			return err
+		}
+		count++
+		retryAt := now.Add(s.retry.NextRetry(count, missingOnPrimary))
+		if _, err := tx.ExecContext(ctx, `
+UPDATE geo_registry SET state = 3, retry_count = $3, retry_at = $4, last_sync_failure = $5,
+  missing_on_primary = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = $7
+WHERE replicable = $1 AND model_id = $2`,
+			c.Replicable, c.ModelID, count, retryAt, reason, missingOnPrimary, now); err != nil {
+			return err
+		}
+		settled = true
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("registry: settle failed %s/%d: %w", c.Replicable, c.ModelID, err)
+	}
+	return settled, nil
+}
+
+// Delete removes the row of record id of replicable and its bytes, for a
+// deleted event or an orphan (R2). In one transaction it deletes the row,
+// waiting for a settle in progress on it, then calls remove(ctx, key) with
+// the blob key recorded at the last sync ("" when there is no row or no
+// recorded key; the caller then uses a key it knows, such as the event's),
+// then commits. If remove fails the transaction is rolled back, the row is
+// kept and the error is returned wrapped. It reports whether a row
+// existed. remove is called even when there was no row, since bytes may
+// exist without one.
+func (s *Store) Delete(ctx context.Context, replicable string, id int64, remove func(ctx context.Context, recordedKey string) error) (bool, error) {
+	existed, err := s.deleteRow(ctx, true, remove, `
+DELETE FROM geo_registry WHERE replicable = $1 AND model_id = $2
+RETURNING coalesce(blob_key, '')`, replicable, id)
+	if err != nil {
+		return false, fmt.Errorf("registry: delete %s/%d: %w", replicable, id, err)
+	}
+	return existed, nil
+}
+
+// DeleteIfClaim is Delete for a claimed row, used when the primary says the
+// record no longer exists: it deletes the row and calls remove only if the
+// claim is still current (row started, owned by owner, seq c.Seq), and
+// otherwise changes nothing and returns false without calling remove.
+func (s *Store) DeleteIfClaim(ctx context.Context, owner string, c Claim, remove func(ctx context.Context, recordedKey string) error) (bool, error) {
+	deleted, err := s.deleteRow(ctx, false, remove, `
+DELETE FROM geo_registry
+WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4
+RETURNING coalesce(blob_key, '')`, c.Replicable, c.ModelID, c.Seq, owner)
+	if err != nil {
+		return false, fmt.Errorf("registry: delete claimed %s/%d: %w", c.Replicable, c.ModelID, err)
+	}
+	return deleted, nil
+}
+
+// deleteRow runs a DELETE ... RETURNING key and remove in one transaction.
+// removeIfNone says whether remove runs (with "") when nothing was deleted.
+func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(context.Context, string) error, query string, args ...any) (bool, error) {
+	existed := false
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		var key string
+		err := tx.GetContext(ctx, &key, query, args...)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if !removeIfNone {
+				return errStale
+			}
+		case err != nil:
+			return err
+		default:
+			existed = true
+		}
+		if remove != nil {
+			if err := remove(ctx, key); err != nil {
+				return fmt.Errorf("remove: %w", err)
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return false, nil
+	}
+	return existed, err
+}
+
+// inTx runs fn in a transaction, committing if fn returns nil and rolling
+// back otherwise.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,420 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/geoframework/geo/strategy"
+)
+
+// ErrNotFound is returned (wrapped) by Get when no registry row exists for
+// the key.
+var ErrNotFound = errors.New("registry: row not found")
+
+// ErrChecksumMismatch is returned (wrapped) by SettleSynced when the local
+// checksum differs from a known primary checksum. Such a sync is a failure
+// (R6): the caller settles it with SettleFailed.
+var ErrChecksumMismatch = errors.New("registry: checksum mismatch")
+
+// DefaultMaxFailureLen is the default Options.MaxFailureLen.
+const DefaultMaxFailureLen = 255
+
+// Options configures a Store. The zero value gives the defaults.
+type Options struct {
+	// Now is the clock. Every time the store writes or compares (retry_at,
+	// lease expiry, last_synced_at...) comes from it, never from the
+	// database's now(), so tests can use a fake clock. nil means time.Now.
+	Now func() time.Time
+	// Retry decides when a failed sync is tried again. nil means
+	// strategy.DefaultBackoff().
+	Retry strategy.RetryPolicy
+	// MaxFailureLen is the most bytes of a failure reason stored in
+	// last_sync_failure; longer reasons are cut on a rune boundary. 0 means
+	// DefaultMaxFailureLen; negative is an error.
+	MaxFailureLen int
+}
+
+// Store is the PostgreSQL store of the secondary's registry rows: the sync
+// state machine, claims with leases, and settles that enforce R1 (no lost
+// update) and R2 (no resurrection). It expects the tracking migrations
+// (MigrateTracking) to have been applied in the connection's schema.
+//
+// A Store is safe for concurrent use, and several processes may share one
+// tracking database: work is claimed with FOR UPDATE SKIP LOCKED.
+//
+// Connections: lib/pq's binary_parameters=yes connection parameter sends
+// each parameterized statement in one round trip instead of two; it is
+// recommended for the tracking database and changes no behaviour here.
+type Store struct {
+	db            *sqlx.DB
+	now           func() time.Time
+	retry         strategy.RetryPolicy
+	maxFailureLen int
+}
+
+// NewStore returns a Store over db. db must be a lib/pq ("postgres")
+// handle. It returns an error naming the field for an invalid option.
+func NewStore(db *sqlx.DB, opts Options) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("registry: NewStore: db is nil")
+	}
+	if opts.MaxFailureLen < 0 {
+		return nil, fmt.Errorf("registry: NewStore: Options.MaxFailureLen = %d, want >= 0", opts.MaxFailureLen)
+	}
+	s := &Store{db: db, now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.retry == nil {
+		s.retry = strategy.DefaultBackoff()
+	}
+	if s.maxFailureLen == 0 {
+		s.maxFailureLen = DefaultMaxFailureLen
+	}
+	return s, nil
+}
+
+// DB returns the handle the store uses.
+func (s *Store) DB() *sqlx.DB { return s.db }
+
+// markPendingSQL inserts new rows as pending and moves existing non-pending
+// rows (any of started, synced, failed) to pending with a new seq. Rows
+// already pending keep their seq, so a record updated over and over keeps
+// its place in the FIFO instead of starving. Ids are deduplicated and
+// sorted so that concurrent calls lock rows in the same order.
+const markPendingSQL = `
+INSERT INTO geo_registry AS r (replicable, model_id, created_at, updated_at)
+SELECT $1, u.id, $3, $3 FROM (SELECT DISTINCT id FROM unnest($2::bigint[]) AS t(id) ORDER BY id) u
+ON CONFLICT (replicable, model_id) DO UPDATE SET
+  state = 0,
+  seq = DEFAULT,
+  retry_count = 0,
+  retry_at = NULL,
+  last_synced_at = NULL,
+  missing_on_primary = false,
+  lease_owner = NULL,
+  lease_expires_at = NULL,
+  updated_at = $3
+WHERE r.state <> 0`
+
+// MarkPending makes records ids of replicable pending, in one statement
+// for any number of ids: missing rows are inserted; existing rows in any
+// other state (started, synced, failed) become pending with a new seq,
+// retry_count 0, no retry_at, last_synced_at cleared (GitLab #427792),
+// missing_on_primary false and no lease. Rows already pending are left as
+// they are and keep their place in the FIFO. last_sync_failure and the
+// verification fields are kept until the next settle.
+//
+// This is what created and updated events do. R1: a started row gets a new
+// seq, so the in-flight sync's SettleSynced returns false and the row is
+// synced again. It returns the number of rows inserted or moved to pending.
+func (s *Store) MarkPending(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	res, err := s.db.ExecContext(ctx, markPendingSQL, replicable, pq.Array(ids), s.now())
+	if err != nil {
+		return 0, fmt.Errorf("registry: mark pending %s: %w", replicable, err)
+	}
+	return rowsAffected(res)
+}
+
+const insertMissingSQL = `
+INSERT INTO geo_registry (replicable, model_id, created_at, updated_at)
+SELECT $1, unnest($2::bigint[]), $3, $3
+ON CONFLICT DO NOTHING`
+
+// InsertMissing inserts a pending row for each of ids that has none, in
+// one statement, and leaves existing rows untouched (the consistency
+// engine's backfill). Duplicate ids are allowed. It returns the number of
+// rows inserted. Batches of 10,000 ids or more are expected.
+func (s *Store) InsertMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	res, err := s.db.ExecContext(ctx, insertMissingSQL, replicable, pq.Array(ids), s.now())
+	if err != nil {
+		return 0, fmt.Errorf("registry: insert missing %s: %w", replicable, err)
+	}
+	return rowsAffected(res)
+}
+
+// IDsInRange returns up to limit model ids of replicable's rows with
+// afterID < id <= upToID, ascending. The consistency engine compares such a
+// range with the primary's ids in the same range (both sides bounded).
+// limit must be positive.
+func (s *Store) IDsInRange(ctx context.Context, replicable string, afterID, upToID int64, limit int) ([]int64, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("registry: ids in range %s: limit = %d, want > 0", replicable, limit)
+	}
+	ids := []int64{}
+	err := s.db.SelectContext(ctx, &ids, `
+SELECT model_id FROM geo_registry
+WHERE replicable = $1 AND model_id > $2 AND model_id <= $3
+ORDER BY model_id LIMIT $4`, replicable, afterID, upToID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("registry: ids in range %s: %w", replicable, err)
+	}
+	return ids, nil
+}
+
+// resyncSQL moves rows selected by the WHERE clause that follows to
+// pending with a new seq, locking them in model_id order (as MarkPending
+// does) to avoid deadlocks.
+const resyncSQL = `
+UPDATE geo_registry r SET
+  state = 0, seq = DEFAULT, retry_count = 0, retry_at = NULL, last_synced_at = NULL,
+  missing_on_primary = false, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+FROM (SELECT replicable, model_id FROM geo_registry WHERE replicable = $1 AND %s
+      ORDER BY model_id FOR UPDATE) sel
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`
+
+// Resync makes the existing rows ids of replicable pending with a new seq,
+// whatever their state (an operator's explicit request), like MarkPending
+// but without inserting rows for untracked ids. It returns the number of
+// rows changed.
+func (s *Store) Resync(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	res, err := s.db.ExecContext(ctx, fmt.Sprintf(resyncSQL, `model_id = ANY($3::bigint[])`),
+		replicable, s.now(), pq.Array(ids))
+	if err != nil {
+		return 0, fmt.Errorf("registry: resync %s: %w", replicable, err)
+	}
+	return rowsAffected(res)
+}
+
+func resyncAllWhere(onlyFailed bool) string {
+	if onlyFailed {
+		return `state = 3`
+	}
+	return `state <> 0`
+}
+
+// ResyncAll makes every row of replicable that is not already pending
+// pending with a new seq (only failed rows when onlyFailed), in one
+// statement. It returns the number of rows changed.
+func (s *Store) ResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
+	res, err := s.db.ExecContext(ctx, fmt.Sprintf(resyncSQL, resyncAllWhere(onlyFailed)), replicable, s.now())
+	if err != nil {
+		return 0, fmt.Errorf("registry: resync all %s: %w", replicable, err)
+	}
+	return rowsAffected(res)
+}
+
+// CountResyncAll returns how many rows ResyncAll(ctx, replicable,
+// onlyFailed) would change now, without changing any (a dry run).
+func (s *Store) CountResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
+	var n int64
+	err := s.db.GetContext(ctx, &n,
+		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND `+resyncAllWhere(onlyFailed), replicable)
+	if err != nil {
+		return 0, fmt.Errorf("registry: count resync %s: %w", replicable, err)
+	}
+	return n, nil
+}
+
+// CountResync returns how many of ids Resync(ctx, replicable, ids) would
+// change now: the tracked ones (a dry run).
+func (s *Store) CountResync(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	var n int64
+	err := s.db.GetContext(ctx, &n,
+		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND model_id = ANY($2::bigint[])`,
+		replicable, pq.Array(ids))
+	if err != nil {
+		return 0, fmt.Errorf("registry: count resync %s: %w", replicable, err)
+	}
+	return n, nil
+}
+
+// Pause stops claims of replicable's rows until Resume: Claim skips a
+// paused type. Work already claimed is not affected. Pausing a paused type
+// is a no-op.
+func (s *Store) Pause(ctx context.Context, replicable string) error {
+	if _, err := s.db.ExecContext(ctx,
+		`INSERT INTO geo_paused (replicable, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		replicable, s.now()); err != nil {
+		return fmt.Errorf("registry: pause %s: %w", replicable, err)
+	}
+	return nil
+}
+
+// Resume undoes Pause. Resuming a type that is not paused is a no-op.
+func (s *Store) Resume(ctx context.Context, replicable string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM geo_paused WHERE replicable = $1`, replicable); err != nil {
+		return fmt.Errorf("registry: resume %s: %w", replicable, err)
+	}
+	return nil
+}
+
+// Paused returns the names of the paused types, sorted.
+func (s *Store) Paused(ctx context.Context) ([]string, error) {
+	names := []string{}
+	if err := s.db.SelectContext(ctx, &names, `SELECT replicable FROM geo_paused ORDER BY replicable`); err != nil {
+		return nil, fmt.Errorf("registry: paused: %w", err)
+	}
+	return names, nil
+}
+
+// Counts returns per-type counts of all registry rows, computed in one
+// grouped pass over the table. Types without rows are absent from the map.
+func (s *Store) Counts(ctx context.Context) (map[string]Counts, error) {
+	var groups []struct {
+		Replicable string `db:"replicable"`
+		State      State  `db:"state"`
+		VState     int16  `db:"verification_state"`
+		N          int64  `db:"n"`
+		Mismatch   int64  `db:"mismatch"`
+		Missing    int64  `db:"missing"`
+	}
+	err := s.db.SelectContext(ctx, &groups, `
+SELECT replicable, state, verification_state, count(*) AS n,
+  count(*) FILTER (WHERE checksum_mismatch) AS mismatch,
+  count(*) FILTER (WHERE missing_on_primary) AS missing
+FROM geo_registry GROUP BY replicable, state, verification_state`)
+	if err != nil {
+		return nil, fmt.Errorf("registry: counts: %w", err)
+	}
+	out := make(map[string]Counts)
+	for _, g := range groups {
+		c := out[g.Replicable]
+		c.Total += g.N
+		switch g.State {
+		case StatePending:
+			c.Pending += g.N
+		case StateStarted:
+			c.Started += g.N
+		case StateSynced:
+			c.Synced += g.N
+		case StateFailed:
+			c.Failed += g.N
+		}
+		switch VerificationState(g.VState) {
+		case VerificationPending:
+			c.VerificationPending += g.N
+		case VerificationStarted:
+			c.VerificationStarted += g.N
+		case VerificationSucceeded:
+			c.VerificationSucceeded += g.N
+		case VerificationFailed:
+			c.VerificationFailed += g.N
+		case VerificationDisabled:
+			c.VerificationDisabled += g.N
+		}
+		c.ChecksumMismatch += g.Mismatch
+		c.MissingOnPrimary += g.Missing
+		out[g.Replicable] = c
+	}
+	return out, nil
+}
+
+// rowColumns lists the columns rowScan receives, so that columns added by
+// later migrations do not break Get.
+const rowColumns = `replicable, model_id, state, seq, retry_count, retry_at, last_synced_at,
+  last_sync_failure, missing_on_primary, blob_key, blob_size, lease_owner, lease_expires_at,
+  verification_state, verification_checksum, verification_checksum_mismatched, checksum_mismatch,
+  verified_at, verification_retry_count, verification_retry_at, verification_failure,
+  verification_started_at, created_at, updated_at`
+
+// rowScan receives a geo_registry row; Row is its NULL-free view.
+type rowScan struct {
+	Replicable                     string         `db:"replicable"`
+	ModelID                        int64          `db:"model_id"`
+	State                          int16          `db:"state"`
+	Seq                            int64          `db:"seq"`
+	RetryCount                     int            `db:"retry_count"`
+	RetryAt                        sql.NullTime   `db:"retry_at"`
+	LastSyncedAt                   sql.NullTime   `db:"last_synced_at"`
+	LastSyncFailure                sql.NullString `db:"last_sync_failure"`
+	MissingOnPrimary               bool           `db:"missing_on_primary"`
+	BlobKey                        sql.NullString `db:"blob_key"`
+	BlobSize                       sql.NullInt64  `db:"blob_size"`
+	LeaseOwner                     sql.NullString `db:"lease_owner"`
+	LeaseExpiresAt                 sql.NullTime   `db:"lease_expires_at"`
+	VerificationState              int16          `db:"verification_state"`
+	VerificationChecksum           sql.NullString `db:"verification_checksum"`
+	VerificationChecksumMismatched sql.NullString `db:"verification_checksum_mismatched"`
+	ChecksumMismatch               bool           `db:"checksum_mismatch"`
+	VerifiedAt                     sql.NullTime   `db:"verified_at"`
+	VerificationRetryCount         int            `db:"verification_retry_count"`
+	VerificationRetryAt            sql.NullTime   `db:"verification_retry_at"`
+	VerificationFailure            sql.NullString `db:"verification_failure"`
+	VerificationStartedAt          sql.NullTime   `db:"verification_started_at"`
+	CreatedAt                      time.Time      `db:"created_at"`
+	UpdatedAt                      time.Time      `db:"updated_at"`
+}
+
+func (r rowScan) row() Row {
+	return Row{
+		Replicable:                     r.Replicable,
+		ModelID:                        r.ModelID,
+		State:                          State(r.State),
+		Seq:                            r.Seq,
+		RetryCount:                     r.RetryCount,
+		RetryAt:                        r.RetryAt.Time,
+		LastSyncedAt:                   r.LastSyncedAt.Time,
+		LastSyncFailure:                r.LastSyncFailure.String,
+		MissingOnPrimary:               r.MissingOnPrimary,
+		BlobKey:                        r.BlobKey.String,
+		BlobSize:                       r.BlobSize.Int64,
+		LeaseOwner:                     r.LeaseOwner.String,
+		LeaseExpiresAt:                 r.LeaseExpiresAt.Time,
+		VerificationState:              VerificationState(r.VerificationState),
+		VerificationChecksum:           r.VerificationChecksum.String,
+		VerificationChecksumMismatched: r.VerificationChecksumMismatched.String,
+		ChecksumMismatch:               r.ChecksumMismatch,
+		VerifiedAt:                     r.VerifiedAt.Time,
+		VerificationRetryCount:         r.VerificationRetryCount,
+		VerificationRetryAt:            r.VerificationRetryAt.Time,
+		VerificationFailure:            r.VerificationFailure.String,
+		VerificationStartedAt:          r.VerificationStartedAt.Time,
+		CreatedAt:                      r.CreatedAt,
+		UpdatedAt:                      r.UpdatedAt,
+	}
+}
+
+// Get returns the row of record id of replicable, or an error matching
+// ErrNotFound when there is none.
+func (s *Store) Get(ctx context.Context, replicable string, id int64) (Row, error) {
+	var r rowScan
+	err := s.db.GetContext(ctx, &r, `SELECT `+rowColumns+` FROM geo_registry WHERE replicable = $1 AND model_id = $2`, replicable, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Row{}, fmt.Errorf("registry: get %s/%d: %w", replicable, id, ErrNotFound)
+	}
+	if err != nil {
+		return Row{}, fmt.Errorf("registry: get %s/%d: %w", replicable, id, err)
+	}
+	return r.row(), nil
+}
+
+func rowsAffected(res sql.Result) (int64, error) {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("registry: rows affected: %w", err)
+	}
+	return n, nil
+}
+
+// truncate cuts reason to at most max bytes on a rune boundary, after
+// making it valid UTF-8 without NUL bytes (which PostgreSQL text rejects).
+func truncate(reason string, max int) string {
+	reason = strings.ToValidUTF8(reason, "\uFFFD")
+	reason = strings.ReplaceAll(reason, "\x00", "")
+	if len(reason) <= max {
+		return reason
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut]
+}
