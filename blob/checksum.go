@@ -1,0 +1,63 @@
+package blob
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+)
+
+// copyBufSize is the buffer size for hashing and copying. DESIGN §11: a
+// 32 KiB buffer is 20–35% slower than 1 MiB on a durable verified stream.
+const copyBufSize = 1 << 20
+
+// SHA256Reader reads r to EOF and returns the lowercase hex SHA-256 of what
+// it read and the number of bytes. It stops with ctx's error (wrapped) when
+// ctx is done; it checks ctx between 1 MiB reads.
+func SHA256Reader(ctx context.Context, r io.Reader) (sum string, n int64, err error) {
+	h := sha256.New()
+	buf := make([]byte, copyBufSize)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", n, fmt.Errorf("blob: sha256: %w", err)
+		}
+		m, rerr := r.Read(buf)
+		if m > 0 {
+			h.Write(buf[:m])
+			n += int64(m)
+		}
+		if rerr == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), n, nil
+		}
+		if rerr != nil {
+			return "", n, fmt.Errorf("blob: sha256: %w", rerr)
+		}
+	}
+}
+
+// SHA256File returns the lowercase hex SHA-256 and size of the file at path.
+// A missing file gives an error matching os.ErrNotExist (fs.ErrNotExist).
+func SHA256File(ctx context.Context, path string) (sum string, n int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("blob: sha256 file: %w", err)
+	}
+	defer f.Close()
+	return SHA256Reader(ctx, f)
+}
+
+// validChecksum reports whether s is a lowercase hex SHA-256 digest.
+func validChecksum(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

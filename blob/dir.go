@@ -1,0 +1,488 @@
+package blob
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// lockFileName is the file in each Dir's temporary subdirectory that its
+// owner holds an exclusive flock on for as long as the Dir is open.
+const lockFileName = "lock"
+
+// Dir is a Storage on a local filesystem directory: the blob at key lives in
+// the file root/key. It is safe for concurrent use, and several Dirs (in one
+// or several processes) may share a root.
+//
+// Writes are durable and atomic. Create writes into a temporary file; Commit
+// fsyncs it, renames it to its key (creating and fsyncing any missing parent
+// directories) and fsyncs the key's directory, so a reader sees the old
+// bytes or the new ones, never a prefix, and a crash after Commit returns
+// loses nothing.
+//
+// Temporary files live in a dedicated directory, root/.geo-tmp/, on the same
+// filesystem as the blobs (so the rename is atomic), and never next to their
+// key: cleaning up after a crash then costs O(temporary files) and never
+// walks the whole tree, which may hold millions of blobs. Keys starting with
+// ".geo-tmp" are reserved (ValidateKey rejects them). Each Dir owns a
+// subdirectory root/.geo-tmp/<random>/ and holds an exclusive flock on a lock
+// file inside it while open; CleanTemp (run by NewDir) removes every other
+// subdirectory whose lock it can take, that is, whose owner has died. So no
+// temporary file survives a restart, even with several processes sharing
+// root.
+//
+// All file access goes through an os.Root, so even a symbolic link planted
+// under root cannot make Dir touch a file outside it; invalid keys are
+// rejected before any file system call.
+type Dir struct {
+	root    *os.Root
+	path    string // absolute path of root
+	tmpName string // ".geo-tmp/<random>", relative to root
+	lock    *os.File
+	seq     atomic.Uint64 // temporary file names
+	closed  sync.Once
+}
+
+// NewDir opens (creating it if needed) the storage directory root, takes its
+// own temporary subdirectory, and removes the temporary files of dead
+// owners (see CleanTemp). Call Close when done.
+func NewDir(root string) (*Dir, error) {
+	if root == "" {
+		return nil, errors.New("blob: NewDir: root is empty")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
+	r, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
+	d := &Dir{root: r, path: abs}
+	if err := d.takeTemp(); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
+	if _, err := d.CleanTemp(context.Background()); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
+	return d, nil
+}
+
+// takeTemp creates this Dir's temporary subdirectory and locks it. A
+// concurrent CleanTemp may take and remove a directory between its creation
+// and its locking; then the lock file we hold is no longer the one at the
+// path, and we try again with a new name.
+func (d *Dir) takeTemp() error {
+	if err := d.root.MkdirAll(ReservedPrefix, 0o700); err != nil {
+		return err
+	}
+	var lastErr error
+	for range 8 {
+		var b [8]byte
+		rand.Read(b[:])
+		name := ReservedPrefix + "/" + hex.EncodeToString(b[:])
+		if err := d.root.Mkdir(name, 0o700); err != nil {
+			lastErr = err
+			continue
+		}
+		lf, err := d.root.OpenFile(name+"/"+lockFileName, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ok, err := tryLock(lf)
+		if err != nil || !ok {
+			lf.Close()
+			lastErr = fmt.Errorf("lock %s: taken (%v)", name, err)
+			continue
+		}
+		held, err1 := lf.Stat()
+		atPath, err2 := d.root.Stat(name + "/" + lockFileName)
+		if err1 != nil || err2 != nil || !os.SameFile(held, atPath) {
+			lf.Close()
+			lastErr = fmt.Errorf("lock %s: removed while taking it", name)
+			continue
+		}
+		d.tmpName, d.lock = name, lf
+		return nil
+	}
+	return fmt.Errorf("take temporary directory: %w", lastErr)
+}
+
+// Root returns the absolute path of the storage directory.
+func (d *Dir) Root() string { return d.path }
+
+// CleanTemp removes the temporary files left by dead owners: every entry
+// of root/.geo-tmp/ other than this Dir's own subdirectory, when it is a
+// plain file or a subdirectory whose lock CleanTemp can take. Subdirectories
+// of live Dirs (in this or another process) are left alone. It returns how
+// many entries it removed. NewDir runs it; call it again at will.
+func (d *Dir) CleanTemp(ctx context.Context) (removed int, err error) {
+	f, err := d.root.Open(ReservedPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("blob: clean temp: %w", err)
+	}
+	entries, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return 0, fmt.Errorf("blob: clean temp: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return removed, fmt.Errorf("blob: clean temp: %w", err)
+		}
+		name := ReservedPrefix + "/" + e.Name()
+		if name == d.tmpName {
+			continue
+		}
+		if !e.IsDir() {
+			if err := d.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			removed++
+			continue
+		}
+		ok, err := d.removeIfDead(name)
+		if err != nil {
+			errs = append(errs, err)
+		} else if ok {
+			removed++
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("blob: clean temp: %w", err)
+	}
+	return removed, nil
+}
+
+// removeIfDead removes the temporary subdirectory name if nobody holds its
+// lock. Creating the lock file when it is missing closes the race with an
+// owner between Mkdir and locking (see takeTemp).
+func (d *Dir) removeIfDead(name string) (bool, error) {
+	lf, err := d.root.OpenFile(name+"/"+lockFileName, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil // removed by someone else meanwhile
+	}
+	if err != nil {
+		return false, err
+	}
+	defer lf.Close()
+	ok, err := tryLock(lf)
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := d.root.RemoveAll(name); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Close releases this Dir's lock and removes its temporary files (any
+// uncommitted writes are lost). The Dir must not be used afterwards.
+// Calling Close again does nothing.
+func (d *Dir) Close() error {
+	var err error
+	d.closed.Do(func() {
+		err = d.root.RemoveAll(d.tmpName)
+		d.lock.Close()
+		if cerr := d.root.Close(); err == nil {
+			err = cerr
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("blob: close: %w", err)
+	}
+	return nil
+}
+
+// notExist maps the errors of a missing path (including a file where a
+// directory segment is expected) to ErrNotExist.
+func notExist(op, key string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("blob: %s %q: %w", op, key, ErrNotExist)
+	}
+	return fmt.Errorf("blob: %s %q: %w", op, key, err)
+}
+
+// Open implements Storage. The Reader reads a stable snapshot: a later
+// Commit to the same key does not change what it reads.
+func (d *Dir) Open(ctx context.Context, key string) (Reader, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, fmt.Errorf("blob: open: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("blob: open %q: %w", key, err)
+	}
+	f, err := d.root.Open(key)
+	if err != nil {
+		return nil, notExist("open", key, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blob: open %q: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("blob: open %q: %w", key, ErrNotExist)
+	}
+	return &fileReader{f: f, size: fi.Size(), mod: fi.ModTime()}, nil
+}
+
+// Stat implements Storage.
+func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
+	if err := ValidateKey(key); err != nil {
+		return Info{}, fmt.Errorf("blob: stat: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return Info{}, fmt.Errorf("blob: stat %q: %w", key, err)
+	}
+	fi, err := d.root.Stat(key)
+	if err != nil {
+		return Info{}, notExist("stat", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return Info{}, fmt.Errorf("blob: stat %q: %w", key, ErrNotExist)
+	}
+	return Info{Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// Remove implements Storage. It fsyncs the key's directory, so a removed
+// blob does not come back after a crash. A directory at key is not a blob:
+// Remove leaves it alone and returns nil. Emptied parent directories are
+// kept (removing them would race with a concurrent Create below them).
+func (d *Dir) Remove(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return fmt.Errorf("blob: remove: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	fi, err := d.root.Lstat(key)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			return nil
+		}
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	if fi.IsDir() {
+		return nil
+	}
+	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	if err := d.syncDir(path.Dir(key)); err != nil {
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	return nil
+}
+
+// Create implements Storage. The temporary file is removed by Abort, by a
+// failed Commit, when ctx is done before Commit, and by Close.
+func (d *Dir) Create(ctx context.Context, key string) (Writer, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, fmt.Errorf("blob: create: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("blob: create %q: %w", key, err)
+	}
+	tmp := d.tmpName + "/w-" + strconv.FormatUint(d.seq.Add(1), 10)
+	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("blob: create %q: %w", key, err)
+	}
+	w := &dirWriter{d: d, ctx: ctx, key: key, tmp: tmp, f: f, h: sha256.New()}
+	w.stop = context.AfterFunc(ctx, func() { w.discard(context.Cause(ctx)) })
+	return w, nil
+}
+
+// syncDir fsyncs the directory rel (relative to root; "." is root).
+func (d *Dir) syncDir(rel string) error {
+	f, err := d.root.Open(rel)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// ensureDir creates the directory rel and any missing parents, fsyncing the
+// parent of each one it creates (or finds created concurrently), so the new
+// directory entries are durable before a blob is renamed into them.
+func (d *Dir) ensureDir(rel string) error {
+	if rel == "." {
+		return nil
+	}
+	fi, err := d.root.Stat(rel)
+	if err == nil {
+		if fi.IsDir() {
+			return nil
+		}
+		return fmt.Errorf("%s: %w", rel, syscall.ENOTDIR)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	parent := path.Dir(rel)
+	if err := d.ensureDir(parent); err != nil {
+		return err
+	}
+	if err := d.root.Mkdir(rel, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return d.syncDir(parent)
+}
+
+// fileReader is Dir's Reader.
+type fileReader struct {
+	f    *os.File
+	size int64
+	mod  time.Time
+}
+
+func (r *fileReader) Read(p []byte) (int, error)                { return r.f.Read(p) }
+func (r *fileReader) ReadAt(p []byte, off int64) (int, error)   { return r.f.ReadAt(p, off) }
+func (r *fileReader) Seek(off int64, whence int) (int64, error) { return r.f.Seek(off, whence) }
+func (r *fileReader) WriteTo(w io.Writer) (int64, error)        { return r.f.WriteTo(w) }
+func (r *fileReader) Close() error                              { return r.f.Close() }
+func (r *fileReader) Size() int64                               { return r.size }
+func (r *fileReader) ModTime() time.Time                        { return r.mod }
+
+// errWriterDone is returned by Write and Commit after Commit or Abort.
+var errWriterDone = errors.New("blob: writer already committed or aborted")
+
+// dirWriter is Dir's Writer. mu serializes Write, Commit and Abort with the
+// discard triggered by the Create context.
+type dirWriter struct {
+	d    *Dir
+	ctx  context.Context // Create's: when done, the writer is discarded
+	key  string
+	tmp  string // relative to root
+	stop func() bool
+
+	mu        sync.Mutex
+	f         *os.File
+	h         hash.Hash
+	n         int64
+	done      bool // committed or discarded
+	committed bool
+	cause     error // why it was discarded, if it was
+}
+
+func (w *dirWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		if w.cause != nil {
+			return 0, fmt.Errorf("blob: write %q: %w", w.key, w.cause)
+		}
+		return 0, errWriterDone
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("blob: write %q: %w", w.key, err)
+	}
+	return n, nil
+}
+
+func (w *dirWriter) Written() (int64, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n, hex.EncodeToString(w.h.Sum(nil))
+}
+
+// discard removes the temporary file if the writer is still open; cause
+// says why. The caller must not hold mu.
+func (w *dirWriter) discard(cause error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.discardLocked(cause)
+}
+
+func (w *dirWriter) discardLocked(cause error) error {
+	if w.done {
+		return nil
+	}
+	w.done, w.cause = true, cause
+	w.f.Close()
+	if err := w.d.root.Remove(w.tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("blob: abort %q: %w", w.key, err)
+	}
+	return nil
+}
+
+func (w *dirWriter) Abort() error {
+	w.stop()
+	return w.discard(errors.New("aborted"))
+}
+
+func (w *dirWriter) Commit(ctx context.Context) error {
+	w.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		if w.cause != nil {
+			return fmt.Errorf("blob: commit %q: %w", w.key, w.cause)
+		}
+		return errWriterDone
+	}
+	fail := func(err error) error {
+		w.discardLocked(err)
+		return fmt.Errorf("blob: commit %q: %w", w.key, err)
+	}
+	// stop may have lost the race with the discard callback, which then
+	// waits for mu: check the Create context ourselves.
+	if w.ctx.Err() != nil {
+		return fail(context.Cause(w.ctx))
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := w.f.Close(); err != nil {
+		return fail(err)
+	}
+	dir := path.Dir(w.key)
+	if err := w.d.ensureDir(dir); err != nil {
+		return fail(err)
+	}
+	if err := w.d.root.Rename(w.tmp, w.key); err != nil {
+		return fail(err)
+	}
+	w.done, w.committed = true, true
+	// The new bytes are visible; only their directory entry's durability
+	// is left. If that fsync fails the blob stays (the old version is gone
+	// already) and the caller must not count it as durable.
+	if err := w.d.syncDir(dir); err != nil {
+		return fmt.Errorf("blob: commit %q: sync directory: %w", w.key, err)
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package blob_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/storagetest"
+)
+
+// newDir returns a Dir in a fresh directory and checks, when the test
+// ends, that no temporary file was left behind.
+func newDir(t testing.TB) *blob.Dir {
+	t.Helper()
+	d, err := blob.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if files := tempFiles(t, d.Root()); len(files) > 0 {
+			t.Errorf("temporary files left behind: %v", files)
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return d
+}
+
+// tempFiles lists the files under root/.geo-tmp other than lock files.
+func tempFiles(t testing.TB, root string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(filepath.Join(root, ".geo-tmp"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && e.Name() != "lock" {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files
+}
+
+func TestDirContract(t *testing.T) {
+	storagetest.RunStorageTests(t, func(t *testing.T) blob.Storage { return newDir(t) })
+}
+
+func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
+	root := t.TempDir()
+	live, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	ctx := t.Context()
+	w, err := live.Create(ctx, "in/flight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("still writing"))
+
+	// A dead process's leftovers: an unlocked lock file, a directory with
+	// no lock file at all, and a stray file.
+	for _, p := range []string{".geo-tmp/dead1/lock", ".geo-tmp/dead1/w-1", ".geo-tmp/dead2/w-7", ".geo-tmp/stray"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o700)
+		if err := os.WriteFile(filepath.Join(root, p), []byte("junk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted, err := blob.NewDir(root) // runs CleanTemp
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.Close()
+	for _, p := range []string{".geo-tmp/dead1", ".geo-tmp/dead2", ".geo-tmp/stray"} {
+		if _, err := os.Stat(filepath.Join(root, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after restart: %v, want removed", p, err)
+		}
+	}
+	if n, err := restarted.CleanTemp(ctx); err != nil || n != 0 {
+		t.Errorf("second CleanTemp = %d, %v, want 0, nil", n, err)
+	}
+	// The live Dir's in-flight write survived both cleanups.
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("Commit of a live Dir's write after another Dir's CleanTemp: %v", err)
+	}
+	r, err := restarted.Open(ctx, "in/flight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+
+	// Once the live Dir dies (here: closes), nothing of it remains.
+	live.Close()
+	restarted.CleanTemp(ctx)
+	if files := tempFiles(t, root); len(files) > 0 {
+		t.Errorf("temporary files after the owner went away: %v", files)
+	}
+	entries, _ := os.ReadDir(filepath.Join(root, ".geo-tmp"))
+	if len(entries) != 1 {
+		t.Errorf(".geo-tmp holds %d entries, want only the restarted Dir's own", len(entries))
+	}
+}
+
+func TestDirHostileKeysTouchNothingOutsideRoot(t *testing.T) {
+	parent := t.TempDir()
+	root := filepath.Join(parent, "root")
+	d, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(root, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	keys := append(storagetest.HostileKeys(), "../outside", "a/../../outside", "/"+parent+"/x")
+	for _, key := range keys {
+		if w, err := d.Create(ctx, key); err == nil {
+			w.Write([]byte("pwned"))
+			w.Commit(ctx)
+			t.Errorf("Create(%q) succeeded", key)
+		}
+		d.Remove(ctx, key)
+	}
+	// A symbolic link inside root that points outside does not lead out.
+	if w, err := d.Create(ctx, "escape/pwned"); err == nil {
+		w.Write([]byte("pwned"))
+		if err := w.Commit(ctx); err == nil {
+			t.Errorf("Commit through a symlink pointing outside root succeeded")
+		}
+	}
+	if _, err := d.Open(ctx, "escape/anything"); err == nil {
+		t.Errorf("Open through a symlink pointing outside root succeeded")
+	}
+	if entries, _ := os.ReadDir(parent); len(entries) != 1 || entries[0].Name() != "root" {
+		t.Errorf("parent of root holds %v, want only root", entries)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("symlink target outside root holds %v, want nothing", entries)
+	}
+	if files := tempFiles(t, root); len(files) > 0 {
+		t.Errorf("temporary files left behind: %v", files)
+	}
+}
+
+func TestDirCloseRemovesUncommitted(t *testing.T) {
+	root := t.TempDir()
+	d, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := d.Create(context.Background(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("abandoned"))
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if files := tempFiles(t, root); len(files) > 0 {
+		t.Errorf("temporary files after Close: %v", files)
+	}
+}

@@ -1,0 +1,74 @@
+package blob_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http/httptest"
+	"os"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/strategy"
+)
+
+// A primary serves one record; a secondary fetches it, verifies it, and
+// commits it into its own storage.
+func ExampleDownloader_Fetch() {
+	ctx := context.Background()
+	primaryDir, _ := os.MkdirTemp("", "primary")
+	secondaryDir, _ := os.MkdirTemp("", "secondary")
+	defer os.RemoveAll(primaryDir)
+	defer os.RemoveAll(secondaryDir)
+	primary, _ := blob.NewDir(primaryDir)
+	defer primary.Close()
+	secondary, _ := blob.NewDir(secondaryDir)
+	defer secondary.Close()
+
+	w, _ := primary.Create(ctx, "packages/1.tgz")
+	w.Write([]byte("hello, geo"))
+	_, sum := w.Written()
+	w.Commit(ctx)
+
+	creds := blob.Credentials{Site: "eu-west", AccessKey: "AKEU1", Secret: []byte("0123456789abcdef0123456789abcdef")}
+	h, err := blob.NewHandler(blob.HandlerConfig{
+		Secrets: blob.NewStaticSecrets(creds),
+		Resolve: func(ctx context.Context, replicable string, id int64) (blob.Source, error) {
+			if replicable != "package_file" {
+				return blob.Source{}, blob.ErrUnknownReplicable
+			}
+			if id != 1 {
+				return blob.Source{}, strategy.ErrNotFound
+			}
+			r, err := primary.Open(ctx, "packages/1.tgz")
+			if err != nil {
+				return blob.Source{}, strategy.ErrBlobMissing
+			}
+			return blob.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: sum}, nil
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: creds})
+	if err != nil {
+		log.Fatal(err)
+	}
+	res, err := d.Fetch(ctx, "package_file", 1, secondary, "packages/1.tgz", "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ... lock the registry row, check nothing changed, then:
+	if err := res.Writer.Commit(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.Size, res.Checksum == res.PrimaryChecksum)
+
+	_, err = d.Fetch(ctx, "package_file", 2, secondary, "packages/2.tgz", "")
+	fmt.Println(err)
+	// Output:
+	// 10 true
+	// blob: fetch package_file/2: blob: primary answered 404 record_not_found: no such record
+}

@@ -1,0 +1,266 @@
+package blob
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/geoframework/geo/strategy"
+)
+
+// ErrUnknownReplicable means the primary has no replicable type of that
+// name. HandlerConfig.Resolve returns it (wrapped) for an unknown name; the
+// Downloader returns it (wrapped) on a 404 unknown_replicable answer.
+var ErrUnknownReplicable = errors.New("blob: unknown replicable")
+
+// ErrRecordNotFound is returned (wrapped) by the Downloader when the
+// primary has no such record. It matches strategy.ErrNotFound too.
+var ErrRecordNotFound = fmt.Errorf("blob: record not found on primary: %w", strategy.ErrNotFound)
+
+// ErrMissingOnPrimary is returned (wrapped) by the Downloader when the
+// record exists on the primary but its bytes do not. It matches
+// strategy.ErrBlobMissing too.
+var ErrMissingOnPrimary = fmt.Errorf("blob: missing on primary: %w", strategy.ErrBlobMissing)
+
+// TransferPathPrefix is where the transfer endpoint lives on the primary:
+// GET and HEAD TransferPathPrefix + "{replicable}/{id}".
+const TransferPathPrefix = "/geo/v1/blobs/"
+
+// Response headers of the transfer endpoint.
+const (
+	// HeaderChecksum carries the primary's lowercase hex SHA-256 of the
+	// blob, when the primary knows it.
+	HeaderChecksum = "X-Geo-Checksum-Sha256"
+	// HeaderSize carries the blob's full size in bytes (also on ranges).
+	HeaderSize = "X-Geo-Size"
+)
+
+// Error codes of the transfer endpoint's JSON error bodies.
+const (
+	CodeUnknownReplicable = "unknown_replicable" // 404
+	CodeRecordNotFound    = "record_not_found"   // 404
+	CodeMissingOnPrimary  = "missing_on_primary" // 404: record exists, bytes do not
+	CodeUnauthorized      = "unauthorized"       // 401: any authentication failure
+	CodeBadID             = "bad_id"             // 400: id not a non-negative int64
+	CodeMethodNotAllowed  = "method_not_allowed" // 405
+	CodeNotFound          = "not_found"          // 404: no such endpoint
+	CodeInternal          = "internal"           // 500
+)
+
+// ErrorBody is the JSON body of every error answer of the transfer
+// endpoint.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// TransferPath returns the path of record id of replicable on the transfer
+// endpoint.
+func TransferPath(replicable string, id int64) string {
+	return TransferPathPrefix + replicable + "/" + strconv.FormatInt(id, 10)
+}
+
+// Source is what the transfer endpoint serves for one record.
+type Source struct {
+	// Body is the blob's bytes; the handler closes it.
+	Body io.ReadSeekCloser
+	// Size is the blob's size in bytes.
+	Size int64
+	// ModTime is when the blob was last written (for Last-Modified and
+	// conditional requests); zero means unknown.
+	ModTime time.Time
+	// Checksum is the primary's lowercase hex SHA-256 of the bytes, or ""
+	// when unknown. A value that is not 64 hex digits is ignored.
+	Checksum string
+}
+
+// HandlerConfig configures the primary's transfer endpoint.
+type HandlerConfig struct {
+	// Resolve opens record id of replicable. It returns an error matching
+	// ErrUnknownReplicable for an unknown name, strategy.ErrNotFound when
+	// there is no such record, and strategy.ErrBlobMissing when the record
+	// exists but its bytes do not. Any other error is a 500. Required.
+	Resolve func(ctx context.Context, replicable string, id int64) (Source, error)
+	// Secrets authenticates secondaries. Required.
+	Secrets Secrets
+	// Logger receives one entry per request; nil means none.
+	Logger *zap.Logger
+	// Now is the clock for token checks; nil means time.Now.
+	Now func() time.Time
+	// Observe, when set, is called after each served blob (GET or HEAD,
+	// whole or ranged) with when the serving started and ended and the
+	// body bytes written.
+	Observe func(replicable string, id int64, start, end time.Time, bytes int64)
+}
+
+// NewHandler returns the primary's transfer endpoint: GET and HEAD
+// TransferPathPrefix + "{replicable}/{id}", authenticated by Verifier.Verify.
+// It streams with http.ServeContent (Content-Length, Range, If-Range,
+// Last-Modified) and sets HeaderSize and, when known, HeaderChecksum and an
+// ETag. Errors are JSON ErrorBody answers: 400 bad_id, then 401
+// unauthorized for any authentication failure (the reason goes to the log
+// only), then 404 unknown_replicable, record_not_found or
+// missing_on_primary; 405 for other methods. Authentication comes before
+// resolving, so an unauthenticated client learns nothing about what exists.
+func NewHandler(cfg HandlerConfig) (http.Handler, error) {
+	if cfg.Resolve == nil {
+		return nil, errors.New("blob: NewHandler: HandlerConfig.Resolve is nil")
+	}
+	if cfg.Secrets == nil {
+		return nil, errors.New("blob: NewHandler: HandlerConfig.Secrets is nil")
+	}
+	h := &handler{cfg: cfg, log: cfg.Logger, verifier: Verifier{Secrets: cfg.Secrets, Now: cfg.Now}}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	h.now = time.Now
+	if cfg.Now != nil {
+		h.now = cfg.Now
+	}
+	mux := http.NewServeMux()
+	pattern := TransferPathPrefix + "{replicable}/{id}"
+	mux.HandleFunc("GET "+pattern, h.serveBlob) // GET patterns serve HEAD too
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use GET or HEAD")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, "no such endpoint")
+	})
+	return mux, nil
+}
+
+type handler struct {
+	cfg      HandlerConfig
+	log      *zap.Logger
+	verifier Verifier
+	now      func() time.Time
+}
+
+// parseID parses a record id of the transfer path: decimal digits only
+// (no sign, no spaces), fitting an int64.
+func parseID(s string) (int64, error) {
+	if s == "" || len(s) > 19 {
+		return 0, errors.New("want 1 to 19 decimal digits")
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, errors.New("want decimal digits only")
+		}
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, errors.New("out of range")
+	}
+	return id, nil
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(ErrorBody{Code: code, Message: message})
+}
+
+func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
+	replicable := r.PathValue("replicable")
+	id, err := parseID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, CodeBadID, "bad record id: "+err.Error())
+		return
+	}
+	log := h.log.With(zap.String("replicable", replicable), zap.Int64("model_record_id", id))
+	ctx := r.Context()
+	site, err := h.verifier.Verify(ctx, r.Header.Get("Authorization"), replicable, id)
+	if err != nil {
+		// err says which check failed and never holds a secret or token.
+		log.Warn("blob transfer: unauthorized", zap.String("remote", r.RemoteAddr), zap.String("reason", err.Error()))
+		writeError(w, http.StatusUnauthorized, CodeUnauthorized, "unauthorized")
+		return
+	}
+	log = log.With(zap.String("site", site))
+	src, err := h.cfg.Resolve(ctx, replicable, id)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrUnknownReplicable):
+			writeError(w, http.StatusNotFound, CodeUnknownReplicable, "unknown replicable")
+		case errors.Is(err, strategy.ErrBlobMissing):
+			writeError(w, http.StatusNotFound, CodeMissingOnPrimary, "the record's bytes are missing on the primary")
+		case errors.Is(err, strategy.ErrNotFound):
+			writeError(w, http.StatusNotFound, CodeRecordNotFound, "no such record")
+		default:
+			log.Error("blob transfer: resolve", zap.Error(err))
+			writeError(w, http.StatusInternalServerError, CodeInternal, "internal error")
+			return
+		}
+		log.Info("blob transfer: not served", zap.Error(err))
+		return
+	}
+	defer src.Body.Close()
+
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set(HeaderSize, strconv.FormatInt(src.Size, 10))
+	if sum := strings.ToLower(src.Checksum); validChecksum(sum) {
+		hdr.Set(HeaderChecksum, sum)
+		hdr.Set("ETag", `"sha256-`+sum+`"`)
+	}
+	start := h.now()
+	cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
+	var content io.ReadSeeker = src.Body
+	if fr, ok := src.Body.(*fileReader); ok {
+		content = fr.f // an *os.File lets the kernel send it (sendfile)
+	}
+	http.ServeContent(cw, r, "", src.ModTime, content)
+	end := h.now()
+	if h.cfg.Observe != nil {
+		h.cfg.Observe(replicable, id, start, end, cw.n)
+	}
+	log.Info("blob transfer", zap.String("method", r.Method), zap.Int("status", cw.status),
+		zap.Int64("bytes", cw.n), zap.Duration("duration", end.Sub(start)))
+}
+
+// countingWriter counts the body bytes written and records the status. It
+// keeps the ResponseWriter's io.ReaderFrom, which the standard library uses
+// to send files without copying through user space.
+type countingWriter struct {
+	http.ResponseWriter
+	n      int64
+	status int
+}
+
+func (c *countingWriter) WriteHeader(status int) {
+	c.status = status
+	c.ResponseWriter.WriteHeader(status)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (n int64, err error) {
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{c.ResponseWriter}, r)
+	}
+	c.n += n
+	return n, err
+}
+
+// Unwrap gives http.ResponseController the underlying writer.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
