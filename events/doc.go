@@ -1,5 +1,47 @@
-// Package events is the primary's outbox (replication events written in the
-// application's own transactions) and the secondary's consumer, which reads
-// the outbox in commit order through a read-only replica without ever
-// skipping an event whose transaction committed late.
+// Package events is the primary's outbox of replication events and the
+// secondary's consumer of it.
+//
+// # Publishing (primary)
+//
+// The application calls a Publisher inside the same transaction that
+// changes its own rows, so an event exists if and only if the change
+// committed (the transactional outbox pattern). Each event names a
+// registered replicable type, an Op (created, updated, deleted), the
+// record's id and, for deletes, the blob key, so the secondary can remove
+// bytes of a record it can no longer look up. A publish also sends a
+// NOTIFY on NotifyChannel at commit: a wake-up hint, never the delivery.
+//
+// # Consuming (secondary)
+//
+// A Consumer reads geo_events through a read-only handle to the primary (a
+// streaming hot standby in production) and keeps its cursor in the
+// secondary's tracking database. The cursor is (xid8 of the writing
+// transaction, id), and a read only returns events whose xid is below the
+// snapshot's xmin, i.e. whose transaction and every older one have ended.
+// A bigserial id alone would skip an event whose transaction took its id
+// early and committed late; the xmin bound never does, on a standby as on
+// the primary (this is Watermill SQL's PostgreSQL offsets adapter's
+// approach). Delivery is at least once and in (xid, id) order; an event
+// only tells the secondary to re-check a record, so handlers are
+// idempotent and the truth is re-read from the primary.
+//
+// One Consumer per tracking database and name is active, under a
+// PostgreSQL session advisory lock; others wait and take over. A new
+// consumer starts at the end of the log: earlier records are the
+// consistency pass's (backfill's) job.
+//
+// # Retention (primary)
+//
+// Prune and RunPruner delete events older than the retention period and
+// record the highest (xid, id) deleted in geo_events_pruned. A consumer
+// whose cursor is older than that mark has missed events: it reports
+// Stats.FellBehind, calls ConsumerConfig.OnFellBehind so the secondary
+// runs a full consistency pass, and continues from the mark.
+//
+// The tables (geo_events, geo_events_pruned on the primary;
+// geo_event_cursor on the tracking database) are created by the registry
+// package's migrations (registry.MigratePrimary, registry.MigrateTracking).
+//
+// events is not where events are acted on: it neither touches registry rows
+// nor moves bytes. The replicator's Handler does that.
 package events

@@ -65,6 +65,18 @@ type Options struct {
 	Settings []string
 }
 
+// TB is the part of testing.TB that pgtest uses. *testing.T and
+// *testing.B satisfy it; so can a test double (geotest's own self-tests run
+// the conformance suite through one).
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Server is a PostgreSQL server for tests: either the one named by
 // GEO_TEST_DATABASE_URL or a throwaway cluster started on first use.
 // Its methods are safe for concurrent use.
@@ -147,7 +159,7 @@ func (s *Server) Cluster() *Cluster { return s.cluster }
 
 // require starts the server or ends the test: a failure under CI, a skip
 // with the reason elsewhere.
-func (s *Server) require(tb testing.TB) {
+func (s *Server) require(tb TB) {
 	tb.Helper()
 	if err := s.Start(context.Background()); err != nil {
 		msg := fmt.Sprintf("pgtest: no PostgreSQL server: %v\n"+
@@ -163,7 +175,7 @@ func (s *Server) require(tb testing.TB) {
 
 // NewDatabaseURL creates a fresh, empty database and returns its URL. The
 // database is dropped when the test ends.
-func (s *Server) NewDatabaseURL(tb testing.TB) string {
+func (s *Server) NewDatabaseURL(tb TB) string {
 	tb.Helper()
 	s.require(tb)
 	s.mu.Lock()
@@ -188,7 +200,7 @@ func (s *Server) NewDatabaseURL(tb testing.TB) string {
 
 // NewDatabase creates a fresh database and returns an open handle to it,
 // closed (and the database dropped) when the test ends.
-func (s *Server) NewDatabase(tb testing.TB) *sqlx.DB {
+func (s *Server) NewDatabase(tb TB) *sqlx.DB {
 	tb.Helper()
 	u := s.NewDatabaseURL(tb)
 	db, err := sqlx.Open("postgres", u)
@@ -353,7 +365,10 @@ func (c *Cluster) StartStandby(ctx context.Context) (*Cluster, error) {
 		return nil, s.fail(err)
 	}
 	if out, err := s.command(ctx, "pg_basebackup", "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", "postgres",
-		"-D", s.dataDir, "-R", "-X", "stream", "--no-sync").CombinedOutput(); err != nil {
+		"-D", s.dataDir, "-R", "-X", "stream", "--no-sync",
+		// Without a fast checkpoint, pg_basebackup waits for a spread one:
+		// minutes on a cluster with dirty buffers.
+		"--checkpoint=fast").CombinedOutput(); err != nil {
 		return nil, s.fail(fmt.Errorf("pgtest: pg_basebackup: %w: %s", err, out))
 	}
 	port, err := freePort()
@@ -367,9 +382,11 @@ func (c *Cluster) StartStandby(ctx context.Context) (*Cluster, error) {
 		return nil, s.fail(err)
 	}
 	_, werr := f.WriteString(conf)
-	f.Close()
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
 	if werr != nil {
-		return nil, s.fail(werr)
+		return nil, s.fail(fmt.Errorf("pgtest: write standby postgresql.conf: %w", werr))
 	}
 	if err := s.chownTree(s.dataDir); err != nil {
 		return nil, s.fail(err)

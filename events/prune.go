@@ -1,0 +1,132 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"go.uber.org/zap"
+)
+
+// Pruner defaults (see PrunerConfig).
+const (
+	DefaultRetention     = 7 * 24 * time.Hour
+	DefaultPruneInterval = 10 * time.Minute
+	DefaultPruneBatch    = 10_000
+)
+
+// pruneQuery deletes one batch of events older than the cutoff (oldest
+// first, through geo_events_created_at) and raises geo_events_pruned to the
+// largest (xid, id) it deleted, in one statement and so one transaction: a
+// consumer that reads the mark and the log in one snapshot sees either both
+// or neither.
+const pruneQuery = `WITH del AS (
+	DELETE FROM geo_events
+	WHERE id IN (
+		SELECT id FROM geo_events
+		WHERE created_at < now() - $1::bigint * interval '1 microsecond'
+		ORDER BY created_at
+		LIMIT $2)
+	RETURNING xid, id
+), top AS (
+	SELECT xid, id FROM del ORDER BY xid DESC, id DESC LIMIT 1
+), mark AS (
+	INSERT INTO geo_events_pruned AS p (one, xid, id)
+	SELECT true, xid, id FROM top
+	ON CONFLICT (one) DO UPDATE SET xid = EXCLUDED.xid, id = EXCLUDED.id
+	WHERE (p.xid, p.id) < (EXCLUDED.xid, EXCLUDED.id)
+	RETURNING 1
+)
+SELECT count(*) FROM del`
+
+// Prune deletes, on the primary, the events created more than olderThan
+// ago (by the database's clock), in transactions of at most batch rows,
+// until none is left or ctx is done. Each batch also raises the pruned mark
+// (geo_events_pruned) to the largest (xid, id) it deleted, so consumers
+// that had not read those events learn they fell behind. It returns how
+// many events it deleted, including on error. olderThan and batch must be
+// positive. Concurrent calls are safe.
+func Prune(ctx context.Context, db *sqlx.DB, olderThan time.Duration, batch int) (int64, error) {
+	if olderThan <= 0 {
+		return 0, fmt.Errorf("events: prune: olderThan %v, want > 0", olderThan)
+	}
+	if batch <= 0 {
+		return 0, fmt.Errorf("events: prune: batch %d, want > 0", batch)
+	}
+	var total int64
+	for {
+		var n int64
+		if err := db.QueryRowContext(ctx, pruneQuery, olderThan.Microseconds(), batch).Scan(&n); err != nil {
+			return total, fmt.Errorf("events: prune: %w", err)
+		}
+		total += n
+		if n < int64(batch) {
+			return total, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return total, fmt.Errorf("events: prune: %w", err)
+		}
+	}
+}
+
+// PrunerConfig configures RunPruner. Zero values mean the defaults.
+type PrunerConfig struct {
+	// Retention is how long events are kept; default 7 days. A secondary
+	// down for longer falls behind and needs a full consistency pass.
+	Retention time.Duration
+	// Interval is the time between prunes; default 10 minutes.
+	Interval time.Duration
+	// Batch is the most events deleted per transaction; default 10,000.
+	Batch int
+	// Logger receives the pruner's logs; nil means none.
+	Logger *zap.Logger
+}
+
+// RunPruner prunes the primary's outbox (see Prune) at once and then every
+// Interval until ctx is done, then returns nil. Errors are logged and the
+// next round retries; a configuration with a negative field returns an
+// error matching ErrInvalidConfig at once.
+func RunPruner(ctx context.Context, db *sqlx.DB, cfg PrunerConfig) error {
+	bad := func(field string, v any) error {
+		return fmt.Errorf("events: pruner config: %w: %s %v, want > 0", ErrInvalidConfig, field, v)
+	}
+	switch {
+	case db == nil:
+		return fmt.Errorf("events: pruner: %w: db is nil", ErrInvalidConfig)
+	case cfg.Retention < 0:
+		return bad("Retention", cfg.Retention)
+	case cfg.Interval < 0:
+		return bad("Interval", cfg.Interval)
+	case cfg.Batch < 0:
+		return bad("Batch", cfg.Batch)
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultPruneInterval
+	}
+	if cfg.Batch == 0 {
+		cfg.Batch = DefaultPruneBatch
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	for {
+		start := time.Now()
+		n, err := Prune(ctx, db, cfg.Retention, cfg.Batch)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			log.Warn("events: prune failed; retrying next interval", zap.Error(err), zap.Int64("deleted", n))
+		case n > 0:
+			log.Info("events: pruned", zap.Int64("deleted", n), zap.Duration("took", time.Since(start)))
+		}
+		if !sleep(ctx, cfg.Interval, nil) {
+			return nil
+		}
+	}
+}

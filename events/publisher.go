@@ -1,0 +1,184 @@
+package events
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/lib/pq"
+
+	"github.com/geoframework/geo/strategy"
+)
+
+// NotifyChannel is the PostgreSQL NOTIFY channel every publish signals
+// (with an empty payload) when its transaction commits. It is a wake-up
+// hint for consumers, never the way events are delivered.
+const NotifyChannel = "geo_events"
+
+// ErrUnknownReplicable is returned (wrapped) when an event names a
+// replicable type that is not registered.
+var ErrUnknownReplicable = errors.New("unknown replicable")
+
+// Execer is the part of a database handle the Publisher needs. *sql.Tx,
+// *sqlx.Tx, *sql.DB and *sqlx.DB satisfy it. Pass the transaction that
+// changes the application's own rows: see Publisher.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// Deleted describes one deleted record for Publisher.PublishDeleted.
+type Deleted struct {
+	// ModelID is the deleted record's id; must be > 0.
+	ModelID int64
+	// BlobKey is where the record's bytes lived; must not be empty.
+	BlobKey string
+}
+
+// Publisher writes events into the primary's outbox table, geo_events.
+//
+// It is an outbox: the application must call its methods with the same
+// transaction that changes its own rows, so the event commits if and only
+// if the change does. An event written outside that transaction (or with
+// a plain *sql.DB) can announce a change that then rolls back, or miss one
+// that commits; the secondary's periodic consistency pass repairs both, but
+// late. Every publish also queues a NOTIFY on geo_events (empty payload),
+// which PostgreSQL delivers at commit and drops on rollback.
+//
+// A Publisher holds only the set of registered names; it is safe for
+// concurrent use.
+type Publisher struct {
+	names map[string]struct{}
+}
+
+// NewPublisher returns a Publisher accepting events for the given
+// replicable names. Every name must pass strategy.ValidateName (the error
+// wraps strategy.ErrInvalidName) and appear once.
+func NewPublisher(names []string) (*Publisher, error) {
+	p := &Publisher{names: make(map[string]struct{}, len(names))}
+	for _, n := range names {
+		if err := strategy.ValidateName(n); err != nil {
+			return nil, fmt.Errorf("events: new publisher: %w", err)
+		}
+		if _, dup := p.names[n]; dup {
+			return nil, fmt.Errorf("events: new publisher: replicable %q registered twice", n)
+		}
+		p.names[n] = struct{}{}
+	}
+	return p, nil
+}
+
+// Known reports whether replicable is one of the Publisher's names. It fits
+// ConsumerConfig.Known.
+func (p *Publisher) Known(replicable string) bool {
+	_, ok := p.names[replicable]
+	return ok
+}
+
+func (p *Publisher) check(replicable string) error {
+	if !p.Known(replicable) {
+		return fmt.Errorf("events: publish %q: %w", replicable, ErrUnknownReplicable)
+	}
+	return nil
+}
+
+// The data-modifying CTE always runs to completion; the outer SELECT queues
+// the wake-up notification in the same statement (one round trip).
+// PostgreSQL folds identical notifications of one transaction into one.
+const (
+	insertOne = `WITH ins AS (
+	INSERT INTO geo_events (replicable, op, model_id, blob_key)
+	VALUES ($1, $2, $3, NULLIF($4, ''))
+	RETURNING 1)
+SELECT pg_notify('` + NotifyChannel + `', '')`
+
+	insertMany = `WITH ins AS (
+	INSERT INTO geo_events (replicable, op, model_id)
+	SELECT $1, $2, u.id FROM unnest($3::bigint[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n
+	RETURNING 1)
+SELECT pg_notify('` + NotifyChannel + `', '')`
+
+	insertDeleted = `WITH ins AS (
+	INSERT INTO geo_events (replicable, op, model_id, blob_key)
+	SELECT $1, 3, u.id, u.key FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS u(id, key, n) ORDER BY u.n
+	RETURNING 1)
+SELECT pg_notify('` + NotifyChannel + `', '')`
+)
+
+// Publish writes one event for record modelID of type replicable inside tx
+// (see Publisher for why it must be the application's own transaction).
+//
+// It returns an error matching ErrUnknownReplicable for a name the
+// Publisher was not built with, and an error when op is not valid, modelID
+// is not positive, op is OpDeleted and blobKey is empty, or blobKey holds a
+// NUL byte. blobKey may be empty for OpCreated and OpUpdated.
+func (p *Publisher) Publish(ctx context.Context, tx Execer, replicable string, op Op, modelID int64, blobKey string) error {
+	if err := p.check(replicable); err != nil {
+		return err
+	}
+	if !op.Valid() {
+		return fmt.Errorf("events: publish %s %d: invalid %v", replicable, modelID, op)
+	}
+	if modelID <= 0 {
+		return fmt.Errorf("events: publish %s %v: model id %d, want > 0", replicable, op, modelID)
+	}
+	if err := checkBlobKey(op, blobKey); err != nil {
+		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
+	}
+	if _, err := tx.ExecContext(ctx, insertOne, replicable, int16(op), modelID, blobKey); err != nil {
+		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
+	}
+	return nil
+}
+
+// PublishMany writes one OpCreated or OpUpdated event per id, in one
+// statement, inside tx. OpDeleted is refused: deletes need blob keys, use
+// PublishDeleted. Every id must be > 0. An empty ids writes nothing.
+// Errors are as for Publish.
+func (p *Publisher) PublishMany(ctx context.Context, tx Execer, replicable string, op Op, ids []int64) error {
+	if err := p.check(replicable); err != nil {
+		return err
+	}
+	if op != OpCreated && op != OpUpdated {
+		return fmt.Errorf("events: publish many %s: %v, want created or updated (deletes need keys: PublishDeleted)", replicable, op)
+	}
+	for _, id := range ids {
+		if id <= 0 {
+			return fmt.Errorf("events: publish many %s %v: model id %d, want > 0", replicable, op, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, insertMany, replicable, int16(op), pq.Array(ids)); err != nil {
+		return fmt.Errorf("events: publish many %s %v (%d ids): %w", replicable, op, len(ids), err)
+	}
+	return nil
+}
+
+// PublishDeleted writes one OpDeleted event per item, in one statement,
+// inside tx. Every item needs ModelID > 0 and a non-empty BlobKey without
+// NUL bytes. An empty items writes nothing. Errors are as for Publish.
+func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable string, items []Deleted) error {
+	if err := p.check(replicable); err != nil {
+		return err
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(items))
+	keys := make([]string, len(items))
+	for i, it := range items {
+		if it.ModelID <= 0 {
+			return fmt.Errorf("events: publish deleted %s: model id %d, want > 0", replicable, it.ModelID)
+		}
+		if err := checkBlobKey(OpDeleted, it.BlobKey); err != nil {
+			return fmt.Errorf("events: publish deleted %s %d: %w", replicable, it.ModelID, err)
+		}
+		ids[i], keys[i] = it.ModelID, it.BlobKey
+	}
+	if _, err := tx.ExecContext(ctx, insertDeleted, replicable, pq.Array(ids), pq.Array(keys)); err != nil {
+		return fmt.Errorf("events: publish deleted %s (%d items): %w", replicable, len(items), err)
+	}
+	return nil
+}
