@@ -1,0 +1,180 @@
+package geotest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+
+	"github.com/lib/pq"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/strategy"
+)
+
+// Diff is an exact comparison of a secondary with its primary for the
+// given types.
+type Diff struct {
+	Records   int      // records the secondary should hold
+	Lost      int      // should be there, but no synced row or no file
+	Corrupted int      // there, but bytes differ from the primary's
+	Stuck     int      // registry rows left started
+	Extra     int      // files or rows the secondary should not have
+	TempFiles int      // temporary files left behind
+	Details   []string // the first problems found, for messages
+}
+
+// OK reports whether the secondary is an exact copy.
+func (d Diff) OK() bool {
+	return d.Lost == 0 && d.Corrupted == 0 && d.Stuck == 0 && d.Extra == 0 && d.TempFiles == 0
+}
+
+func (d *Diff) note(format string, args ...any) {
+	if len(d.Details) < 10 {
+		d.Details = append(d.Details, fmt.Sprintf(format, args...))
+	}
+}
+
+// String summarises d.
+func (d Diff) String() string {
+	s := fmt.Sprintf("records=%d lost=%d corrupted=%d stuck=%d extra=%d temp=%d",
+		d.Records, d.Lost, d.Corrupted, d.Stuck, d.Extra, d.TempFiles)
+	if len(d.Details) > 0 {
+		s += ": " + strings.Join(d.Details, "; ")
+	}
+	return s
+}
+
+// Compare checks the secondary of this world against the primary for the
+// secondary's strategies (scoped as the secondary sees them): every record
+// in scope has a synced registry row and a file whose SHA-256 equals the
+// primary's; no other registry row or file exists; no row is left started;
+// no temporary file remains.
+func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy) (Diff, error) {
+	var d Diff
+	store, err := registry.NewStore(w.TrackingDB, registry.Options{})
+	if err != nil {
+		return d, err
+	}
+	wantFiles := map[string]bool{}
+	names := map[string]bool{}
+	for _, s := range strategies {
+		names[s.Name()] = true
+		inScope := map[int64]bool{}
+		var after int64
+		for {
+			ids, err := s.IDs(ctx, after, 1000)
+			if err != nil {
+				return d, fmt.Errorf("list %s: %w", s.Name(), err)
+			}
+			for _, id := range ids {
+				inScope[id] = true
+				d.Records++
+				key, err := s.BlobKey(ctx, id)
+				if err != nil {
+					return d, fmt.Errorf("key %s/%d: %w", s.Name(), id, err)
+				}
+				wantFiles[key] = true
+				row, err := store.Get(ctx, s.Name(), id)
+				if errors.Is(err, registry.ErrNotFound) || (err == nil && row.State != registry.StateSynced) {
+					d.Lost++
+					d.note("%s/%d: not synced (%v)", s.Name(), id, rowState(row, err))
+					continue
+				}
+				if err != nil {
+					return d, err
+				}
+				want, _, perr := sha(ctx, w.PrimaryStorage, key)
+				got, _, serr := sha(ctx, w.SecondaryStorage, key)
+				switch {
+				case perr != nil:
+					return d, fmt.Errorf("primary bytes of %s/%d: %w", s.Name(), id, perr)
+				case errors.Is(serr, blob.ErrNotExist):
+					d.Lost++
+					d.note("%s/%d: synced but no file at %s", s.Name(), id, key)
+				case serr != nil:
+					return d, serr
+				case got != want:
+					d.Corrupted++
+					d.note("%s/%d: sha %s, primary %s", s.Name(), id, got[:12], want[:12])
+				}
+			}
+			if len(ids) < 1000 {
+				break
+			}
+			after = ids[len(ids)-1]
+		}
+		var rows []struct {
+			ID    int64 `db:"model_id"`
+			State int16 `db:"state"`
+		}
+		if err := w.TrackingDB.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, s.Name()); err != nil {
+			return d, err
+		}
+		for _, r := range rows {
+			if registry.State(r.State) == registry.StateStarted {
+				d.Stuck++
+				d.note("%s/%d: left started", s.Name(), r.ID)
+			}
+			if !inScope[r.ID] {
+				d.Extra++
+				d.note("%s/%d: registry row for a record not on the primary (or out of scope)", s.Name(), r.ID)
+			}
+		}
+	}
+	var others int
+	if err := w.TrackingDB.GetContext(ctx, &others, `SELECT count(*) FROM geo_registry WHERE NOT (replicable = ANY($1))`, pqStrings(names)); err != nil {
+		return d, err
+	}
+	d.Extra += others
+	err = filepath.WalkDir(w.SecondaryRoot, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(w.SecondaryRoot, p)
+		rel = filepath.ToSlash(rel)
+		if strings.HasPrefix(rel, ".geo-tmp") {
+			if !e.IsDir() && !strings.HasSuffix(rel, "/lock") && !strings.HasSuffix(rel, ".lock") {
+				d.TempFiles++
+				d.note("temporary file left: %s", rel)
+			}
+			return nil
+		}
+		if e.IsDir() {
+			return nil
+		}
+		if !wantFiles[rel] {
+			d.Extra++
+			d.note("extra file %s", rel)
+		}
+		return nil
+	})
+	return d, err
+}
+
+func rowState(r registry.Row, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return r.State.String()
+}
+
+func sha(ctx context.Context, s blob.Storage, key string) (string, int64, error) {
+	r, err := s.Open(ctx, key)
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.Close()
+	return blob.SHA256Reader(ctx, r)
+}
+
+func pqStrings(m map[string]bool) any {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return pq.Array(out)
+}

@@ -1,0 +1,861 @@
+package geotest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/strategy"
+)
+
+// App is what the harness's application functions get: the primary's
+// database, its blob storage, and the publisher to call inside the same
+// transaction as the application's own change.
+type App struct {
+	DB        *sqlx.DB
+	Storage   blob.Storage
+	Publisher *events.Publisher
+}
+
+// Harness describes an adopter's blob type to the conformance suite: the
+// adapter, and the application's own code paths that create, update and
+// delete a record on the primary. Functions marked required must be set;
+// optional ones turn on more clauses.
+type Harness struct {
+	// Setup creates the application's tables in a fresh primary database.
+	// Required.
+	Setup func(ctx context.Context, db *sqlx.DB) error
+	// Strategy returns the adapter reading db: the primary's database on
+	// the primary, a read-only handle to it on the secondary. Required.
+	Strategy func(db *sqlx.DB) strategy.BlobStrategy
+	// Create stores a new record holding data and publishes its created
+	// event in the same transaction; it returns the record's id. Required.
+	Create func(ctx context.Context, app App, data []byte) (int64, error)
+	// Update replaces record id's bytes with data and publishes an updated
+	// event. Nil declares the type immutable: the update clauses skip.
+	Update func(ctx context.Context, app App, id int64, data []byte) error
+	// Delete removes record id and its bytes and publishes a deleted event
+	// carrying the blob key. Required.
+	Delete func(ctx context.Context, app App, id int64) error
+	// ScopedStrategy returns the adapter narrowed to a scope (selective
+	// sync), and CreateOutOfScope stores a record outside that scope. Both
+	// nil: the scope clause skips.
+	ScopedStrategy   func(db *sqlx.DB) strategy.BlobStrategy
+	CreateOutOfScope func(ctx context.Context, app App, data []byte) (int64, error)
+	// Server provides PostgreSQL; nil means one for this run
+	// (GEO_TEST_DATABASE_URL or a throwaway cluster).
+	Server *pgtest.Server
+	// Timeout bounds each clause (the watchdog); 0 means 2 minutes.
+	Timeout time.Duration
+}
+
+// T is the part of *testing.T the suite uses. It is a seam: the suite's own
+// tests run it with a double to check that broken adapters fail the right
+// clause.
+type T interface {
+	TB
+	Name() string
+	// Run runs f as a subtest named name, like (*testing.T).Run.
+	Run(name string, f func(t T)) bool
+}
+
+// RunBlobStrategy runs the conformance suite for the blob type described
+// by h against real PostgreSQL, a real HTTP transfer endpoint on loopback
+// and real files. Each subtest is named after the contract clause it
+// checks; a failure reads "clause: got X, want Y". Call it from a test in
+// the adopter's own package, and run that test with -race.
+func RunBlobStrategy(t *testing.T, h Harness) {
+	t.Helper()
+	Run(testingT{t}, h)
+}
+
+// Run is RunBlobStrategy over the T seam.
+func Run(t T, h Harness) {
+	t.Helper()
+	if h.Setup == nil || h.Strategy == nil || h.Create == nil || h.Delete == nil {
+		t.Fatalf("geotest: Harness needs Setup, Strategy, Create and Delete")
+		return
+	}
+	if h.Server == nil {
+		h.Server = pgtest.New(pgtest.Options{})
+		t.Cleanup(func() { _ = h.Server.Stop() })
+	}
+	if h.Timeout == 0 {
+		h.Timeout = 2 * time.Minute
+	}
+	s := &suite{h: h}
+	for _, c := range []struct {
+		name string
+		f    func(c *clause)
+	}{
+		{"adapter/ids_ascending_and_paged", s.idsAscendingAndPaged},
+		{"adapter/not_found_after_delete", s.notFoundAfterDelete},
+		{"adapter/keys_valid_and_stable", s.keysValidAndStable},
+		{"sync/created", s.created},
+		{"sync/updated", s.updated},
+		{"sync/deleted", s.deleted},
+		{"backfill/preexisting_records", s.backfill},
+		{"consistency/orphans_removed", s.orphans},
+		{"scope/respected", s.scope},
+		{"failure/missing_on_primary", s.missingOnPrimary},
+		{"integrity/corruption_in_transit_rejected", s.corruptInTransit},
+		{"integrity/corruption_at_rest_repaired", s.corruptAtRest},
+		{"blobs/empty", s.empty},
+		{"blobs/large", s.large},
+		{"retries/backoff_grows", s.backoffGrows},
+		{"races/R1_update_during_sync", s.updateDuringSync},
+		{"races/R2_delete_during_sync", s.deleteDuringSync},
+	} {
+		c := c
+		t.Run(c.name, func(t T) { s.run(t, c.name, c.f) })
+	}
+}
+
+type suite struct{ h Harness }
+
+// clause is one subtest's context: its name, a deadline-bound context, and
+// the T to report on.
+type clause struct {
+	T
+	name string
+	ctx  context.Context
+	h    Harness
+}
+
+// failf fails the clause with "clause: got X, want Y" style messages.
+func (c *clause) failf(format string, args ...any) {
+	c.Helper()
+	c.Fatalf("%s: %s", c.name, fmt.Sprintf(format, args...))
+}
+
+func (c *clause) check(err error, what string) {
+	c.Helper()
+	if err != nil {
+		c.failf("%s: %v", what, err)
+	}
+}
+
+// run executes one clause under a watchdog: its context ends at the
+// deadline (every wait in the suite honours it), and if the clause is
+// still running a minute later the process panics with the clause's name
+// rather than hang CI.
+func (s *suite) run(t T, name string, f func(c *clause)) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.h.Timeout)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(s.h.Timeout + time.Minute):
+			panic(fmt.Sprintf("geotest: clause %s hung past its watchdog (%v)", name, s.h.Timeout))
+		}
+	}()
+	f(&clause{T: t, name: name, ctx: ctx, h: s.h})
+}
+
+// world builds a fresh primary for the clause.
+func (c *clause) world() (*World, App) {
+	c.Helper()
+	w := NewWorld(c, WorldConfig{
+		Server:     c.h.Server,
+		Setup:      c.h.Setup,
+		Strategies: func(db *sqlx.DB) []strategy.BlobStrategy { return []strategy.BlobStrategy{c.h.Strategy(db)} },
+	})
+	return w, App{DB: w.PrimaryDB, Storage: w.PrimaryStorage, Publisher: w.Primary.Publisher()}
+}
+
+// secondaryConfig is a secondary whose consistency pass runs only when
+// triggered, so event-driven clauses prove the events path.
+func (c *clause) secondaryConfig(w *World, s strategy.BlobStrategy) replicator.SecondaryConfig {
+	cfg := w.SecondaryConfig(s)
+	cfg.ConsistencyInterval = time.Hour
+	return cfg
+}
+
+func (c *clause) waitFor(what string, cond func() (bool, string)) {
+	c.Helper()
+	deadline, _ := c.ctx.Deadline()
+	if err := Eventually(time.Until(deadline), cond); err != nil {
+		c.failf("%s: %v", what, err)
+	}
+}
+
+func (c *clause) strategyName(w *World) string { return w.Strategies.Names()[0] }
+
+// synced waits until record id is synced with bytes equal to want.
+func (c *clause) waitSynced(w *World, sec strategy.BlobStrategy, id int64, want []byte) {
+	c.Helper()
+	wantSum := sum(want)
+	c.waitFor(fmt.Sprintf("record %d synced", id), func() (bool, string) {
+		got, state := c.secondaryBytes(w, sec, id)
+		if state != registry.StateSynced.String() {
+			return false, fmt.Sprintf("got state %s, want synced", state)
+		}
+		if sum(got) != wantSum {
+			return false, fmt.Sprintf("got %d bytes sha %.12s, want %d bytes sha %.12s", len(got), sum(got), len(want), wantSum)
+		}
+		return true, ""
+	})
+}
+
+// secondaryBytes returns the secondary's copy of id and its row state.
+func (c *clause) secondaryBytes(w *World, sec strategy.BlobStrategy, id int64) ([]byte, string) {
+	store, _ := registry.NewStore(w.TrackingDB, registry.Options{})
+	row, err := store.Get(c.ctx, sec.Name(), id)
+	if err != nil {
+		return nil, "no row (" + err.Error() + ")"
+	}
+	key, err := sec.BlobKey(c.ctx, id)
+	if err != nil {
+		return nil, "key: " + err.Error()
+	}
+	r, err := w.SecondaryStorage.Open(c.ctx, key)
+	if err != nil {
+		return nil, row.State.String() + " without file"
+	}
+	defer r.Close()
+	b, _ := io.ReadAll(r)
+	return b, row.State.String()
+}
+
+// waitGone waits until record id has no row on the secondary and nothing
+// at key.
+func (c *clause) waitGone(w *World, name string, id int64, key string) {
+	c.Helper()
+	store, _ := registry.NewStore(w.TrackingDB, registry.Options{})
+	c.waitFor(fmt.Sprintf("record %d removed from the secondary", id), func() (bool, string) {
+		_, err := store.Get(c.ctx, name, id)
+		if err == nil {
+			return false, "got a registry row, want none"
+		}
+		if _, err := w.SecondaryStorage.Stat(c.ctx, key); err == nil {
+			return false, "got a file at " + key + ", want none"
+		}
+		return true, ""
+	})
+}
+
+func (c *clause) converged(w *World, sec strategy.BlobStrategy) {
+	c.Helper()
+	c.waitFor("secondary is an exact copy", func() (bool, string) {
+		d, err := w.Compare(c.ctx, sec)
+		if err != nil {
+			return false, err.Error()
+		}
+		return d.OK(), "got " + d.String() + ", want no difference"
+	})
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// data returns n deterministic bytes that differ by seed.
+func data(seed, n int) []byte {
+	b := make([]byte, n)
+	x := uint32(seed*2654435761 + 1)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+	return b
+}
+
+// --- adapter clauses ---
+
+func (s *suite) idsAscendingAndPaged(c *clause) {
+	w, app := c.world()
+	var created []int64
+	for i := 0; i < 25; i++ {
+		id, err := c.h.Create(c.ctx, app, data(i, 10))
+		c.check(err, "create")
+		created = append(created, id)
+	}
+	st := c.h.Strategy(w.PrimaryDB)
+	var all []int64
+	var after int64
+	for pages := 0; ; pages++ {
+		ids, err := st.IDs(c.ctx, after, 10)
+		c.check(err, "IDs")
+		if len(ids) > 10 {
+			c.failf("IDs(after=%d, limit=10) returned %d ids, want at most 10", after, len(ids))
+		}
+		for i, id := range ids {
+			if id <= after || (i > 0 && id <= ids[i-1]) {
+				c.failf("IDs(after=%d, limit=10) = %v: got id %d out of order, want strictly ascending ids greater than after", after, ids, id)
+			}
+		}
+		all = append(all, ids...)
+		if len(ids) < 10 || pages > 10 {
+			break
+		}
+		after = ids[len(ids)-1]
+	}
+	sort.Slice(created, func(i, j int) bool { return created[i] < created[j] })
+	if fmt.Sprint(all) != fmt.Sprint(created) {
+		c.failf("paging through IDs: got %v, want the created ids %v", all, created)
+	}
+	one, err := st.IDs(c.ctx, 0, 1)
+	c.check(err, "IDs")
+	if len(one) != 1 || one[0] != created[0] {
+		c.failf("IDs(after=0, limit=1): got %v, want [%d]", one, created[0])
+	}
+	none, err := st.IDs(c.ctx, created[len(created)-1], 10)
+	c.check(err, "IDs")
+	if len(none) != 0 {
+		c.failf("IDs(after=last id): got %v, want none", none)
+	}
+}
+
+func (s *suite) notFoundAfterDelete(c *clause) {
+	w, app := c.world()
+	id, err := c.h.Create(c.ctx, app, data(1, 10))
+	c.check(err, "create")
+	st := c.h.Strategy(w.PrimaryDB)
+	if _, err := st.BlobKey(c.ctx, id); err != nil {
+		c.failf("BlobKey(%d) of an existing record: got error %v, want a key", id, err)
+	}
+	c.check(c.h.Delete(c.ctx, app, id), "delete")
+	if _, err := st.BlobKey(c.ctx, id); !errors.Is(err, strategy.ErrNotFound) {
+		c.failf("BlobKey(%d) after delete: got error %v, want one matching strategy.ErrNotFound", id, err)
+	}
+	if _, err := st.BlobKey(c.ctx, id+1_000_000); !errors.Is(err, strategy.ErrNotFound) {
+		c.failf("BlobKey(%d) of an id never created: got error %v, want one matching strategy.ErrNotFound", id+1_000_000, err)
+	}
+}
+
+func (s *suite) keysValidAndStable(c *clause) {
+	w, app := c.world()
+	st := c.h.Strategy(w.PrimaryDB)
+	seen := map[string]int64{}
+	for i := 0; i < 10; i++ {
+		id, err := c.h.Create(c.ctx, app, data(i, 10))
+		c.check(err, "create")
+		k1, err := st.BlobKey(c.ctx, id)
+		c.check(err, "BlobKey")
+		if err := blob.ValidateKey(k1); err != nil {
+			c.failf("BlobKey(%d) = %q: got an invalid key (%v), want a relative slash-separated key", id, k1, err)
+		}
+		k2, err := st.BlobKey(c.ctx, id)
+		c.check(err, "BlobKey")
+		if k1 != k2 {
+			c.failf("BlobKey(%d) twice: got %q then %q, want the same key", id, k1, k2)
+		}
+		if other, dup := seen[k1]; dup {
+			c.failf("BlobKey: records %d and %d got the same key %q, want distinct keys", other, id, k1)
+		}
+		seen[k1] = id
+		if _, err := app.Storage.Stat(c.ctx, k1); err != nil {
+			c.failf("record %d's bytes at its key %q on the primary: got %v, want the bytes Create stored", id, k1, err)
+		}
+	}
+	if st.Name() != c.h.Strategy(w.PrimaryDB).Name() {
+		c.failf("Name: got %q then %q, want a stable name", st.Name(), c.h.Strategy(w.PrimaryDB).Name())
+	}
+}
+
+// --- sync clauses (event-driven: the consistency pass is not triggered) ---
+
+func (s *suite) created(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	w.Start(c.secondaryConfig(w, sec))
+	for i := 0; i < 5; i++ {
+		b := data(100+i, 1000*i+1)
+		id, err := c.h.Create(c.ctx, app, b)
+		c.check(err, "create")
+		c.waitSynced(w, sec, id, b)
+	}
+	c.converged(w, sec)
+}
+
+func (s *suite) updated(c *clause) {
+	if c.h.Update == nil {
+		c.Skip("Harness.Update is nil: the type is immutable")
+		return
+	}
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	w.Start(c.secondaryConfig(w, sec))
+	id, err := c.h.Create(c.ctx, app, data(1, 2000))
+	c.check(err, "create")
+	c.waitSynced(w, sec, id, data(1, 2000))
+	for v := 2; v < 4; v++ {
+		b := data(v, 1500+v)
+		c.check(c.h.Update(c.ctx, app, id, b), "update")
+		c.waitSynced(w, sec, id, b)
+	}
+	c.converged(w, sec)
+}
+
+func (s *suite) deleted(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	w.Start(c.secondaryConfig(w, sec))
+	id, err := c.h.Create(c.ctx, app, data(1, 2000))
+	c.check(err, "create")
+	keep, err := c.h.Create(c.ctx, app, data(2, 10))
+	c.check(err, "create")
+	c.waitSynced(w, sec, id, data(1, 2000))
+	key, err := sec.BlobKey(c.ctx, id)
+	c.check(err, "BlobKey")
+	c.check(c.h.Delete(c.ctx, app, id), "delete")
+	c.waitGone(w, sec.Name(), id, key)
+	c.waitSynced(w, sec, keep, data(2, 10))
+	c.converged(w, sec)
+}
+
+func (s *suite) backfill(c *clause) {
+	w, app := c.world()
+	want := map[int64][]byte{}
+	for i := 0; i < 30; i++ {
+		b := data(i, 100*i)
+		id, err := c.h.Create(c.ctx, app, b)
+		c.check(err, "create")
+		want[id] = b
+	}
+	// The consumer starts at the end of the log: only backfill covers these.
+	sec := c.h.Strategy(w.PrimaryDB)
+	r := w.Start(c.secondaryConfig(w, sec))
+	r.TriggerConsistency()
+	for id, b := range want {
+		c.waitSynced(w, sec, id, b)
+	}
+	c.converged(w, sec)
+}
+
+func (s *suite) orphans(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	id, err := c.h.Create(c.ctx, app, data(1, 100))
+	c.check(err, "create")
+	// An orphan: a registry row and a file for a record the primary does not
+	// have (its deleted event was lost).
+	orphan := id + 1_000_000
+	store, _ := registry.NewStore(w.TrackingDB, registry.Options{})
+	_, err = store.InsertMissing(c.ctx, sec.Name(), []int64{orphan})
+	c.check(err, "insert orphan row")
+	r := w.Start(c.secondaryConfig(w, sec))
+	r.TriggerConsistency()
+	c.waitSynced(w, sec, id, data(1, 100))
+	c.waitFor("orphan row removed", func() (bool, string) {
+		_, err := store.Get(c.ctx, sec.Name(), orphan)
+		return errors.Is(err, registry.ErrNotFound), fmt.Sprintf("got %v, want no row for orphan %d", err, orphan)
+	})
+	c.converged(w, sec)
+}
+
+func (s *suite) scope(c *clause) {
+	if c.h.ScopedStrategy == nil || c.h.CreateOutOfScope == nil {
+		c.Skip("Harness.ScopedStrategy or CreateOutOfScope is nil: the type has no scope")
+		return
+	}
+	w, app := c.world()
+	in, err := c.h.Create(c.ctx, app, data(1, 100))
+	c.check(err, "create")
+	out, err := c.h.CreateOutOfScope(c.ctx, app, data(2, 100))
+	c.check(err, "create out of scope")
+	scoped := c.h.ScopedStrategy(w.PrimaryDB)
+	if _, err := scoped.BlobKey(c.ctx, out); !errors.Is(err, strategy.ErrNotFound) {
+		c.failf("scoped BlobKey(%d) of an out-of-scope record: got %v, want strategy.ErrNotFound", out, err)
+	}
+	r := w.Start(c.secondaryConfig(w, scoped))
+	r.TriggerConsistency()
+	c.waitSynced(w, scoped, in, data(1, 100))
+	// And an out-of-scope record created while running (its event arrives).
+	out2, err := c.h.CreateOutOfScope(c.ctx, app, data(3, 100))
+	c.check(err, "create out of scope")
+	in2, err := c.h.Create(c.ctx, app, data(4, 100))
+	c.check(err, "create")
+	c.waitSynced(w, scoped, in2, data(4, 100))
+	c.converged(w, scoped)
+	for _, id := range []int64{out, out2} {
+		if n := w.Transfers.Count(scoped.Name(), id); n != 0 {
+			c.failf("transfers of out-of-scope record %d: got %d, want 0", id, n)
+		}
+	}
+}
+
+func (s *suite) missingOnPrimary(c *clause) {
+	w, app := c.world()
+	id, err := c.h.Create(c.ctx, app, data(1, 100))
+	c.check(err, "create")
+	sec := c.h.Strategy(w.PrimaryDB)
+	key, err := sec.BlobKey(c.ctx, id)
+	c.check(err, "BlobKey")
+	c.check(w.PrimaryStorage.Remove(c.ctx, key), "remove the primary's bytes")
+	r := w.Start(c.secondaryConfig(w, sec))
+	r.TriggerConsistency()
+	store := r.Store()
+	c.waitFor("missing on primary recorded", func() (bool, string) {
+		row, err := store.Get(c.ctx, sec.Name(), id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return row.State == registry.StateFailed && row.MissingOnPrimary && row.RetryCount >= 1,
+			fmt.Sprintf("got state %s missing_on_primary %v retry_count %d, want failed, true, >= 1", row.State, row.MissingOnPrimary, row.RetryCount)
+	})
+	if _, err := w.SecondaryStorage.Stat(c.ctx, key); err == nil {
+		c.failf("file at %s for a record missing on the primary: got one, want none", key)
+	}
+}
+
+// flipper serves the primary's handler but flips one byte of every body
+// while on.
+type flipper struct {
+	next http.Handler
+	mu   sync.Mutex
+	on   bool
+	hits int
+}
+
+func (f *flipper) set(on bool) { f.mu.Lock(); f.on = on; f.mu.Unlock() }
+
+func (f *flipper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	on := f.on
+	if on {
+		f.hits++
+	}
+	f.mu.Unlock()
+	if !on || r.Method != http.MethodGet {
+		f.next.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	f.next.ServeHTTP(rec, r)
+	body := rec.Body.Bytes()
+	if len(body) > 0 {
+		body[len(body)/2] ^= 0x40
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	w.Write(body)
+}
+
+func (s *suite) corruptInTransit(c *clause) {
+	w, app := c.world()
+	fl := &flipper{next: w.Primary.Handler(), on: true}
+	srv := httptest.NewServer(fl)
+	c.Cleanup(srv.Close)
+	sec := c.h.Strategy(w.PrimaryDB)
+	cfg := c.secondaryConfig(w, sec)
+	cfg.PrimaryURL = srv.URL
+	cfg.Retry = strategy.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: -1}
+	r := w.Start(cfg)
+	b := data(7, 5000)
+	id, err := c.h.Create(c.ctx, app, b)
+	c.check(err, "create")
+	key, err := sec.BlobKey(c.ctx, id)
+	c.check(err, "BlobKey")
+	c.waitFor("corrupted transfers fail", func() (bool, string) {
+		row, err := r.Store().Get(c.ctx, sec.Name(), id)
+		if err != nil {
+			return false, err.Error()
+		}
+		if row.State == registry.StateSynced {
+			c.failf("a corrupted transfer: got state synced, want failed")
+		}
+		return row.State == registry.StateFailed && row.RetryCount >= 2, fmt.Sprintf("got state %s retry_count %d, want failed twice", row.State, row.RetryCount)
+	})
+	if _, err := w.SecondaryStorage.Stat(c.ctx, key); err == nil {
+		c.failf("file at %s after corrupted transfers: got one, want none", key)
+	}
+	fl.set(false)
+	c.waitSynced(w, sec, id, b)
+	c.converged(w, sec)
+}
+
+func (s *suite) corruptAtRest(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	cfg := c.secondaryConfig(w, sec)
+	cfg.ReverifyInterval = 200 * time.Millisecond
+	cfg.Retry = strategy.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: -1}
+	r := w.Start(cfg)
+	b := data(9, 4000)
+	id, err := c.h.Create(c.ctx, app, b)
+	c.check(err, "create")
+	c.waitSynced(w, sec, id, b)
+	key, err := sec.BlobKey(c.ctx, id)
+	c.check(err, "BlobKey")
+	path := filepath.Join(w.SecondaryRoot, filepath.FromSlash(key))
+	raw, err := os.ReadFile(path)
+	c.check(err, "read the secondary's copy")
+	raw[len(raw)/2] ^= 0x01
+	c.check(os.WriteFile(path, raw, 0o644), "corrupt the secondary's copy")
+	before := w.Transfers.Count(sec.Name(), id)
+	c.waitFor("corruption at rest detected and repaired", func() (bool, string) {
+		got, state := c.secondaryBytes(w, sec, id)
+		if bytes.Equal(got, b) && w.Transfers.Count(sec.Name(), id) > before {
+			return true, ""
+		}
+		return false, fmt.Sprintf("got state %s and %s bytes, want a re-download restoring the primary's bytes", state, map[bool]string{true: "correct", false: "corrupted"}[bytes.Equal(got, b)])
+	})
+	_ = r
+	c.converged(w, sec)
+}
+
+func (s *suite) empty(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	w.Start(c.secondaryConfig(w, sec))
+	id, err := c.h.Create(c.ctx, app, []byte{})
+	c.check(err, "create")
+	c.waitSynced(w, sec, id, []byte{})
+	c.converged(w, sec)
+}
+
+func (s *suite) large(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	w.Start(c.secondaryConfig(w, sec))
+	b := data(33, 32<<20)
+	id, err := c.h.Create(c.ctx, app, b)
+	c.check(err, "create")
+	c.waitSynced(w, sec, id, b)
+	c.converged(w, sec)
+}
+
+// failing answers 503 to every transfer while on.
+type failing struct {
+	next http.Handler
+	mu   sync.Mutex
+	on   bool
+}
+
+func (f *failing) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	on := f.on
+	f.mu.Unlock()
+	if on {
+		http.Error(w, "primary overloaded", http.StatusServiceUnavailable)
+		return
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+// fakeClock is a clock the clause moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (f *fakeClock) Now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *fakeClock) add(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+func (s *suite) backoffGrows(c *clause) {
+	w, app := c.world()
+	fl := &failing{next: w.Primary.Handler(), on: true}
+	srv := httptest.NewServer(fl)
+	c.Cleanup(srv.Close)
+	sec := c.h.Strategy(w.PrimaryDB)
+	clock := &fakeClock{now: time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := c.secondaryConfig(w, sec)
+	cfg.PrimaryURL = srv.URL
+	cfg.Now = clock.Now
+	r := w.Start(cfg)
+	b := data(5, 300)
+	id, err := c.h.Create(c.ctx, app, b)
+	c.check(err, "create")
+	store := r.Store()
+	var prev time.Duration
+	for n := 1; n <= 4; n++ {
+		var row registry.Row
+		c.waitFor(fmt.Sprintf("failure %d recorded", n), func() (bool, string) {
+			row, err = store.Get(c.ctx, sec.Name(), id)
+			if err != nil {
+				return false, err.Error()
+			}
+			return row.State == registry.StateFailed && row.RetryCount == n, fmt.Sprintf("got state %s retry_count %d, want failed and %d", row.State, row.RetryCount, n)
+		})
+		delay := row.RetryAt.Sub(clock.Now())
+		if delay <= prev {
+			c.failf("delay before retry %d: got %v after %v, want it to grow across consecutive failures", n+1, delay, prev)
+		}
+		if delay > time.Hour {
+			c.failf("delay before retry %d: got %v, want at most the 1h cap", n+1, delay)
+		}
+		prev = delay
+		clock.add(delay + time.Second)
+		r.Wake()
+	}
+	fl.mu.Lock()
+	fl.on = false
+	fl.mu.Unlock()
+	c.waitSynced(w, sec, id, b)
+	row, err := store.Get(c.ctx, sec.Name(), id)
+	c.check(err, "registry row")
+	if row.RetryCount != 0 {
+		c.failf("retry_count after success: got %d, want 0", row.RetryCount)
+	}
+}
+
+// holder holds one record's transfer after its first byte until released.
+type holder struct {
+	next    http.Handler
+	path    string
+	arrived chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (h *holder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != h.path || r.Method != http.MethodGet {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	first := false
+	h.once.Do(func() { first = true })
+	if !first {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	h.next.ServeHTTP(&heldWriter{ResponseWriter: w, h: h}, r)
+}
+
+type heldWriter struct {
+	http.ResponseWriter
+	h    *holder
+	done bool
+}
+
+func (hw *heldWriter) Write(p []byte) (int, error) {
+	if hw.done || len(p) < 2 {
+		return hw.ResponseWriter.Write(p)
+	}
+	hw.done = true
+	n, err := hw.ResponseWriter.Write(p[:1])
+	if f, ok := hw.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+	close(hw.h.arrived)
+	<-hw.h.release
+	if err != nil {
+		return n, err
+	}
+	m, err := hw.ResponseWriter.Write(p[1:])
+	return n + m, err
+}
+
+func (c *clause) inFlight(w *World, name string, id int64) (*holder, string) {
+	h := &holder{next: w.Primary.Handler(), path: fmt.Sprintf("/geo/v1/blobs/%s/%d", name, id),
+		arrived: make(chan struct{}), release: make(chan struct{})}
+	srv := httptest.NewServer(h)
+	c.Cleanup(srv.Close)
+	c.Cleanup(func() {
+		select {
+		case <-h.release:
+		default:
+			close(h.release)
+		}
+	})
+	return h, srv.URL
+}
+
+func (c *clause) waitArrived(h *holder) {
+	c.Helper()
+	select {
+	case <-h.arrived:
+	case <-c.ctx.Done():
+		c.failf("the sync never reached the primary: got no transfer, want one in flight")
+	}
+}
+
+func (s *suite) updateDuringSync(c *clause) {
+	if c.h.Update == nil {
+		c.Skip("Harness.Update is nil: the type is immutable")
+		return
+	}
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	old := data(1, 64<<10)
+	id, err := c.h.Create(c.ctx, app, old)
+	c.check(err, "create")
+	h, url := c.inFlight(w, sec.Name(), id)
+	cfg := c.secondaryConfig(w, sec)
+	cfg.PrimaryURL = url
+	r := w.Start(cfg)
+	r.TriggerConsistency()
+	c.waitArrived(h)
+	nu := data(2, 60<<10)
+	c.check(c.h.Update(c.ctx, app, id, nu), "update")
+	c.waitFor("the update's event reaches the registry during the sync", func() (bool, string) {
+		row, err := r.Store().Get(c.ctx, sec.Name(), id)
+		return err == nil && row.State == registry.StatePending, fmt.Sprintf("got %v %v, want pending", row.State, err)
+	})
+	close(h.release)
+	c.waitSynced(w, sec, id, nu)
+	c.converged(w, sec)
+}
+
+func (s *suite) deleteDuringSync(c *clause) {
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	id, err := c.h.Create(c.ctx, app, data(1, 64<<10))
+	c.check(err, "create")
+	key, err := sec.BlobKey(c.ctx, id)
+	c.check(err, "BlobKey")
+	h, url := c.inFlight(w, sec.Name(), id)
+	cfg := c.secondaryConfig(w, sec)
+	cfg.PrimaryURL = url
+	r := w.Start(cfg)
+	r.TriggerConsistency()
+	c.waitArrived(h)
+	c.check(c.h.Delete(c.ctx, app, id), "delete")
+	c.waitFor("the deleted event removes the row during the sync", func() (bool, string) {
+		_, err := r.Store().Get(c.ctx, sec.Name(), id)
+		return errors.Is(err, registry.ErrNotFound), fmt.Sprintf("got %v, want no row", err)
+	})
+	close(h.release)
+	// Let the in-flight sync finish and settle, then nothing may remain.
+	c.waitFor("the interrupted sync ends", func() (bool, string) {
+		n := 0
+		for _, t := range w.Transfers.All() {
+			if t.ID == id {
+				n++
+			}
+		}
+		return n >= 1, "got no finished transfer"
+	})
+	c.waitGone(w, sec.Name(), id, key)
+	c.converged(w, sec)
+	_ = strings.TrimSpace
+}
+
+// testingT adapts *testing.T to T.
+type testingT struct{ *testing.T }
+
+func (t testingT) Run(name string, f func(t T)) bool {
+	return t.T.Run(name, func(tt *testing.T) { f(testingT{tt}) })
+}

@@ -1,0 +1,292 @@
+package geotest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/strategy"
+)
+
+// TB is the part of testing.TB a World uses. *testing.T and *testing.B
+// satisfy it, and so does the suite's own test double.
+type TB interface {
+	pgtest.TB
+	Errorf(format string, args ...any)
+	TempDir() string
+}
+
+// WorldConfig describes the pair of sites a World builds.
+type WorldConfig struct {
+	// Server provides PostgreSQL. Nil means a server of the world's own
+	// (GEO_TEST_DATABASE_URL or a throwaway cluster), stopped when the test
+	// ends.
+	Server *pgtest.Server
+	// Setup creates the application's schema in the primary database.
+	Setup func(ctx context.Context, db *sqlx.DB) error
+	// Strategies returns the primary's adapters (no scope) over its
+	// database. Required.
+	Strategies func(db *sqlx.DB) []strategy.BlobStrategy
+	// Verbose sends the sites' logs to the test log.
+	Verbose bool
+}
+
+// World is a primary site and the means to start secondaries against it,
+// all on loopback: a primary database (migrated, with the application's
+// schema), a tracking database, a primary storage root and transfer
+// endpoint, and a secondary storage root.
+type World struct {
+	tb     TB
+	Server *pgtest.Server
+
+	PrimaryDB  *sqlx.DB
+	TrackingDB *sqlx.DB
+	// TrackingURL is the tracking database's URL (for separate processes).
+	TrackingURL string
+	// PrimaryDBURL is the primary database's URL.
+	PrimaryDBURL string
+
+	PrimaryStorage   *blob.Dir
+	SecondaryStorage *blob.Dir
+	PrimaryRoot      string
+	SecondaryRoot    string
+
+	Strategies  *replicator.Set // the primary's
+	Primary     *replicator.Primary
+	HTTP        *httptest.Server
+	Credentials blob.Credentials
+	Transfers   *TransferLog
+	Logger      *zap.Logger
+}
+
+// NewWorld builds a World; everything it starts is stopped when tb ends.
+func NewWorld(tb TB, cfg WorldConfig) *World {
+	tb.Helper()
+	if cfg.Strategies == nil {
+		tb.Fatal("geotest: WorldConfig.Strategies is required")
+	}
+	ctx := context.Background()
+	srv := cfg.Server
+	if srv == nil {
+		srv = pgtest.New(pgtest.Options{})
+		tb.Cleanup(func() { _ = srv.Stop() })
+	}
+	w := &World{tb: tb, Server: srv, Transfers: &TransferLog{}}
+	w.Logger = zap.NewNop()
+	if t, ok := tb.(testing.TB); ok && cfg.Verbose {
+		w.Logger = zaptest.NewLogger(t)
+	}
+	w.PrimaryDBURL = srv.NewDatabaseURL(tb)
+	w.PrimaryDB = open(tb, w.PrimaryDBURL)
+	w.TrackingURL = srv.NewDatabaseURL(tb)
+	w.TrackingDB = open(tb, w.TrackingURL)
+	if err := registry.MigratePrimary(ctx, w.PrimaryDB); err != nil {
+		tb.Fatalf("geotest: migrate primary: %v", err)
+	}
+	if err := registry.MigrateTracking(ctx, w.TrackingDB); err != nil {
+		tb.Fatalf("geotest: migrate tracking: %v", err)
+	}
+	if cfg.Setup != nil {
+		if err := cfg.Setup(ctx, w.PrimaryDB); err != nil {
+			tb.Fatalf("geotest: application schema setup: %v", err)
+		}
+	}
+	dir := tb.TempDir()
+	w.PrimaryRoot = filepath.Join(dir, "primary")
+	w.SecondaryRoot = filepath.Join(dir, "secondary")
+	var err error
+	if w.PrimaryStorage, err = blob.NewDir(w.PrimaryRoot); err != nil {
+		tb.Fatalf("geotest: primary storage: %v", err)
+	}
+	tb.Cleanup(func() { w.PrimaryStorage.Close() })
+	if w.SecondaryStorage, err = blob.NewDir(w.SecondaryRoot); err != nil {
+		tb.Fatalf("geotest: secondary storage: %v", err)
+	}
+	tb.Cleanup(func() { w.SecondaryStorage.Close() })
+
+	w.Strategies = replicator.NewSet()
+	for _, s := range cfg.Strategies(w.PrimaryDB) {
+		if err := w.Strategies.Register(s); err != nil {
+			tb.Fatalf("geotest: register: %v", err)
+		}
+	}
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	w.Credentials = blob.Credentials{Site: "secondary-1", AccessKey: "geotest-key", Secret: secret}
+	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
+		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
+		Secrets: blob.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
+		Observe: w.Transfers.observe,
+	})
+	if err != nil {
+		tb.Fatalf("geotest: primary: %v", err)
+	}
+	w.HTTP = httptest.NewServer(w.Primary.Handler())
+	tb.Cleanup(w.HTTP.Close)
+	return w
+}
+
+func open(tb TB, url string) *sqlx.DB {
+	db, err := sqlx.Open("postgres", url)
+	if err != nil {
+		tb.Fatalf("geotest: open: %v", err)
+	}
+	db.SetMaxOpenConns(40)
+	db.SetMaxIdleConns(40)
+	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+// SecondaryConfig returns a configuration for a secondary of this world
+// using strategies (adapters reading the primary database, possibly
+// scoped) and the world's secondary storage. Tests adjust it before
+// calling NewSecondary.
+func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.SecondaryConfig {
+	set := replicator.NewSet()
+	for _, s := range strategies {
+		if err := set.Register(s); err != nil {
+			w.tb.Fatalf("geotest: register: %v", err)
+		}
+	}
+	return replicator.SecondaryConfig{
+		Strategies: set, Tracking: w.TrackingDB, Primary: w.PrimaryDB,
+		PrimaryURL: w.HTTP.URL, Credentials: w.Credentials, Storage: w.SecondaryStorage,
+		Logger:       w.Logger.Named("secondary"),
+		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
+		Lease: 5 * time.Second, ShutdownGrace: 5 * time.Second, TransferTimeout: 10 * time.Second,
+	}
+}
+
+// Running is a secondary running in the background.
+type Running struct {
+	*replicator.Secondary
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// Start builds a secondary from cfg and runs it until Stop or the end of
+// the test.
+func (w *World) Start(cfg replicator.SecondaryConfig) *Running {
+	w.tb.Helper()
+	sec, err := replicator.NewSecondary(cfg)
+	if err != nil {
+		w.tb.Fatalf("geotest: new secondary: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Running{Secondary: sec, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- sec.Run(ctx) }()
+	w.tb.Cleanup(func() { _ = r.Stop() })
+	return r
+}
+
+// Stop ends the secondary gracefully and returns Run's error.
+func (r *Running) Stop() error {
+	r.once.Do(func() {
+		r.cancel()
+		r.err = <-r.done
+	})
+	return r.err
+}
+
+// WaitFor polls cond until it returns true or timeout passes; then the
+// test fails with what and cond's last explanation.
+func WaitFor(tb TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	tb.Helper()
+	if err := Eventually(timeout, cond); err != nil {
+		tb.Fatalf("%s: %v", what, err)
+	}
+}
+
+// Eventually polls cond every 20ms until it returns true (nil) or timeout
+// passes (an error carrying cond's last explanation).
+func Eventually(timeout time.Duration, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not reached within %v: %s", timeout, why)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TransferLog records every transfer the primary served, for tests that
+// count downloads or look for overlapping ones.
+type TransferLog struct {
+	mu   sync.Mutex
+	list []Transfer
+}
+
+// Transfer is one served transfer.
+type Transfer struct {
+	Replicable string
+	ID         int64
+	Start, End time.Time
+	Bytes      int64
+}
+
+func (l *TransferLog) observe(replicable string, id int64, start, end time.Time, n int64) {
+	l.mu.Lock()
+	l.list = append(l.list, Transfer{replicable, id, start, end, n})
+	l.mu.Unlock()
+}
+
+// All returns the transfers so far.
+func (l *TransferLog) All() []Transfer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Transfer(nil), l.list...)
+}
+
+// Count returns how many transfers of replicable's record id were served
+// (id < 0 counts every record of the type).
+func (l *TransferLog) Count(replicable string, id int64) int {
+	n := 0
+	for _, t := range l.All() {
+		if t.Replicable == replicable && (id < 0 || t.ID == id) {
+			n++
+		}
+	}
+	return n
+}
+
+// Overlaps returns the records that were transferred twice at the same time.
+func (l *TransferLog) Overlaps() []string {
+	by := map[string][]Transfer{}
+	for _, t := range l.All() {
+		k := fmt.Sprintf("%s/%d", t.Replicable, t.ID)
+		by[k] = append(by[k], t)
+	}
+	var out []string
+	for k, ts := range by {
+		for i := range ts {
+			for j := i + 1; j < len(ts); j++ {
+				if ts[i].Start.Before(ts[j].End) && ts[j].Start.Before(ts[i].End) {
+					out = append(out, k)
+				}
+			}
+		}
+	}
+	return out
+}
+
+var errMismatch = errors.New("secondary differs from primary")

@@ -1,0 +1,153 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/strategy"
+)
+
+// blobReplicator is the framework's Replicator for a BlobStrategy: it asks
+// the strategy where a record's bytes live, downloads them from the
+// primary's transfer endpoint into local storage (staged, not visible), and
+// removes or verifies local copies.
+type blobReplicator struct {
+	s       strategy.BlobStrategy
+	storage blob.Storage
+	dl      *blob.Downloader
+	// onSkip counts downloads skipped because the bytes were present.
+	onSkip func(name string)
+}
+
+// NewBlobReplicator returns the Replicator the engines use for a blob type:
+// keys come from s (read on the primary's replica), bytes from the primary
+// through dl, and land in local storage.
+func NewBlobReplicator(s strategy.BlobStrategy, local blob.Storage, dl *blob.Downloader) Replicator {
+	return &blobReplicator{s: s, storage: local, dl: dl}
+}
+
+func (r *blobReplicator) Name() string { return r.s.Name() }
+
+func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
+	key, err := r.s.BlobKey(ctx, job.ModelID)
+	if errors.Is(err, strategy.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", ErrGone, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob key: %w", err)
+	}
+	if err := blob.ValidateKey(key); err != nil {
+		return nil, fmt.Errorf("strategy %s returned a bad key for %d: %w", r.s.Name(), job.ModelID, err)
+	}
+	if job.FirstAttempt && job.PrimaryChecksum != "" {
+		if st, ok := r.trySkip(ctx, job, key); ok {
+			return st, nil
+		}
+	}
+	res, err := r.dl.Fetch(ctx, r.s.Name(), job.ModelID, r.storage, key, job.PrimaryChecksum)
+	switch {
+	case err == nil:
+	case errors.Is(err, blob.ErrMissingOnPrimary):
+		return nil, fmt.Errorf("%w: %v", ErrMissingOnPrimary, err)
+	case errors.Is(err, blob.ErrChecksumMismatch):
+		return nil, fmt.Errorf("%w: %v", ErrChecksumMismatch, err)
+	default:
+		return nil, err
+	}
+	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, res: SyncResult{
+		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Duration: res.Duration,
+	}}, nil
+}
+
+// trySkip reports a staged no-op when the bytes at key already match the
+// primary's checksum (a restore, or a re-added site).
+func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Staged, bool) {
+	start := time.Now()
+	rd, err := r.storage.Open(ctx, key)
+	if err != nil {
+		return nil, false
+	}
+	defer rd.Close()
+	sum, n, err := blob.SHA256Reader(ctx, rd)
+	if err != nil || sum != job.PrimaryChecksum {
+		return nil, false
+	}
+	if r.onSkip != nil {
+		r.onSkip(r.s.Name())
+	}
+	return &blobStaged{r: r, oldKey: job.RecordedKey, res: SyncResult{
+		Key: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
+	}}, true
+}
+
+func (r *blobReplicator) Remove(ctx context.Context, id int64, key string) error {
+	if key == "" {
+		// Not recorded: ask the strategy (the record may still be readable
+		// on the replica, e.g. when it only left the scope).
+		k, err := r.s.BlobKey(ctx, id)
+		if err != nil {
+			return nil // nothing known to remove
+		}
+		key = k
+	}
+	if err := blob.ValidateKey(key); err != nil {
+		return fmt.Errorf("remove %s/%d: %w", r.s.Name(), id, err)
+	}
+	if err := r.storage.Remove(ctx, key); err != nil {
+		return fmt.Errorf("remove %s/%d: %w", r.s.Name(), id, err)
+	}
+	return nil
+}
+
+func (r *blobReplicator) Verify(ctx context.Context, id int64, key string, primaryChecksum string) (VerifyResult, error) {
+	if err := blob.ValidateKey(key); err != nil {
+		return VerifyResult{}, fmt.Errorf("verify %s/%d: %w", r.s.Name(), id, err)
+	}
+	rd, err := r.storage.Open(ctx, key)
+	if errors.Is(err, blob.ErrNotExist) {
+		return VerifyResult{}, fmt.Errorf("%w: %s", ErrLocalMissing, key)
+	}
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("verify %s/%d: %w", r.s.Name(), id, err)
+	}
+	defer rd.Close()
+	sum, n, err := blob.SHA256Reader(ctx, rd)
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("verify %s/%d: read: %w", r.s.Name(), id, err)
+	}
+	return VerifyResult{Checksum: sum, Size: n, Match: primaryChecksum != "" && sum == primaryChecksum}, nil
+}
+
+type blobStaged struct {
+	r      *blobReplicator
+	w      blob.Writer // nil when the download was skipped
+	oldKey string
+	res    SyncResult
+}
+
+func (s *blobStaged) Result() SyncResult { return s.res }
+
+func (s *blobStaged) Commit(ctx context.Context) error {
+	if s.w != nil {
+		if err := s.w.Commit(ctx); err != nil {
+			return err
+		}
+	}
+	// The record's bytes moved to a new key: the old copy is an orphan.
+	if s.oldKey != "" && s.oldKey != s.res.Key {
+		if err := s.r.storage.Remove(ctx, s.oldKey); err != nil && !errors.Is(err, blob.ErrInvalidKey) {
+			return fmt.Errorf("remove previous key: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *blobStaged) Abort() error {
+	if s.w == nil {
+		return nil
+	}
+	return s.w.Abort()
+}

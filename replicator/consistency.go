@@ -1,0 +1,276 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/strategy"
+)
+
+// consistencyEngine walks every type's record ids on the primary in keyset
+// batches, inserts missing registry rows as pending (backfill) and removes
+// orphans (rows, and their bytes, for ids that no longer exist or left the
+// scope). Its cursor survives restarts; a full pass repeats on an interval.
+// Memory is bounded by the batch size whatever the table sizes.
+type consistencyEngine struct {
+	store    *registry.Store
+	set      *Set
+	reps     map[string]Replicator
+	batch    int
+	interval time.Duration
+	log      *zap.Logger
+	wakeSync func()
+	now      func() time.Time
+
+	trigger chan struct{}
+
+	mu       sync.Mutex
+	progress map[string]*Progress
+}
+
+// Progress reports a type's consistency (backfill) pass.
+type Progress struct {
+	Replicable   string
+	Running      bool      // a pass is under way
+	PassStarted  time.Time // when the current (or last) pass started
+	Done         int64     // primary ids examined in the current pass
+	Total        int64     // primary ids in the last full pass (or Done when none finished yet); 0 when unknown
+	Inserted     int64     // registry rows created in the current pass
+	Removed      int64     // orphans removed in the current pass
+	Rate         float64   // ids per second in the current pass
+	ETA          time.Duration
+	LastFinished time.Time // when the last full pass finished; zero if none
+	Passes       int64     // full passes completed by this process
+}
+
+func newConsistencyEngine(store *registry.Store, set *Set, reps map[string]Replicator, cfg *SecondaryConfig, wakeSync func()) *consistencyEngine {
+	return &consistencyEngine{
+		store: store, set: set, reps: reps, batch: cfg.BackfillBatch, interval: cfg.ConsistencyInterval,
+		log: cfg.Logger, wakeSync: wakeSync, now: cfg.Now,
+		trigger: make(chan struct{}, 1), progress: map[string]*Progress{},
+	}
+}
+
+// Trigger asks for a full pass as soon as possible (for example after the
+// event cursor fell behind the retained log).
+func (c *consistencyEngine) Trigger() {
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Progress returns a copy of every type's progress.
+func (c *consistencyEngine) Progress() map[string]Progress {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]Progress, len(c.progress))
+	for k, p := range c.progress {
+		out[k] = *p
+	}
+	return out
+}
+
+// run performs passes until ctx ends: one at start (resuming a saved
+// cursor), then one per interval or on Trigger.
+func (c *consistencyEngine) run(ctx context.Context) error {
+	for {
+		for _, name := range c.set.Names() {
+			if err := c.passType(ctx, name); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				c.log.Warn("consistency pass failed; retrying later", zap.String("replicable", name), zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.trigger:
+		case <-time.After(c.interval):
+		}
+	}
+}
+
+func (c *consistencyEngine) setProgress(name string, f func(p *Progress)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.progress[name]
+	if p == nil {
+		p = &Progress{Replicable: name}
+		c.progress[name] = p
+	}
+	f(p)
+}
+
+// PassType runs one full pass for a type (from its saved cursor to the end).
+func (c *consistencyEngine) passType(ctx context.Context, name string) error {
+	s, _ := c.set.Lookup(name)
+	after, err := c.store.ConsistencyCursor(ctx, name)
+	if err != nil {
+		return err
+	}
+	start := c.now()
+	c.setProgress(name, func(p *Progress) {
+		p.Running, p.PassStarted, p.Done, p.Inserted, p.Removed, p.Rate, p.ETA = true, start, 0, 0, 0, 0, 0
+	})
+	defer c.setProgress(name, func(p *Progress) { p.Running = false })
+	var done int64
+	for {
+		ids, err := s.IDs(ctx, after, c.batch)
+		if err != nil {
+			return fmt.Errorf("consistency %s: list ids after %d: %w", name, after, err)
+		}
+		if err := checkAscending(ids, after); err != nil {
+			return fmt.Errorf("consistency %s: %w", name, err)
+		}
+		last := len(ids) < c.batch
+		upTo := int64(math.MaxInt64)
+		if !last {
+			upTo = ids[len(ids)-1]
+		}
+		inserted, removed, err := c.reconcile(ctx, name, s, after, upTo, ids)
+		if err != nil {
+			return err
+		}
+		if inserted > 0 && c.wakeSync != nil {
+			c.wakeSync()
+		}
+		done += int64(len(ids))
+		next := upTo
+		if last {
+			next = 0 // pass complete: the next one starts over
+		}
+		if err := c.store.SaveConsistencyCursor(ctx, name, next); err != nil {
+			return err
+		}
+		elapsed := c.now().Sub(start).Seconds()
+		c.setProgress(name, func(p *Progress) {
+			p.Done = done
+			p.Inserted += inserted
+			p.Removed += removed
+			if elapsed > 0 {
+				p.Rate = float64(done) / elapsed
+			}
+			if p.Total > done && p.Rate > 0 {
+				p.ETA = time.Duration(float64(p.Total-done) / p.Rate * float64(time.Second))
+			} else {
+				p.ETA = 0
+			}
+			if p.Total < done {
+				p.Total = done
+			}
+		})
+		if last {
+			c.setProgress(name, func(p *Progress) {
+				p.Total, p.LastFinished, p.ETA = done, c.now(), 0
+				p.Passes++
+			})
+			c.log.Debug("consistency pass finished", zap.String("replicable", name), zap.Int64("ids", done))
+			return nil
+		}
+		after = upTo
+	}
+}
+
+func checkAscending(ids []int64, after int64) error {
+	prev := after
+	for _, id := range ids {
+		if id <= prev {
+			return fmt.Errorf("strategy IDs not strictly ascending after %d: %d follows %d", after, id, prev)
+		}
+		prev = id
+	}
+	return nil
+}
+
+// reconcile compares primary ids in (after, upTo] with tracked ids in the
+// same range (both sides bounded, DESIGN §11), inserts the missing ones in
+// one statement and removes orphans.
+func (c *consistencyEngine) reconcile(ctx context.Context, name string, s strategy.BlobStrategy, after, upTo int64, ids []int64) (inserted, removed int64, err error) {
+	var missing, orphans []int64
+	i := 0
+	cursor := after
+	for {
+		tracked, err := c.store.IDsInRange(ctx, name, cursor, upTo, c.batch)
+		if err != nil {
+			return 0, 0, fmt.Errorf("consistency %s: tracked ids: %w", name, err)
+		}
+		lastPage := len(tracked) < c.batch
+		// Merge: tracked is ascending; walk ids up to the page's end.
+		pageEnd := upTo
+		if !lastPage {
+			pageEnd = tracked[len(tracked)-1]
+		}
+		j := 0
+		for i < len(ids) && ids[i] <= pageEnd {
+			for j < len(tracked) && tracked[j] < ids[i] {
+				orphans = append(orphans, tracked[j])
+				j++
+			}
+			if j < len(tracked) && tracked[j] == ids[i] {
+				j++
+			} else {
+				missing = append(missing, ids[i])
+			}
+			i++
+		}
+		orphans = append(orphans, tracked[j:]...)
+		if lastPage {
+			break
+		}
+		cursor = pageEnd
+	}
+	missing = append(missing, ids[i:]...)
+	if len(missing) > 0 {
+		n, err := c.store.InsertMissing(ctx, name, missing)
+		if err != nil {
+			return 0, 0, fmt.Errorf("consistency %s: insert missing: %w", name, err)
+		}
+		inserted = n
+	}
+	for _, id := range orphans {
+		ok, err := c.removeOrphan(ctx, name, s, id)
+		if err != nil {
+			return inserted, removed, err
+		}
+		if ok {
+			removed++
+		}
+	}
+	return inserted, removed, nil
+}
+
+// removeOrphan removes a tracked id the primary did not list, after
+// re-checking it on the replica: a record created after the listing (its
+// row made by an event) is not an orphan.
+func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s strategy.BlobStrategy, id int64) (bool, error) {
+	_, err := s.BlobKey(ctx, id)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, strategy.ErrNotFound) {
+		return false, fmt.Errorf("consistency %s: check orphan %d: %w", name, id, err)
+	}
+	rep := c.reps[name]
+	ok, err := c.store.Delete(ctx, name, id, func(ctx context.Context, key string) error {
+		if key == "" {
+			return nil // never synced: no bytes of ours
+		}
+		return rep.Remove(ctx, id, key)
+	})
+	if err != nil {
+		return false, fmt.Errorf("consistency %s: remove orphan %d: %w", name, id, err)
+	}
+	if ok {
+		c.log.Debug("orphan removed", zap.String("replicable", name), zap.Int64("model_record_id", id))
+	}
+	return ok, nil
+}

@@ -1,0 +1,339 @@
+package replicator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/internal/pglock"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/strategy"
+)
+
+// SecondaryConfig configures a secondary site's process. Required fields
+// are marked; every other field has the documented default when zero.
+type SecondaryConfig struct {
+	// Strategies is the set of registered types (required, non-empty). The
+	// strategies read the primary's database through Primary.
+	Strategies *Set
+	// Tracking is the secondary's own tracking database, migrated with
+	// registry.MigrateTracking (required).
+	Tracking *sqlx.DB
+	// Primary is a read-only handle to the primary's database: in
+	// production a streaming replica (required). geo never writes there.
+	Primary *sqlx.DB
+	// PrimaryURL is the base URL of the primary's transfer endpoint, e.g.
+	// "https://primary.example.com" (required).
+	PrimaryURL string
+	// Credentials identify this secondary to the primary (required).
+	Credentials blob.Credentials
+	// Storage is where this site keeps its copies (required).
+	Storage blob.Storage
+	// Logger receives structured logs; nil means none.
+	Logger *zap.Logger
+	// Observer receives metrics events; nil means none.
+	Observer Observer
+
+	// Owner names this process in registry leases; "" means
+	// hostname-pid-random.
+	Owner string
+	// SyncCapacityPerType caps concurrent syncs per type; 0 means 10.
+	SyncCapacityPerType int
+	// SyncCapacityTotal caps concurrent syncs over all types; 0 means
+	// SyncCapacityPerType × number of types.
+	SyncCapacityTotal int
+	// Lease is how long a claimed row stays claimed without renewal; a
+	// dead worker's rows are reclaimable after it. 0 means 30s; minimum 1s.
+	Lease time.Duration
+	// PollInterval is how often the engines look for work when nothing
+	// wakes them; 0 means 1s.
+	PollInterval time.Duration
+	// ShutdownGrace is how long Run lets in-flight syncs finish after its
+	// context ends before releasing their rows; 0 means 10s.
+	ShutdownGrace time.Duration
+	// BandwidthLimit caps all transfers together, in bytes per second;
+	// 0 means unlimited.
+	BandwidthLimit int64
+	// TransferTimeout fails a transfer that stalls (no bytes) this long;
+	// 0 means 30s.
+	TransferTimeout time.Duration
+	// HTTPClient is used for transfers; nil means a client tuned to the
+	// sync capacity.
+	HTTPClient *http.Client
+	// BackfillBatch is the consistency engine's keyset batch; 0 means 10,000.
+	BackfillBatch int
+	// ConsistencyInterval is how often a full consistency pass repeats;
+	// 0 means 15m.
+	ConsistencyInterval time.Duration
+	// EventBatch is how many outbox events the consumer reads at once;
+	// 0 means 1,000.
+	EventBatch int
+	// EventPollInterval is how often the consumer polls the outbox; 0 means
+	// 250ms. Must be at most 1s.
+	EventPollInterval time.Duration
+	// NotifyURL optionally names the primary's database (not a standby)
+	// for LISTEN, a wake-up hint only; "" means polling alone.
+	NotifyURL string
+	// ReverifyInterval is how long a verified copy stays trusted before it
+	// is read and checked again; 0 means 7 days.
+	ReverifyInterval time.Duration
+	// Retry is the backoff policy for failures; nil means
+	// strategy.DefaultBackoff().
+	Retry strategy.RetryPolicy
+	// Now is the clock; nil means time.Now. Tests pass a fake clock.
+	Now func() time.Time
+}
+
+func (c *SecondaryConfig) validate() error {
+	switch {
+	case c.Strategies == nil || c.Strategies.Len() == 0:
+		return errors.New("replicator: SecondaryConfig.Strategies: register at least one type")
+	case c.Tracking == nil:
+		return errors.New("replicator: SecondaryConfig.Tracking is required")
+	case c.Primary == nil:
+		return errors.New("replicator: SecondaryConfig.Primary is required (a read-only handle to the primary's database)")
+	case c.PrimaryURL == "":
+		return errors.New("replicator: SecondaryConfig.PrimaryURL is required")
+	case c.Storage == nil:
+		return errors.New("replicator: SecondaryConfig.Storage is required")
+	case c.Credentials.AccessKey == "" || len(c.Credentials.Secret) == 0:
+		return errors.New("replicator: SecondaryConfig.Credentials needs an access key and a secret")
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"SyncCapacityPerType", int64(c.SyncCapacityPerType)}, {"SyncCapacityTotal", int64(c.SyncCapacityTotal)},
+		{"BandwidthLimit", c.BandwidthLimit}, {"BackfillBatch", int64(c.BackfillBatch)}, {"EventBatch", int64(c.EventBatch)},
+		{"Lease", int64(c.Lease)}, {"PollInterval", int64(c.PollInterval)}, {"ShutdownGrace", int64(c.ShutdownGrace)},
+		{"TransferTimeout", int64(c.TransferTimeout)}, {"ConsistencyInterval", int64(c.ConsistencyInterval)},
+		{"EventPollInterval", int64(c.EventPollInterval)}, {"ReverifyInterval", int64(c.ReverifyInterval)},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("replicator: SecondaryConfig.%s must not be negative", f.name)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
+	if c.Owner == "" {
+		host, _ := os.Hostname()
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		c.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.SyncCapacityPerType, 10)
+	def(&c.SyncCapacityTotal, c.SyncCapacityPerType*c.Strategies.Len())
+	def(&c.BackfillBatch, 10000)
+	def(&c.EventBatch, 1000)
+	defD(&c.Lease, 30*time.Second)
+	defD(&c.PollInterval, time.Second)
+	defD(&c.ShutdownGrace, 10*time.Second)
+	defD(&c.TransferTimeout, 30*time.Second)
+	defD(&c.ConsistencyInterval, 15*time.Minute)
+	defD(&c.EventPollInterval, 250*time.Millisecond)
+	defD(&c.ReverifyInterval, 7*24*time.Hour)
+	if c.Lease < time.Second {
+		return fmt.Errorf("replicator: SecondaryConfig.Lease %v is below the 1s minimum", c.Lease)
+	}
+	if c.EventPollInterval > time.Second {
+		return fmt.Errorf("replicator: SecondaryConfig.EventPollInterval %v is above 1s", c.EventPollInterval)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Retry == nil {
+		c.Retry = strategy.DefaultBackoff()
+	}
+	return nil
+}
+
+// Secondary is one secondary site process: it runs the consistency, sync,
+// event and verification engines for every registered type. Several
+// Secondary processes may share one tracking database: work is claimed
+// row by row, and singleton loops run under advisory locks.
+type Secondary struct {
+	cfg      SecondaryConfig
+	store    *registry.Store
+	reps     map[string]Replicator
+	sync     *syncEngine
+	cons     *consistencyEngine
+	consumer *events.Consumer
+}
+
+// NewSecondary validates cfg (a bad field is an error naming it) and wires
+// the engines. It does not touch the network; Run starts the work.
+func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	store, err := registry.NewStore(cfg.Tracking, registry.Options{Now: cfg.Now, Retry: cfg.Retry})
+	if err != nil {
+		return nil, fmt.Errorf("replicator: %w", err)
+	}
+	var limiter *rate.Limiter
+	if cfg.BandwidthLimit > 0 {
+		burst := int(min(cfg.BandwidthLimit, 4<<20))
+		limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), burst)
+	}
+	dl, err := blob.NewDownloader(blob.DownloaderConfig{
+		BaseURL: cfg.PrimaryURL, Credentials: cfg.Credentials, Client: cfg.HTTPClient,
+		Timeout: cfg.TransferTimeout, Limiter: limiter, Concurrency: cfg.SyncCapacityTotal,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replicator: %w", err)
+	}
+	s := &Secondary{cfg: cfg, store: store, reps: map[string]Replicator{}}
+	for _, name := range cfg.Strategies.Names() {
+		st, _ := cfg.Strategies.Lookup(name)
+		s.reps[name] = NewBlobReplicator(st, cfg.Storage, dl)
+	}
+	s.sync = newSyncEngine(store, s.reps, cfg.Strategies.Names(), cfg.Owner, &s.cfg, cfg.Observer)
+	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
+	consumer, err := events.NewConsumer(events.ConsumerConfig{
+		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatch,
+		PollInterval: cfg.EventPollInterval, Handler: eventHandler{s}, Known: cfg.Strategies.Has,
+		Logger: cfg.Logger, NotifyURL: cfg.NotifyURL, OnFellBehind: func(context.Context) { s.cons.Trigger() },
+		Now: cfg.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replicator: %w", err)
+	}
+	s.consumer = consumer
+	return s, nil
+}
+
+// Store returns the tracking store, for admin tools and tests.
+func (s *Secondary) Store() *registry.Store { return s.store }
+
+// Owner returns the name this process uses in leases.
+func (s *Secondary) Owner() string { return s.cfg.Owner }
+
+// Run runs every engine until ctx ends, then shuts down gracefully:
+// in-flight syncs finish within ShutdownGrace or their rows are released,
+// so nothing stays claimed. It returns nil after a clean shutdown.
+func (s *Secondary) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.sync.run(gctx) })
+	g.Go(func() error {
+		pglock.Run(gctx, s.cfg.Tracking, "consistency", s.cfg.PollInterval, s.cons.run, func(err error) {
+			s.cfg.Logger.Warn("consistency engine stopped", zap.Error(err))
+		})
+		return nil
+	})
+	g.Go(func() error { return s.consumer.Run(gctx) })
+	return g.Wait()
+}
+
+// Progress returns each type's consistency (backfill) progress as seen by
+// this process (empty for types whose pass runs in another process).
+func (s *Secondary) Progress() map[string]Progress { return s.cons.Progress() }
+
+// Consumer returns the event consumer, for its statistics.
+func (s *Secondary) Consumer() *events.Consumer { return s.consumer }
+
+// TriggerConsistency asks for a full consistency pass now.
+func (s *Secondary) TriggerConsistency() { s.cons.Trigger() }
+
+// eventHandler applies outbox events to the registry: created and updated
+// mark the row pending (level-triggered: the worker re-reads the truth;
+// R1 when a sync is in flight), deleted removes bytes and row (R2).
+type eventHandler struct{ s *Secondary }
+
+func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) error {
+	var (
+		runName string
+		runIDs  []int64
+	)
+	flush := func() error {
+		if len(runIDs) == 0 {
+			return nil
+		}
+		if _, err := h.s.store.MarkPending(ctx, runName, runIDs); err != nil {
+			return fmt.Errorf("replicator: mark pending %s: %w", runName, err)
+		}
+		runIDs = runIDs[:0]
+		return nil
+	}
+	woke := false
+	for _, ev := range evs {
+		switch ev.Op {
+		case events.OpCreated, events.OpUpdated:
+			if ev.Replicable != runName {
+				if err := flush(); err != nil {
+					return err
+				}
+				runName = ev.Replicable
+			}
+			runIDs = append(runIDs, ev.ModelID)
+			woke = true
+		case events.OpDeleted:
+			if err := flush(); err != nil {
+				return err
+			}
+			rep := h.s.reps[ev.Replicable]
+			if rep == nil {
+				continue
+			}
+			ev := ev
+			if err := blob.ValidateKey(ev.BlobKey); err != nil {
+				// A hostile or broken key in an event never reaches the
+				// disk; the key recorded at sync time still does.
+				h.s.cfg.Logger.Warn("deleted event with an invalid blob key: removing only the recorded key",
+					zap.Int64("event_id", ev.ID), zap.String("replicable", ev.Replicable), zap.Error(err))
+				h.s.cfg.Observer.EventsSkipped("invalid_key", 1)
+				ev.BlobKey = ""
+			}
+			_, err := h.s.store.Delete(ctx, ev.Replicable, ev.ModelID, func(ctx context.Context, recorded string) error {
+				if ev.BlobKey != "" {
+					if err := rep.Remove(ctx, ev.ModelID, ev.BlobKey); err != nil {
+						return err
+					}
+				}
+				if recorded != "" && recorded != ev.BlobKey {
+					return rep.Remove(ctx, ev.ModelID, recorded)
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("replicator: delete %s/%d: %w", ev.Replicable, ev.ModelID, err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if woke {
+		h.s.sync.Wake()
+	}
+	return nil
+}
+
+// Wake tells the sync engine that work may be due now (for example after
+// rows were marked pending by another process or an admin call).
+func (s *Secondary) Wake() { s.sync.Wake() }

@@ -1,0 +1,353 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/geoframework/geo/registry"
+)
+
+// syncEngine claims due registry rows within one concurrency budget (per
+// type and in total, shared by event-driven and backfill work: R5), runs
+// each type's Replicator, renews leases while work goes on (R3) and settles
+// rows by the registry's rules (R1, R2, R4, R6).
+type syncEngine struct {
+	store     *registry.Store
+	reps      map[string]Replicator
+	names     []string
+	owner     string
+	perType   int
+	total     int
+	lease     time.Duration
+	poll      time.Duration
+	grace     time.Duration
+	log       *zap.Logger
+	checksums func(ctx context.Context, replicable string, id int64) (string, error)
+	obs       Observer
+	paused    func(replicable string) bool
+
+	wake  chan struct{}
+	freed chan struct{}
+
+	mu       sync.Mutex
+	inflight map[string]int
+	active   map[registry.Key]*task
+	rr       int
+}
+
+type task struct {
+	claim  registry.Claim
+	cancel context.CancelFunc
+}
+
+func newSyncEngine(store *registry.Store, reps map[string]Replicator, names []string, owner string, cfg *SecondaryConfig, obs Observer) *syncEngine {
+	return &syncEngine{
+		store: store, reps: reps, names: names, owner: owner,
+		perType: cfg.SyncCapacityPerType, total: cfg.SyncCapacityTotal,
+		lease: cfg.Lease, poll: cfg.PollInterval, grace: cfg.ShutdownGrace,
+		log: cfg.Logger, obs: obs,
+		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
+		inflight: map[string]int{}, active: map[registry.Key]*task{},
+	}
+}
+
+// Wake tells the engine new work may be due, so it claims now instead of at
+// the next poll.
+func (e *syncEngine) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// InFlight returns the number of syncs running per type.
+func (e *syncEngine) InFlight() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]int, len(e.inflight))
+	for k, v := range e.inflight {
+		out[k] = v
+	}
+	return out
+}
+
+// allocate spreads the free capacity over the types round-robin, starting
+// at a rotating type, skipping types known to have no due work.
+func (e *syncEngine) allocate(dry map[string]bool) []registry.TypeLimit {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	used := 0
+	for _, n := range e.inflight {
+		used += n
+	}
+	free := e.total - used
+	if free <= 0 {
+		return nil
+	}
+	n := len(e.names)
+	room := make([]int, n)
+	want := make([]int, n)
+	order := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		j := (e.rr + i) % n
+		name := e.names[j]
+		if dry[name] || (e.paused != nil && e.paused(name)) {
+			continue
+		}
+		room[j] = e.perType - e.inflight[name]
+		if room[j] > 0 {
+			order = append(order, j)
+		}
+	}
+	e.rr = (e.rr + 1) % max(n, 1)
+	for free > 0 {
+		progressed := false
+		for _, j := range order {
+			if free == 0 {
+				break
+			}
+			if want[j] < room[j] {
+				want[j]++
+				free--
+				progressed = true
+			}
+		}
+		if !progressed {
+			break
+		}
+	}
+	var limits []registry.TypeLimit
+	for _, j := range order {
+		if want[j] > 0 {
+			limits = append(limits, registry.TypeLimit{Replicable: e.names[j], Limit: want[j]})
+		}
+	}
+	return limits
+}
+
+func (e *syncEngine) run(ctx context.Context) error {
+	// Work outlives ctx by the shutdown grace period, so in-flight syncs
+	// can finish; then it is cancelled and unfinished claims are released.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var wg sync.WaitGroup
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); e.renewLoop(workCtx) }()
+
+	dry := map[string]bool{}
+	timer := time.NewTimer(e.poll)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		if limits := e.allocate(dry); len(limits) > 0 {
+			claims, err := e.store.Claim(ctx, e.owner, e.lease, limits)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Warn("claim failed", zap.Error(err))
+				}
+			} else {
+				got := map[string]int{}
+				for _, c := range claims {
+					got[c.Replicable]++
+					e.start(workCtx, &wg, c)
+				}
+				for _, l := range limits {
+					if got[l.Replicable] < l.Limit {
+						dry[l.Replicable] = true
+					}
+				}
+				if len(claims) > 0 {
+					continue
+				}
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(e.poll)
+		select {
+		case <-ctx.Done():
+		case <-e.wake:
+			clear(dry)
+		case <-e.freed:
+		case <-timer.C:
+			clear(dry)
+		}
+	}
+
+	// Graceful shutdown: let in-flight work finish within the grace period.
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(e.grace):
+		e.log.Info("shutdown grace period over: releasing in-flight claims")
+		cancelWork()
+		<-finished
+	}
+	cancelWork()
+	<-renewDone
+	return nil
+}
+
+func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim) {
+	tctx, cancel := context.WithCancel(workCtx)
+	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
+	e.mu.Lock()
+	e.inflight[c.Replicable]++
+	e.active[k] = &task{claim: c, cancel: cancel}
+	e.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			cancel()
+			e.mu.Lock()
+			e.inflight[c.Replicable]--
+			delete(e.active, k)
+			e.mu.Unlock()
+			select {
+			case e.freed <- struct{}{}:
+			default:
+			}
+		}()
+		e.process(workCtx, tctx, c)
+	}()
+}
+
+// renewLoop extends the leases of every in-flight claim every lease/3 and
+// cancels work whose row was taken away (its claim is no longer current).
+func (e *syncEngine) renewLoop(ctx context.Context) {
+	t := time.NewTicker(e.lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		claims := make([]registry.Claim, 0, len(e.active))
+		for _, tk := range e.active {
+			claims = append(claims, tk.claim)
+		}
+		e.mu.Unlock()
+		if len(claims) == 0 {
+			continue
+		}
+		lost, err := e.store.RenewLeases(ctx, e.owner, e.lease, claims)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Warn("lease renewal failed", zap.Error(err))
+			}
+			continue
+		}
+		e.mu.Lock()
+		for _, k := range lost {
+			if tk, ok := e.active[k]; ok {
+				tk.cancel()
+			}
+		}
+		e.mu.Unlock()
+	}
+}
+
+// process syncs one claimed row and settles it.
+func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
+	rep := e.reps[c.Replicable]
+	log := e.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
+	start := time.Now()
+	// Settling must happen even when work was cancelled: use a context that
+	// outlives the task but not forever.
+	settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancelSettle()
+
+	if rep == nil {
+		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
+		return
+	}
+	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, FirstAttempt: firstAttempt(c)}
+	if e.checksums != nil {
+		sum, err := e.checksums(ctx, c.Replicable, c.ModelID)
+		if err != nil && ctx.Err() == nil {
+			log.Debug("primary checksum lookup failed", zap.Error(err))
+		}
+		job.PrimaryChecksum = sum
+	}
+	staged, err := rep.Sync(ctx, job)
+	if err != nil {
+		switch {
+		case workCtx.Err() != nil:
+			// Shutting down: not a failure of the record.
+			if rerr := e.store.Release(settleCtx, e.owner, []registry.Claim{c}); rerr != nil {
+				log.Warn("release failed", zap.Error(rerr))
+			}
+			e.obs.SyncDone(c.Replicable, ResultReleased, 0, time.Since(start))
+		case errors.Is(err, ErrGone):
+			_, derr := e.store.DeleteIfClaim(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
+				return rep.Remove(ctx, c.ModelID, key)
+			})
+			if derr != nil {
+				log.Warn("removing a record gone from the primary failed", zap.Error(derr))
+				e.fail(settleCtx, log, c, derr, false, start)
+				return
+			}
+			log.Debug("record gone or out of scope: removed")
+			e.obs.SyncDone(c.Replicable, ResultRemoved, 0, time.Since(start))
+		default:
+			e.fail(settleCtx, log, c, err, errors.Is(err, ErrMissingOnPrimary), start)
+		}
+		return
+	}
+	res := staged.Result()
+	ok, err := e.store.SettleSynced(settleCtx, e.owner, c, registry.SyncedResult{
+		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
+	}, staged.Commit)
+	if err != nil || !ok {
+		if aerr := staged.Abort(); aerr != nil {
+			log.Warn("discarding staged data failed", zap.Error(aerr))
+		}
+	}
+	switch {
+	case err != nil:
+		e.fail(settleCtx, log, c, fmt.Errorf("commit: %w", err), false, start)
+	case !ok:
+		// The row changed while we worked (an update made it pending again,
+		// R1; a delete removed it, R2; or the lease was lost): our bytes are
+		// stale or unwanted and were discarded.
+		log.Debug("claim superseded while syncing: discarded")
+		e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+	default:
+		if res.Skipped {
+			e.obs.SyncDone(c.Replicable, ResultSkipped, 0, time.Since(start))
+		} else {
+			e.obs.SyncDone(c.Replicable, ResultSynced, res.Size, time.Since(start))
+		}
+		log.Debug("synced", zap.Int64("bytes", res.Size), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c registry.Claim, cause error, missing bool, start time.Time) {
+	if _, err := e.store.SettleFailed(ctx, e.owner, c, cause.Error(), missing); err != nil {
+		log.Warn("recording sync failure failed", zap.Error(err), zap.NamedError("cause", cause))
+	}
+	result := ResultFailed
+	if missing {
+		result = ResultMissingOnPrimary
+	}
+	e.obs.SyncDone(c.Replicable, result, 0, time.Since(start))
+	log.Info("sync failed", zap.Error(cause), zap.Bool("missing_on_primary", missing), zap.Int("retry_count", c.RetryCount+1))
+}
+
+// firstAttempt reports whether a claimed row was never attempted since it
+// was (re)marked pending: then the bytes may already be in place.
+func firstAttempt(c registry.Claim) bool {
+	return c.PrevState == registry.StatePending && c.RetryCount == 0 && c.LastSyncedAt.IsZero()
+}
