@@ -288,7 +288,7 @@ UPDATE geo_registry SET
   blob_key = $6, blob_size = $7, lease_owner = NULL, lease_expires_at = NULL,
   verification_state = $8, verification_checksum = NULLIF($9, ''),
   verification_checksum_mismatched = NULL, checksum_mismatch = false,
-  verified_at = $10, verification_retry_count = 0, verification_retry_at = NULL,
+  verified_at = $10, verification_retry_at = NULL,
   verification_failure = NULL, verification_started_at = NULL, updated_at = $5
 WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4`
 
@@ -310,7 +310,10 @@ WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_own
 // reclaimed after its lease, which syncs the record again.
 //
 // The synced row gets retry_count 0, no retry_at, last_synced_at now, no
-// failure, missing_on_primary false, r's key and size, and no lease. Its
+// failure, missing_on_primary false, r's key and size, and no lease.
+// verification_retry_count is kept: only a verification success resets it
+// (SettleVerified), so verification backoff grows across consecutive
+// verify-fail → resync cycles (GitLab #607991). Its
 // verification state is succeeded (verified_at now) when r.PrimaryChecksum
 // is known and equals r.Checksum, and pending when it is unknown. A known,
 // different primary checksum is a failure (R6): SettleSynced returns an

@@ -150,6 +150,9 @@ func TestUpdateDuringSyncEndsWithNewBytes(t *testing.T) { // R1 end to end
 			cfg.PrimaryURL = url
 			f.Start(cfg)
 			waitClosed(t, arrived, "first sync in flight")
+			held, err := trackingStore(t, f).Get(ctx, "item", id)
+			require.NoError(t, err)
+			require.Equal(t, registry.StateStarted, held.State, "row of the sync in flight")
 			newBytes := payload(2, 70<<10)
 			if inPlace {
 				require.NoError(t, f.app.UpdateInPlace(ctx, id, newBytes))
@@ -158,9 +161,9 @@ func TestUpdateDuringSyncEndsWithNewBytes(t *testing.T) { // R1 end to end
 			}
 			// The update's event must reach the registry while the old sync is
 			// still running.
-			geotest.WaitFor(t, 10*time.Second, "update event marks the row pending", func() (bool, string) {
+			geotest.WaitFor(t, 10*time.Second, "update event gives the row a new generation", func() (bool, string) {
 				row, err := trackingStore(t, f).Get(ctx, "item", id)
-				return err == nil && row.State == registry.StatePending, fmt.Sprint(row.State, err)
+				return err == nil && row.Seq != held.Seq, fmt.Sprint(row.State, row.Seq, err)
 			})
 			release()
 			f.waitConverged(t, 30*time.Second, sec)

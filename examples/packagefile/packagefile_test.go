@@ -26,7 +26,9 @@ func TestConformance(t *testing.T) {
 		CreateOutOfScope: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
 			return app(a).AddFile(ctx, 2, "right-pad", "2.0.0", "right-pad-2.0.0.tgz", b)
 		},
-		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error { return app(a).ReplaceFile(ctx, id, b) },
+		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error {
+			return app(a).ReplaceFile(ctx, id, b)
+		},
 		Delete: func(ctx context.Context, a geotest.App, id int64) error { return app(a).DeleteFile(ctx, id) },
 	})
 }

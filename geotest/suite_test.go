@@ -1,0 +1,227 @@
+package geotest_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/geoframework/geo/examples/packagefile"
+	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/strategy"
+)
+
+var pg = pgtest.New(pgtest.Options{})
+
+func TestMain(m *testing.M) { os.Exit(pg.Run(m)) }
+
+// recT is a geotest.T that records failures instead of failing the real
+// test, and runs only the clauses a self-test selects.
+type recT struct {
+	t        *testing.T
+	name     string
+	only     map[string]bool
+	mu       *sync.Mutex
+	failures map[string][]string // clause -> messages
+	skipped  map[string]bool
+	cleanups []func()
+	dirs     []string
+}
+
+func newRecT(t *testing.T, only ...string) *recT {
+	m := map[string]bool{}
+	for _, o := range only {
+		m[o] = true
+	}
+	return &recT{t: t, only: m, mu: &sync.Mutex{}, failures: map[string][]string{}, skipped: map[string]bool{}}
+}
+
+func (r *recT) Helper()      {}
+func (r *recT) Name() string { return r.name }
+func (r *recT) Logf(format string, args ...any) {
+	r.t.Logf("[%s] %s", r.name, fmt.Sprintf(format, args...))
+}
+func (r *recT) record(msg string) {
+	r.mu.Lock()
+	r.failures[r.name] = append(r.failures[r.name], msg)
+	r.mu.Unlock()
+}
+func (r *recT) Errorf(format string, args ...any) { r.record(fmt.Sprintf(format, args...)) }
+func (r *recT) Fatalf(format string, args ...any) {
+	r.record(fmt.Sprintf(format, args...))
+	runtime.Goexit()
+}
+func (r *recT) Fatal(args ...any) { r.record(fmt.Sprint(args...)); runtime.Goexit() }
+func (r *recT) Skip(args ...any) {
+	r.mu.Lock()
+	r.skipped[r.name] = true
+	r.mu.Unlock()
+	runtime.Goexit()
+}
+func (r *recT) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
+func (r *recT) TempDir() string {
+	d, err := os.MkdirTemp("", "geotest-self-")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.dirs = append(r.dirs, d)
+	return d
+}
+
+// Run runs f as a subtest in its own goroutine, so Fatalf can end it with
+// runtime.Goexit as testing does, then runs its cleanups.
+func (r *recT) Run(name string, f func(t geotest.T)) bool {
+	if len(r.only) > 0 && !r.only[name] {
+		return true
+	}
+	child := &recT{t: r.t, name: name, only: r.only, mu: r.mu, failures: r.failures, skipped: r.skipped}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			for i := len(child.cleanups) - 1; i >= 0; i-- {
+				child.cleanups[i]()
+			}
+			for _, d := range child.dirs {
+				os.RemoveAll(d)
+			}
+		}()
+		f(child)
+	}()
+	<-done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.failures[name]) == 0
+}
+
+func (r *recT) finish() {
+	for i := len(r.cleanups) - 1; i >= 0; i-- {
+		r.cleanups[i]()
+	}
+}
+
+func app(a geotest.App) *packagefile.App {
+	return &packagefile.App{DB: a.DB, Storage: a.Storage, Publisher: a.Publisher, Adapter: &packagefile.Strategy{DB: a.DB}}
+}
+
+// harness is packagefile's harness with the adapter replaced by wrap.
+func harness(wrap func(s *packagefile.Strategy) strategy.BlobStrategy) geotest.Harness {
+	return geotest.Harness{
+		Server:         pg,
+		Setup:          packagefile.CreateSchema,
+		Strategy:       func(db *sqlx.DB) strategy.BlobStrategy { return wrap(&packagefile.Strategy{DB: db}) },
+		ScopedStrategy: func(db *sqlx.DB) strategy.BlobStrategy { return wrap(&packagefile.Strategy{DB: db, ProjectIDs: []int64{1}}) },
+		Create: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
+			return app(a).AddFile(ctx, 1, "p", "1", "p.tgz", b)
+		},
+		CreateOutOfScope: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
+			return app(a).AddFile(ctx, 2, "q", "1", "q.tgz", b)
+		},
+		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error { return app(a).ReplaceFile(ctx, id, b) },
+		Delete: func(ctx context.Context, a geotest.App, id int64) error { return app(a).DeleteFile(ctx, id) },
+	}
+}
+
+type unsortedIDs struct{ *packagefile.Strategy }
+
+func (u unsortedIDs) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	ids, err := u.Strategy.IDs(ctx, after, limit)
+	for i, j := 0, len(ids)-1; i < j; i, j = i+1, j-1 {
+		ids[i], ids[j] = ids[j], ids[i]
+	}
+	return ids, err
+}
+
+type unstableKey struct {
+	*packagefile.Strategy
+	n *atomic.Int64
+}
+
+func (u unstableKey) BlobKey(ctx context.Context, id int64) (string, error) {
+	k, err := u.Strategy.BlobKey(ctx, id)
+	return fmt.Sprintf("%s.%d", k, u.n.Add(1)), err
+}
+
+type neverNotFound struct{ *packagefile.Strategy }
+
+func (u neverNotFound) BlobKey(ctx context.Context, id int64) (string, error) {
+	k, err := u.Strategy.BlobKey(ctx, id)
+	if err != nil {
+		return fmt.Sprintf("packages/0/files/%d/gone.tgz", id), nil
+	}
+	return k, nil
+}
+
+// ignoresScope lists out-of-scope ids although its BlobKey honours the scope.
+type ignoresScope struct{ *packagefile.Strategy }
+
+func (u ignoresScope) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	all := &packagefile.Strategy{DB: u.DB}
+	return all.IDs(ctx, after, limit)
+}
+
+func (u ignoresScope) BlobKey(ctx context.Context, id int64) (string, error) {
+	all := &packagefile.Strategy{DB: u.DB}
+	return all.BlobKey(ctx, id)
+}
+
+// TestSuiteCatchesBrokenAdapters runs clauses of the suite against
+// deliberately broken adapters and checks that each fails the intended
+// clause with a "clause: got X, want Y" message, and that the correct
+// adapter passes the same clauses.
+func TestSuiteCatchesBrokenAdapters(t *testing.T) {
+	clauses := []string{"adapter/ids_ascending_and_paged", "adapter/keys_valid_and_stable", "adapter/not_found_after_delete", "scope/respected"}
+	cases := []struct {
+		name   string
+		wrap   func(s *packagefile.Strategy) strategy.BlobStrategy
+		clause string // the clause that must fail; "" means none may
+	}{
+		{"correct", func(s *packagefile.Strategy) strategy.BlobStrategy { return s }, ""},
+		{"unsorted_ids", func(s *packagefile.Strategy) strategy.BlobStrategy { return unsortedIDs{s} }, "adapter/ids_ascending_and_paged"},
+		{"unstable_key", func(s *packagefile.Strategy) strategy.BlobStrategy { return unstableKey{s, &atomic.Int64{}} }, "adapter/keys_valid_and_stable"},
+		{"never_not_found", func(s *packagefile.Strategy) strategy.BlobStrategy { return neverNotFound{s} }, "adapter/not_found_after_delete"},
+		{"ignores_scope", func(s *packagefile.Strategy) strategy.BlobStrategy {
+			if s.ProjectIDs == nil {
+				return s
+			}
+			return ignoresScope{s}
+		}, "scope/respected"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			only := clauses
+			if tc.clause != "" {
+				only = []string{tc.clause}
+			}
+			r := newRecT(t, only...)
+			geotest.Run(r, harness(tc.wrap))
+			r.finish()
+			for _, c := range only {
+				if r.skipped[c] {
+					t.Errorf("clause %s skipped, want it run", c)
+				}
+			}
+			if tc.clause == "" {
+				for c, msgs := range r.failures {
+					t.Errorf("correct adapter failed clause %s: %v", c, msgs)
+				}
+				return
+			}
+			msgs := r.failures[tc.clause]
+			if len(msgs) == 0 {
+				t.Fatalf("broken adapter %s: clause %s passed, want it to fail", tc.name, tc.clause)
+			}
+			if !strings.HasPrefix(msgs[0], tc.clause+": ") || !strings.Contains(msgs[0], "got ") || !strings.Contains(msgs[0], "want ") {
+				t.Errorf("failure message %q: want the form \"%s: ... got X, want Y\"", msgs[0], tc.clause)
+			}
+			t.Logf("caught as intended: %s", msgs[0])
+		})
+	}
+}
