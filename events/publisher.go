@@ -82,31 +82,67 @@ func (p *Publisher) check(replicable string) error {
 	return nil
 }
 
-// The data-modifying CTE always runs to completion; the outer SELECT queues
+// The data-modifying CTEs always run to completion; the outer SELECT queues
 // the wake-up notification in the same statement (one round trip).
 // PostgreSQL folds identical notifications of one transaction into one.
+//
+// Each statement also invalidates the primary's checksum of the records in
+// the same transaction (geo_checksums, see registry.ChecksumStore): a
+// created or updated record's bytes changed legitimately, so its row
+// becomes pending with a new generation and no checksum (a verification in
+// flight then stores nothing); a deleted record's row is removed. Ids are
+// deduplicated and sorted so that concurrent publishers lock checksum rows
+// in the same order.
 const (
 	insertOne = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id, blob_key)
 	VALUES ($1, $2, $3, NULLIF($4, ''))
+	RETURNING 1), ` + upsertOneChecksum + `
+SELECT pg_notify('` + NotifyChannel + `', '')`
+
+	upsertOneChecksum = `ck AS (
+	INSERT INTO geo_checksums AS c (replicable, model_id) VALUES ($1, $3)
+	ON CONFLICT (replicable, model_id) DO UPDATE SET
+	  state = 0, gen = DEFAULT, checksum = NULL, size = NULL, verified_at = NULL, failure = NULL,
+	  retry_count = 0, retry_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+	RETURNING 1)`
+
+	deleteOne = `WITH ins AS (
+	INSERT INTO geo_events (replicable, op, model_id, blob_key)
+	VALUES ($1, $2, $3, NULLIF($4, ''))
+	RETURNING 1), ck AS (
+	DELETE FROM geo_checksums WHERE replicable = $1 AND model_id = $3
 	RETURNING 1)
 SELECT pg_notify('` + NotifyChannel + `', '')`
 
 	insertMany = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id)
 	SELECT $1, $2, u.id FROM unnest($3::bigint[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n
-	RETURNING 1)
+	RETURNING 1), ` + upsertManyChecksums + `
 SELECT pg_notify('` + NotifyChannel + `', '')`
+
+	upsertManyChecksums = `ck AS (
+	INSERT INTO geo_checksums AS c (replicable, model_id)
+	SELECT $1, u.id FROM (SELECT DISTINCT id FROM unnest($3::bigint[]) AS t(id) ORDER BY id) u
+	ON CONFLICT (replicable, model_id) DO UPDATE SET
+	  state = 0, gen = DEFAULT, checksum = NULL, size = NULL, verified_at = NULL, failure = NULL,
+	  retry_count = 0, retry_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+	RETURNING 1)`
 
 	insertDeleted = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id, blob_key)
 	SELECT $1, 3, u.id, u.key FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS u(id, key, n) ORDER BY u.n
+	RETURNING 1), ck AS (
+	DELETE FROM geo_checksums WHERE replicable = $1 AND model_id = ANY($2::bigint[])
 	RETURNING 1)
 SELECT pg_notify('` + NotifyChannel + `', '')`
 )
 
 // Publish writes one event for record modelID of type replicable inside tx
-// (see Publisher for why it must be the application's own transaction).
+// (see Publisher for why it must be the application's own transaction),
+// and in the same statement invalidates the record's primary checksum:
+// OpCreated and OpUpdated make its geo_checksums row pending with a new
+// generation and no checksum, OpDeleted removes the row.
 //
 // It returns an error matching ErrUnknownReplicable for a name the
 // Publisher was not built with, and an error when op is not valid, modelID
@@ -125,14 +161,19 @@ func (p *Publisher) Publish(ctx context.Context, tx Execer, replicable string, o
 	if err := checkBlobKey(op, blobKey); err != nil {
 		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
 	}
-	if _, err := tx.ExecContext(ctx, insertOne, replicable, int16(op), modelID, blobKey); err != nil {
+	query := insertOne
+	if op == OpDeleted {
+		query = deleteOne
+	}
+	if _, err := tx.ExecContext(ctx, query, replicable, int16(op), modelID, blobKey); err != nil {
 		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
 	}
 	return nil
 }
 
 // PublishMany writes one OpCreated or OpUpdated event per id, in one
-// statement, inside tx. OpDeleted is refused: deletes need blob keys, use
+// statement, inside tx, and invalidates their primary checksums as Publish
+// does (the same statement). OpDeleted is refused: deletes need blob keys, use
 // PublishDeleted. Every id must be > 0. An empty ids writes nothing.
 // Errors are as for Publish.
 func (p *Publisher) PublishMany(ctx context.Context, tx Execer, replicable string, op Op, ids []int64) error {
@@ -157,7 +198,7 @@ func (p *Publisher) PublishMany(ctx context.Context, tx Execer, replicable strin
 }
 
 // PublishDeleted writes one OpDeleted event per item, in one statement,
-// inside tx. Every item needs ModelID > 0 and a non-empty BlobKey without
+// inside tx, and removes their primary checksum rows (the same statement). Every item needs ModelID > 0 and a non-empty BlobKey without
 // NUL bytes. An empty items writes nothing. Errors are as for Publish.
 func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable string, items []Deleted) error {
 	if err := p.check(replicable); err != nil {

@@ -114,17 +114,21 @@ func app(a geotest.App) *packagefile.App {
 // harness is packagefile's harness with the adapter replaced by wrap.
 func harness(wrap func(s *packagefile.Strategy) strategy.BlobStrategy) geotest.Harness {
 	return geotest.Harness{
-		Server:         pg,
-		Setup:          packagefile.CreateSchema,
-		Strategy:       func(db *sqlx.DB) strategy.BlobStrategy { return wrap(&packagefile.Strategy{DB: db}) },
-		ScopedStrategy: func(db *sqlx.DB) strategy.BlobStrategy { return wrap(&packagefile.Strategy{DB: db, ProjectIDs: []int64{1}}) },
+		Server:   pg,
+		Setup:    packagefile.CreateSchema,
+		Strategy: func(db *sqlx.DB) strategy.BlobStrategy { return wrap(&packagefile.Strategy{DB: db}) },
+		ScopedStrategy: func(db *sqlx.DB) strategy.BlobStrategy {
+			return wrap(&packagefile.Strategy{DB: db, ProjectIDs: []int64{1}})
+		},
 		Create: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
 			return app(a).AddFile(ctx, 1, "p", "1", "p.tgz", b)
 		},
 		CreateOutOfScope: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
 			return app(a).AddFile(ctx, 2, "q", "1", "q.tgz", b)
 		},
-		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error { return app(a).ReplaceFile(ctx, id, b) },
+		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error {
+			return app(a).ReplaceFile(ctx, id, b)
+		},
 		Delete: func(ctx context.Context, a geotest.App, id int64) error { return app(a).DeleteFile(ctx, id) },
 	}
 }
