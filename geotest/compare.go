@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
 	"github.com/geoframework/geo/blob"
@@ -54,8 +55,26 @@ func (d Diff) String() string {
 // primary's; no other registry row or file exists; no row is left started;
 // no temporary file remains.
 func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy) (Diff, error) {
+	return CompareSites(ctx, Sites{
+		Tracking: w.TrackingDB, PrimaryStorage: w.PrimaryStorage,
+		SecondaryStorage: w.SecondaryStorage, SecondaryRoot: w.SecondaryRoot,
+	}, strategies...)
+}
+
+// Sites names what CompareSites compares: the secondary's tracking
+// database, both sites' storage, and the secondary's storage root on disk
+// (walked for extra and temporary files).
+type Sites struct {
+	Tracking         *sqlx.DB
+	PrimaryStorage   blob.Storage
+	SecondaryStorage blob.Storage
+	SecondaryRoot    string
+}
+
+// CompareSites is World.Compare for any pair of sites, such as the demo's.
+func CompareSites(ctx context.Context, w Sites, strategies ...strategy.BlobStrategy) (Diff, error) {
 	var d Diff
-	store, err := registry.NewStore(w.TrackingDB, registry.Options{})
+	store, err := registry.NewStore(w.Tracking, registry.Options{})
 	if err != nil {
 		return d, err
 	}
@@ -111,7 +130,7 @@ func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy
 			ID    int64 `db:"model_id"`
 			State int16 `db:"state"`
 		}
-		if err := w.TrackingDB.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, s.Name()); err != nil {
+		if err := w.Tracking.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, s.Name()); err != nil {
 			return d, err
 		}
 		for _, r := range rows {
@@ -126,7 +145,7 @@ func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy
 		}
 	}
 	var others int
-	if err := w.TrackingDB.GetContext(ctx, &others, `SELECT count(*) FROM geo_registry WHERE NOT (replicable = ANY($1))`, pqStrings(names)); err != nil {
+	if err := w.Tracking.GetContext(ctx, &others, `SELECT count(*) FROM geo_registry WHERE NOT (replicable = ANY($1))`, pqStrings(names)); err != nil {
 		return d, err
 	}
 	d.Extra += others
