@@ -1,3 +1,28 @@
 // Package geotest is the conformance suite an adopter runs for a new blob
-// type, and the test kit it stands on (see geotest/pgtest for PostgreSQL).
+// type, and the two-site test world it stands on.
+//
+// An adopter's whole test for a new type is one call from its own
+// _test.go file:
+//
+//	func TestConformance(t *testing.T) {
+//		geotest.RunBlobStrategy(t, geotest.Harness{
+//			Setup:    myapp.CreateSchema,
+//			Strategy: func(db *sqlx.DB) strategy.BlobStrategy { return &myapp.Strategy{DB: db} },
+//			Create:   ..., Update: ..., Delete: ..., // the application's own code paths
+//		})
+//	}
+//
+// The suite builds everything itself against real parts: PostgreSQL (the
+// server named by GEO_TEST_DATABASE_URL, or a throwaway cluster started
+// with initdb and pg_ctl; see geotest/pgtest), a primary and a tracking
+// database, the primary's transfer endpoint on loopback, and storage
+// directories. Each subtest is named after the contract clause it checks
+// ("adapter/ids_ascending_and_paged", "races/R1_update_during_sync"...)
+// and fails with "clause: got X, want Y". A watchdog per clause fails
+// instead of hanging. Run it with -race.
+//
+// World, Compare and WaitFor are the same kit geo's own tests use, exported
+// for adopters who want scenario tests of their own.
+//
+// geotest is for tests; it is not a production component.
 package geotest
