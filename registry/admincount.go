@@ -1,0 +1,38 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/lib/pq"
+)
+
+// CountReverify returns how many rows Reverify(ctx, replicable, ids)
+// would change now: the synced ones among ids (a dry run).
+func (s *Store) CountReverify(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	var n int64
+	err := s.db.GetContext(ctx, &n,
+		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND state = 2 AND model_id = ANY($2::bigint[])`,
+		replicable, pq.Array(ids))
+	if err != nil {
+		return 0, fmt.Errorf("registry: count reverify %s: %w", replicable, err)
+	}
+	return n, nil
+}
+
+// CountReverifyAll returns how many rows ReverifyAll(ctx, replicable,
+// onlyFailed) would change now (a dry run): synced rows whose
+// verification is not pending, or only those whose verification failed.
+func (s *Store) CountReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
+	cond := `verification_state <> 0`
+	if onlyFailed {
+		cond = `verification_state = 3`
+	}
+	var n int64
+	err := s.db.GetContext(ctx, &n,
+		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND state = 2 AND `+cond, replicable)
+	if err != nil {
+		return 0, fmt.Errorf("registry: count reverify all %s: %w", replicable, err)
+	}
+	return n, nil
+}

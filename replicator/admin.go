@@ -1,0 +1,73 @@
+package replicator
+
+import (
+	"context"
+	"fmt"
+)
+
+// checkType returns an error matching ErrUnknownReplicable when replicable
+// is not registered on this secondary.
+func (s *Secondary) checkType(op, replicable string) error {
+	if !s.cfg.Strategies.Has(replicable) {
+		return fmt.Errorf("replicator: %s: %w: %q", op, ErrUnknownReplicable, replicable)
+	}
+	return nil
+}
+
+// Resync makes the tracked records ids of replicable pending again with a
+// new generation, whatever their state (an operator's request): each is
+// downloaded again. Untracked ids are ignored. It returns the number of
+// rows changed, or an error matching ErrUnknownReplicable.
+func (s *Secondary) Resync(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	if err := s.checkType("resync", replicable); err != nil {
+		return 0, err
+	}
+	n, err := s.store.Resync(ctx, replicable, ids)
+	if err != nil {
+		return 0, fmt.Errorf("replicator: %w", err)
+	}
+	s.sync.Wake()
+	return n, nil
+}
+
+// ResyncAll makes every row of replicable that is not pending pending
+// again (only the failed ones when onlyFailed). It returns the number of
+// rows changed, or an error matching ErrUnknownReplicable.
+func (s *Secondary) ResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
+	if err := s.checkType("resync all", replicable); err != nil {
+		return 0, err
+	}
+	n, err := s.store.ResyncAll(ctx, replicable, onlyFailed)
+	if err != nil {
+		return 0, fmt.Errorf("replicator: %w", err)
+	}
+	s.sync.Wake()
+	return n, nil
+}
+
+// Pause stops new syncs of replicable in every process sharing the
+// tracking database (persisted; syncs already running finish) until
+// Resume. It returns an error matching ErrUnknownReplicable for a type
+// not registered here.
+func (s *Secondary) Pause(ctx context.Context, replicable string) error {
+	if err := s.checkType("pause", replicable); err != nil {
+		return err
+	}
+	if err := s.store.Pause(ctx, replicable); err != nil {
+		return fmt.Errorf("replicator: %w", err)
+	}
+	return nil
+}
+
+// Resume undoes Pause and wakes the sync engine. It returns an error
+// matching ErrUnknownReplicable for a type not registered here.
+func (s *Secondary) Resume(ctx context.Context, replicable string) error {
+	if err := s.checkType("resume", replicable); err != nil {
+		return err
+	}
+	if err := s.store.Resume(ctx, replicable); err != nil {
+		return fmt.Errorf("replicator: %w", err)
+	}
+	s.sync.Wake()
+	return nil
+}
