@@ -340,8 +340,9 @@ const (
 )
 
 // SettleChecksum records the checksum sum (lowercase hex SHA-256) and size
-// computed for claim c, if the claim is still current (row started, owned
-// by owner, same gen); otherwise it changes nothing and returns
+// (-1 when unknown: stored as NULL) computed for claim c, if the claim is
+// still current (row started, owned by owner, same gen); otherwise it
+// changes nothing and returns
 // ChecksumStale: the bytes changed during the computation, and the row,
 // pending again, is computed anew (no stale checksum).
 //
@@ -362,7 +363,7 @@ func (s *ChecksumStore) SettleChecksum(ctx context.Context, owner string, c Chec
 	}
 	now := s.now()
 	res, err := s.db.ExecContext(ctx, `
-UPDATE geo_checksums SET state = 2, checksum = $5, size = $6, verified_at = $7, failure = NULL,
+UPDATE geo_checksums SET state = 2, checksum = $5, size = NULLIF($6::bigint, -1), verified_at = $7, failure = NULL,
   retry_count = 0, retry_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = $7
 WHERE replicable = $1 AND model_id = $2 AND gen = $3 AND state = 1 AND lease_owner = $4`,
 		c.Replicable, c.ModelID, c.Gen, owner, sum, size, now)

@@ -216,7 +216,7 @@ func (s *Store) SettleVerifyFailed(ctx context.Context, owner string, c VerifyCl
 UPDATE geo_registry SET verification_state = 3, verification_retry_count = $3, verification_retry_at = $4,
   verification_failure = $5, verification_checksum = coalesce(NULLIF($6, ''), verification_checksum),
   verification_checksum_mismatched = $7, checksum_mismatch = $8, verification_started_at = NULL,
-  state = $9, retry_at = CASE WHEN $9 = 3 THEN $10 ELSE retry_at END,
+  state = $9::smallint, retry_at = CASE WHEN $9::smallint = 3 THEN $10 ELSE retry_at END,
   last_sync_failure = coalesce($11, last_sync_failure),
   lease_owner = NULL, lease_expires_at = NULL, updated_at = $12
 WHERE replicable = $1 AND model_id = $2`,

@@ -57,8 +57,16 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	default:
 		return nil, err
 	}
+	// Only the primary's stored checksum counts as verification: a checksum
+	// the endpoint computed on the fly proved the transfer, not the copy
+	// against the primary's verified state, so the row stays verification
+	// pending until the primary has one.
+	primary := ""
+	if job.PrimaryChecksum != "" {
+		primary = res.PrimaryChecksum
+	}
 	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, res: SyncResult{
-		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Duration: res.Duration,
+		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
 	}}, nil
 }
 

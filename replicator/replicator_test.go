@@ -34,7 +34,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	var items *testtype.Type
 	var other *attachments
-	w := geotest.NewWorld(t, geotest.WorldConfig{
+	w := geotest.NewWorld(t, geotest.WorldConfig{Verbose: os.Getenv("GEO_VERBOSE") != "",
 		Server: pg,
 		Setup: func(ctx context.Context, db *sqlx.DB) error {
 			if _, err := db.ExecContext(ctx, testtype.Schema("items")); err != nil {

@@ -89,6 +89,16 @@ type SecondaryConfig struct {
 	// ReverifyInterval is how long a verified copy stays trusted before it
 	// is read and checked again; 0 means 7 days.
 	ReverifyInterval time.Duration
+	// VerifyConcurrency caps local verifications running at once (reading
+	// and hashing local copies); 0 means 4.
+	VerifyConcurrency int
+	// VerifyBatch is how many rows one verification claim takes per type;
+	// 0 means 8 × VerifyConcurrency.
+	VerifyBatch int
+	// ChecksumWait is how long a synced row whose primary checksum is not
+	// known yet waits before verification looks again; 0 means the smaller
+	// of 1m and ReverifyInterval.
+	ChecksumWait time.Duration
 	// Retry is the backoff policy for failures; nil means
 	// strategy.DefaultBackoff().
 	Retry strategy.RetryPolicy
@@ -120,6 +130,8 @@ func (c *SecondaryConfig) validate() error {
 		{"Lease", int64(c.Lease)}, {"PollInterval", int64(c.PollInterval)}, {"ShutdownGrace", int64(c.ShutdownGrace)},
 		{"TransferTimeout", int64(c.TransferTimeout)}, {"ConsistencyInterval", int64(c.ConsistencyInterval)},
 		{"EventPollInterval", int64(c.EventPollInterval)}, {"ReverifyInterval", int64(c.ReverifyInterval)},
+		{"VerifyConcurrency", int64(c.VerifyConcurrency)}, {"VerifyBatch", int64(c.VerifyBatch)},
+		{"ChecksumWait", int64(c.ChecksumWait)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("replicator: SecondaryConfig.%s must not be negative", f.name)
@@ -132,10 +144,7 @@ func (c *SecondaryConfig) validate() error {
 		c.Observer = nopObserver{}
 	}
 	if c.Owner == "" {
-		host, _ := os.Hostname()
-		b := make([]byte, 4)
-		_, _ = rand.Read(b)
-		c.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+		c.Owner = defaultOwner()
 	}
 	def := func(v *int, d int) {
 		if *v == 0 {
@@ -158,6 +167,9 @@ func (c *SecondaryConfig) validate() error {
 	defD(&c.ConsistencyInterval, 15*time.Minute)
 	defD(&c.EventPollInterval, 250*time.Millisecond)
 	defD(&c.ReverifyInterval, 7*24*time.Hour)
+	def(&c.VerifyConcurrency, 4)
+	def(&c.VerifyBatch, 8*c.VerifyConcurrency)
+	defD(&c.ChecksumWait, min(time.Minute, c.ReverifyInterval))
 	if c.Lease < time.Second {
 		return fmt.Errorf("replicator: SecondaryConfig.Lease %v is below the 1s minimum", c.Lease)
 	}
@@ -183,6 +195,7 @@ type Secondary struct {
 	reps     map[string]Replicator
 	sync     *syncEngine
 	cons     *consistencyEngine
+	verify   *verifyEngine
 	consumer *events.Consumer
 }
 
@@ -214,6 +227,16 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		s.reps[name] = NewBlobReplicator(st, cfg.Storage, dl)
 	}
 	s.sync = newSyncEngine(store, s.reps, cfg.Strategies.Names(), cfg.Owner, &s.cfg, cfg.Observer)
+	// The primary's checksums, read through the replica: downloads are
+	// compared with them (R6), a never-attempted row whose bytes are
+	// already present and match skips the download, and verification
+	// compares local copies with them.
+	primarySums, err := registry.NewChecksumStore(cfg.Primary, registry.Options{Now: cfg.Now})
+	if err != nil {
+		return nil, fmt.Errorf("replicator: %w", err)
+	}
+	s.sync.checksums = primarySums.Checksum
+	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
 	consumer, err := events.NewConsumer(events.ConsumerConfig{
 		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatch,
@@ -247,7 +270,39 @@ func (s *Secondary) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.consumer.Run(gctx) })
+	g.Go(func() error { return s.verify.run(gctx) })
 	return g.Wait()
+}
+
+// Reverify makes the synced copies of records ids of replicable due for
+// verification now (an operator's request; rows not synced are verified
+// by their next sync anyway). It returns the number of rows changed, or an
+// error matching ErrUnknownReplicable.
+func (s *Secondary) Reverify(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	if err := s.checkType("reverify", replicable); err != nil {
+		return 0, err
+	}
+	n, err := s.store.Reverify(ctx, replicable, ids)
+	if err != nil {
+		return 0, fmt.Errorf("replicator: %w", err)
+	}
+	s.verify.Wake()
+	return n, nil
+}
+
+// ReverifyAll makes every synced copy of replicable due for verification
+// now (only those whose verification failed when onlyFailed). It returns
+// the number of rows changed, or an error matching ErrUnknownReplicable.
+func (s *Secondary) ReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
+	if err := s.checkType("reverify all", replicable); err != nil {
+		return 0, err
+	}
+	n, err := s.store.ReverifyAll(ctx, replicable, onlyFailed)
+	if err != nil {
+		return 0, fmt.Errorf("replicator: %w", err)
+	}
+	s.verify.Wake()
+	return n, nil
 }
 
 // Progress returns each type's consistency (backfill) progress as seen by
@@ -337,3 +392,11 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 // Wake tells the sync engine that work may be due now (for example after
 // rows were marked pending by another process or an admin call).
 func (s *Secondary) Wake() { s.sync.Wake() }
+
+// defaultOwner names this process in leases: hostname-pid-random.
+func defaultOwner() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
