@@ -1,0 +1,208 @@
+// Command geoctl is geo's operator tool. It works on a secondary's tracking
+// database alone (it is not a running secondary): migrate the schema, show
+// the status of every type, resync or reverify records, pause and resume a
+// type's sync, and list failed rows with their reasons. `geoctl migrate
+// --primary` migrates a primary's database instead.
+//
+// The database comes from --database-url or the GEO_DATABASE_URL
+// environment variable. Exit codes: 0 success, 1 error (the message says
+// what to fix), 2 usage error (bad flags or arguments).
+//
+// See docs/operations.md for the runbook that uses it.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	"github.com/spf13/cobra"
+
+	"github.com/geoframework/geo/registry"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// envDatabaseURL and envPrimaryURL name the environment variables read
+// when the flags are not given.
+const (
+	envDatabaseURL = "GEO_DATABASE_URL"
+	envPrimaryURL  = "GEO_PRIMARY_DATABASE_URL"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks an error in the command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// app holds the flags shared by every command and the open connection.
+type app struct {
+	out, errOut io.Writer
+	dbURL       string
+	timeout     time.Duration
+	db          *sqlx.DB
+	ran         bool // a command's RunE started: errors from here on are not usage errors
+}
+
+// run executes geoctl with args and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a := &app{out: stdout, errOut: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if a.db != nil {
+		a.db.Close()
+	}
+	if err == nil {
+		return exitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) || !a.ran {
+		fmt.Fprintf(stderr, "geoctl: %v\nRun 'geoctl --help' for usage.\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "geoctl: %v\n", err)
+	return exitError
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "geoctl",
+		Short: "Operate geo: migrate, status, resync, reverify, pause, resume, failures",
+		Long: `geoctl operates a geo secondary through its tracking database: it works
+without the secondary process running (several processes may share the
+database; they all see what geoctl changes at their next poll).
+
+The database comes from --database-url or $` + envDatabaseURL + `.
+
+Exit codes: 0 ok, 1 error, 2 usage error.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// With no command, print the help; an unknown one is a usage error.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q", args[0])
+			}
+			return cmd.Help()
+		},
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.PersistentFlags().StringVar(&a.dbURL, "database-url", "",
+		"tracking database URL (the primary's for migrate --primary); default $"+envDatabaseURL)
+	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
+	root.AddCommand(a.migrateCmd(), a.statusCmd(), a.resyncCmd(), a.reverifyCmd(),
+		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd())
+	return root
+}
+
+// runE wraps a command's body: from here on, errors are runtime errors
+// unless they are usageErrors.
+func (a *app) runE(f func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		a.ran = true
+		return f(cmd, args)
+	}
+}
+
+// connect opens and pings the database named by --database-url or the
+// environment.
+func (a *app) connect(ctx context.Context, what string) (*sqlx.DB, error) {
+	u := a.dbURL
+	if u == "" {
+		u = os.Getenv(envDatabaseURL)
+	}
+	if u == "" {
+		return nil, usagef("no database: pass --database-url or set %s to the %s database's URL "+
+			"(postgres://user:password@host:5432/dbname?sslmode=...)", envDatabaseURL, what)
+	}
+	db, err := sqlx.Open("postgres", u)
+	if err != nil {
+		return nil, fmt.Errorf("open the %s database %s: %w (check --database-url / %s)", what, redact(u), err, envDatabaseURL)
+	}
+	db.SetMaxOpenConns(8)
+	pctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to the %s database %s: %w (check --database-url / %s, and that the server is up)",
+			what, redact(u), err, envDatabaseURL)
+	}
+	a.db = db
+	return db, nil
+}
+
+// tracking connects to the tracking database and checks it is migrated.
+func (a *app) tracking(ctx context.Context) (*registry.Store, error) {
+	db, err := a.connect(ctx, "tracking")
+	if err != nil {
+		return nil, err
+	}
+	var ok bool
+	if err := db.GetContext(ctx, &ok, `SELECT to_regclass('geo_registry') IS NOT NULL`); err != nil {
+		return nil, fmt.Errorf("inspect the tracking database: %w", err)
+	}
+	if !ok {
+		return nil, errors.New("the tracking database has no geo tables (geo_registry): run `geoctl migrate` against it first, " +
+			"or check that --database-url names the secondary's tracking database")
+	}
+	store, err := registry.NewStore(db, registry.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return store, nil
+}
+
+// opCtx bounds one database operation by --timeout.
+func (a *app) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.timeout)
+}
+
+// redact hides a URL's password for messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		if strings.Contains(raw, "password=") {
+			return "(connection string)"
+		}
+		return raw
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// isUndefined reports a PostgreSQL "relation does not exist" error.
+func isUndefined(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && pe.Code == "42P01"
+}
