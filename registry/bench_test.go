@@ -147,3 +147,90 @@ func BenchmarkClaim(b *testing.B) {
 		}
 	}
 }
+
+// claimedRows inserts n pending rows behind 50,000 synced ones and claims
+// the n pending ones for owner "bench" in claims of batch rows each.
+func claimedRows(b *testing.B, s *registry.Store, db *sqlx.DB, n, batch int) [][]registry.Claim {
+	b.Helper()
+	ctx := context.Background()
+	if _, err := s.InsertMissing(ctx, "package_file", ids(1, int64(n+50000))); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE geo_registry SET state = 2 WHERE model_id > $1`, n); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `VACUUM ANALYZE geo_registry`); err != nil {
+		b.Fatal(err)
+	}
+	var all [][]registry.Claim
+	limits := []registry.TypeLimit{{Replicable: "package_file", Limit: batch}}
+	for got := 0; got < n; {
+		cs, err := s.Claim(ctx, "bench", time.Hour, limits)
+		if err != nil || len(cs) == 0 {
+			b.Fatalf("Claim = %d rows, %v", len(cs), err)
+		}
+		got += len(cs)
+		all = append(all, cs)
+	}
+	return all
+}
+
+// BenchmarkSettle measures settling claimed rows synced (the registry side
+// of a sync, no bytes): "one-by-one" is SettleSynced, one transaction per
+// row, 8 at a time as workers do; "batch" is SettleSyncedBatch of 100 rows
+// per transaction, the sync engine's group commit.
+func BenchmarkSettle(b *testing.B) {
+	const batch = 100
+	res := registry.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}
+	for _, mode := range paramModes {
+		b.Run(mode.name+"/one-by-one", func(b *testing.B) {
+			ctx := context.Background()
+			db := benchDB(b, mode.binary)
+			s, err := registry.NewStore(db, registry.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			claims := claimedRows(b, s, db, b.N*batch, batch)
+			b.ResetTimer()
+			for _, cs := range claims {
+				var g errgroup.Group
+				g.SetLimit(8)
+				for _, c := range cs {
+					g.Go(func() error {
+						ok, err := s.SettleSynced(ctx, "bench", c, res, nil)
+						if err == nil && !ok {
+							b.Error("not settled")
+						}
+						return err
+					})
+				}
+				if err := g.Wait(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRows(b, b.N*batch)
+		})
+		b.Run(mode.name+"/batch", func(b *testing.B) {
+			ctx := context.Background()
+			db := benchDB(b, mode.binary)
+			s, err := registry.NewStore(db, registry.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			claims := claimedRows(b, s, db, b.N*batch, batch)
+			b.ResetTimer()
+			for _, cs := range claims {
+				items := make([]registry.SettleItem, len(cs))
+				for i, c := range cs {
+					items[i] = registry.SettleItem{Claim: c, Result: res}
+				}
+				for _, o := range s.SettleSyncedBatch(ctx, "bench", items) {
+					if o.Err != nil || !o.Settled {
+						b.Fatalf("SettleSyncedBatch: %+v", o)
+					}
+				}
+			}
+			reportRows(b, b.N*batch)
+		})
+	}
+}

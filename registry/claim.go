@@ -187,6 +187,19 @@ func claimArrays(claims []Claim) (types []string, ids, seqs, prev []int64) {
 	return types, ids, seqs, prev
 }
 
+// lockHeldSQL selects and locks, in key order, the rows of the claims
+// ($2 replicables, $3 model ids, $4 seqs) that owner $1 still holds. Every
+// statement that locks several registry rows takes them in this order
+// (MarkPending and Resync too), so two of them can wait for each other
+// but never deadlock; a row changed while this waited for its lock is
+// re-checked on its new version and dropped if the claim is gone.
+const lockHeldSQL = `SELECT h.replicable, h.model_id, h.seq FROM geo_registry h
+  JOIN unnest($2::text[], $3::bigint[], $4::bigint[]) AS hk(replicable, model_id, seq)
+    ON h.replicable = hk.replicable AND h.model_id = hk.model_id
+  WHERE h.seq = hk.seq AND h.state = 1 AND h.lease_owner = $1
+  ORDER BY h.replicable, h.model_id
+  FOR UPDATE OF h`
+
 // RenewLeases extends to now+lease, in one statement, the leases of the
 // claims that owner still holds (row started, owned by owner, same seq),
 // and returns the keys of those it no longer holds (same order as claims):
@@ -204,12 +217,11 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 	types, ids, seqs, _ := claimArrays(claims)
 	now := s.now()
 	rows, err := s.db.QueryContext(ctx, `
-UPDATE geo_registry r SET lease_expires_at = $2, updated_at = $3
-FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS k(replicable, model_id, seq)
-WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
-  AND r.state = 1 AND r.lease_owner = $1
+UPDATE geo_registry r SET lease_expires_at = $5, updated_at = $6
+FROM (`+lockHeldSQL+`) sel
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
 RETURNING r.replicable, r.model_id, r.seq`,
-		owner, now.Add(lease), now, pq.Array(types), pq.Array(ids), pq.Array(seqs))
+		owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now)
 	if err != nil {
 		return nil, fmt.Errorf("registry: renew leases: %w", err)
 	}
@@ -251,11 +263,12 @@ func (s *Store) Release(ctx context.Context, owner string, claims []Claim) error
 	if _, err := s.db.ExecContext(ctx, `
 UPDATE geo_registry r
 SET state = CASE WHEN k.prev = 3 THEN 3 ELSE 0 END,
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
-FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::int[]) AS k(replicable, model_id, seq, prev)
-WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
-  AND r.state = 1 AND r.lease_owner = $1`,
-		owner, s.now(), pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(prev)); err != nil {
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = $6
+FROM (`+lockHeldSQL+`) sel
+JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::int[]) AS k(replicable, model_id, seq, prev)
+  ON k.replicable = sel.replicable AND k.model_id = sel.model_id AND k.seq = sel.seq
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`,
+		owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(prev), s.now()); err != nil {
 		return fmt.Errorf("registry: release: %w", err)
 	}
 	return nil
