@@ -13,5 +13,13 @@ lint:
 demo:
 	$(GO) run ./examples/demo
 
+# bench runs every geobench scenario at its issue-9 size (each prints its
+# raw limit measured in the same run; see docs/performance.md), then the Go
+# micro-benchmarks of the hot paths once each. BENCH_FLAGS adds flags to
+# every scenario, e.g. BENCH_FLAGS='-url postgres://...'.
+BENCH_SCENARIOS ?= backfill sync-small sync-large event-lag status verify
+BENCH_FLAGS ?=
+
 bench:
+	@for s in $(BENCH_SCENARIOS); do $(GO) run ./cmd/geobench $$s $(BENCH_FLAGS) || exit 1; done
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
