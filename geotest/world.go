@@ -130,11 +130,23 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
 		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
 		Secrets: blob.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
-		Observe: w.Transfers.observe,
+		Observe:            w.Transfers.observe,
+		VerifyPollInterval: 50 * time.Millisecond,
 	})
 	if err != nil {
 		tb.Fatalf("geotest: primary: %v", err)
 	}
+	// The primary's background work: checksums of every record
+	// (verification) and outbox retention.
+	pctx, pcancel := context.WithCancel(context.Background())
+	pdone := make(chan error, 1)
+	go func() { pdone <- w.Primary.Run(pctx) }()
+	tb.Cleanup(func() {
+		pcancel()
+		if err := <-pdone; err != nil {
+			tb.Logf("geotest: primary stopped: %v", err)
+		}
+	})
 	w.HTTP = httptest.NewServer(w.Primary.Handler())
 	tb.Cleanup(w.HTTP.Close)
 	return w
