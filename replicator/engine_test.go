@@ -161,12 +161,12 @@ func TestUpdateDuringSyncEndsWithNewBytes(t *testing.T) { // R1 end to end
 			}
 			// The update's event must reach the registry while the old sync is
 			// still running.
-			geotest.WaitFor(t, 10*time.Second, "update event gives the row a new generation", func() (bool, string) {
+			geotest.WaitFor(t, 30*time.Second, "update event gives the row a new generation", func() (bool, string) {
 				row, err := trackingStore(t, f).Get(ctx, "item", id)
 				return err == nil && row.Seq != held.Seq, fmt.Sprint(row.State, row.Seq, err)
 			})
 			release()
-			f.waitConverged(t, 30*time.Second, sec)
+			f.waitConverged(t, 60*time.Second, sec)
 			key, _ := f.items.BlobKey(ctx, id)
 			got, err := os.ReadFile(filepath.Join(f.SecondaryRoot, key))
 			require.NoError(t, err)
@@ -193,12 +193,12 @@ func TestDeleteDuringSyncLeavesNothing(t *testing.T) { // R2 end to end
 	r := f.Start(cfg)
 	waitClosed(t, arrived, "sync in flight")
 	require.NoError(t, f.app.Delete(ctx, id, true))
-	geotest.WaitFor(t, 10*time.Second, "deleted event removes the row", func() (bool, string) {
+	geotest.WaitFor(t, 30*time.Second, "deleted event removes the row", func() (bool, string) {
 		_, err := r.Store().Get(ctx, "item", id)
 		return err != nil, fmt.Sprint(err)
 	})
 	release()
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, 60*time.Second, sec)
 	_, err = os.Stat(filepath.Join(f.SecondaryRoot, key))
 	require.True(t, os.IsNotExist(err), "R2: file of a record deleted during its sync: stat err = %v, want not exist", err)
 	_, err = r.Store().Get(ctx, "item", keep)
@@ -352,7 +352,7 @@ func TestDeadWorkersClaimsAndTempFilesAreRecovered(t *testing.T) { // R3
 	cfg.Storage = fresh
 	start := time.Now()
 	f.Start(cfg)
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, 60*time.Second, sec)
 	require.Less(t, time.Since(start), 20*time.Second, "dead worker's rows reclaimed within a few lease periods")
 }
 

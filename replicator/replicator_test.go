@@ -102,7 +102,7 @@ func TestOrphansAndScope(t *testing.T) {
 	require.NoError(t, err)
 	sec := f.secondaryItems(1)
 	r := f.Start(f.SecondaryConfig(sec))
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, 60*time.Second, sec)
 
 	// Deleted on the primary without any event: only the consistency pass
 	// can notice.
@@ -114,7 +114,7 @@ func TestOrphansAndScope(t *testing.T) {
 		require.NoError(t, f.app.SetRegion(ctx, id, 2))
 	}
 	r.TriggerConsistency()
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, 60*time.Second, sec)
 	var rows int
 	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
 	require.Equal(t, 45, rows, "orphans removed: registry rows")
