@@ -219,13 +219,14 @@ func TestPrimaryMetricsMatchTheDatabase(t *testing.T) {
 		_, err := app.Create(ctx, 0, []byte(fmt.Sprint(i))) // 4 events in the outbox
 		require.NoError(t, err)
 	}
-	_, err := w.PrimaryDB.ExecContext(ctx, `DELETE FROM geo_checksums;
-INSERT INTO geo_checksums (replicable, model_id, state) VALUES
-  ('item', 1, 2), ('item', 2, 2), ('item', 3, 3), ('item', 4, 0), ('doc', 1, 2)`)
+	// Types no primary process works on, so the counts stay put while the
+	// world's primary verifies its own "item" rows.
+	_, err := w.PrimaryDB.ExecContext(ctx, `INSERT INTO geo_checksums (replicable, model_id, state) VALUES
+  ('alpha', 1, 2), ('alpha', 2, 2), ('alpha', 3, 3), ('alpha', 4, 0), ('beta', 1, 2)`)
 	require.NoError(t, err)
 
 	reg := prometheus.NewRegistry()
-	m, err := metrics.NewPrimary(reg, metrics.PrimaryOptions{DB: w.PrimaryDB, Types: []string{"item", "doc", "empty"}})
+	m, err := metrics.NewPrimary(reg, metrics.PrimaryOptions{DB: w.PrimaryDB, Types: []string{"alpha", "beta", "empty"}})
 	require.NoError(t, err)
 	m.ObserveTransfer("item", 1, time.Now(), time.Now(), 1234)
 	require.NoError(t, m.Refresh(ctx))
@@ -234,15 +235,16 @@ INSERT INTO geo_checksums (replicable, model_id, state) VALUES
 	require.NoError(t, err)
 	cc, err := counts.ChecksumCounts(ctx)
 	require.NoError(t, err)
-	for _, typ := range []string{"item", "doc", "empty"} {
+	for _, typ := range []string{"alpha", "beta", "empty"} {
 		c := cc[typ]
 		for state, v := range map[string]int64{"pending": c.Pending, "started": c.Started, "succeeded": c.Succeeded, "failed": c.Failed, "disabled": c.Disabled} {
 			k := fmt.Sprintf("geo_primary_checksum_rows{replicable=%s,state=%s}", typ, state)
 			require.Equal(t, float64(v), got[k], "metric %s", k)
 		}
 	}
-	require.Equal(t, 2.0, got["geo_primary_checksum_rows{replicable=item,state=succeeded}"])
-	require.Equal(t, 1.0, got["geo_primary_checksum_rows{replicable=item,state=failed}"])
+	require.Equal(t, 2.0, got["geo_primary_checksum_rows{replicable=alpha,state=succeeded}"])
+	require.Equal(t, 1.0, got["geo_primary_checksum_rows{replicable=alpha,state=failed}"])
+	require.Equal(t, 1.0, got["geo_primary_checksum_rows{replicable=alpha,state=pending}"])
 	var outbox float64
 	require.NoError(t, w.PrimaryDB.GetContext(ctx, &outbox, `SELECT count(*) FROM geo_events`))
 	require.Equal(t, outbox, got["geo_primary_outbox_events"])
@@ -255,7 +257,7 @@ INSERT INTO geo_checksums (replicable, model_id, state) VALUES
 	require.NoError(t, m.Refresh(ctx), "refresh without geo_checksums")
 	got = scrape(t, reg)
 	require.Equal(t, 4.0, got["geo_primary_outbox_events"])
-	_, has := got["geo_primary_checksum_rows{replicable=item,state=succeeded}"]
+	_, has := got["geo_primary_checksum_rows{replicable=alpha,state=succeeded}"]
 	require.False(t, has, "checksum gauges without geo_checksums")
 }
 

@@ -43,7 +43,21 @@ GROUP BY replicable`
 // in one statement that reads each row's index entry once and no table
 // row (see statusCountsSQL). Types without rows are absent.
 func (s *Store) StatusCounts(ctx context.Context) (map[string]TypeCounts, error) {
-	rows, err := s.db.QueryContext(ctx, statusCountsSQL)
+	// The planner prices a sequential scan of a narrow table (a registry
+	// of fresh pending rows) below the index-only scans, yet measured here
+	// the index path costs half the CPU (1M pending rows: 120 ms against
+	// 250 ms in one backend) and reads no table row. The enable_* settings
+	// are only cost penalties, scoped to this read-only transaction: were
+	// the indexes missing, the statement would still run.
+	tx, err := s.db.BeginTxx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("registry: status counts: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off`); err != nil {
+		return nil, fmt.Errorf("registry: status counts: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, statusCountsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("registry: status counts: %w", err)
 	}
