@@ -93,6 +93,13 @@ func CompareSites(ctx context.Context, w Sites, strategies ...strategy.BlobStrat
 				inScope[id] = true
 				d.Records++
 				key, err := s.BlobKey(ctx, id)
+				if errors.Is(err, strategy.ErrNotFound) {
+					// Deleted since it was listed: the application is still
+					// changing data. Not a difference of the secondary's.
+					delete(inScope, id)
+					d.Records--
+					continue
+				}
 				if err != nil {
 					return d, fmt.Errorf("key %s/%d: %w", s.Name(), id, err)
 				}

@@ -233,11 +233,23 @@ func run() error {
 			break
 		}
 	}
+	converged := diff.OK() && !churning
+	if churning {
+		// Out of time with the application still writing: let it finish so
+		// the final check compares a quiet primary.
+		if err := <-churnDone; err != nil {
+			cancelRun()
+			return fmt.Errorf("application churn: %w", err)
+		}
+	}
 	cancelRun()
 	if err := <-runErr; err != nil {
 		return fmt.Errorf("secondary: %w", err)
 	}
 	fmt.Println()
+	if !converged {
+		fmt.Printf("the secondary had not converged after %v\n", o.timeout)
+	}
 	printStatus(ctx, trackDB)
 	// The final check: every file byte for byte, nothing extra, no temp files.
 	diff, err = geotest.CompareSites(ctx, sites, secStrategy)
