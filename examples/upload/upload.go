@@ -1,0 +1,84 @@
+// Package upload is the adapter that replicates user uploads (attachments)
+// with geo, plus the application code that owns the uploads table (app.go).
+package upload
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/geoframework/geo/strategy"
+)
+
+// Name is the replicable name of uploads. Never change or reuse it.
+const Name = "upload"
+
+// Strategy is the geo adapter for uploads.
+type Strategy struct {
+	DB *sqlx.DB // the primary's DB (on a secondary: the read-only replica)
+	// ModelTypes is an optional scope: only uploads owned by these model
+	// types (e.g. "Project") are replicated. nil means everything.
+	ModelTypes []string
+}
+
+var (
+	_ strategy.BlobStrategy = (*Strategy)(nil)
+	_ strategy.Checksummer  = (*Strategy)(nil)
+)
+
+func (s *Strategy) Name() string { return Name }
+
+// scope renders the scope as a SQL array parameter; NULL means no scope.
+func (s *Strategy) scope() any {
+	if s.ModelTypes == nil {
+		return nil
+	}
+	return pq.StringArray(s.ModelTypes)
+}
+
+const inScope = `($2::text[] IS NULL OR model_type = ANY($2::text[]))`
+
+func (s *Strategy) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	var ids []int64
+	err := s.DB.SelectContext(ctx, &ids,
+		`SELECT id FROM uploads WHERE id > $1 AND `+inScope+` ORDER BY id LIMIT $3`,
+		after, s.scope(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("upload ids after %d: %w", after, err)
+	}
+	return ids, nil
+}
+
+func (s *Strategy) row(ctx context.Context, id int64) (Upload, error) {
+	var u Upload
+	err := s.DB.GetContext(ctx, &u,
+		`SELECT `+uploadColumns+` FROM uploads WHERE id = $1 AND `+inScope, id, s.scope())
+	if errors.Is(err, sql.ErrNoRows) {
+		return u, fmt.Errorf("upload %d: %w", id, strategy.ErrNotFound)
+	}
+	if err != nil {
+		return u, fmt.Errorf("upload %d: %w", id, err)
+	}
+	return u, nil
+}
+
+func (s *Strategy) BlobKey(ctx context.Context, id int64) (string, error) {
+	u, err := s.row(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return u.Key(), nil
+}
+
+// BlobChecksum returns the SHA-256 recorded when the file was written.
+func (s *Strategy) BlobChecksum(ctx context.Context, id int64) (string, error) {
+	u, err := s.row(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return u.SHA256, nil
+}
