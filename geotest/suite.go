@@ -195,8 +195,14 @@ func (c *clause) secondaryConfig(w *World, s strategy.BlobStrategy) replicator.S
 
 func (c *clause) waitFor(what string, cond func() (bool, string)) {
 	c.Helper()
+	// Stop waiting a little before the clause's deadline, so the last look
+	// at the state (in the failure message) still has a live context.
 	deadline, _ := c.ctx.Deadline()
-	if err := Eventually(time.Until(deadline), cond); err != nil {
+	wait := time.Until(deadline) - 5*time.Second
+	if wait < time.Second {
+		wait = time.Second
+	}
+	if err := Eventually(wait, cond); err != nil {
 		c.failf("%s: %v", what, err)
 	}
 }
