@@ -28,6 +28,11 @@ type consistencyEngine struct {
 	log      *zap.Logger
 	wakeSync func()
 	now      func() time.Time
+	// eventsReady reports whether the event consumer has saved its
+	// starting position; nil means do not wait. poll is how often it is
+	// asked.
+	eventsReady func(ctx context.Context) (bool, error)
+	poll        time.Duration
 
 	trigger chan struct{}
 
@@ -53,7 +58,7 @@ type Progress struct {
 func newConsistencyEngine(store *registry.Store, set *Set, reps map[string]Replicator, cfg *SecondaryConfig, wakeSync func()) *consistencyEngine {
 	return &consistencyEngine{
 		store: store, set: set, reps: reps, batch: cfg.BackfillBatch, interval: cfg.ConsistencyInterval,
-		log: cfg.Logger, wakeSync: wakeSync, now: cfg.Now,
+		log: cfg.Logger, wakeSync: wakeSync, now: cfg.Now, poll: cfg.PollInterval,
 		trigger: make(chan struct{}, 1), progress: map[string]*Progress{},
 	}
 }
@@ -79,8 +84,12 @@ func (c *consistencyEngine) Progress() map[string]Progress {
 }
 
 // run performs passes until ctx ends: one at start (resuming a saved
-// cursor), then one per interval or on Trigger.
+// cursor), then one per interval or on Trigger. The first pass waits for
+// eventsReady (see waitForEvents).
 func (c *consistencyEngine) run(ctx context.Context) error {
+	if !c.waitForEvents(ctx) {
+		return nil
+	}
 	for {
 		for _, name := range c.set.Names() {
 			if err := c.passType(ctx, name); err != nil {
@@ -95,6 +104,36 @@ func (c *consistencyEngine) run(ctx context.Context) error {
 			return nil
 		case <-c.trigger:
 		case <-time.After(c.interval):
+		}
+	}
+}
+
+// waitForEvents waits until eventsReady reports that the event consumer
+// has saved its starting position. A new consumer starts at the end of the
+// outbox and leaves what came before to this pass; a pass that listed the
+// primary's ids before that start would miss every record created in
+// between, and nothing would bring it until the next pass. Listing after
+// it leaves no gap: a record committed before the consumer's start is
+// listed, one committed later has its event read. It reports false when
+// ctx ends first.
+func (c *consistencyEngine) waitForEvents(ctx context.Context) bool {
+	if c.eventsReady == nil {
+		return true
+	}
+	logged := false
+	for {
+		ok, err := c.eventsReady(ctx)
+		if ok {
+			return true
+		}
+		if !logged || err != nil {
+			c.log.Info("consistency pass waits for the event consumer's start position", zap.Error(err))
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(c.poll):
 		}
 	}
 }

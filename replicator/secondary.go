@@ -238,6 +238,15 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	s.sync.checksums = primarySums.Checksum
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
+	s.cons.eventsReady = func(ctx context.Context) (bool, error) {
+		cursors, err := store.EventCursors(ctx)
+		for _, c := range cursors {
+			if c.Consumer == events.DefaultConsumerName {
+				return true, nil
+			}
+		}
+		return false, err
+	}
 	consumer, err := events.NewConsumer(events.ConsumerConfig{
 		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatch,
 		PollInterval: cfg.EventPollInterval, Handler: eventHandler{s}, Known: cfg.Strategies.Has,
