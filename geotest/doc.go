@@ -21,7 +21,7 @@
 // and fails with "clause: got X, want Y". A watchdog per clause fails
 // instead of hanging. Run it with -race.
 //
-// World, Compare and WaitFor are the same kit geo's own tests use, exported
+// World, World.Compare, CompareSites and WaitFor are the same kit geo's own tests use, exported
 // for adopters who want scenario tests of their own.
 //
 // geotest is for tests; it is not a production component.
