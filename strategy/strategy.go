@@ -61,9 +61,12 @@ type BlobStrategy interface {
 
 	// BlobKey returns the storage key of record id's bytes. It returns an
 	// error matching ErrNotFound when the record does not exist or lies
-	// outside the scope. A key must be relative, slash-separated, without
-	// "." or ".." segments or NUL bytes, and stable: the same record gives
-	// the same key until the application changes it.
+	// outside the scope. A key must pass blob.ValidateKey: relative and
+	// slash-separated, without "." or ".." segments, NUL bytes,
+	// backslashes, empty segments or a trailing slash, at most 1024 bytes,
+	// not starting with ".geo-tmp". It must be stable (the same record
+	// gives the same key until the application changes it) and distinct
+	// from every other record's key.
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 
