@@ -208,9 +208,17 @@ func (e *syncEngine) run(ctx context.Context) error {
 func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim) {
 	tctx, cancel := context.WithCancel(workCtx)
 	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
+	t := &task{claim: c, cancel: cancel}
 	e.mu.Lock()
 	e.inflight[c.Replicable]++
-	e.active[k] = &task{claim: c, cancel: cancel}
+	// The row was claimed again while an older sync of it still runs (an
+	// event made it pending meanwhile): that sync's claim is stale and its
+	// settle would be refused, so stop it. The slot is the new claim's:
+	// renewals must extend its lease, not the old one's.
+	if old := e.active[k]; old != nil {
+		old.cancel()
+	}
+	e.active[k] = t
 	e.mu.Unlock()
 	wg.Add(1)
 	go func() {
@@ -219,7 +227,9 @@ func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regist
 			cancel()
 			e.mu.Lock()
 			e.inflight[c.Replicable]--
-			delete(e.active, k)
+			if e.active[k] == t {
+				delete(e.active, k)
+			}
 			e.mu.Unlock()
 			select {
 			case e.freed <- struct{}{}:
@@ -404,8 +414,16 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 }
 
 func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c registry.Claim, cause error, missing bool, start time.Time) {
-	if _, err := e.store.SettleFailed(ctx, e.owner, c, cause.Error(), missing); err != nil {
+	current, err := e.store.SettleFailed(ctx, e.owner, c, cause.Error(), missing)
+	if err != nil {
 		log.Warn("recording sync failure failed", zap.Error(err), zap.NamedError("cause", cause))
+	}
+	if err == nil && !current {
+		// The claim was no longer ours (the record changed or was deleted,
+		// and the work was cancelled for it): not a failure of the record.
+		log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", cause))
+		e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+		return
 	}
 	result := ResultFailed
 	if missing {
