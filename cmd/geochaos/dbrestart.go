@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest/pgtest"
+)
+
+// runDBRestart: the tracking database and the primary database live on
+// two PostgreSQL servers. While the secondary syncs and the primary keeps
+// changing data, the tracking server is restarted (pg_ctl restart -m fast:
+// every connection is cut, in-flight transactions roll back), then the
+// primary's. The secondary is never restarted: it must ride through both
+// (claims, settles, lease renewals and the event cursor fail for a while
+// and are retried) and converge to an exact copy.
+func runDBRestart(ctx context.Context, o options) error {
+	const name = "db-restart"
+	n := o.size(o.n, 300, 3000)
+	e, err := newEnv(ctx, o, envConfig{separateClusters: true})
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	w := newWorkload(e, o.seed)
+	seedN := n * 4 / 5
+	o.logf(name, "primary: seeding %d items", seedN)
+	if err := w.seed(ctx, seedN, false); err != nil {
+		return err
+	}
+	storage, err := blob.NewDir(e.SecondaryRoot)
+	if err != nil {
+		return err
+	}
+	defer storage.Close()
+	sec, err := startSecondary(e.secondaryConfig(storage))
+	if err != nil {
+		return err
+	}
+	defer sec.stop()
+
+	stopChurn := make(chan struct{})
+	churnErr := make(chan error, 1)
+	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
+
+	restart := func(what string, c *pgtest.Cluster) error {
+		// Mid-run: some rows synced, many still to do.
+		time.Sleep(1500 * time.Millisecond)
+		synced, total := e.progress(ctx)
+		start := time.Now()
+		if err := c.Restart(ctx); err != nil {
+			return fmt.Errorf("restart the %s server: %w", what, err)
+		}
+		o.logf(name, "restarted the %s server (pg_ctl restart -m fast) in %.1fs at %d/%d rows synced", what, time.Since(start).Seconds(), synced, total)
+		return nil
+	}
+	if err := restart("tracking database's", e.trackingCluster); err != nil {
+		return err
+	}
+	if err := restart("primary database's", e.primaryCluster); err != nil {
+		return err
+	}
+	// Let the application finish creating the rest while the secondary
+	// recovers.
+	for !w.createdAtLeast(n-seedN) && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stopChurn)
+	if err := <-churnErr; err != nil {
+		return err
+	}
+	o.logf(name, "application %s; waiting for convergence (the secondary was not restarted)", w)
+	d, took, cerr := e.waitConverged(ctx, o.timeout)
+	if cerr != nil {
+		summary(o.out, name, d, took)
+		return cerr
+	}
+	if err := sec.stop(); err != nil {
+		return fmt.Errorf("secondary: %w", err)
+	}
+	if d, err = e.compare(ctx); err != nil {
+		return err
+	}
+	return summary(o.out, name, d, took)
+}
+
+// progress returns how many registry rows are synced, of how many, or
+// -1s when the tracking database does not answer.
+func (e *env) progress(ctx context.Context) (synced, total int64) {
+	if err := e.TrackingDB.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state = 2), count(*) FROM geo_registry`).Scan(&synced, &total); err != nil {
+		return -1, -1
+	}
+	return synced, total
+}
