@@ -23,3 +23,23 @@ BENCH_FLAGS ?=
 bench:
 	@for s in $(BENCH_SCENARIOS); do $(GO) run ./cmd/geobench $$s $(BENCH_FLAGS) || exit 1; done
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+# Reliability campaigns (docs/reliability.md): every scenario at full size;
+# CHAOS=crash (or any scenario) runs one, CHAOS_FLAGS=-quick the CI sizes.
+CHAOS ?= all
+CHAOS_FLAGS ?=
+
+chaos:
+	$(GO) build -o $${TMPDIR:-/tmp}/geochaos ./cmd/geochaos
+	$${TMPDIR:-/tmp}/geochaos $(CHAOS) $(CHAOS_FLAGS)
+
+# Every fuzz target for FUZZTIME each, one at a time (go test -fuzz takes one).
+FUZZTIME ?= 10s
+FUZZ_TARGETS = FuzzValidateKey:./blob FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
+	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} ($${t#*:}) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+	done
