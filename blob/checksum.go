@@ -15,10 +15,12 @@ const copyBufSize = 1 << 20
 
 // SHA256Reader reads r to EOF and returns the lowercase hex SHA-256 of what
 // it read and the number of bytes. It stops with ctx's error (wrapped) when
-// ctx is done; it checks ctx between 1 MiB reads.
+// ctx is done; it checks ctx between reads of at most 1 MiB. When r tells
+// its size (a Reader, an *os.File) the buffer is no larger than the data,
+// so hashing many small blobs does not allocate 1 MiB each.
 func SHA256Reader(ctx context.Context, r io.Reader) (sum string, n int64, err error) {
 	h := sha256.New()
-	buf := make([]byte, copyBufSize)
+	buf := make([]byte, bufSizeFor(r))
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", n, fmt.Errorf("blob: sha256: %w", err)
@@ -35,6 +37,24 @@ func SHA256Reader(ctx context.Context, r io.Reader) (sum string, n int64, err er
 			return "", n, fmt.Errorf("blob: sha256: %w", rerr)
 		}
 	}
+}
+
+// bufSizeFor returns a read buffer size for r: 1 MiB, or less when r says
+// it holds less (plus one byte, so the EOF comes in the same read or the next).
+func bufSizeFor(r io.Reader) int {
+	var size int64 = -1
+	switch v := r.(type) {
+	case interface{ Size() int64 }:
+		size = v.Size()
+	case *os.File:
+		if fi, err := v.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = fi.Size()
+		}
+	}
+	if size < 0 || size >= copyBufSize {
+		return copyBufSize
+	}
+	return int(max(size+1, 512))
 }
 
 // SHA256File returns the lowercase hex SHA-256 and size of the file at path.
