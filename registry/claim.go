@@ -36,6 +36,11 @@ type Claim struct {
 	// 0 if none).
 	BlobKey  string
 	BlobSize int64
+	// StagedKey is a key an earlier sync of the row recorded with
+	// StageKeys and published without its settle committing ("" if none):
+	// bytes there are not the row's, and the next sync removes them unless
+	// it stores the record at that same key.
+	StagedKey string
 	// VerificationChecksum is the local SHA-256 (hex) recorded by the last
 	// sync or verification, "" if none.
 	VerificationChecksum string
@@ -86,7 +91,7 @@ SET state = 1, lease_owner = $4, lease_expires_at = $5, updated_at = $3
 FROM picked p
 WHERE r.replicable = p.replicable AND r.model_id = p.model_id
 RETURNING r.replicable, r.model_id, r.seq, p.state AS prev_state, r.retry_count,
-  coalesce(r.blob_key, '') AS blob_key, coalesce(r.blob_size, 0) AS blob_size,
+  coalesce(r.blob_key, '') AS blob_key, coalesce(r.staged_key, '') AS staged_key, coalesce(r.blob_size, 0) AS blob_size,
   coalesce(r.verification_checksum, '') AS verification_checksum,
   r.last_synced_at, r.lease_expires_at`
 
@@ -122,6 +127,7 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 			PrevState:            State(r.PrevState),
 			RetryCount:           r.RetryCount,
 			BlobKey:              r.BlobKey,
+			StagedKey:            r.StagedKey,
 			BlobSize:             r.BlobSize,
 			VerificationChecksum: r.VerificationChecksum,
 			LastSyncedAt:         r.LastSyncedAt.Time,
@@ -169,6 +175,7 @@ type claimScan struct {
 	PrevState            int16        `db:"prev_state"`
 	RetryCount           int          `db:"retry_count"`
 	BlobKey              string       `db:"blob_key"`
+	StagedKey            string       `db:"staged_key"`
 	BlobSize             int64        `db:"blob_size"`
 	VerificationChecksum string       `db:"verification_checksum"`
 	LastSyncedAt         sql.NullTime `db:"last_synced_at"`
@@ -298,7 +305,7 @@ const settleSyncedSQL = `
 UPDATE geo_registry SET
   state = 2, retry_count = 0, retry_at = NULL, last_synced_at = $5,
   last_sync_failure = NULL, missing_on_primary = false,
-  blob_key = $6, blob_size = $7, lease_owner = NULL, lease_expires_at = NULL,
+  blob_key = $6, staged_key = NULL, blob_size = $7, lease_owner = NULL, lease_expires_at = NULL,
   verification_state = $8, verification_checksum = NULLIF($9, ''),
   verification_checksum_mismatched = NULL, checksum_mismatch = false,
   verified_at = $10, verification_retry_at = NULL,
@@ -433,14 +440,15 @@ WHERE replicable = $1 AND model_id = $2`,
 // waiting for a settle in progress on it, then calls remove(ctx, key) with
 // the blob key recorded at the last sync ("" when there is no row or no
 // recorded key; the caller then uses a key it knows, such as the event's),
-// then commits. If remove fails the transaction is rolled back, the row is
+// and again with the row's staged key (StageKeys) when it has a different
+// one, then commits. If remove fails the transaction is rolled back, the row is
 // kept and the error is returned wrapped. It reports whether a row
 // existed. remove is called even when there was no row, since bytes may
 // exist without one.
 func (s *Store) Delete(ctx context.Context, replicable string, id int64, remove func(ctx context.Context, recordedKey string) error) (bool, error) {
 	existed, err := s.deleteRow(ctx, true, remove, `
 DELETE FROM geo_registry WHERE replicable = $1 AND model_id = $2
-RETURNING coalesce(blob_key, '')`, replicable, id)
+RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, replicable, id)
 	if err != nil {
 		return false, fmt.Errorf("registry: delete %s/%d: %w", replicable, id, err)
 	}
@@ -455,7 +463,7 @@ func (s *Store) DeleteIfClaim(ctx context.Context, owner string, c Claim, remove
 	deleted, err := s.deleteRow(ctx, false, remove, `
 DELETE FROM geo_registry
 WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4
-RETURNING coalesce(blob_key, '')`, c.Replicable, c.ModelID, c.Seq, owner)
+RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, c.Replicable, c.ModelID, c.Seq, owner)
 	if err != nil {
 		return false, fmt.Errorf("registry: delete claimed %s/%d: %w", c.Replicable, c.ModelID, err)
 	}
@@ -467,8 +475,8 @@ RETURNING coalesce(blob_key, '')`, c.Replicable, c.ModelID, c.Seq, owner)
 func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(context.Context, string) error, query string, args ...any) (bool, error) {
 	existed := false
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		var key string
-		err := tx.GetContext(ctx, &key, query, args...)
+		var key, staged string
+		err := tx.QueryRowContext(ctx, query, args...).Scan(&key, &staged)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			if !removeIfNone {
@@ -482,6 +490,12 @@ func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(co
 		if remove != nil {
 			if err := remove(ctx, key); err != nil {
 				return fmt.Errorf("remove: %w", err)
+			}
+			// Bytes a sync published without its settle committing.
+			if staged != "" && staged != key {
+				if err := remove(ctx, staged); err != nil {
+					return fmt.Errorf("remove staged key: %w", err)
+				}
 			}
 		}
 		return nil

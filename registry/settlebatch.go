@@ -36,7 +36,7 @@ const settleBatchSQL = `
 UPDATE geo_registry r SET
   state = 2, retry_count = 0, retry_at = NULL, last_synced_at = $2,
   last_sync_failure = NULL, missing_on_primary = false,
-  blob_key = NULLIF(k.blob_key, ''), blob_size = k.blob_size, lease_owner = NULL, lease_expires_at = NULL,
+  blob_key = NULLIF(k.blob_key, ''), staged_key = NULL, blob_size = k.blob_size, lease_owner = NULL, lease_expires_at = NULL,
   verification_state = k.vstate, verification_checksum = NULLIF(k.checksum, ''),
   verification_checksum_mismatched = NULL, checksum_mismatch = false,
   verified_at = CASE WHEN k.vstate = 2 THEN $2::timestamptz END, verification_retry_at = NULL,

@@ -65,7 +65,7 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	if job.PrimaryChecksum != "" {
 		primary = res.PrimaryChecksum
 	}
-	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, res: SyncResult{
+	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
 		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
 	}}, nil
 }
@@ -86,7 +86,7 @@ func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Stag
 	if r.onSkip != nil {
 		r.onSkip(r.s.Name())
 	}
-	return &blobStaged{r: r, oldKey: job.RecordedKey, res: SyncResult{
+	return &blobStaged{r: r, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
 		Key: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
 	}}, true
 }
@@ -133,7 +133,10 @@ type blobStaged struct {
 	r      *blobReplicator
 	w      blob.Writer // nil when the download was skipped
 	oldKey string
-	res    SyncResult
+	// stagedKey holds bytes an earlier sync published without recording
+	// them (Job.StagedKey).
+	stagedKey string
+	res       SyncResult
 }
 
 func (s *blobStaged) Result() SyncResult { return s.res }
@@ -144,10 +147,13 @@ func (s *blobStaged) Commit(ctx context.Context) error {
 			return err
 		}
 	}
-	// The record's bytes moved to a new key: the old copy is an orphan.
-	if s.oldKey != "" && s.oldKey != s.res.Key {
-		if err := s.r.storage.Remove(ctx, s.oldKey); err != nil && !errors.Is(err, blob.ErrInvalidKey) {
-			return fmt.Errorf("remove previous key: %w", err)
+	// The record's bytes moved to a new key: the old copy is an orphan,
+	// and so are bytes an earlier sync published at a key never recorded.
+	for _, k := range []string{s.oldKey, s.stagedKey} {
+		if k != "" && k != s.res.Key {
+			if err := s.r.storage.Remove(ctx, k); err != nil && !errors.Is(err, blob.ErrInvalidKey) {
+				return fmt.Errorf("remove previous key: %w", err)
+			}
 		}
 	}
 	return nil

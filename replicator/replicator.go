@@ -59,6 +59,10 @@ type Job struct {
 	// RecordedKey is the key recorded at the previous successful sync, ""
 	// when there was none.
 	RecordedKey string
+	// StagedKey is a key an earlier sync published without its settle
+	// committing, "" if none: the commit removes it unless the record is
+	// stored at that same key.
+	StagedKey string
 	// FirstAttempt is true when the row has never been attempted: the
 	// replicator may then skip the download if the bytes are already there
 	// and match the primary's checksum.

@@ -267,9 +267,15 @@ func (e *syncEngine) renewLoop(ctx context.Context) {
 			}
 			continue
 		}
+		sent := make(map[registry.Key]int64, len(claims))
+		for _, c := range claims {
+			sent[c.Key()] = c.Seq
+		}
 		e.mu.Lock()
 		for _, k := range lost {
-			if tk, ok := e.active[k]; ok {
+			// Only the claim renewed here: the row may have been claimed
+			// again (a newer task) since the claims were read.
+			if tk, ok := e.active[k]; ok && tk.claim.Seq == sent[k] {
 				tk.cancel()
 			}
 		}
@@ -291,7 +297,7 @@ func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, FirstAttempt: firstAttempt(c)}
+	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, StagedKey: c.StagedKey, FirstAttempt: firstAttempt(c)}
 	if e.checksums != nil {
 		sum, err := e.checksums(ctx, c.Replicable, c.ModelID)
 		if err != nil && ctx.Err() == nil {
@@ -403,7 +409,18 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 			items = append(items, r.item)
 		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		outs := e.store.SettleSyncedBatch(sctx, e.owner, items)
+		// Record the keys about to be published first: if the settle does
+		// not commit, the row still names the bytes for the next sync or
+		// delete to remove.
+		var outs []registry.SettleOutcome
+		if err := e.store.StageKeys(sctx, e.owner, items); err != nil {
+			outs = make([]registry.SettleOutcome, len(items))
+			for i := range outs {
+				outs[i].Err = err
+			}
+		} else {
+			outs = e.store.SettleSyncedBatch(sctx, e.owner, items)
+		}
 		cancel()
 		for i, r := range batch {
 			r.reply <- outs[i]
