@@ -45,9 +45,15 @@ func runDBRestart(ctx context.Context, o options) error {
 	churnErr := make(chan error, 1)
 	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
 
-	restart := func(what string, c *pgtest.Cluster) error {
-		// Mid-run: some rows synced, many still to do.
-		time.Sleep(1500 * time.Millisecond)
+	restart := func(what string, c *pgtest.Cluster, share float64) error {
+		// Mid-run: wait until share of the rows are synced (at most 60s).
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			if s, t := e.progress(ctx); t > 0 && float64(s) >= share*float64(t) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		synced, total := e.progress(ctx)
 		start := time.Now()
 		if err := c.Restart(ctx); err != nil {
@@ -56,10 +62,10 @@ func runDBRestart(ctx context.Context, o options) error {
 		o.logf(name, "restarted the %s server (pg_ctl restart -m fast) in %.1fs at %d/%d rows synced", what, time.Since(start).Seconds(), synced, total)
 		return nil
 	}
-	if err := restart("tracking database's", e.trackingCluster); err != nil {
+	if err := restart("tracking database's", e.trackingCluster, 0.3); err != nil {
 		return err
 	}
-	if err := restart("primary database's", e.primaryCluster); err != nil {
+	if err := restart("primary database's", e.primaryCluster, 0.6); err != nil {
 		return err
 	}
 	// Let the application finish creating the rest while the secondary
