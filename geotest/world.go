@@ -43,6 +43,10 @@ type WorldConfig struct {
 	Strategies func(db *sqlx.DB) []strategy.BlobStrategy
 	// Verbose sends the sites' logs to the test log.
 	Verbose bool
+	// ManualPrimary leaves the primary's background work (verification,
+	// outbox pruning) to the test, which runs its own Primary.Run (with a
+	// fake clock, say). By default the World runs it.
+	ManualPrimary bool
 }
 
 // World is a primary site and the means to start secondaries against it,
@@ -138,15 +142,17 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	}
 	// The primary's background work: checksums of every record
 	// (verification) and outbox retention.
-	pctx, pcancel := context.WithCancel(context.Background())
-	pdone := make(chan error, 1)
-	go func() { pdone <- w.Primary.Run(pctx) }()
-	tb.Cleanup(func() {
-		pcancel()
-		if err := <-pdone; err != nil {
-			tb.Logf("geotest: primary stopped: %v", err)
-		}
-	})
+	if !cfg.ManualPrimary {
+		pctx, pcancel := context.WithCancel(context.Background())
+		pdone := make(chan error, 1)
+		go func() { pdone <- w.Primary.Run(pctx) }()
+		tb.Cleanup(func() {
+			pcancel()
+			if err := <-pdone; err != nil {
+				tb.Logf("geotest: primary stopped: %v", err)
+			}
+		})
+	}
 	w.HTTP = httptest.NewServer(w.Primary.Handler())
 	tb.Cleanup(w.HTTP.Close)
 	return w

@@ -30,11 +30,14 @@ type fixture struct {
 	other *attachments // a second type with another key scheme
 }
 
-func newFixture(t *testing.T) *fixture {
+// newFixture builds the test world. With manualPrimary the test runs the
+// primary's verification itself (runPrimary), so no second engine with
+// another clock competes for its rows.
+func newFixture(t *testing.T, manualPrimary ...bool) *fixture {
 	t.Helper()
 	var items *testtype.Type
 	var other *attachments
-	w := geotest.NewWorld(t, geotest.WorldConfig{Verbose: os.Getenv("GEO_VERBOSE") != "",
+	w := geotest.NewWorld(t, geotest.WorldConfig{Verbose: os.Getenv("GEO_VERBOSE") != "", ManualPrimary: len(manualPrimary) > 0 && manualPrimary[0],
 		Server: pg,
 		Setup: func(ctx context.Context, db *sqlx.DB) error {
 			if _, err := db.ExecContext(ctx, testtype.Schema("items")); err != nil {

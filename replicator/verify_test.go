@@ -165,7 +165,7 @@ func (f *fixture) primaryPath(t *testing.T, id int64) string {
 
 func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	var ids []int64
 	for i := 0; i < 3; i++ { // with events
@@ -266,7 +266,7 @@ func (g *gatedOpener) OpenBlob(ctx context.Context, id int64) (io.ReadSeekCloser
 
 func TestPrimaryUpdateDuringChecksumKeepsNoStaleChecksum(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	oldBytes, newBytes := payload(1, 50_000), payload(2, 60_000)
 	id, err := f.app.Create(ctx, 0, oldBytes)
@@ -288,7 +288,7 @@ func TestPrimaryUpdateDuringChecksumKeepsNoStaleChecksum(t *testing.T) {
 
 func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	p := f.runPrimary(t, nil, nil)
 	aBytes, bBytes := payload(1, 3000), payload(2, 5000)
@@ -348,7 +348,7 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 
 func TestPrimaryCorruptedAfterChecksumDoesNotOverwriteGoodCopies(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	p := f.runPrimary(t, nil, func(c *replicator.PrimaryConfig) {
 		c.ReverifyInterval = 300 * time.Millisecond
@@ -398,7 +398,7 @@ func TestPrimaryCorruptedAfterChecksumDoesNotOverwriteGoodCopies(t *testing.T) {
 
 func TestSkipDownloadWhenPresentAndMatching(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	ids, err := f.app.BulkCreate(ctx, 20, 0, func(i int) []byte { return payload(i, 2000+i) })
 	require.NoError(t, err)
@@ -438,7 +438,7 @@ func TestSkipDownloadWhenPresentAndMatching(t *testing.T) {
 
 func TestVerificationBackoffGrowsAcrossResyncs(t *testing.T) { // GitLab #607991
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, true) // runs its own primary engine
 	ctx := context.Background()
 	p := f.runPrimary(t, nil, nil)
 	good := payload(3, 4000)
