@@ -33,11 +33,14 @@ func (s *Store) StageKeys(ctx context.Context, owner string, items []SettleItem)
 	// A row keeps one staged key: if an earlier staged key was never
 	// cleaned up, the next sync's commit removes the one it replaces
 	// (Claim.StagedKey) before this one is recorded.
+	// The rows are locked in key order (lockHeldSQL), as by every
+	// statement locking several registry rows, so this cannot deadlock
+	// with a concurrent settle, claim or MarkPending.
 	_, err := s.db.ExecContext(ctx, `
 UPDATE geo_registry r SET staged_key = k.key
-FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS k(replicable, model_id, seq, key)
-WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
-  AND r.state = 1 AND r.lease_owner = $1`,
+FROM (`+lockHeldSQL+`) sel, unnest($2::text[], $3::bigint[], $5::text[]) AS k(replicable, model_id, key)
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
+  AND k.replicable = sel.replicable AND k.model_id = sel.model_id`,
 		owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
 	if err != nil {
 		return fmt.Errorf("registry: stage keys: %w", err)

@@ -1,0 +1,56 @@
+package registry_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/geoframework/geo/registry"
+)
+
+// TestStageKeysRecordsAndDeleteRemovesIt checks StageKeys end to end: the
+// staged key is returned by the next claim, cleared by a settle, and
+// removed by a delete of a row that still has it.
+func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
+	store, _, _ := newStore(t, registry.Options{})
+	ctx := context.Background()
+	_, err := store.MarkPending(ctx, "item", []int64{1, 2})
+	require.NoError(t, err)
+	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 2}})
+	require.NoError(t, err)
+	require.Len(t, claims, 2)
+	var items []registry.SettleItem
+	for _, c := range claims {
+		items = append(items, registry.SettleItem{Claim: c, Result: registry.SyncedResult{BlobKey: "k/new"}, Publish: func(context.Context) error { return nil }})
+	}
+	require.NoError(t, store.StageKeys(ctx, "w1", items))
+	// The settle of row 1 does not happen (a crash); row 2's does.
+	c2 := claims[0]
+	if c2.ModelID != 2 {
+		c2 = claims[1]
+	}
+	ok, err := store.SettleSynced(ctx, "w1", c2, registry.SyncedResult{BlobKey: "k/new"}, nil)
+	require.NoError(t, err)
+	require.True(t, ok)
+	var staged []struct {
+		ID  int64  `db:"model_id"`
+		Key string `db:"k"`
+	}
+	require.NoError(t, store.DB().SelectContext(ctx, &staged, `SELECT model_id, coalesce(staged_key, '') AS k FROM geo_registry ORDER BY model_id`))
+	require.Equal(t, "k/new", staged[0].Key, "row 1 keeps the staged key")
+	require.Equal(t, "", staged[1].Key, "the settle clears it")
+
+	var removed []string
+	var mu sync.Mutex
+	_, err = store.Delete(ctx, "item", 1, func(_ context.Context, key string) error {
+		mu.Lock()
+		removed = append(removed, key)
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"", "k/new"}, removed, "Delete removes the recorded key and the staged one")
+}
