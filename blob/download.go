@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -258,6 +259,11 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 			return fmt.Errorf("%w after %v", ErrTimeout, d.timeout)
 		case ctx.Err() != nil:
 			return context.Cause(ctx)
+		case isTimeout(err):
+			// The client's own timeout (ResponseHeaderTimeout, which the
+			// default client sets to the same Timeout) may fire before the
+			// stall timer: the same stall, reported the same way.
+			return fmt.Errorf("%w after %v: %w", ErrTimeout, d.timeout, err)
 		case errors.Is(err, io.ErrUnexpectedEOF):
 			return fmt.Errorf("%w: body ended early: %w", ErrSizeMismatch, err)
 		}
@@ -327,6 +333,13 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		return fail(err)
 	}
 	return Result{Writer: w, Size: n, Checksum: sum, PrimaryChecksum: primary, Duration: time.Since(start)}, nil
+}
+
+// isTimeout reports whether err is a network timeout (a net.Error whose
+// Timeout is true), such as the transport's response header timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // copy streams body into w, re-arming the idle timer around each read and
