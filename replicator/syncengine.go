@@ -315,12 +315,19 @@ func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
 			}
 			e.obs.SyncDone(c.Replicable, ResultReleased, 0, time.Since(start))
 		case errors.Is(err, ErrGone):
-			_, derr := e.store.DeleteIfClaim(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
+			deleted, derr := e.store.DeleteIfClaim(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
 				return rep.Remove(ctx, c.ModelID, key)
 			})
 			if derr != nil {
 				log.Warn("removing a record gone from the primary failed", zap.Error(derr))
 				e.fail(settleCtx, log, c, derr, false, start)
+				return
+			}
+			if !deleted {
+				// The row changed since the claim (recreated, updated): the
+				// newer claim decides; nothing was removed.
+				log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", err))
+				e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
 				return
 			}
 			log.Debug("record gone or out of scope: removed")

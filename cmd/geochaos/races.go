@@ -495,7 +495,7 @@ func (rr *raceRun) expectSuperseded(ctx context.Context, id int64, before int) e
 		}
 		seen = append(seen, got)
 		if !strings.HasPrefix(got, outSynced) {
-			return fmt.Errorf("the sync held across the change ended %q, want superseded (discarded)", got)
+			return fmt.Errorf("the sync held across the change ended %q, want superseded (discarded); outcomes after the hold: %q", got, seen)
 		}
 	}
 }
