@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/strategy"
 )
 
 func (a *app) migrateCmd() *cobra.Command {
@@ -353,8 +354,10 @@ func parseAfter(s, typ string) (registry.Key, error) {
 		name, idText = typ, s
 	}
 	id, err := strconv.ParseInt(idText, 10, 64)
-	if err != nil || name == "" {
-		return registry.Key{}, usagef("--after %q: want TYPE:ID with a numeric ID", s)
+	if err != nil || strategy.ValidateName(name) != nil {
+		// A type that is not a valid name (":" from --type) would print a
+		// next-page cursor that does not parse back.
+		return registry.Key{}, usagef("--after %q: want TYPE:ID with a valid type name and a numeric ID", s)
 	}
 	return registry.Key{Replicable: name, ModelID: id}, nil
 }
