@@ -29,6 +29,12 @@ var ErrChecksumMismatch = errors.New("blob: checksum mismatch")
 // example a truncated transfer.
 var ErrSizeMismatch = errors.New("blob: size mismatch")
 
+// ErrKeyChanged is returned (wrapped) by Fetch when the primary served the
+// record from another key than the one asked for: the record changed
+// between the caller's lookup and the transfer. Nothing is staged; a retry
+// after the change's event settles it.
+var ErrKeyChanged = errors.New("blob: record's key changed on the primary")
+
 // ErrTimeout is returned (wrapped) when the primary sends no response
 // headers, or no body bytes, for DownloaderConfig.Timeout. It matches
 // os.ErrDeadlineExceeded too.
@@ -289,6 +295,9 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		return fail(statusError(resp))
 	}
 
+	if served := resp.Header.Get(HeaderKey); served != "" && served != key {
+		return fail(fmt.Errorf("%w: asked for %q, served from %q", ErrKeyChanged, key, served))
+	}
 	primary := strings.ToLower(resp.Header.Get(HeaderChecksum))
 	if primary != "" && !validChecksum(primary) {
 		return fail(fmt.Errorf("primary sent a malformed %s header", HeaderChecksum))

@@ -41,6 +41,11 @@ const (
 	HeaderChecksum = "X-Geo-Checksum-Sha256"
 	// HeaderSize carries the blob's full size in bytes (also on ranges).
 	HeaderSize = "X-Geo-Size"
+	// HeaderKey carries the storage key the primary served the record's
+	// bytes from, so a secondary never stores a newer version of a record
+	// under an older key (the record changed between the secondary's
+	// lookup and the transfer).
+	HeaderKey = "X-Geo-Key"
 )
 
 // Error codes of the transfer endpoint's JSON error bodies.
@@ -80,6 +85,9 @@ type Source struct {
 	// Checksum is the primary's lowercase hex SHA-256 of the bytes, or ""
 	// when unknown. A value that is not 64 hex digits is ignored.
 	Checksum string
+	// Key is the storage key the bytes come from, sent as HeaderKey; ""
+	// when the bytes have no key (a strategy.Opener).
+	Key string
 }
 
 // HandlerConfig configures the primary's transfer endpoint.
@@ -213,6 +221,9 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set(HeaderSize, strconv.FormatInt(src.Size, 10))
+	if src.Key != "" {
+		hdr.Set(HeaderKey, src.Key)
+	}
 	if sum := strings.ToLower(src.Checksum); validChecksum(sum) {
 		hdr.Set(HeaderChecksum, sum)
 		hdr.Set("ETag", `"sha256-`+sum+`"`)

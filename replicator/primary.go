@@ -213,24 +213,32 @@ func (p *Primary) Checksums() *registry.ChecksumStore { return p.cs }
 // an error matching strategy.ErrNotFound, missing bytes one matching
 // strategy.ErrBlobMissing.
 func openPrimary(ctx context.Context, s strategy.BlobStrategy, storage blob.Storage, id int64) (io.ReadSeekCloser, int64, error) {
+	rc, size, _, err := openPrimaryKey(ctx, s, storage, id)
+	return rc, size, err
+}
+
+// openPrimaryKey is openPrimary that also returns the key the bytes were
+// opened at ("" for a strategy.Opener).
+func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, storage blob.Storage, id int64) (io.ReadSeekCloser, int64, string, error) {
 	if o, ok := s.(strategy.Opener); ok {
-		return o.OpenBlob(ctx, id)
+		rc, size, err := o.OpenBlob(ctx, id)
+		return rc, size, "", err
 	}
 	key, err := s.BlobKey(ctx, id)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	if err := blob.ValidateKey(key); err != nil {
-		return nil, 0, fmt.Errorf("strategy %s: %w", s.Name(), err)
+		return nil, 0, "", fmt.Errorf("strategy %s: %w", s.Name(), err)
 	}
 	r, err := storage.Open(ctx, key)
 	if errors.Is(err, blob.ErrNotExist) {
-		return nil, 0, fmt.Errorf("%w: %s/%d at %s", strategy.ErrBlobMissing, s.Name(), id, key)
+		return nil, 0, "", fmt.Errorf("%w: %s/%d at %s", strategy.ErrBlobMissing, s.Name(), id, key)
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
-	return r, r.Size(), nil
+	return r, r.Size(), key, nil
 }
 
 // resolve opens a record's bytes for the transfer endpoint, with their
@@ -247,11 +255,11 @@ func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blo
 	if !ok {
 		return blob.Source{}, fmt.Errorf("%w: %q", blob.ErrUnknownReplicable, replicable)
 	}
-	rc, size, err := openPrimary(ctx, s, p.cfg.Storage, id)
+	rc, size, key, err := openPrimaryKey(ctx, s, p.cfg.Storage, id)
 	if err != nil {
 		return blob.Source{}, err
 	}
-	src := blob.Source{Body: rc, Size: size}
+	src := blob.Source{Body: rc, Size: size, Key: key}
 	if r, ok := rc.(blob.Reader); ok {
 		src.ModTime = r.ModTime()
 	}
