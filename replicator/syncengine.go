@@ -152,7 +152,13 @@ func (e *syncEngine) run(ctx context.Context) error {
 	defer timer.Stop()
 	for ctx.Err() == nil {
 		if limits := e.allocate(dry); len(limits) > 0 {
-			claims, err := e.store.Claim(ctx, e.owner, e.lease, limits)
+			// The claim must not be cut by shutdown: a statement cancelled
+			// after the server committed it would leave rows claimed that
+			// this process never learns of (held until their lease ends).
+			// What it claims runs under workCtx and finishes or is released.
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			claims, err := e.store.Claim(cctx, e.owner, e.lease, limits)
+			ccancel()
 			if err != nil {
 				if ctx.Err() == nil {
 					e.log.Warn("claim failed", zap.Error(err))

@@ -95,7 +95,14 @@ func (e *verifyEngine) renewLoop(ctx context.Context) {
 func (e *verifyEngine) round(ctx context.Context) (int, error) {
 	total := 0
 	for _, name := range e.names {
-		claims, err := e.store.ClaimVerification(ctx, e.cfg.Owner, e.cfg.Lease, name, e.cfg.VerifyBatch, e.cfg.ReverifyInterval)
+		if ctx.Err() != nil {
+			return total, nil
+		}
+		// Claim with a context shutdown cannot cut: a cancelled statement
+		// the server had committed would leave rows claimed unknown to us.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		claims, err := e.store.ClaimVerification(cctx, e.cfg.Owner, e.cfg.Lease, name, e.cfg.VerifyBatch, e.cfg.ReverifyInterval)
+		ccancel()
 		if err != nil {
 			return total, err
 		}
