@@ -153,6 +153,11 @@ func run() error {
 	srv := &http.Server{Handler: primary.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
+	// The primary's background work: checksums of every file
+	// (verification), outbox retention.
+	primaryCtx, stopPrimary := context.WithCancel(ctx)
+	defer stopPrimary()
+	go primary.Run(primaryCtx)
 	app := &packagefile.App{DB: primaryDB, Storage: primaryStore, Publisher: primary.Publisher(), Adapter: &packagefile.Strategy{DB: primaryDB}}
 
 	fmt.Printf("primary: creating %d package files of mixed sizes...\n", o.n)
@@ -176,6 +181,7 @@ func run() error {
 		PrimaryURL: "http://" + ln.Addr().String(), Credentials: creds, Storage: secondaryStore,
 		Logger: logger.Named("secondary"), SyncCapacityPerType: 16,
 		PollInterval: 200 * time.Millisecond, EventPollInterval: 100 * time.Millisecond,
+		ChecksumWait: 2 * time.Second, // re-check soon for checksums the primary is still computing
 	})
 	if err != nil {
 		return err
