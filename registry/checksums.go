@@ -10,8 +10,6 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
-
-	"github.com/geoframework/geo/strategy"
 )
 
 // ChecksumState is a geo_checksums row's state on the primary, stored as a
@@ -63,35 +61,18 @@ type ChecksumClaim struct {
 // and Checksums only read, so they may run against a read-only replica of
 // the primary (that is how secondaries use them). A ChecksumStore is safe
 // for concurrent use, also from several processes.
-type ChecksumStore struct {
-	db            *sqlx.DB
-	now           func() time.Time
-	retry         strategy.RetryPolicy
-	maxFailureLen int
-}
+type ChecksumStore struct{ base }
 
 // NewChecksumStore returns a ChecksumStore over db (a lib/pq handle to the
 // primary's database or a replica of it). opts is as for NewStore: Now is
 // the clock for every time written or compared, Retry the backoff of
 // failed verifications, MaxFailureLen the cut of failure reasons.
 func NewChecksumStore(db *sqlx.DB, opts Options) (*ChecksumStore, error) {
-	if db == nil {
-		return nil, errors.New("registry: NewChecksumStore: db is nil")
+	b, err := newBase("NewChecksumStore", db, opts)
+	if err != nil {
+		return nil, err
 	}
-	if opts.MaxFailureLen < 0 {
-		return nil, fmt.Errorf("registry: NewChecksumStore: Options.MaxFailureLen = %d, want >= 0", opts.MaxFailureLen)
-	}
-	s := &ChecksumStore{db: db, now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.retry == nil {
-		s.retry = strategy.DefaultBackoff()
-	}
-	if s.maxFailureLen == 0 {
-		s.maxFailureLen = DefaultMaxFailureLen
-	}
-	return s, nil
+	return &ChecksumStore{b}, nil
 }
 
 // Checksum returns the stored good checksum of record id of replicable, ""

@@ -53,33 +53,47 @@ type Options struct {
 // Connections: lib/pq's binary_parameters=yes connection parameter sends
 // each parameterized statement in one round trip instead of two; it is
 // recommended for the tracking database and changes no behaviour here.
-type Store struct {
+type Store struct{ base }
+
+// base is what Store and ChecksumStore share: the handle, the clock, the
+// retry policy and the failure-reason cut, validated and defaulted once.
+type base struct {
 	db            *sqlx.DB
 	now           func() time.Time
 	retry         strategy.RetryPolicy
 	maxFailureLen int
 }
 
+// newBase validates opts for the constructor named who and applies the
+// documented defaults.
+func newBase(who string, db *sqlx.DB, opts Options) (base, error) {
+	if db == nil {
+		return base{}, fmt.Errorf("registry: %s: db is nil", who)
+	}
+	if opts.MaxFailureLen < 0 {
+		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want >= 0", who, opts.MaxFailureLen)
+	}
+	b := base{db: db, now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if b.retry == nil {
+		b.retry = strategy.DefaultBackoff()
+	}
+	if b.maxFailureLen == 0 {
+		b.maxFailureLen = DefaultMaxFailureLen
+	}
+	return b, nil
+}
+
 // NewStore returns a Store over db. db must be a lib/pq ("postgres")
 // handle. It returns an error naming the field for an invalid option.
 func NewStore(db *sqlx.DB, opts Options) (*Store, error) {
-	if db == nil {
-		return nil, errors.New("registry: NewStore: db is nil")
+	b, err := newBase("NewStore", db, opts)
+	if err != nil {
+		return nil, err
 	}
-	if opts.MaxFailureLen < 0 {
-		return nil, fmt.Errorf("registry: NewStore: Options.MaxFailureLen = %d, want >= 0", opts.MaxFailureLen)
-	}
-	s := &Store{db: db, now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.retry == nil {
-		s.retry = strategy.DefaultBackoff()
-	}
-	if s.maxFailureLen == 0 {
-		s.maxFailureLen = DefaultMaxFailureLen
-	}
-	return s, nil
+	return &Store{b}, nil
 }
 
 // DB returns the handle the store uses.
