@@ -81,8 +81,10 @@ func NewChecksumStore(db *sqlx.DB, opts Options) (*ChecksumStore, error) {
 // the bytes as they were when last good.
 func (s *ChecksumStore) Checksum(ctx context.Context, replicable string, id int64) (string, error) {
 	var sum sql.NullString
-	err := s.db.GetContext(ctx, &sum,
-		`SELECT checksum FROM geo_checksums WHERE replicable = $1 AND model_id = $2`, replicable, id)
+	st, err := s.prepared(ctx, nil, `SELECT checksum FROM geo_checksums WHERE replicable = $1 AND model_id = $2`)
+	if err == nil {
+		err = st.GetContext(ctx, &sum, replicable, id)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -99,9 +101,13 @@ func (s *ChecksumStore) Checksums(ctx context.Context, replicable string, ids []
 	if len(ids) == 0 {
 		return out, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `
+	st, err := s.prepared(ctx, nil, `
 SELECT model_id, checksum FROM geo_checksums
-WHERE replicable = $1 AND model_id = ANY($2::bigint[]) AND checksum IS NOT NULL`, replicable, pq.Array(ids))
+WHERE replicable = $1 AND model_id = ANY($2::bigint[]) AND checksum IS NOT NULL`)
+	if err != nil {
+		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
+	}
+	rows, err := st.QueryContext(ctx, replicable, pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
 	}

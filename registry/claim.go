@@ -115,7 +115,13 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 		return nil, err
 	}
 	var rows []claimScan
-	if err := s.db.SelectContext(ctx, &rows, claimSQL, args...); err != nil {
+	if err := s.leaseTx(ctx, func(tx *sqlx.Tx) error {
+		st, err := s.prepared(ctx, tx, claimSQL)
+		if err != nil {
+			return err
+		}
+		return st.SelectContext(ctx, &rows, args...)
+	}); err != nil {
 		return nil, fmt.Errorf("registry: claim: %w", err)
 	}
 	claims := make([]Claim, len(rows))
@@ -207,6 +213,13 @@ const lockHeldSQL = `SELECT h.replicable, h.model_id, h.seq FROM geo_registry h
   ORDER BY h.replicable, h.model_id
   FOR UPDATE OF h`
 
+// renewLeasesSQL extends the leases of the held claims among the arrays.
+const renewLeasesSQL = `
+UPDATE geo_registry r SET lease_expires_at = $5, updated_at = $6
+FROM (` + lockHeldSQL + `) sel
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
+RETURNING r.replicable, r.model_id, r.seq`
+
 // RenewLeases extends to now+lease, in one statement, the leases of the
 // claims that owner still holds (row started, owned by owner, same seq),
 // and returns the keys of those it no longer holds (same order as claims):
@@ -223,30 +236,27 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 	}
 	types, ids, seqs, _ := claimArrays(claims)
 	now := s.now()
-	rows, err := s.db.QueryContext(ctx, `
-UPDATE geo_registry r SET lease_expires_at = $5, updated_at = $6
-FROM (`+lockHeldSQL+`) sel
-WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
-RETURNING r.replicable, r.model_id, r.seq`,
-		owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now)
-	if err != nil {
+	var renewed []struct {
+		Replicable string `db:"replicable"`
+		ModelID    int64  `db:"model_id"`
+		Seq        int64  `db:"seq"`
+	}
+	if err := s.leaseTx(ctx, func(tx *sqlx.Tx) error {
+		st, err := s.prepared(ctx, tx, renewLeasesSQL)
+		if err != nil {
+			return err
+		}
+		return st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now)
+	}); err != nil {
 		return nil, fmt.Errorf("registry: renew leases: %w", err)
 	}
-	defer rows.Close()
 	type generation struct {
 		key Key
 		seq int64
 	}
-	held := map[generation]bool{}
-	for rows.Next() {
-		var g generation
-		if err := rows.Scan(&g.key.Replicable, &g.key.ModelID, &g.seq); err != nil {
-			return nil, fmt.Errorf("registry: renew leases: %w", err)
-		}
-		held[g] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("registry: renew leases: %w", err)
+	held := make(map[generation]bool, len(renewed))
+	for _, r := range renewed {
+		held[generation{Key{Replicable: r.Replicable, ModelID: r.ModelID}, r.Seq}] = true
 	}
 	var lost []Key
 	for _, c := range claims {
@@ -504,6 +514,25 @@ func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(co
 		return false, nil
 	}
 	return existed, err
+}
+
+// leaseTx runs fn, which only takes or extends leases, in a transaction
+// committed without waiting for its WAL flush (synchronous_commit off for
+// this transaction alone). A lease is not data: if the tracking database
+// crashes before the commit reaches disk, the rows simply return to the
+// state they had (claimable again), and every settle re-checks its claim
+// under the row lock, so the worker that believed it held them finds its
+// claim gone and discards its work. Any later durable commit flushes the
+// lease with it. Settles, failures, deletes and staged keys stay durable.
+// Claims are on every sync's critical path; their flush was the
+// largest single wait of a small blob's sync (docs/performance.md).
+func (s *Store) leaseTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
+	return s.inTx(ctx, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // inTx runs fn in a transaction, committing if fn returns nil and rolling

@@ -115,7 +115,11 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 
 	published := make([]bool, len(todo))
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		rows, err := tx.QueryContext(ctx, lockHeldSQL, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs))
+		lock, err := s.prepared(ctx, tx, lockHeldSQL)
+		if err != nil {
+			return err
+		}
+		rows, err := lock.QueryContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs))
 		if err != nil {
 			return err
 		}
@@ -173,7 +177,11 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		if len(uIDs) == 0 {
 			return nil
 		}
-		res, err := tx.ExecContext(ctx, settleBatchSQL, owner, now, pq.Array(uTypes), pq.Array(uIDs), pq.Array(uSeqs),
+		upd, err := s.prepared(ctx, tx, settleBatchSQL)
+		if err != nil {
+			return err
+		}
+		res, err := upd.ExecContext(ctx, owner, now, pq.Array(uTypes), pq.Array(uIDs), pq.Array(uSeqs),
 			pq.Array(uKeys), pq.Array(uSizes), pq.Array(uStates), pq.Array(uSums))
 		if err != nil {
 			return err

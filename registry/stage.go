@@ -7,6 +7,13 @@ import (
 	"github.com/lib/pq"
 )
 
+// stageKeysSQL records the staged keys of the held claims among the arrays.
+const stageKeysSQL = `
+UPDATE geo_registry r SET staged_key = k.key
+FROM (` + lockHeldSQL + `) sel, unnest($2::text[], $3::bigint[], $5::text[]) AS k(replicable, model_id, key)
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
+  AND k.replicable = sel.replicable AND k.model_id = sel.model_id`
+
 // StageKeys records, for each item whose claim owner still holds, the key
 // its Publish is about to make visible (staged_key), in one statement
 // committed on its own. The sync engine calls it just before settling:
@@ -36,12 +43,10 @@ func (s *Store) StageKeys(ctx context.Context, owner string, items []SettleItem)
 	// The rows are locked in key order (lockHeldSQL), as by every
 	// statement locking several registry rows, so this cannot deadlock
 	// with a concurrent settle, claim or MarkPending.
-	_, err := s.db.ExecContext(ctx, `
-UPDATE geo_registry r SET staged_key = k.key
-FROM (`+lockHeldSQL+`) sel, unnest($2::text[], $3::bigint[], $5::text[]) AS k(replicable, model_id, key)
-WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
-  AND k.replicable = sel.replicable AND k.model_id = sel.model_id`,
-		owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
+	st, err := s.prepared(ctx, nil, stageKeysSQL)
+	if err == nil {
+		_, err = st.ExecContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
+	}
 	if err != nil {
 		return fmt.Errorf("registry: stage keys: %w", err)
 	}

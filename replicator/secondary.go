@@ -235,7 +235,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
-	s.sync.checksums = primarySums.Checksum
+	s.sync.checksums = primarySums.Checksums
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
 	s.cons.eventsReady = func(ctx context.Context) (bool, error) {

@@ -17,17 +17,19 @@ import (
 // each type's Replicator, renews leases while work goes on (R3) and settles
 // rows by the registry's rules (R1, R2, R4, R6).
 type syncEngine struct {
-	store     *registry.Store
-	reps      map[string]Replicator
-	names     []string
-	owner     string
-	perType   int
-	total     int
-	lease     time.Duration
-	poll      time.Duration
-	grace     time.Duration
-	log       *zap.Logger
-	checksums func(ctx context.Context, replicable string, id int64) (string, error)
+	store   *registry.Store
+	reps    map[string]Replicator
+	names   []string
+	owner   string
+	perType int
+	total   int
+	lease   time.Duration
+	poll    time.Duration
+	grace   time.Duration
+	log     *zap.Logger
+	// checksums reads the primary's stored checksums of ids (absent: none
+	// known), one statement per claimed batch and type.
+	checksums func(ctx context.Context, replicable string, ids []int64) (map[int64]string, error)
 	obs       Observer
 	paused    func(replicable string) bool
 
@@ -44,6 +46,9 @@ type syncEngine struct {
 type task struct {
 	claim  registry.Claim
 	cancel context.CancelFunc
+	// release frees the task's budget slot, once: when its bytes are
+	// handed to the group commit, or when it ends.
+	release func()
 }
 
 func newSyncEngine(store *registry.Store, reps map[string]Replicator, names []string, owner string, cfg *SecondaryConfig, obs Observer) *syncEngine {
@@ -79,7 +84,9 @@ func (e *syncEngine) InFlight() map[string]int {
 }
 
 // allocate spreads the free capacity over the types round-robin, starting
-// at a rotating type, skipping types known to have no due work.
+// at a rotating type, skipping types known to have no due work. The
+// capacity it hands out is reserved (counted in flight) until the claim
+// returns: unreserve gives back what the claim did not fill.
 func (e *syncEngine) allocate(dry map[string]bool) []registry.TypeLimit {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -127,9 +134,48 @@ func (e *syncEngine) allocate(dry map[string]bool) []registry.TypeLimit {
 	for _, j := range order {
 		if want[j] > 0 {
 			limits = append(limits, registry.TypeLimit{Replicable: e.names[j], Limit: want[j]})
+			e.inflight[e.names[j]] += want[j]
 		}
 	}
 	return limits
+}
+
+// unreserve gives back the capacity allocate reserved for limits that the
+// claim did not fill (got rows per type).
+func (e *syncEngine) unreserve(limits []registry.TypeLimit, got map[string]int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, l := range limits {
+		e.inflight[l.Replicable] -= l.Limit - got[l.Replicable]
+	}
+}
+
+// claimPipeline claims may be in flight at once: while one waits for the
+// database, slots freed meanwhile are claimed by the next, so a claim's
+// round trips do not leave the budget idle.
+const claimPipeline = 2
+
+// claimed is the outcome of one claim: what was asked and what was got.
+type claimed struct {
+	limits []registry.TypeLimit
+	claims []registry.Claim
+	sums   map[registry.Key]string
+	err    error
+}
+
+// claim claims for limits and reads the claimed records' primary
+// checksums. The claim must not be cut by shutdown: a statement cancelled
+// after the server committed it would leave rows claimed that this
+// process never learns of (held until their lease ends). What it claims
+// runs under workCtx and finishes or is released.
+func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeLimit) claimed {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	claims, err := e.store.Claim(cctx, e.owner, e.lease, limits)
+	if err != nil {
+		return claimed{limits: limits, err: err}
+	}
+	return claimed{limits: limits, claims: claims, sums: e.primaryChecksums(workCtx, claims)}
 }
 
 func (e *syncEngine) run(ctx context.Context) error {
@@ -148,35 +194,38 @@ func (e *syncEngine) run(ctx context.Context) error {
 	defer func() { close(e.settles); settlers.Wait() }()
 
 	dry := map[string]bool{}
+	claiming := 0
+	results := make(chan claimed, claimPipeline)
+	// handle starts what a claim got and marks the types it could not
+	// fill as dry until the next wake or poll.
+	handle := func(r claimed) {
+		got := map[string]int{}
+		if r.err != nil {
+			if ctx.Err() == nil {
+				e.log.Warn("claim failed", zap.Error(r.err))
+			}
+		}
+		for _, c := range r.claims {
+			got[c.Replicable]++
+			e.start(workCtx, &wg, c, r.sums[c.Key()])
+		}
+		e.unreserve(r.limits, got)
+		// A failed claim waits for the next poll too, rather than retry
+		// at once.
+		for _, l := range r.limits {
+			if got[l.Replicable] < l.Limit {
+				dry[l.Replicable] = true
+			}
+		}
+	}
 	timer := time.NewTimer(e.poll)
 	defer timer.Stop()
 	for ctx.Err() == nil {
-		if limits := e.allocate(dry); len(limits) > 0 {
-			// The claim must not be cut by shutdown: a statement cancelled
-			// after the server committed it would leave rows claimed that
-			// this process never learns of (held until their lease ends).
-			// What it claims runs under workCtx and finishes or is released.
-			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			claims, err := e.store.Claim(cctx, e.owner, e.lease, limits)
-			ccancel()
-			if err != nil {
-				if ctx.Err() == nil {
-					e.log.Warn("claim failed", zap.Error(err))
-				}
-			} else {
-				got := map[string]int{}
-				for _, c := range claims {
-					got[c.Replicable]++
-					e.start(workCtx, &wg, c)
-				}
-				for _, l := range limits {
-					if got[l.Replicable] < l.Limit {
-						dry[l.Replicable] = true
-					}
-				}
-				if len(claims) > 0 {
-					continue
-				}
+		if claiming < claimPipeline {
+			if limits := e.allocate(dry); len(limits) > 0 {
+				claiming++
+				go func() { results <- e.claim(ctx, workCtx, limits) }()
+				continue
 			}
 		}
 		if !timer.Stop() {
@@ -188,12 +237,20 @@ func (e *syncEngine) run(ctx context.Context) error {
 		timer.Reset(e.poll)
 		select {
 		case <-ctx.Done():
+		case r := <-results:
+			claiming--
+			handle(r)
 		case <-e.wake:
 			clear(dry)
 		case <-e.freed:
 		case <-timer.C:
 			clear(dry)
 		}
+	}
+	// Claims still in flight may have committed: what they got runs (or
+	// is released) like every other claimed row.
+	for ; claiming > 0; claiming-- {
+		handle(<-results)
 	}
 
 	// Graceful shutdown: let in-flight work finish within the grace period.
@@ -211,12 +268,52 @@ func (e *syncEngine) run(ctx context.Context) error {
 	return nil
 }
 
-func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim) {
+// primaryChecksums reads the primary's stored checksums of the claimed
+// records, one statement per type. A failed lookup is logged and leaves
+// the checksums unknown: the download then proves only the transfer, and
+// the row stays verification pending (as with a record never checksummed).
+func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
+	if e.checksums == nil || len(claims) == 0 {
+		return nil
+	}
+	ids := map[string][]int64{}
+	for _, c := range claims {
+		ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
+	}
+	out := make(map[registry.Key]string, len(claims))
+	for name, list := range ids {
+		sums, err := e.checksums(ctx, name, list)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Debug("primary checksum lookup failed", zap.String("replicable", name), zap.Error(err))
+			}
+			continue
+		}
+		for id, sum := range sums {
+			out[registry.Key{Replicable: name, ModelID: id}] = sum
+		}
+	}
+	return out
+}
+
+func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum string) {
 	tctx, cancel := context.WithCancel(workCtx)
 	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
 	t := &task{claim: c, cancel: cancel}
+	var once sync.Once
+	t.release = func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.inflight[c.Replicable]--
+			e.mu.Unlock()
+			select {
+			case e.freed <- struct{}{}:
+			default:
+			}
+		})
+	}
+	// The slot was reserved by allocate.
 	e.mu.Lock()
-	e.inflight[c.Replicable]++
 	// The row was claimed again while an older sync of it still runs (an
 	// event made it pending meanwhile): that sync's claim is stale and its
 	// settle would be refused, so stop it. The slot is the new claim's:
@@ -231,18 +328,16 @@ func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regist
 		defer wg.Done()
 		defer func() {
 			cancel()
+			t.release()
+			// The row leaves the lease renewals only now: until it is
+			// settled it is still claimed, downloaded or not.
 			e.mu.Lock()
-			e.inflight[c.Replicable]--
 			if e.active[k] == t {
 				delete(e.active, k)
 			}
 			e.mu.Unlock()
-			select {
-			case e.freed <- struct{}{}:
-			default:
-			}
 		}()
-		e.process(workCtx, tctx, c)
+		e.process(workCtx, tctx, t, primarySum)
 	}()
 }
 
@@ -290,7 +385,8 @@ func (e *syncEngine) renewLoop(ctx context.Context) {
 }
 
 // process syncs one claimed row and settles it.
-func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
+func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum string) {
+	c := t.claim
 	rep := e.reps[c.Replicable]
 	log := e.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
 	start := time.Now()
@@ -303,14 +399,8 @@ func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, StagedKey: c.StagedKey, FirstAttempt: firstAttempt(c)}
-	if e.checksums != nil {
-		sum, err := e.checksums(ctx, c.Replicable, c.ModelID)
-		if err != nil && ctx.Err() == nil {
-			log.Debug("primary checksum lookup failed", zap.Error(err))
-		}
-		job.PrimaryChecksum = sum
-	}
+	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, StagedKey: c.StagedKey,
+		FirstAttempt: firstAttempt(c), PrimaryChecksum: primarySum}
 	staged, err := rep.Sync(ctx, job)
 	if err != nil {
 		switch {
@@ -344,7 +434,7 @@ func (e *syncEngine) process(workCtx, ctx context.Context, c registry.Claim) {
 		return
 	}
 	res := staged.Result()
-	ok, err := e.settle(c, registry.SyncedResult{
+	ok, err := e.settle(t, registry.SyncedResult{
 		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
 	}, staged.Commit)
 	if err != nil || !ok {
@@ -390,9 +480,17 @@ type settleReq struct {
 // transaction, one WAL flush and four round trips for many rows, each
 // with the same checks and under the same row lock as SettleSynced (R1,
 // R2, R6).
-func (e *syncEngine) settle(c registry.Claim, r registry.SyncedResult, publish func(context.Context) error) (bool, error) {
+//
+// Once a settler has taken the request, the task's budget slot goes to the
+// next claim: the transfer is over, and while the bytes wait for the group
+// commit the budget keeps transfers running, so settle batches grow with
+// the load. Syncs waiting to be taken keep their slots, so the syncs past
+// their transfer are bounded by the budget plus what the settlers hold
+// (settlerCount * maxSettleBatch).
+func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(context.Context) error) (bool, error) {
 	reply := make(chan registry.SettleOutcome, 1)
-	e.settles <- settleReq{item: registry.SettleItem{Claim: c, Result: r, Publish: publish}, reply: reply}
+	e.settles <- settleReq{item: registry.SettleItem{Claim: t.claim, Result: r, Publish: publish}, reply: reply}
+	t.release()
 	out := <-reply
 	return out.Settled, out.Err
 }

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lib/pq"
+
 	"github.com/geoframework/geo/registry"
 )
 
@@ -24,11 +26,12 @@ const defaultSyncCapacity = 10
 // writeBlobs writes items 1..n's bytes (size pseudo-random bytes each)
 // into root at their keys, in parallel and without fsync: setup, not
 // measured. Reads in the measured phases come from the page cache for geo
-// and raw alike.
-func writeBlobs(ctx context.Context, root string, n int, size int64) error {
+// and raw alike. It returns each item's SHA-256 (hex), sums[id-1].
+func writeBlobs(ctx context.Context, root string, n int, size int64) (sums []string, err error) {
+	sums = make([]string, n)
 	for d := range 100 {
 		if err := os.MkdirAll(filepath.Join(root, typeTable, fmt.Sprint(d)), 0o755); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	var next atomic.Int64
@@ -48,9 +51,11 @@ func writeBlobs(ctx context.Context, root string, n int, size int64) error {
 					errs <- err
 					return
 				}
+				h := sha256.New()
 				for left := size; left > 0; {
 					chunk := buf[:min(left, int64(len(buf)))]
 					_, _ = rng.Read(chunk)
+					h.Write(chunk)
 					if _, err := f.Write(chunk); err != nil {
 						f.Close()
 						errs <- err
@@ -62,15 +67,36 @@ func writeBlobs(ctx context.Context, root string, n int, size int64) error {
 					errs <- err
 					return
 				}
+				sums[id-1] = hex.EncodeToString(h.Sum(nil))
 			}
 		})
 	}
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
-		return fmt.Errorf("write blobs: %w", err)
+		return nil, fmt.Errorf("write blobs: %w", err)
 	}
-	return ctx.Err()
+	return sums, ctx.Err()
+}
+
+// primaryChecksums records sums (items 1..n, as writeBlobs returns them)
+// as the primary's verified checksums: the steady state of a primary
+// whose verification engine checksums records as they are written, long
+// before a secondary syncs them. Syncs then compare with them (R6) and
+// settle verified, and the endpoint serves without hashing first.
+func (b *bench) primaryChecksums(ctx context.Context, sums []string, size int64) error {
+	ids := make([]int64, len(sums))
+	for i := range ids {
+		ids[i] = int64(i + 1)
+	}
+	_, err := b.primaryDB.ExecContext(ctx, `
+INSERT INTO geo_checksums (replicable, model_id, state, checksum, size, verified_at)
+SELECT $1, k.id, 2, k.sum, $4, now() FROM unnest($2::bigint[], $3::text[]) AS k(id, sum)`,
+		typeName, pq.Array(ids), pq.Array(sums), size)
+	if err != nil {
+		return fmt.Errorf("primary checksums: %w", err)
+	}
+	return nil
 }
 
 // pendingRows creates pending registry rows for items 1..n.
@@ -209,7 +235,11 @@ func runSyncSmall(ctx context.Context, b *bench, res *result) error {
 	if err := b.insertItems(ctx, n); err != nil {
 		return err
 	}
-	if err := writeBlobs(ctx, b.primaryRoot, n, size); err != nil {
+	sums, err := writeBlobs(ctx, b.primaryRoot, n, size)
+	if err != nil {
+		return err
+	}
+	if err := b.primaryChecksums(ctx, sums, size); err != nil {
 		return err
 	}
 	if err := b.pendingRows(ctx, n); err != nil {
@@ -277,7 +307,11 @@ func runSyncLarge(ctx context.Context, b *bench, res *result) error {
 	if err := b.insertItems(ctx, 1); err != nil {
 		return err
 	}
-	if err := writeBlobs(ctx, b.primaryRoot, 1, size); err != nil {
+	sums, err := writeBlobs(ctx, b.primaryRoot, 1, size)
+	if err != nil {
+		return err
+	}
+	if err := b.primaryChecksums(ctx, sums, size); err != nil {
 		return err
 	}
 	if err := b.pendingRows(ctx, 1); err != nil {

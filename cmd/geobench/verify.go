@@ -31,7 +31,7 @@ func runVerify(ctx context.Context, b *bench, res *result) error {
 		conc = 2
 	}
 	b.logf("verify: writing %d blobs of %d bytes", n, size)
-	if err := writeBlobs(ctx, b.secondaryRoot, n, size); err != nil {
+	if _, err := writeBlobs(ctx, b.secondaryRoot, n, size); err != nil {
 		return err
 	}
 	sums := make([]string, n+1)
