@@ -280,7 +280,31 @@ func (s *Secondary) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return s.consumer.Run(gctx) })
 	g.Go(func() error { return s.verify.run(gctx) })
+	g.Go(func() error { s.foldCounts(gctx); return nil })
 	return g.Wait()
+}
+
+// foldCountsEvery is how often a secondary folds the registry's count
+// deltas (registry.Store.FoldCounts), keeping status reads to a few
+// hundred rows even while thousands of rows change per second.
+const foldCountsEvery = 10 * time.Second
+
+// foldCounts folds the registry's count deltas every foldCountsEvery
+// until ctx ends. Several secondaries sharing a tracking database may all
+// fold: a fold is cheap and safe alongside another.
+func (s *Secondary) foldCounts(ctx context.Context) {
+	t := time.NewTicker(foldCountsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.store.FoldCounts(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Warn("folding registry counts failed", zap.Error(err))
+		}
+	}
 }
 
 // Reverify makes the synced copies of records ids of replicable due for

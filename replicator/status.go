@@ -219,8 +219,10 @@ type EventStatus struct {
 // types the database knows (registry.Store.TrackedTypes). Types with rows
 // but not listed are reported too.
 //
-// Cost: one grouped pass over geo_registry plus index lookups, run
-// concurrently; at most six statements on separate connections.
+// Cost: the registry's maintained counts (registry.Store.StatusCounts,
+// independent of the number of rows) plus index lookups bounded by
+// FailureSample, run concurrently; at most six statements on separate
+// connections.
 func ReadStatus(ctx context.Context, store *registry.Store, types []string, opts StatusOptions) (Status, error) {
 	opts.defaults()
 	st, newFailures, err := readStatus(ctx, store, types, opts)
