@@ -138,19 +138,34 @@ WHERE `+verifyCurrent, c.Replicable, c.ModelID, c.Seq, owner, now, strings.ToLow
 	return n > 0, err
 }
 
-// SettleVerifyPending puts claim c back to verification pending until
-// retryAt, if still current: the primary has no checksum yet to compare
-// with. verification_retry_count is unchanged.
-func (s *Store) SettleVerifyPending(ctx context.Context, owner string, c VerifyClaim, retryAt time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `
-UPDATE geo_registry SET verification_state = 0, verification_retry_at = $5, verification_started_at = NULL,
-  lease_owner = NULL, lease_expires_at = NULL, updated_at = $6
-WHERE `+verifyCurrent, c.Replicable, c.ModelID, c.Seq, owner, retryAt, s.now())
-	if err != nil {
-		return false, fmt.Errorf("registry: settle verification pending %s/%d: %w", c.Replicable, c.ModelID, err)
+// SettleVerifyPending puts the claims in cs that owner still holds back to
+// verification pending until retryAt, in one statement: the primary has no
+// checksum yet to compare them with. verification_retry_count is
+// unchanged. It returns how many rows it changed. The rows are locked in
+// key order, as by every statement changing several registry rows.
+func (s *Store) SettleVerifyPending(ctx context.Context, owner string, cs []VerifyClaim, retryAt time.Time) (int64, error) {
+	if len(cs) == 0 {
+		return 0, nil
 	}
-	n, err := rowsAffected(res)
-	return n > 0, err
+	types, ids, seqs := make([]string, len(cs)), make([]int64, len(cs)), make([]int64, len(cs))
+	for i, c := range cs {
+		types[i], ids[i], seqs[i] = c.Replicable, c.ModelID, c.Seq
+	}
+	res, err := s.db.ExecContext(ctx, `
+UPDATE geo_registry r SET verification_state = 0, verification_retry_at = $5, verification_started_at = NULL,
+  lease_owner = NULL, lease_expires_at = NULL, updated_at = $6
+FROM (SELECT h.replicable, h.model_id FROM geo_registry h
+  JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(replicable, model_id, seq)
+    ON h.replicable = k.replicable AND h.model_id = k.model_id
+  WHERE h.seq = k.seq AND h.state = 2 AND h.verification_state = 1 AND h.lease_owner = $4
+  ORDER BY h.replicable, h.model_id
+  FOR UPDATE OF h) sel
+WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`,
+		pq.Array(types), pq.Array(ids), pq.Array(seqs), owner, retryAt, s.now())
+	if err != nil {
+		return 0, fmt.Errorf("registry: settle verification pending of %d: %w", len(cs), err)
+	}
+	return rowsAffected(res)
 }
 
 // VerifyFailure describes a failed verification for SettleVerifyFailed.

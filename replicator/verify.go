@@ -123,11 +123,29 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 			cancel()
 			return total, fmt.Errorf("primary checksums: %w", err)
 		}
+		// Rows the primary has no checksum for yet wait for one, all in
+		// one statement (records synced right after they were written
+		// usually arrive before the primary checksummed them).
+		var waiting, ready []registry.VerifyClaim
+		for _, c := range claims {
+			if sums[c.ModelID] == "" {
+				waiting = append(waiting, c)
+			} else {
+				ready = append(ready, c)
+			}
+		}
+		if len(waiting) > 0 {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			if _, err := e.store.SettleVerifyPending(sctx, e.cfg.Owner, waiting, e.cfg.Now().Add(e.cfg.ChecksumWait)); err != nil {
+				e.cfg.Logger.Warn("recording verification pending failed", zap.String("replicable", name), zap.Error(err))
+			}
+			cancel()
+		}
 		var g errgroup.Group
 		g.SetLimit(e.cfg.VerifyConcurrency)
 		resync := false
-		results := make([]bool, len(claims))
-		for i, c := range claims {
+		results := make([]bool, len(ready))
+		for i, c := range ready {
 			g.Go(func() error { results[i] = e.process(ctx, c, sums[c.ModelID]); return nil })
 		}
 		_ = g.Wait()
@@ -141,19 +159,13 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 	return total, nil
 }
 
-// process verifies one claimed row against primary ("" when the primary
-// has no checksum yet) and settles it. It reports whether the row was
+// process verifies one claimed row against primary (the primary's
+// checksum, known) and settles it. It reports whether the row was
 // sent back for a resync.
 func (e *verifyEngine) process(ctx context.Context, c registry.VerifyClaim, primary string) bool {
 	log := e.cfg.Logger.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
 	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if primary == "" {
-		if _, err := e.store.SettleVerifyPending(settleCtx, e.cfg.Owner, c, e.cfg.Now().Add(e.cfg.ChecksumWait)); err != nil {
-			log.Warn("recording verification pending failed", zap.Error(err))
-		}
-		return false
-	}
 	rep := e.reps[c.Replicable]
 	start := time.Now()
 	res, err := rep.Verify(ctx, c.ModelID, c.BlobKey, primary)
