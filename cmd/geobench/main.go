@@ -52,6 +52,7 @@ type options struct {
 	concurrency int
 	rate        int
 	duration    time.Duration
+	warmup      time.Duration
 	batch       int
 	dir         string
 	cpuprofile  string
@@ -117,6 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.concurrency, "concurrency", 0, "syncs (or verifications) at once, geo and raw alike (0: geo's default, 10 per type; 2 for verify)")
 	fs.IntVar(&o.rate, "rate", 500, "event-lag: records created per second")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "event-lag: how long records are created")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted")
 	fs.IntVar(&o.batch, "batch", 0, "backfill: keyset batch, geo and raw alike (0: geo's default, 10000)")
 	fs.StringVar(&o.dir, "dir", "", "directory for storage roots (empty: a temporary directory, removed at the end)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured geo phase to this file")
@@ -162,8 +164,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		o.size = v
 	}
-	if o.n < 0 || o.size < 0 || o.concurrency < 0 || o.rate <= 0 || o.duration <= 0 || o.batch < 0 {
-		fmt.Fprintln(stderr, "geobench: -n, -size, -concurrency and -batch must not be negative; -rate and -duration must be positive")
+	if o.n < 0 || o.size < 0 || o.concurrency < 0 || o.rate <= 0 || o.duration <= 0 || o.batch < 0 || o.warmup < 0 {
+		fmt.Fprintln(stderr, "geobench: -n, -size, -concurrency, -batch and -warmup must not be negative; -rate and -duration must be positive")
 		return 2
 	}
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lib/pq"
@@ -118,6 +119,12 @@ func (b *bench) pendingRows(ctx context.Context, n int) error {
 	_, err = b.trackingDB.ExecContext(ctx, `VACUUM ANALYZE geo_registry`)
 	return err
 }
+
+// quiesce writes every dirty page out (sync(2)) before a measured phase,
+// so neither phase pays for the set-up's unsynced writes (or for the other
+// phase's): with ext4's ordered journal, an fsync can wait for unrelated
+// dirty data, and the raw loop's figure varied 2x with it.
+func quiesce() { syscall.Sync() }
 
 // rawDurableCopy copies r into a temporary file in dir through buf while
 // hashing it, fsyncs the file, renames it to final and fsyncs dir: the
@@ -246,6 +253,7 @@ func runSyncSmall(ctx context.Context, b *bench, res *result) error {
 		return err
 	}
 
+	quiesce()
 	b.logf("sync-small: raw loop")
 	rawElapsed, _, err := rawFetchAll(ctx, b.primaryRoot, filepath.Join(b.dir, "raw"), n, conc, int(size)+1)
 	if err != nil {
@@ -253,6 +261,7 @@ func runSyncSmall(ctx context.Context, b *bench, res *result) error {
 	}
 	rawRate := float64(n) / rawElapsed.Seconds()
 
+	quiesce()
 	b.logf("sync-small: geo")
 	obs := newCounter(n)
 	cfg := b.secondaryConfig(obs)
@@ -317,6 +326,7 @@ func runSyncLarge(ctx context.Context, b *bench, res *result) error {
 	if err := b.pendingRows(ctx, 1); err != nil {
 		return err
 	}
+	quiesce()
 	b.logf("sync-large: raw copy")
 	rawElapsed, got, err := rawFetchAll(ctx, b.primaryRoot, filepath.Join(b.dir, "raw"), 1, 1, 1<<20)
 	if err != nil {
@@ -329,6 +339,7 @@ func runSyncLarge(ctx context.Context, b *bench, res *result) error {
 	// The raw copy is no longer needed: free its page cache and disk.
 	_ = os.RemoveAll(filepath.Join(b.dir, "raw"))
 
+	quiesce()
 	b.logf("sync-large: geo")
 	obs := newCounter(1)
 	cfg := b.secondaryConfig(obs)
