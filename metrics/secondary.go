@@ -7,8 +7,8 @@
 // Metrics are registered on the prometheus.Registerer the caller passes,
 // never on the global default registry unless that is what the caller
 // passes. Gauges describing the databases are refreshed on an interval by
-// Run (one grouped query over the registry per refresh, plus index
-// lookups), never per scrape: a scrape only reads the last snapshot, so
+// Run (the registry's maintained counts per refresh, plus index lookups:
+// the cost does not grow with the registry), never per scrape: a scrape only reads the last snapshot, so
 // any number of scrapers cost the database nothing.
 //
 // It is not a status API: replicator.Secondary.Status is. The metric names
@@ -176,7 +176,7 @@ func (m *Secondary) Run(ctx context.Context, sec *replicator.Secondary) error {
 }
 
 // Refresh reads sec's status once (replicator.Secondary.StatusWith without
-// failure reasons: one grouped pass over the registry plus index lookups)
+// failure reasons: the registry's maintained counts plus index lookups)
 // and replaces the gauges' values with it. Scrapes after Refresh returns
 // see the new values. Run calls it; tests call it directly.
 func (m *Secondary) Refresh(ctx context.Context, sec *replicator.Secondary) error {
@@ -212,7 +212,7 @@ var (
 	dCapacity     = desc("geo_sync_capacity", "Configured concurrent syncs per type (SecondaryConfig.SyncCapacityPerType).", lType)
 	dCapacityAll  = desc("geo_sync_capacity_total", "Configured concurrent syncs over all types (SecondaryConfig.SyncCapacityTotal).", nil)
 	dOldest       = desc("geo_oldest_pending_age_seconds", "How long the next pending row of the type has waited (0 when none is pending).", lType)
-	dLastSynced   = desc("geo_last_progress_timestamp_seconds", "Unix time a row of the type was last synced or verified (estimate, see registry.TypeCounts).", lType)
+	dLastSynced   = desc("geo_last_progress_timestamp_seconds", "Unix time a row of the type last became synced or verified (see registry.TypeCounts).", lType)
 	dNewFailures  = desc("geo_new_failures", "Rows of the type that failed for the first time in the last 10 minutes.", lType)
 	dBackRatio    = desc("geo_backfill_progress_ratio", "Consistency (backfill) pass progress, 0 to 1 (0 during the first pass: total unknown).", lType)
 	dBackETA      = desc("geo_backfill_eta_seconds", "Estimated seconds to the end of the running consistency pass (0 when unknown or idle).", lType)
