@@ -6,7 +6,10 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/geoframework/geo/internal/testtype"
 )
 
 // eventLagTarget is the p99 commit-to-synced target in milliseconds.
@@ -181,5 +184,48 @@ SELECT model_id, last_synced_at FROM geo_registry WHERE replicable = $1 AND stat
 	res.add("commit to synced max", "%.1f ms", lags[len(lags)-1])
 	res.add("creator ticks dropped", "%d (creators busy: the rate was not held)", lagging)
 	res.add("failed sync attempts", "%d", obs.failed.Load())
+
+	// The machine's own limit for this scenario: how fast the application
+	// alone creates records (bytes durably written, row and event in one
+	// transaction) with the secondary stopped, as many creators, for 3 s.
+	// On one machine the application and both sites share the cores.
+	alone, err := appAlone(ctx, app, size, 3*time.Second)
+	if err != nil {
+		return fmt.Errorf("application alone: %w", err)
+	}
+	res.add("application alone", "%.0f creates/s with the secondary stopped (32 creators, 3 s): the most this machine creates", alone)
 	return nil
+}
+
+// appAlone creates records as fast as 32 creators can for d and returns
+// the rate.
+func appAlone(ctx context.Context, app *testtype.App, size int64, d time.Duration) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	start := time.Now()
+	for w := range 32 {
+		wg.Go(func() {
+			rng := rand.NewChaCha8([32]byte{byte(w), 3})
+			data := make([]byte, size)
+			for ctx.Err() == nil {
+				_, _ = rng.Read(data)
+				if _, err := app.Create(ctx, 0, data); err != nil {
+					if ctx.Err() == nil {
+						errs <- err
+					}
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), nil
 }
