@@ -694,6 +694,18 @@ func (s *suite) backoffGrows(c *clause) {
 	b := data(5, 300)
 	id, err := c.h.Create(c.ctx, app, b)
 	c.check(err, "create")
+	// The created event must be consumed before failures are counted: a
+	// late delivery (event visibility waits for every older transaction
+	// of the cluster) marks the row pending again and, rightly, restarts
+	// its retry count, which would make this clause wait for a count the
+	// fake clock never reaches. Two polls after the create, with nothing
+	// left after the cursor, the event has been handled.
+	polls := r.Consumer().Stats().Polls
+	c.waitFor("created event consumed", func() (bool, string) {
+		st := r.Consumer().Stats()
+		return st.Polls >= polls+2 && st.LagEvents == 0,
+			fmt.Sprintf("consumer: %d polls since the create, %d events after its cursor", st.Polls-polls, st.LagEvents)
+	})
 	store := r.Store()
 	var prev time.Duration
 	for n := 1; n <= 4; n++ {
