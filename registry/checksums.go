@@ -75,15 +75,23 @@ func NewChecksumStore(db *sqlx.DB, opts Options) (*ChecksumStore, error) {
 	return &ChecksumStore{b}, nil
 }
 
+// checksumSQL and checksumsSQL read stored checksums (prepared).
+const (
+	checksumSQL  = `SELECT checksum FROM geo_checksums WHERE replicable = $1 AND model_id = $2`
+	checksumsSQL = `
+SELECT model_id, checksum FROM geo_checksums
+WHERE replicable = $1 AND model_id = ANY($2::bigint[]) AND checksum IS NOT NULL`
+)
+
 // Checksum returns the stored good checksum of record id of replicable, ""
 // when none is known (no row, never computed, or invalidated by an update).
 // A checksum kept after a failed re-verification is returned: it describes
 // the bytes as they were when last good.
 func (s *ChecksumStore) Checksum(ctx context.Context, replicable string, id int64) (string, error) {
 	var sum sql.NullString
-	st, err := s.prepared(ctx, nil, `SELECT checksum FROM geo_checksums WHERE replicable = $1 AND model_id = $2`)
+	st, err := s.prepared(ctx, nil, checksumSQL)
 	if err == nil {
-		err = st.GetContext(ctx, &sum, replicable, id)
+		err = s.stmts.check(checksumSQL, st.GetContext(ctx, &sum, replicable, id))
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
@@ -101,14 +109,12 @@ func (s *ChecksumStore) Checksums(ctx context.Context, replicable string, ids []
 	if len(ids) == 0 {
 		return out, nil
 	}
-	st, err := s.prepared(ctx, nil, `
-SELECT model_id, checksum FROM geo_checksums
-WHERE replicable = $1 AND model_id = ANY($2::bigint[]) AND checksum IS NOT NULL`)
+	st, err := s.prepared(ctx, nil, checksumsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
 	}
 	rows, err := st.QueryContext(ctx, replicable, pq.Array(ids))
-	if err != nil {
+	if err = s.stmts.check(checksumsSQL, err); err != nil {
 		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
 	}
 	defer rows.Close()

@@ -120,7 +120,7 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 		if err != nil {
 			return err
 		}
-		return st.SelectContext(ctx, &rows, args...)
+		return s.stmts.check(claimSQL, st.SelectContext(ctx, &rows, args...))
 	}); err != nil {
 		return nil, fmt.Errorf("registry: claim: %w", err)
 	}
@@ -246,7 +246,7 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 		if err != nil {
 			return err
 		}
-		return st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now)
+		return s.stmts.check(renewLeasesSQL, st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now))
 	}); err != nil {
 		return nil, fmt.Errorf("registry: renew leases: %w", err)
 	}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -131,7 +132,10 @@ func migrate(ctx context.Context, db *sqlx.DB, set string) error {
 
 // applyMigration runs m in one transaction unless it is already recorded.
 func applyMigration(ctx context.Context, db *sqlx.DB, set string, m migration) (err error) {
-	tx, err := db.BeginTxx(ctx, nil)
+	// READ COMMITTED whatever the server's default: a migration that
+	// locks a table and then reads it (0007 seeds the counts under the
+	// triggers' lock) must see the rows committed before its lock.
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ func (s *Store) StageKeys(ctx context.Context, owner string, items []SettleItem)
 	st, err := s.prepared(ctx, nil, stageKeysSQL)
 	if err == nil {
 		_, err = st.ExecContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
+		err = s.stmts.check(stageKeysSQL, err)
 	}
 	if err != nil {
 		return fmt.Errorf("registry: stage keys: %w", err)

@@ -145,7 +145,8 @@ HAVING sum(n) <> 0 OR max(progress_at) IS NOT NULL`); err != nil {
 
 // RecountCounts rebuilds geo_registry_counts from the rows themselves, in
 // one transaction that holds off writers of geo_registry (a SHARE lock)
-// while it counts: a repair for counts known to be wrong, say after rows
+// and folds (a SHARE ROW EXCLUSIVE lock on the counts, so a fold in
+// flight cannot leave its sums beside the new ones) while it counts: a repair for counts known to be wrong, say after rows
 // were changed with triggers disabled. It reads the whole registry
 // (seconds for millions of rows) and blocks syncs meanwhile. Progress
 // times are recomputed from the rows there now.
@@ -153,6 +154,7 @@ func (s *Store) RecountCounts(ctx context.Context) error {
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
 		_, err := tx.ExecContext(ctx, `
 LOCK TABLE geo_registry IN SHARE MODE;
+LOCK TABLE geo_registry_counts IN SHARE ROW EXCLUSIVE MODE;
 DELETE FROM geo_registry_counts;
 INSERT INTO geo_registry_counts
 SELECT replicable, state, verification_state, checksum_mismatch, missing_on_primary, count(*),

@@ -2,9 +2,11 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 )
 
 // stmtCache holds the prepared statements of the hot paths (claims, lease
@@ -45,6 +47,27 @@ func (c *stmtCache) get(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	}
 	c.m[query] = st
 	return st, nil
+}
+
+// check returns err, first dropping query's prepared statement when err
+// says the preparation itself went bad: "cached plan must not change
+// result type" after a schema change (0A000), or a statement the server
+// no longer knows (26000, e.g. behind a pooler). The next use prepares it
+// again, so such an error costs one failed call, not every call until a
+// restart.
+func (c *stmtCache) check(query string, err error) error {
+	var pe *pq.Error
+	if err == nil || !errors.As(err, &pe) || (pe.Code != "0A000" && pe.Code != "26000") {
+		return err
+	}
+	c.mu.Lock()
+	st := c.m[query]
+	delete(c.m, query)
+	c.mu.Unlock()
+	if st != nil {
+		_ = st.Close()
+	}
+	return err
 }
 
 // prepared returns query prepared on the store's handle, or, when tx is

@@ -161,6 +161,10 @@ type claimed struct {
 	claims []registry.Claim
 	sums   map[registry.Key]string
 	err    error
+	// gen is the wake generation the claim was sent in: a short claim
+	// marks types dry only if no wake or poll came since (it may have
+	// been answered from before the work the wake announced).
+	gen uint64
 }
 
 // claim claims for limits and reads the claimed records' primary
@@ -175,7 +179,11 @@ func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeL
 	if err != nil {
 		return claimed{limits: limits, err: err}
 	}
-	return claimed{limits: limits, claims: claims, sums: e.primaryChecksums(workCtx, claims)}
+	// The claimed rows are renewed only once the tasks start: bound the
+	// lookup well inside the lease (and shutdown waits for it).
+	lctx, lcancel := context.WithTimeout(workCtx, min(5*time.Second, e.lease/3))
+	defer lcancel()
+	return claimed{limits: limits, claims: claims, sums: e.primaryChecksums(lctx, claims)}
 }
 
 func (e *syncEngine) run(ctx context.Context) error {
@@ -194,6 +202,7 @@ func (e *syncEngine) run(ctx context.Context) error {
 	defer func() { close(e.settles); settlers.Wait() }()
 
 	dry := map[string]bool{}
+	var gen uint64 // bumped by every wake and poll
 	claiming := 0
 	results := make(chan claimed, claimPipeline)
 	// handle starts what a claim got and marks the types it could not
@@ -211,30 +220,35 @@ func (e *syncEngine) run(ctx context.Context) error {
 		}
 		e.unreserve(r.limits, got)
 		// A failed claim waits for the next poll too, rather than retry
-		// at once.
+		// at once. A claim sent before the last wake or poll proves
+		// nothing about the work announced since.
+		if r.gen != gen {
+			return
+		}
 		for _, l := range r.limits {
 			if got[l.Replicable] < l.Limit {
 				dry[l.Replicable] = true
 			}
 		}
 	}
-	timer := time.NewTimer(e.poll)
-	defer timer.Stop()
+	// A ticker, not a timer re-armed on every pass: while slots turn over
+	// faster than the poll interval, dry types (due retries have no wake)
+	// are still looked at once per interval.
+	poll := time.NewTicker(e.poll)
+	defer poll.Stop()
 	for ctx.Err() == nil {
 		if claiming < claimPipeline {
 			if limits := e.allocate(dry); len(limits) > 0 {
 				claiming++
-				go func() { results <- e.claim(ctx, workCtx, limits) }()
+				sent := gen
+				go func() {
+					r := e.claim(ctx, workCtx, limits)
+					r.gen = sent
+					results <- r
+				}()
 				continue
 			}
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		timer.Reset(e.poll)
 		select {
 		case <-ctx.Done():
 		case r := <-results:
@@ -242,9 +256,11 @@ func (e *syncEngine) run(ctx context.Context) error {
 			handle(r)
 		case <-e.wake:
 			clear(dry)
+			gen++
 		case <-e.freed:
-		case <-timer.C:
+		case <-poll.C:
 			clear(dry)
+			gen++
 		}
 	}
 	// Claims still in flight may have committed: what they got runs (or

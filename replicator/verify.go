@@ -138,6 +138,10 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			if _, err := e.store.SettleVerifyPending(sctx, e.cfg.Owner, waiting, e.cfg.Now().Add(e.cfg.ChecksumWait)); err != nil {
 				e.cfg.Logger.Warn("recording verification pending failed", zap.String("replicable", name), zap.Error(err))
+				// Give the claims back rather than keep renewing them.
+				if rerr := e.store.ReleaseVerification(sctx, e.cfg.Owner, waiting); rerr != nil {
+					e.cfg.Logger.Warn("releasing verification claims failed", zap.Error(rerr))
+				}
 			}
 			cancel()
 		}
