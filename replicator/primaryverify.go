@@ -63,18 +63,9 @@ func (v *primaryVerifier) run(ctx context.Context) error {
 }
 
 func (v *primaryVerifier) renewLoop(ctx context.Context) {
-	t := time.NewTicker(v.cfg.VerifyLease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := v.cs.RenewChecksumLeases(ctx, v.cfg.Owner, v.cfg.VerifyLease); err != nil && ctx.Err() == nil {
-			v.log.Warn("checksum lease renewal failed", zap.Error(err))
-		}
-	}
+	every(ctx, v.cfg.VerifyLease/3, v.log, "checksum lease renewal failed", func(ctx context.Context) error {
+		return v.cs.RenewChecksumLeases(ctx, v.cfg.Owner, v.cfg.VerifyLease)
+	})
 }
 
 // backfill walks name's record ids in keyset batches, inserts missing

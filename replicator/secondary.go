@@ -293,7 +293,13 @@ const foldCountsEvery = 10 * time.Second
 // until ctx ends. Several secondaries sharing a tracking database may all
 // fold: a fold is cheap and safe alongside another.
 func (s *Secondary) foldCounts(ctx context.Context) {
-	t := time.NewTicker(foldCountsEvery)
+	every(ctx, foldCountsEvery, s.cfg.Logger, "folding registry counts failed", s.store.FoldCounts)
+}
+
+// every calls fn every d until ctx ends, logging an error of fn with msg
+// (unless ctx ended).
+func every(ctx context.Context, d time.Duration, log *zap.Logger, msg string, fn func(context.Context) error) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -301,8 +307,8 @@ func (s *Secondary) foldCounts(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := s.store.FoldCounts(ctx); err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Warn("folding registry counts failed", zap.Error(err))
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			log.Warn(msg, zap.Error(err))
 		}
 	}
 }

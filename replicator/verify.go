@@ -76,18 +76,9 @@ func (e *verifyEngine) run(ctx context.Context) error {
 }
 
 func (e *verifyEngine) renewLoop(ctx context.Context) {
-	t := time.NewTicker(e.cfg.Lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := e.store.RenewVerificationLeases(ctx, e.cfg.Owner, e.cfg.Lease); err != nil && ctx.Err() == nil {
-			e.cfg.Logger.Warn("verification lease renewal failed", zap.Error(err))
-		}
-	}
+	every(ctx, e.cfg.Lease/3, e.cfg.Logger, "verification lease renewal failed", func(ctx context.Context) error {
+		return e.store.RenewVerificationLeases(ctx, e.cfg.Owner, e.cfg.Lease)
+	})
 }
 
 // round claims one batch of due rows per type and verifies them. It
