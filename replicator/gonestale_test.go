@@ -2,6 +2,7 @@ package replicator_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,17 +13,21 @@ import (
 	"github.com/geoframework/geo/strategy"
 )
 
-// blockingGone is the items adapter whose BlobKey, for one id, waits for
-// a signal and then says the record is gone.
+// blockingGone is the items adapter whose first BlobKey for one id waits
+// for a signal and then says the record is gone. Later lookups answer
+// truly: the sync that follows the new claim (the row was marked pending
+// again) finds the record and syncs it, so a "removed" outcome can only
+// come from the stale sync.
 type blockingGone struct {
 	*testtype.Type
 	id      int64
 	entered chan struct{}
 	release chan struct{}
+	once    atomic.Bool
 }
 
 func (b *blockingGone) BlobKey(ctx context.Context, id int64) (string, error) {
-	if id == b.id {
+	if id == b.id && b.once.CompareAndSwap(false, true) {
 		select {
 		case b.entered <- struct{}{}:
 		default:
