@@ -72,6 +72,22 @@ func waitChecksum(t *testing.T, cs *registry.ChecksumStore, name string, id int6
 func succeeded(r registry.ChecksumRow) bool { return r.State == registry.VerificationSucceeded }
 
 // waitRow waits until record id's registry row satisfies cond.
+// waitEventsConsumed waits until sec's event consumer has polled twice
+// more with nothing left after its cursor: every event published so far
+// has been handled. Records created before a secondary starts reach it
+// twice, by the start-up consistency pass and by their created events;
+// an event handled after the pass's row was synced makes the record
+// pending and syncs it again (correct, R1). Tests that then change the
+// local copy wait for this first, so that late sync cannot interleave.
+func waitEventsConsumed(t *testing.T, sec *replicator.Secondary) {
+	t.Helper()
+	polls := sec.Consumer().Stats().Polls
+	geotest.WaitFor(t, 20*time.Second, "events consumed", func() (bool, string) {
+		st := sec.Consumer().Stats()
+		return st.Polls >= polls+2 && st.LagEvents == 0, fmt.Sprintf("%d polls, %d events after the cursor", st.Polls-polls, st.LagEvents)
+	})
+}
+
 func waitRow(t *testing.T, store *registry.Store, id int64, what string, cond func(r registry.Row) bool) registry.Row {
 	t.Helper()
 	var row registry.Row
@@ -308,6 +324,7 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	cfg.Observer = obs
 	cfg.Retry = strategy.Backoff{Base: 300 * time.Millisecond, Max: time.Second, Jitter: -1}
 	r := f.Start(cfg)
+	waitEventsConsumed(t, r.Secondary)
 	waitRow(t, r.Store(), a, "a synced and verified", verifiedRow)
 	waitRow(t, r.Store(), b, "b synced and verified", verifiedRow)
 
