@@ -18,17 +18,12 @@ func runCrash(ctx context.Context, o options) error {
 	const name = "crash"
 	n := o.size(o.n, 300, 5000)
 	kills := o.size(o.kills, 4, 20)
-	e, err := newEnv(ctx, o, envConfig{})
+	seedN := n * 9 / 10
+	e, w, err := seededEnv(ctx, o, name, envConfig{}, seedN, true)
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	w := newWorkload(e, o.seed)
-	seedN := n * 9 / 10
-	o.logf(name, "primary: seeding %d items of mixed sizes", seedN)
-	if err := w.seed(ctx, seedN, true); err != nil {
-		return err
-	}
 	p, err := newProcs(e, o.verbose)
 	if err != nil {
 		return err

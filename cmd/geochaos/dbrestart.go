@@ -19,17 +19,12 @@ import (
 func runDBRestart(ctx context.Context, o options) error {
 	const name = "db-restart"
 	n := o.size(o.n, 300, 3000)
-	e, err := newEnv(ctx, o, envConfig{separateClusters: true})
+	seedN := n * 4 / 5
+	e, w, err := seededEnv(ctx, o, name, envConfig{separateClusters: true}, seedN, false)
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	w := newWorkload(e, o.seed)
-	seedN := n * 4 / 5
-	o.logf(name, "primary: seeding %d items", seedN)
-	if err := w.seed(ctx, seedN, false); err != nil {
-		return err
-	}
 	storage, err := blob.NewDir(e.SecondaryRoot)
 	if err != nil {
 		return err

@@ -139,17 +139,12 @@ func (w *faultyWriter) Commit(ctx context.Context) error {
 func runDiskErrors(ctx context.Context, o options) error {
 	const name = "disk-errors"
 	n := o.size(o.n, 200, 2000)
-	e, err := newEnv(ctx, o, envConfig{})
+	seedN := n * 3 / 5
+	e, w, err := seededEnv(ctx, o, name, envConfig{}, seedN, false)
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	w := newWorkload(e, o.seed)
-	seedN := n * 3 / 5
-	o.logf(name, "primary: seeding %d items", seedN)
-	if err := w.seed(ctx, seedN, false); err != nil {
-		return err
-	}
 	dir, err := blob.NewDir(e.SecondaryRoot)
 	if err != nil {
 		return err

@@ -538,3 +538,24 @@ func (l *transferLog) overlaps() (ids []int64, n int) {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids, len(all)
 }
+
+// seededEnv starts an env for scenario name (the caller closes it) and
+// seeds the primary with n items through a workload, logging it; large
+// mixes in bigger blobs (see workload.seed). On error the env is closed.
+func seededEnv(ctx context.Context, o options, name string, cfg envConfig, n int, large bool) (*env, *workload, error) {
+	e, err := newEnv(ctx, o, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	w := newWorkload(e, o.seed)
+	what := "items"
+	if large {
+		what = "items of mixed sizes"
+	}
+	o.logf(name, "primary: seeding %d %s", n, what)
+	if err := w.seed(ctx, n, large); err != nil {
+		e.close()
+		return nil, nil, err
+	}
+	return e, w, nil
+}

@@ -18,17 +18,12 @@ func runScaleOut(ctx context.Context, o options) (err error) {
 	const name = "scale-out"
 	n := o.size(o.n, 300, 3000)
 	kills := o.size(o.kills, 3, 10)
-	e, err := newEnv(ctx, o, envConfig{})
+	seedN := n * 4 / 5
+	e, w, err := seededEnv(ctx, o, name, envConfig{}, seedN, true)
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	w := newWorkload(e, o.seed)
-	seedN := n * 4 / 5
-	o.logf(name, "primary: seeding %d items", seedN)
-	if err := w.seed(ctx, seedN, true); err != nil {
-		return err
-	}
 	p, err := newProcs(e, o.verbose)
 	if err != nil {
 		return err
