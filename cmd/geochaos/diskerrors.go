@@ -156,27 +156,14 @@ func runDiskErrors(ctx context.Context, o options) error {
 		return err
 	}
 	defer sec.stop()
-	checker := newSyncedChecker(e)
-	cctx, stopCheck := context.WithCancel(ctx)
+	checker, stopCheck := startChecker(ctx, e)
 	defer stopCheck()
-	checkDone := make(chan error, 1)
-	go func() { checkDone <- checker.run(cctx) }()
-
-	stopChurn := make(chan struct{})
-	churnErr := make(chan error, 1)
-	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
-	for !w.createdAtLeast(n-seedN) && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
-	close(stopChurn)
-	if err := <-churnErr; err != nil {
+	if err := w.churnUntilCreated(ctx, n-seedN, 3*time.Millisecond, false); err != nil {
 		return err
 	}
 	o.logf(name, "application %s; waiting for convergence through the disk faults", w)
 	d, took, cerr := e.waitConverged(ctx, o.timeout)
-	time.Sleep(100 * time.Millisecond)
-	stopCheck()
-	if err := <-checkDone; err != nil {
+	if err := stopCheck(); err != nil { // its last pass covers the last settles
 		return err
 	}
 	if err := sec.stop(); err != nil {

@@ -195,7 +195,8 @@ func newSyncedChecker(e *env) *syncedChecker {
 	return &syncedChecker{e: e, reasons: map[string]int{}, samples: map[string]string{}, seen: map[string]bool{}, seenF: map[string]bool{}}
 }
 
-// run polls every 50ms until ctx ends.
+// run polls every 50ms until ctx ends, then once more (with its own
+// deadline), so the settles that came just before the end are checked.
 func (c *syncedChecker) run(ctx context.Context) error {
 	sec, err := blob.NewDir(c.e.SecondaryRoot)
 	if err != nil {
@@ -211,7 +212,24 @@ func (c *syncedChecker) run(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return nil
+	last, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return c.poll(last, sec)
+}
+
+// startChecker runs a syncedChecker of e in the background; stop ends it
+// after its last pass and returns its error.
+func startChecker(ctx context.Context, e *env) (c *syncedChecker, stop func() error) {
+	c = newSyncedChecker(e)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.run(cctx) }()
+	var once sync.Once
+	var err error
+	return c, func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
 }
 
 func (c *syncedChecker) poll(ctx context.Context, sec blob.Storage) error {
@@ -395,29 +413,15 @@ func runFlaky(ctx context.Context, o options) error {
 	}
 	defer sec.stop()
 
-	checker := newSyncedChecker(e)
-	cctx, stopCheck := context.WithCancel(ctx)
+	checker, stopCheck := startChecker(ctx, e)
 	defer stopCheck()
-	checkDone := make(chan error, 1)
-	go func() { checkDone <- checker.run(cctx) }()
-
-	stopChurn := make(chan struct{})
-	churnErr := make(chan error, 1)
-	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
 	// Churn until the application has created the rest of the items.
-	for !w.createdAtLeast(n-seedN) && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
-	close(stopChurn)
-	if err := <-churnErr; err != nil {
+	if err := w.churnUntilCreated(ctx, n-seedN, 3*time.Millisecond, false); err != nil {
 		return err
 	}
 	o.logf(name, "application %s; waiting for convergence through the faults", w)
 	d, took, cerr := e.waitConverged(ctx, o.timeout)
-	// One more pass over the last settles.
-	time.Sleep(100 * time.Millisecond)
-	stopCheck()
-	if err := <-checkDone; err != nil {
+	if err := stopCheck(); err != nil { // its last pass covers the last settles
 		return err
 	}
 	if err := sec.stop(); err != nil {

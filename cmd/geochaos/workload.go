@@ -133,6 +133,19 @@ func (w *workload) churn(ctx context.Context, stop <-chan struct{}, pause time.D
 	}
 }
 
+// churnUntilCreated churns (see churn) until the application has created
+// n items, or ctx ends, and returns churn's error.
+func (w *workload) churnUntilCreated(ctx context.Context, n int, pause time.Duration, large bool) error {
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- w.churn(ctx, stop, pause, large) }()
+	for !w.createdAtLeast(n) && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	return <-errc
+}
+
 // String reports what the application did.
 func (w *workload) String() string {
 	w.mu.Lock()
