@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/geoframework/geo/registry"
 )
@@ -549,5 +552,54 @@ UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 3 WHEN model_i
 	}
 	if strings.Contains(plan, "Seq Scan on geo_registry") {
 		t.Errorf("claim plan scans geo_registry sequentially:\n%s", plan)
+	}
+}
+
+// TestKeyJoinedStatementsUseIndexes checks the plans of the statements that
+// join a batch of keys to geo_registry, as the Store runs them (prepared,
+// in a transaction with rowPlansSQL), on a registry of 20,000 rows: at
+// that size the planner, guessing 50 to 100 keys, would otherwise
+// hash-join against a sequential scan of every row on each call (8 ms per
+// claim; the test logs which plans would).
+func TestKeyJoinedStatementsUseIndexes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, db, _ := newStore(t, registry.Options{})
+	if _, err := s.InsertMissing(ctx, "a", ids(1, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE geo_registry SET state = 1, lease_owner = 'w' WHERE model_id <= 100`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `ANALYZE geo_registry`); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	keys := []any{"w", pq.Array([]string{"a", "a"}), pq.Array([]int64{1, 2}), pq.Array([]int64{1, 1})}
+	for _, tc := range []struct {
+		name, query string
+		args        []any
+	}{
+		{"claim", registry.ClaimSQL, []any{pq.Array([]string{"a"}), pq.Array([]int64{3}), now, "w", now.Add(time.Minute)}},
+		{"lock held", registry.LockHeldSQL, keys},
+		{"stage keys", registry.StageKeysSQL, append(slices.Clone(keys), pq.Array([]string{"k/1", "k/2"}))},
+		{"renew leases", registry.RenewLeasesSQL, append(slices.Clone(keys), now, now)},
+		{"settle batch", registry.SettleBatchSQL, []any{"w", now, pq.Array([]string{"a"}), pq.Array([]int64{1}), pq.Array([]int64{1}),
+			pq.Array([]string{"k/1"}), pq.Array([]int64{4}), pq.Array([]int16{2}), pq.Array([]string{"00"})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plan, err := s.ExplainPrepared(ctx, registry.RowPlansSQL, tc.query, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(plan, "Seq Scan on geo_registry") {
+				t.Errorf("plan scans geo_registry sequentially:\n%s", plan)
+			}
+			without, err := s.ExplainPrepared(ctx, "", tc.query, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("without the settings, sequential scan: %v", strings.Contains(without, "Seq Scan on geo_registry"))
+		})
 	}
 }

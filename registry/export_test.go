@@ -2,8 +2,12 @@ package registry
 
 import (
 	"context"
+	"database/sql/driver"
+	"fmt"
 	"strings"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 // ExplainClaim returns the plan of the statement Claim would run (EXPLAIN
@@ -19,3 +23,64 @@ func (s *Store) ExplainClaim(ctx context.Context, owner string, lease time.Durat
 	}
 	return strings.Join(lines, "\n"), nil
 }
+
+// The key-joined statements of claim and settle transactions, for plan
+// tests.
+const (
+	ClaimSQL       = claimSQL
+	LockHeldSQL    = lockHeldSQL
+	StageKeysSQL   = stageKeysSQL
+	SettleBatchSQL = settleBatchSQL
+	RenewLeasesSQL = renewLeasesSQL
+)
+
+// ExplainPrepared returns the plan PostgreSQL uses for query when it is
+// prepared and executed with args in a transaction that first ran set
+// (rowPlansSQL, or "" for none): EXPLAIN EXECUTE, so the plan cache
+// chooses between generic and custom plans as it does for the Store's
+// prepared statements. Nothing is changed: the transaction rolls back.
+func (s *Store) ExplainPrepared(ctx context.Context, set, query string, args ...any) (string, error) {
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback()
+	if set != "" {
+		if _, err := tx.ExecContext(ctx, set); err != nil {
+			return "", err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `PREPARE geo_explain AS `+query); err != nil {
+		return "", err
+	}
+	defer tx.ExecContext(context.WithoutCancel(ctx), `DEALLOCATE geo_explain`)
+	// EXECUTE takes no bound parameters: pass literals.
+	params := make([]string, len(args))
+	for i, a := range args {
+		if v, ok := a.(driver.Valuer); ok {
+			var err error
+			if a, err = v.Value(); err != nil {
+				return "", err
+			}
+		}
+		switch v := a.(type) {
+		case time.Time:
+			a = v.Format(time.RFC3339Nano)
+		case []byte:
+			a = string(v)
+		}
+		params[i] = pq.QuoteLiteral(fmt.Sprint(a))
+	}
+	var lines []string
+	// Several executions: the plan cache tries custom plans first.
+	for range 6 {
+		lines = lines[:0]
+		if err := tx.SelectContext(ctx, &lines, `EXPLAIN (COSTS OFF) EXECUTE geo_explain(`+strings.Join(params, ", ")+`)`); err != nil {
+			return "", err
+		}
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
+// RowPlansSQL is rowPlansSQL, for plan tests.
+const RowPlansSQL = rowPlansSQL

@@ -114,7 +114,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 	}
 
 	published := make([]bool, len(todo))
-	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+	err := s.rowTx(ctx, func(tx *sqlx.Tx) error {
 		lock, err := s.prepared(ctx, tx, lockHeldSQL)
 		if err != nil {
 			return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
 
@@ -15,7 +16,7 @@ WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
   AND k.replicable = sel.replicable AND k.model_id = sel.model_id`
 
 // StageKeys records, for each item whose claim owner still holds, the key
-// its Publish is about to make visible (staged_key), in one statement
+// its Publish is about to make visible (staged_key), in one transaction
 // committed on its own. The sync engine calls it just before settling:
 // if the settle then does not commit (the process dies after the rename,
 // or Publish fails after it), the row still names the bytes, and the next
@@ -43,11 +44,14 @@ func (s *Store) StageKeys(ctx context.Context, owner string, items []SettleItem)
 	// The rows are locked in key order (lockHeldSQL), as by every
 	// statement locking several registry rows, so this cannot deadlock
 	// with a concurrent settle, claim or MarkPending.
-	st, err := s.prepared(ctx, nil, stageKeysSQL)
-	if err == nil {
+	err := s.rowTx(ctx, func(tx *sqlx.Tx) error {
+		st, err := s.prepared(ctx, tx, stageKeysSQL)
+		if err != nil {
+			return err
+		}
 		_, err = st.ExecContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
-		err = s.stmts.check(stageKeysSQL, err)
-	}
+		return s.stmts.check(stageKeysSQL, err)
+	})
 	if err != nil {
 		return fmt.Errorf("registry: stage keys: %w", err)
 	}
