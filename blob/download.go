@@ -281,6 +281,11 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		return fail(err)
 	}
 	req.Header.Set("Authorization", auth)
+	if want != "" {
+		// The bytes are checked against want: the primary need not look
+		// its checksum up or compute it.
+		req.Header.Set(HeaderChecksum, want)
+	}
 	resp, err := d.client.Do(req)
 	if err != nil {
 		var uerr *url.Error

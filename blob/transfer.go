@@ -34,10 +34,12 @@ var ErrMissingOnPrimary = fmt.Errorf("blob: missing on primary: %w", strategy.Er
 // GET and HEAD TransferPathPrefix + "{replicable}/{id}".
 const TransferPathPrefix = "/geo/v1/blobs/"
 
-// Response headers of the transfer endpoint.
+// Headers of the transfer endpoint.
 const (
-	// HeaderChecksum carries the primary's lowercase hex SHA-256 of the
-	// blob, when the primary knows it.
+	// HeaderChecksum carries, in a response, the primary's lowercase hex
+	// SHA-256 of the blob. In a request it carries the checksum the client
+	// already holds the bytes to (the primary's stored one, learnt
+	// before); the endpoint then neither looks it up nor computes it.
 	HeaderChecksum = "X-Geo-Checksum-Sha256"
 	// HeaderSize carries the blob's full size in bytes (also on ranges).
 	HeaderSize = "X-Geo-Size"
@@ -55,6 +57,7 @@ const (
 	CodeMissingOnPrimary  = "missing_on_primary" // 404: record exists, bytes do not
 	CodeUnauthorized      = "unauthorized"       // 401: any authentication failure
 	CodeBadID             = "bad_id"             // 400: id not a non-negative int64
+	CodeBadChecksum       = "bad_checksum"       // 400: a malformed HeaderChecksum in the request
 	CodeMethodNotAllowed  = "method_not_allowed" // 405
 	CodeNotFound          = "not_found"          // 404: no such endpoint
 	CodeInternal          = "internal"           // 500
@@ -97,6 +100,16 @@ type HandlerConfig struct {
 	// there is no such record, and strategy.ErrBlobMissing when the record
 	// exists but its bytes do not. Any other error is a 500. Required.
 	Resolve func(ctx context.Context, replicable string, id int64) (Source, error)
+	// Checksum looks up the primary's stored checksum of a record whose
+	// Source has none (lowercase hex SHA-256, "" when none is stored). It
+	// is not called when the request carries the checksum the client
+	// already holds the record's bytes to (HeaderChecksum in the request,
+	// sent by Downloader.Fetch with a wantChecksum): the client checks the
+	// bytes against that one. When neither the client, Resolve nor
+	// Checksum knows a checksum, the handler computes one by reading the
+	// bytes before serving them, so every transfer can be checked end to
+	// end. An error is logged and treated as "none stored". Optional.
+	Checksum func(ctx context.Context, replicable string, id int64) (string, error)
 	// Secrets authenticates secondaries. Required.
 	Secrets Secrets
 	// Logger receives one entry per request; nil means none.
@@ -112,11 +125,13 @@ type HandlerConfig struct {
 // NewHandler returns the primary's transfer endpoint: GET and HEAD
 // TransferPathPrefix + "{replicable}/{id}", authenticated by Verifier.Verify.
 // It streams with http.ServeContent (Content-Length, Range, If-Range,
-// Last-Modified) and sets HeaderSize and, when known, HeaderChecksum and an
-// ETag. Errors are JSON ErrorBody answers: 400 bad_id, then 401
-// unauthorized for any authentication failure (the reason goes to the log
-// only), then 404 unknown_replicable, record_not_found or
-// missing_on_primary; 405 for other methods. Authentication comes before
+// Last-Modified) and sets HeaderSize and, unless the request carried
+// HeaderChecksum, HeaderChecksum and an ETag (HandlerConfig.Checksum).
+// Errors are JSON ErrorBody answers: 400 bad_id, then 401 unauthorized
+// for any authentication failure (the reason goes to the log only), then
+// 400 bad_checksum for a malformed HeaderChecksum in the request, then 404
+// unknown_replicable, record_not_found or missing_on_primary; 405 for
+// other methods. Authentication comes before
 // resolving, so an unauthenticated client learns nothing about what exists.
 func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Resolve == nil {
@@ -197,6 +212,11 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With(zap.String("site", site))
+	known := strings.ToLower(r.Header.Get(HeaderChecksum))
+	if known != "" && !validChecksum(known) {
+		writeError(w, http.StatusBadRequest, CodeBadChecksum, "malformed "+HeaderChecksum+" header: want 64 hex digits")
+		return
+	}
 	src, err := h.cfg.Resolve(ctx, replicable, id)
 	if err != nil {
 		switch {
@@ -215,6 +235,13 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer src.Body.Close()
+	if src.Checksum == "" && known == "" {
+		if err := h.checksum(ctx, log, replicable, id, &src); err != nil {
+			log.Error("blob transfer: checksum", zap.Error(err))
+			writeError(w, http.StatusInternalServerError, CodeInternal, "internal error")
+			return
+		}
+	}
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/octet-stream")
@@ -246,6 +273,30 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 // countingWriter counts the body bytes written and records the status. It
 // keeps the ResponseWriter's io.ReaderFrom, which the standard library uses
 // to send files without copying through user space.
+// checksum fills src.Checksum from HandlerConfig.Checksum or, when none
+// is stored, by reading the bytes once and rewinding them.
+func (h *handler) checksum(ctx context.Context, log *zap.Logger, replicable string, id int64, src *Source) error {
+	if h.cfg.Checksum != nil {
+		sum, err := h.cfg.Checksum(ctx, replicable, id)
+		if err != nil {
+			log.Warn("checksum lookup failed: computing it on the fly", zap.Error(err))
+		}
+		if sum = strings.ToLower(sum); err == nil && validChecksum(sum) {
+			src.Checksum = sum
+			return nil
+		}
+	}
+	sum, _, err := SHA256Reader(ctx, src.Body)
+	if err != nil {
+		return fmt.Errorf("checksum %s/%d: %w", replicable, id, err)
+	}
+	if _, err := src.Body.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("checksum %s/%d: rewind: %w", replicable, id, err)
+	}
+	src.Checksum = sum
+	return nil
+}
+
 type countingWriter struct {
 	http.ResponseWriter
 	n      int64

@@ -521,3 +521,99 @@ func TestSHA256Helpers(t *testing.T) {
 		t.Errorf("SHA256Reader(empty) = %s, %d", sum, n)
 	}
 }
+
+// TestHandlerChecksumSources: the checksum a transfer is checked against
+// comes from the client when it sends one (nothing looked up or computed on
+// the primary), else from HandlerConfig.Checksum, else from reading the
+// bytes; a malformed one from the client is a 400 after authentication.
+func TestHandlerChecksumSources(t *testing.T) {
+	p := newPrimary(t)
+	data := randBytes(5000)
+	p.addRecord(1, data, "") // Resolve knows no checksum
+	var lookups atomic.Int64
+	var stored atomic.Value
+	stored.Store("")
+	h, err := blob.NewHandler(blob.HandlerConfig{
+		Resolve: p.resolve,
+		Secrets: blob.NewStaticSecrets(p.creds),
+		Checksum: func(ctx context.Context, replicable string, id int64) (string, error) {
+			lookups.Add(1)
+			if s := stored.Load().(string); s != "fail" {
+				return s, nil
+			}
+			return "", errors.New("lookup failed")
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := newDir(t)
+	fetch := func(want string) (blob.Result, error) {
+		t.Helper()
+		res, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", want)
+		if err == nil {
+			res.Writer.Abort()
+		}
+		return res, err
+	}
+
+	// The client knows the checksum: no lookup, nothing announced, the
+	// bytes still checked against it.
+	if res, err := fetch(sha(data)); err != nil || res.PrimaryChecksum != "" || res.Checksum != sha(data) {
+		t.Fatalf("Fetch with the checksum known = %+v, %v; want the bytes, nothing announced", res, err)
+	}
+	if _, err := fetch(sha([]byte("other"))); !errors.Is(err, blob.ErrChecksumMismatch) {
+		t.Fatalf("Fetch expecting another checksum = %v, want ErrChecksumMismatch", err)
+	}
+	if n := lookups.Load(); n != 0 {
+		t.Fatalf("Checksum called %d times for requests carrying the checksum, want 0", n)
+	}
+
+	// The client knows none: the stored one is announced (here a wrong
+	// one, so the transfer fails), then, with none stored or the lookup
+	// failing, one computed from the bytes.
+	stored.Store(sha([]byte("stale")))
+	if _, err := fetch(""); !errors.Is(err, blob.ErrChecksumMismatch) {
+		t.Fatalf("Fetch with a stored checksum the bytes do not match = %v, want ErrChecksumMismatch", err)
+	}
+	for _, s := range []string{"", "fail"} {
+		stored.Store(s)
+		if res, err := fetch(""); err != nil || res.PrimaryChecksum != sha(data) {
+			t.Fatalf("stored %q: Fetch = %+v, %v; want the checksum computed on the fly", s, res, err)
+		}
+	}
+	if n := lookups.Load(); n != 3 {
+		t.Fatalf("Checksum called %d times, want 3", n)
+	}
+
+	// A malformed checksum from the client: 400 once authenticated, 401
+	// before.
+	req := func(auth string) *http.Response {
+		r, err := http.NewRequest(http.MethodGet, srv.URL+blob.TransferPath(testReplicable, 1), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set(blob.HeaderChecksum, "not-hex")
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		resp, err := srv.Client().Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := req(p.auth(t, testReplicable, 1)); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("malformed %s: status %d, want 400", blob.HeaderChecksum, resp.StatusCode)
+	}
+	if resp := req(""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("malformed %s without credentials: status %d, want 401", blob.HeaderChecksum, resp.StatusCode)
+	}
+}

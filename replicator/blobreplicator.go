@@ -60,10 +60,11 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	// Only the primary's stored checksum counts as verification: a checksum
 	// the endpoint computed on the fly proved the transfer, not the copy
 	// against the primary's verified state, so the row stays verification
-	// pending until the primary has one.
+	// pending until the primary has one. Fetch sent the stored one and
+	// checked the bytes against it (the endpoint then announces none).
 	primary := ""
 	if job.PrimaryChecksum != "" {
-		primary = res.PrimaryChecksum
+		primary = res.Checksum
 	}
 	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
 		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,

@@ -165,7 +165,8 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 	}
 	p := &Primary{cfg: cfg, cs: cs}
 	p.verifier = &primaryVerifier{cs: cs, set: cfg.Strategies, storage: cfg.Storage, cfg: &p.cfg, log: cfg.Logger}
-	h, err := blob.NewHandler(blob.HandlerConfig{Resolve: p.resolve, Secrets: cfg.Secrets, Logger: cfg.Logger, Observe: cfg.Observe})
+	h, err := blob.NewHandler(blob.HandlerConfig{Resolve: p.resolve, Checksum: cs.Checksum,
+		Secrets: cfg.Secrets, Logger: cfg.Logger, Observe: cfg.Observe})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
@@ -192,7 +193,7 @@ func (p *Primary) Publisher() *events.Publisher { return p.pub }
 // outbox pruner (events.RunPruner with EventRetention and
 // EventPruneInterval). The transfer endpoint and the publisher work
 // without Run; without it, transfers of records are still verified in
-// transit (resolve computes checksums on the fly), but secondaries have no
+// transit (the endpoint computes checksums on the fly), but secondaries have no
 // stored checksum to verify their copies against.
 func (p *Primary) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
@@ -241,15 +242,16 @@ func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, storage blob.S
 	return r, r.Size(), key, nil
 }
 
-// resolve opens a record's bytes for the transfer endpoint, with their
-// checksum so that the secondary verifies them in transit (R6): the stored
-// good checksum from geo_checksums when there is one (one indexed lookup
-// per transfer; a copy corrupted on the primary after it was taken is then
-// rejected by the secondary instead of replacing a good copy), otherwise
-// the SHA-256 of the bytes computed here, reading them once before serving
-// them (a second read of the file, at about 1.4 GB/s per core, delaying the
-// first byte by size/1.4 GB/s; the page cache usually serves the second
-// read).
+// resolve opens a record's bytes for the transfer endpoint. Their checksum,
+// so that the secondary verifies them in transit (R6), is the one the
+// secondary sends (the primary's stored checksum, read in the batch of its
+// claim), else the stored good checksum from geo_checksums (the handler's
+// Checksum: one indexed lookup; a copy corrupted on the primary after it
+// was taken is then rejected by the secondary instead of replacing a good
+// copy), else the SHA-256 of the bytes computed by the handler, reading
+// them once before serving them (a second read of the file, at about 1.4
+// GB/s per core, delaying the first byte by size/1.4 GB/s; the page cache
+// usually serves the second read).
 func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blob.Source, error) {
 	s, ok := p.cfg.Strategies.Lookup(replicable)
 	if !ok {
@@ -263,20 +265,5 @@ func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blo
 	if r, ok := rc.(blob.Reader); ok {
 		src.ModTime = r.ModTime()
 	}
-	sum, err := p.cs.Checksum(ctx, replicable, id)
-	if err != nil {
-		p.cfg.Logger.Warn("checksum lookup failed: computing it on the fly",
-			zap.String("replicable", replicable), zap.Int64("model_record_id", id), zap.Error(err))
-	}
-	if sum == "" {
-		if sum, _, err = blob.SHA256Reader(ctx, rc); err == nil {
-			_, err = rc.Seek(0, io.SeekStart)
-		}
-		if err != nil {
-			rc.Close()
-			return blob.Source{}, fmt.Errorf("checksum %s/%d: %w", replicable, id, err)
-		}
-	}
-	src.Checksum = sum
 	return src, nil
 }
