@@ -11,11 +11,15 @@ import (
 
 // runDBRestart: the tracking database and the primary database live on
 // two PostgreSQL servers. While the secondary syncs and the primary keeps
-// changing data, the tracking server is restarted (pg_ctl restart -m fast:
-// every connection is cut, in-flight transactions roll back), then the
-// primary's. The secondary is never restarted: it must ride through both
-// (claims, settles, lease renewals and the event cursor fail for a while
-// and are retried) and converge to an exact copy.
+// changing data, the tracking server crashes and restarts (pg_ctl restart
+// -m immediate: every connection is cut, in-flight transactions roll back,
+// and the claims and lease renewals committed asynchronously but not yet
+// written are lost: the secondary still believes it holds those rows),
+// then the primary's server is restarted (-m fast). The secondary is never
+// restarted: it must ride through both (claims, settles, lease renewals
+// and the event cursor fail for a while and are retried; settles of lost
+// claims are refused and their rows claimed again) and converge to an
+// exact copy.
 func runDBRestart(ctx context.Context, o options) error {
 	const name = "db-restart"
 	n := o.size(o.n, 300, 3000)
@@ -40,7 +44,7 @@ func runDBRestart(ctx context.Context, o options) error {
 	churnErr := make(chan error, 1)
 	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
 
-	restart := func(what string, c *pgtest.Cluster, share float64) error {
+	restart := func(what string, c *pgtest.Cluster, crash bool, share float64) error {
 		// Mid-run: wait until share of the rows are synced (at most 60s).
 		deadline := time.Now().Add(60 * time.Second)
 		for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -51,16 +55,20 @@ func runDBRestart(ctx context.Context, o options) error {
 		}
 		synced, total := e.progress(ctx)
 		start := time.Now()
-		if err := c.Restart(ctx); err != nil {
+		how, do := "fast", c.Restart
+		if crash {
+			how, do = "immediate", c.Crash
+		}
+		if err := do(ctx); err != nil {
 			return fmt.Errorf("restart the %s server: %w", what, err)
 		}
-		o.logf(name, "restarted the %s server (pg_ctl restart -m fast) in %.1fs at %d/%d rows synced", what, time.Since(start).Seconds(), synced, total)
+		o.logf(name, "restarted the %s server (pg_ctl restart -m %s) in %.1fs at %d/%d rows synced", what, how, time.Since(start).Seconds(), synced, total)
 		return nil
 	}
-	if err := restart("tracking database's", e.trackingCluster, 0.3); err != nil {
+	if err := restart("tracking database's", e.trackingCluster, true, 0.3); err != nil {
 		return err
 	}
-	if err := restart("primary database's", e.primaryCluster, 0.6); err != nil {
+	if err := restart("primary database's", e.primaryCluster, false, 0.6); err != nil {
 		return err
 	}
 	// Let the application finish creating the rest while the secondary

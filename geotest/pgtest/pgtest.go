@@ -325,6 +325,15 @@ func (c *Cluster) DataDir() string { return c.dataDir }
 // connections break, as they would in a real database restart.
 func (c *Cluster) Restart(ctx context.Context) error { return c.pgctl(ctx, "restart", "-m", "fast") }
 
+// Crash restarts the server as after a crash (pg_ctl restart -m
+// immediate): processes exit without a checkpoint, WAL still in the
+// server's buffers is lost (the commits of transactions that ran with
+// synchronous_commit off, within wal_writer_delay), and the server
+// recovers from the WAL on disk as it starts.
+func (c *Cluster) Crash(ctx context.Context) error {
+	return c.pgctl(ctx, "restart", "-m", "immediate")
+}
+
 // Stop stops the server and removes the cluster's files.
 func (c *Cluster) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
