@@ -45,10 +45,12 @@ func runDBRestart(ctx context.Context, o options) error {
 	go func() { churnErr <- w.churn(ctx, stopChurn, 3*time.Millisecond, false) }()
 
 	restart := func(what string, c *pgtest.Cluster, crash bool, share float64) error {
-		// Mid-run: wait until share of the rows are synced (at most 60s).
+		// Mid-run: wait until share of the rows are synced (at most 60s),
+		// counting the seeded records' rows even before the first
+		// consistency pass has created them.
 		deadline := time.Now().Add(60 * time.Second)
 		for time.Now().Before(deadline) && ctx.Err() == nil {
-			if s, t := e.progress(ctx); t > 0 && float64(s) >= share*float64(t) {
+			if s, t := e.progress(ctx); t > 0 && float64(s) >= share*float64(max(t, int64(seedN))) {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)

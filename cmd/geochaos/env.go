@@ -39,7 +39,10 @@ const (
 // envConfig says how to build an env.
 type envConfig struct {
 	// separateClusters puts the tracking database on a PostgreSQL server
-	// of its own (db-restart restarts each server in turn).
+	// of its own (db-restart restarts each server in turn). That server
+	// keeps PostgreSQL's crash-safety settings (pgtest Durable): db-restart
+	// crashes it, and a server with synchronous_commit off everywhere
+	// loses durable commits too, which no production server does.
 	separateClusters bool
 	// wrapPrimaryHandler, when set, wraps the primary's transfer endpoint
 	// (races puts a gate in front of it).
@@ -95,7 +98,7 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (e *env, err error) {
 	e.closers = append(e.closers, func() { e.primaryCluster.Stop() })
 	e.trackingCluster = e.primaryCluster
 	if cfg.separateClusters {
-		e.trackingCluster, err = pgtest.StartCluster(ctx, pgtest.Options{MaxConnections: 400})
+		e.trackingCluster, err = pgtest.StartCluster(ctx, pgtest.Options{MaxConnections: 400, Durable: true})
 		if err != nil {
 			return nil, fmt.Errorf("start tracking PostgreSQL: %w", err)
 		}
