@@ -371,44 +371,39 @@ func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regist
 // renewLoop extends the leases of every in-flight claim every lease/3 and
 // cancels work whose row was taken away (its claim is no longer current).
 func (e *syncEngine) renewLoop(ctx context.Context) {
-	t := time.NewTicker(e.lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		e.mu.Lock()
-		claims := make([]registry.Claim, 0, len(e.active))
-		for _, tk := range e.active {
-			claims = append(claims, tk.claim)
-		}
-		e.mu.Unlock()
-		if len(claims) == 0 {
-			continue
-		}
-		lost, err := e.store.RenewLeases(ctx, e.owner, e.lease, claims)
-		if err != nil {
-			if ctx.Err() == nil {
-				e.log.Warn("lease renewal failed", zap.Error(err))
-			}
-			continue
-		}
-		sent := make(map[registry.Key]int64, len(claims))
-		for _, c := range claims {
-			sent[c.Key()] = c.Seq
-		}
-		e.mu.Lock()
-		for _, k := range lost {
-			// Only the claim renewed here: the row may have been claimed
-			// again (a newer task) since the claims were read.
-			if tk, ok := e.active[k]; ok && tk.claim.Seq == sent[k] {
-				tk.cancel()
-			}
-		}
-		e.mu.Unlock()
+	every(ctx, e.lease/3, e.log, "lease renewal failed", e.renew)
+}
+
+// renew extends the leases of the in-flight claims once and cancels the
+// work of those no longer held.
+func (e *syncEngine) renew(ctx context.Context) error {
+	e.mu.Lock()
+	claims := make([]registry.Claim, 0, len(e.active))
+	for _, tk := range e.active {
+		claims = append(claims, tk.claim)
 	}
+	e.mu.Unlock()
+	if len(claims) == 0 {
+		return nil
+	}
+	lost, err := e.store.RenewLeases(ctx, e.owner, e.lease, claims)
+	if err != nil {
+		return err
+	}
+	sent := make(map[registry.Key]int64, len(claims))
+	for _, c := range claims {
+		sent[c.Key()] = c.Seq
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, k := range lost {
+		// Only the claim renewed here: the row may have been claimed
+		// again (a newer task) since the claims were read.
+		if tk, ok := e.active[k]; ok && tk.claim.Seq == sent[k] {
+			tk.cancel()
+		}
+	}
+	return nil
 }
 
 // process syncs one claimed row and settles it.
