@@ -582,6 +582,7 @@ func TestKeyJoinedStatementsUseIndexes(t *testing.T) {
 	}{
 		{"claim", registry.ClaimSQL, []any{pq.Array([]string{"a"}), pq.Array([]int64{3}), now, "w", now.Add(time.Minute)}},
 		{"lock held", registry.LockHeldSQL, keys},
+		{"clear staged key", registry.ClearStagedSQL, keys},
 		{"stage keys", registry.StageKeysSQL, append(slices.Clone(keys), pq.Array([]string{"k/1", "k/2"}))},
 		{"renew leases", registry.RenewLeasesSQL, append(slices.Clone(keys), now, now)},
 		{"settle batch", registry.SettleBatchSQL, []any{"w", now, pq.Array([]string{"a"}), pq.Array([]int64{1}), pq.Array([]int64{1}),

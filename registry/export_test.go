@@ -32,6 +32,7 @@ const (
 	StageKeysSQL   = stageKeysSQL
 	SettleBatchSQL = settleBatchSQL
 	RenewLeasesSQL = renewLeasesSQL
+	ClearStagedSQL = clearStagedSQL
 )
 
 // ExplainPrepared returns the plan PostgreSQL uses for query when it is

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -53,4 +54,67 @@ func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, []string{"", "k/new"}, removed, "Delete removes the recorded key and the staged one")
+}
+
+// TestClearStagedKey: the bytes at a claim's staged key are removed under
+// the row lock and the key forgotten only if the removal succeeded; a
+// claim no longer held removes nothing; StageKeys refuses to record a new
+// staged key over a different one that was not cleared.
+func TestClearStagedKey(t *testing.T) {
+	store, _, _ := newStore(t, registry.Options{})
+	ctx := context.Background()
+	stagedKey := func() string {
+		var k string
+		require.NoError(t, store.DB().GetContext(ctx, &k, `SELECT coalesce(staged_key, '') FROM geo_registry WHERE model_id = 1`))
+		return k
+	}
+	claim := func() registry.Claim {
+		claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 1}})
+		require.NoError(t, err)
+		require.Len(t, claims, 1)
+		return claims[0]
+	}
+	_, err := store.MarkPending(ctx, "item", []int64{1})
+	require.NoError(t, err)
+	c := claim()
+	publish := func(context.Context) error { return nil }
+	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/b"}, Publish: publish}}))
+	_, err = store.SettleFailed(ctx, "w1", c, "publish failed", false)
+	require.NoError(t, err)
+	_, err = store.MarkPending(ctx, "item", []int64{1}) // the record moved
+	require.NoError(t, err)
+	c = claim()
+	require.Equal(t, "k/b", c.StagedKey)
+
+	// Recording k/c over k/b is refused.
+	err = store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/c"}, Publish: publish}})
+	require.ErrorContains(t, err, "ClearStagedKey first")
+	require.Equal(t, "k/b", stagedKey())
+
+	// A failed removal keeps the key named.
+	held, err := store.ClearStagedKey(ctx, "w1", c, func(context.Context, string) error { return errors.New("EIO") })
+	require.ErrorContains(t, err, "EIO")
+	require.False(t, held)
+	require.Equal(t, "k/b", stagedKey())
+
+	// Another owner removes nothing.
+	held, err = store.ClearStagedKey(ctx, "w2", c, func(context.Context, string) error {
+		t.Error("remove called for a claim not held")
+		return nil
+	})
+	require.NoError(t, err)
+	require.False(t, held)
+
+	var removed []string
+	held, err = store.ClearStagedKey(ctx, "w1", c, func(_ context.Context, key string) error {
+		removed = append(removed, key)
+		return nil
+	})
+	require.NoError(t, err)
+	require.True(t, held)
+	require.Equal(t, []string{"k/b"}, removed)
+	require.Equal(t, "", stagedKey())
+	c.StagedKey = ""
+	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/c"}, Publish: publish}}))
+	require.Equal(t, "k/c", stagedKey())
 }

@@ -23,6 +23,35 @@ type failAfterPublish struct {
 	mu   sync.Mutex
 	key  string
 	done bool
+	// removeFail, when set, makes the next Remove of that key fail, once;
+	// removed says it did.
+	removeFail string
+	removed    bool
+}
+
+func (s *failAfterPublish) Remove(ctx context.Context, key string) error {
+	s.mu.Lock()
+	fail := key != "" && key == s.removeFail && !s.removed
+	if fail {
+		s.removed = true
+	}
+	s.mu.Unlock()
+	if fail {
+		return fmt.Errorf("remove %q: %w", key, errors.New("injected EIO"))
+	}
+	return s.Storage.Remove(ctx, key)
+}
+
+func (s *failAfterPublish) failRemoveOnce(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.removeFail = key
+}
+
+func (s *failAfterPublish) removeFailed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removed
 }
 
 func (s *failAfterPublish) Create(ctx context.Context, key string) (blob.Writer, error) {
@@ -104,4 +133,44 @@ func (f *fixture) waitRowState(t *testing.T, store *registry.Store, id int64, wa
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestStagedKeyNotForgottenWhenItsRemovalFails is the regression test for
+// an extra file found by CI's geochaos disk-errors: a row named bytes
+// published without settling (staged key B); the record moved to key C and
+// its sync recorded C as the staged key before removing B, and that
+// removal failed. B was then named nowhere, and no later sync or delete
+// removed it. The sync now removes B, and clears it, before staging C.
+func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	id, err := f.app.Create(ctx, 0, payload(1, 1000))
+	require.NoError(t, err)
+	keyB, err := f.items.BlobKey(ctx, id)
+	require.NoError(t, err)
+	dir, err := blob.NewDir(f.SecondaryRoot)
+	require.NoError(t, err)
+	t.Cleanup(func() { dir.Close() })
+	storage := &failAfterPublish{Storage: dir, key: keyB}
+	sec := f.secondaryItems()
+	cfg := f.SecondaryConfig(sec)
+	cfg.Storage = storage
+	cfg.Retry = fixedRetry(time.Hour) // failed rows wait for the next update
+	r := f.Start(cfg)
+	f.waitRowState(t, r.Store(), id, registry.StateFailed)
+
+	// The record moves to key C; removing B fails once.
+	storage.failRemoveOnce(keyB)
+	require.NoError(t, f.app.Update(ctx, id, payload(2, 2000)))
+	deadline := time.Now().Add(30 * time.Second)
+	for !storage.removeFailed() {
+		require.True(t, time.Now().Before(deadline), "the removal of %s was never attempted", keyB)
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.waitRowState(t, r.Store(), id, registry.StateFailed)
+
+	// The record moves again; B must not be left behind.
+	require.NoError(t, f.app.Update(ctx, id, payload(3, 3000)))
+	f.waitConverged(t, 60*time.Second, sec)
 }

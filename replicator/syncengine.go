@@ -456,6 +456,31 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum s
 		return
 	}
 	res := staged.Result()
+	if c.StagedKey != "" && c.StagedKey != res.Key {
+		// An earlier sync published bytes at another key without settling:
+		// remove them, and forget them, before this sync's key is staged
+		// in their place (ClearStagedKey).
+		held, err := e.store.ClearStagedKey(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
+			return rep.Remove(ctx, c.ModelID, key)
+		})
+		if err != nil || !held {
+			if aerr := staged.Abort(); aerr != nil {
+				log.Warn("discarding staged data failed", zap.Error(aerr))
+			}
+		}
+		switch {
+		case err != nil:
+			e.fail(settleCtx, log, c, err, false, start)
+			return
+		case !held:
+			log.Debug("claim superseded while syncing: discarded")
+			e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+			return
+		}
+		e.mu.Lock() // renewals read the task's claim
+		t.claim.StagedKey = ""
+		e.mu.Unlock()
+	}
 	ok, err := e.settle(t, registry.SyncedResult{
 		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
 	}, staged.Commit)
