@@ -390,6 +390,7 @@ type dirWriter struct {
 	n         int64
 	done      bool // committed or discarded
 	committed bool
+	synced    bool  // the file was fsynced and not written since (Sync)
 	cause     error // why it was discarded, if it was
 }
 
@@ -405,6 +406,9 @@ func (w *dirWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.n += int64(n)
+	if n > 0 {
+		w.synced = false
+	}
 	if err != nil {
 		return n, fmt.Errorf("blob: write %q: %w", w.key, err)
 	}
@@ -442,6 +446,27 @@ func (w *dirWriter) Abort() error {
 	return w.discard(errors.New("aborted"))
 }
 
+// Sync fsyncs the temporary file (Syncer): Commit then skips that fsync
+// unless more bytes were written since.
+func (w *dirWriter) Sync(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		if w.cause != nil {
+			return fmt.Errorf("blob: sync %q: %w", w.key, w.cause)
+		}
+		return errWriterDone
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("blob: sync %q: %w", w.key, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("blob: sync %q: %w", w.key, err)
+	}
+	w.synced = true
+	return nil
+}
+
 func (w *dirWriter) Commit(ctx context.Context) error {
 	w.stop()
 	w.mu.Lock()
@@ -464,8 +489,10 @@ func (w *dirWriter) Commit(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
-	if err := w.f.Sync(); err != nil {
-		return fail(err)
+	if !w.synced {
+		if err := w.f.Sync(); err != nil {
+			return fail(err)
+		}
 	}
 	if err := w.f.Close(); err != nil {
 		return fail(err)

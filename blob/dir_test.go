@@ -165,3 +165,56 @@ func TestDirCloseRemovesUncommitted(t *testing.T) {
 		t.Errorf("temporary files after Close: %v", files)
 	}
 }
+
+func TestDirWriterSyncThenCommit(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	w, err := d.Create(ctx, "a/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := w.(blob.Syncer)
+	if !ok {
+		t.Fatalf("Dir's writer %T does not implement blob.Syncer", w)
+	}
+	if _, err := w.Write([]byte("ab")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	wantNothingAt(t, d, "a/k")
+	// Bytes written after a Sync are part of the commit.
+	if _, err := w.Write([]byte("cd")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if got := string(readAll(t, d, "a/k")); got != "abcd" {
+		t.Errorf("committed %q, want %q", got, "abcd")
+	}
+	if err := s.Sync(ctx); err == nil {
+		t.Errorf("Sync after Commit = nil, want an error")
+	}
+
+	// A cancelled context fails the Sync; the writer is then aborted and
+	// leaves nothing (newDir checks the temporary directory).
+	w, err = d.Create(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("x"))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := w.(blob.Syncer).Sync(cctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Sync with a cancelled context = %v, want context.Canceled", err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.(blob.Syncer).Sync(ctx); err == nil {
+		t.Errorf("Sync after Abort = nil, want an error")
+	}
+	wantNothingAt(t, d, "b")
+}

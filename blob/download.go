@@ -342,6 +342,11 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 	} else {
 		err = transportErr(err)
 	}
+	if sy, ok := w.(Syncer); ok && err == nil {
+		// The bytes are checked: make them durable now, in this sync's
+		// own time, so the Commit under the row lock only publishes.
+		err = sy.Sync(ctx)
+	}
 	if err != nil {
 		w.Abort()
 		return fail(err)

@@ -75,3 +75,17 @@ type Writer interface {
 	// does nothing).
 	Abort() error
 }
+
+// Syncer is implemented by Writers that can make the bytes written so far
+// durable before Commit, without publishing them. The Downloader calls
+// Sync when a transfer has been received and checked, while the sync
+// still holds its own budget slot and no registry row is locked, so that
+// the Commit that follows (run while the row is locked, and serialised
+// with other rows' commits) only publishes: rename and directory fsync.
+// Sync does not change Commit's contract: after a successful Commit the
+// bytes survive a crash whether or not Sync was called, and bytes written
+// after a Sync are made durable by Commit. A failed Sync leaves the
+// writer to be aborted.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}

@@ -617,3 +617,71 @@ func TestHandlerChecksumSources(t *testing.T) {
 		t.Errorf("malformed %s without credentials: status %d, want 401", blob.HeaderChecksum, resp.StatusCode)
 	}
 }
+
+// syncCounting wraps a Storage; its writers count Sync calls and can fail
+// them, to show when Fetch makes bytes durable.
+type syncCounting struct {
+	blob.Storage
+	syncs   atomic.Int32
+	failErr error
+}
+
+type countingWriter struct {
+	blob.Writer
+	s *syncCounting
+}
+
+func (w countingWriter) Sync(ctx context.Context) error {
+	w.s.syncs.Add(1)
+	if w.s.failErr != nil {
+		return w.s.failErr
+	}
+	return w.Writer.(blob.Syncer).Sync(ctx)
+}
+
+func (s *syncCounting) Create(ctx context.Context, key string) (blob.Writer, error) {
+	w, err := s.Storage.Create(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return countingWriter{w, s}, nil
+}
+
+func TestFetchSyncsCheckedBytes(t *testing.T) {
+	p := newPrimary(t)
+	dir := newDir(t)
+	d := p.downloader(t, nil)
+	data := randBytes(10_000)
+	p.add(1, data)
+	sec := &syncCounting{Storage: dir}
+	res, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := sec.syncs.Load(); n != 1 {
+		t.Errorf("Fetch called Sync %d times, want 1", n)
+	}
+	wantNothingAt(t, dir, "k")
+	if err := res.Writer.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, dir, "k"); sha(got) != sha(data) {
+		t.Errorf("committed bytes differ")
+	}
+
+	// Bytes that fail their check are never synced.
+	sec.syncs.Store(0)
+	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "bad", sha([]byte("other"))); !errors.Is(err, blob.ErrChecksumMismatch) {
+		t.Fatalf("Fetch with a wrong checksum = %v, want ErrChecksumMismatch", err)
+	}
+	if n := sec.syncs.Load(); n != 0 {
+		t.Errorf("Sync called %d times for rejected bytes, want 0", n)
+	}
+
+	// A failed Sync fails the Fetch and leaves nothing behind.
+	sec.failErr = errors.New("disk on fire")
+	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "failed", ""); !errors.Is(err, sec.failErr) {
+		t.Fatalf("Fetch with a failing Sync = %v, want it to wrap the Sync error", err)
+	}
+	wantNothingAt(t, dir, "failed")
+}

@@ -16,7 +16,8 @@ import (
 
 // faultyStorage wraps the secondary's storage and fails operations at
 // random the way a sick disk does: Create (EIO), Write (ENOSPC or EIO
-// after writing part of the buffer), Commit before anything is visible
+// after writing part of the buffer), the early fsync of checked bytes
+// (blob.Syncer, called by the Downloader: EIO), Commit before anything is visible
 // (the file's fsync fails: EIO), Commit after the rename (the directory's
 // fsync fails: the new bytes are visible but not known durable, which is
 // what blob.Dir itself reports in that case) and Remove (EIO). After every
@@ -26,7 +27,7 @@ type faultyStorage struct {
 	blob.Storage
 	contents *contentLog
 
-	pCreate, pWrite, pCommitBefore, pCommitAfter, pRemove float64
+	pCreate, pWrite, pSync, pCommitBefore, pCommitAfter, pRemove float64
 
 	mu      sync.Mutex
 	r       *mrand.Rand
@@ -38,7 +39,7 @@ type faultyStorage struct {
 func newFaultyStorage(inner blob.Storage, contents *contentLog, seed uint64) *faultyStorage {
 	return &faultyStorage{
 		Storage: inner, contents: contents,
-		pCreate: 0.03, pWrite: 0.03, pCommitBefore: 0.08, pCommitAfter: 0.05, pRemove: 0.05,
+		pCreate: 0.03, pWrite: 0.03, pSync: 0.05, pCommitBefore: 0.08, pCommitAfter: 0.05, pRemove: 0.05,
 		r: mrand.New(mrand.NewPCG(seed, 13)), counts: map[string]int{},
 	}
 }
@@ -113,6 +114,18 @@ func (w *faultyWriter) Write(p []byte) (int, error) {
 		return n, fmt.Errorf("blob: write %q: %w", w.key, &fs.PathError{Op: "write", Path: w.key, Err: errno})
 	}
 	return w.Writer.Write(p)
+}
+
+// Sync fails the early fsync at random (EIO); otherwise it is the inner
+// writer's, when it has one.
+func (w *faultyWriter) Sync(ctx context.Context) error {
+	if w.s.roll(w.s.pSync, "sync-EIO") {
+		return fmt.Errorf("blob: sync %q: %w", w.key, &fs.PathError{Op: "fsync", Path: w.key, Err: syscall.EIO})
+	}
+	if s, ok := w.Writer.(blob.Syncer); ok {
+		return s.Sync(ctx)
+	}
+	return nil
 }
 
 func (w *faultyWriter) Commit(ctx context.Context) error {
