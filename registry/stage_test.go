@@ -118,3 +118,65 @@ func TestClearStagedKey(t *testing.T) {
 	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/c"}, Publish: publish}}))
 	require.Equal(t, "k/c", stagedKey())
 }
+
+// TestRequeueRemoval: a deleted record whose bytes could not be removed
+// goes back to the claim queue, with the event's key kept as the staged
+// key when the row names no other; a claim in flight is made stale.
+func TestRequeueRemoval(t *testing.T) {
+	store, _, _ := newStore(t, registry.Options{})
+	ctx := context.Background()
+	stagedOf := func(id int64) (registry.State, string) {
+		t.Helper()
+		var r struct {
+			State registry.State `db:"state"`
+			Key   string         `db:"k"`
+		}
+		require.NoError(t, store.DB().GetContext(ctx, &r, `SELECT state, coalesce(staged_key, '') AS k FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, id))
+		return r.State, r.Key
+	}
+
+	// No row: one is created, pending, naming the event's key.
+	require.NoError(t, store.RequeueRemoval(ctx, "item", 1, "k/1"))
+	st, key := stagedOf(1)
+	require.Equal(t, registry.StatePending, st)
+	require.Equal(t, "k/1", key)
+
+	// A synced row recording the same key: pending, nothing staged (the
+	// recorded key is removed anyway).
+	_, err := store.MarkPending(ctx, "item", []int64{2, 3})
+	require.NoError(t, err)
+	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 3}})
+	require.NoError(t, err)
+	require.Len(t, claims, 3)
+	byID := map[int64]registry.Claim{}
+	for _, c := range claims {
+		byID[c.ModelID] = c
+	}
+	ok, err := store.SettleSynced(ctx, "w1", byID[2], registry.SyncedResult{BlobKey: "k/2"}, nil)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, store.RequeueRemoval(ctx, "item", 2, "k/2"))
+	st, key = stagedOf(2)
+	require.Equal(t, registry.StatePending, st)
+	require.Equal(t, "", key)
+
+	// A row claimed and staged elsewhere: its claim goes stale, and its
+	// staged key is kept rather than overwritten.
+	c3 := byID[3]
+	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c3, Result: registry.SyncedResult{BlobKey: "k/3-staged"}, Publish: func(context.Context) error { return nil }}}))
+	require.NoError(t, store.RequeueRemoval(ctx, "item", 3, "k/3-event"))
+	st, key = stagedOf(3)
+	require.Equal(t, registry.StatePending, st)
+	require.Equal(t, "k/3-staged", key)
+	ok, err = store.SettleSynced(ctx, "w1", c3, registry.SyncedResult{BlobKey: "k/3-staged"}, nil)
+	require.NoError(t, err)
+	require.False(t, ok, "the claim from before the requeue is stale")
+
+	// A row already pending stays pending and gains the key.
+	_, err = store.MarkPending(ctx, "item", []int64{4})
+	require.NoError(t, err)
+	require.NoError(t, store.RequeueRemoval(ctx, "item", 4, "k/4"))
+	st, key = stagedOf(4)
+	require.Equal(t, registry.StatePending, st)
+	require.Equal(t, "k/4", key)
+}

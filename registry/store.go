@@ -142,6 +142,42 @@ func (s *Store) MarkPending(ctx context.Context, replicable string, ids []int64)
 	return rowsAffected(res)
 }
 
+// requeueRemovalKeySQL records key as a row's staged key when the row
+// names no staged key and does not record key as its blob key.
+const requeueRemovalKeySQL = `
+UPDATE geo_registry SET staged_key = $3
+WHERE replicable = $1 AND model_id = $2 AND staged_key IS NULL AND blob_key IS DISTINCT FROM $3`
+
+// RequeueRemoval hands the removal of deleted record id's bytes to the
+// sync engine when it could not be done at once (the storage failed),
+// so that one failing removal does not hold back the events after it. In
+// one transaction it makes the row pending (MarkPending: created if
+// missing, a new seq for a row in any other state, so a sync in flight is
+// discarded) and, when key is not empty and the row records neither key
+// (blob_key) nor another staged key, records key as the row's staged key.
+// The engine's next claim of the row finds the record gone on the primary
+// (ErrGone) and deletes the row and removes its recorded and staged bytes,
+// or records the failure on the row and retries with backoff.
+//
+// When the row already names a different staged key, key is not recorded:
+// bytes at key can then only be a copy the registry never knew of.
+func (s *Store) RequeueRemoval(ctx context.Context, replicable string, id int64, key string) error {
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, markPendingSQL, replicable, pq.Array([]int64{id}), s.now()); err != nil {
+			return err
+		}
+		if key == "" {
+			return nil
+		}
+		_, err := tx.ExecContext(ctx, requeueRemovalKeySQL, replicable, id, key)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("registry: requeue removal %s/%d: %w", replicable, id, err)
+	}
+	return nil
+}
+
 const insertMissingSQL = `
 INSERT INTO geo_registry (replicable, model_id, created_at, updated_at)
 SELECT $1, unnest($2::bigint[]), $3, $3

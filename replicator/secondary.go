@@ -406,14 +406,33 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 			_, err := h.s.store.Delete(ctx, ev.Replicable, ev.ModelID, func(ctx context.Context, recorded string) error {
 				if ev.BlobKey != "" {
 					if err := rep.Remove(ctx, ev.ModelID, ev.BlobKey); err != nil {
-						return err
+						return &removeError{err}
 					}
 				}
 				if recorded != "" && recorded != ev.BlobKey {
-					return rep.Remove(ctx, ev.ModelID, recorded)
+					if err := rep.Remove(ctx, ev.ModelID, recorded); err != nil {
+						return &removeError{err}
+					}
 				}
 				return nil
 			})
+			var rerr *removeError
+			if errors.As(err, &rerr) && ctx.Err() == nil {
+				// The storage failed, not the registry: failing the batch
+				// would hold back every event after this one until the
+				// removal succeeds (with many deletes in one batch, maybe
+				// never). The row goes to the sync engine instead, which
+				// finds the record gone, removes the bytes and, if that
+				// fails again, records the failure on the row and retries
+				// it with backoff.
+				if qerr := h.s.store.RequeueRemoval(ctx, ev.Replicable, ev.ModelID, ev.BlobKey); qerr != nil {
+					return fmt.Errorf("replicator: delete %s/%d: %w (and handing it to the sync engine failed: %w)", ev.Replicable, ev.ModelID, err, qerr)
+				}
+				h.s.cfg.Logger.Warn("removing a deleted record's bytes failed: the sync engine retries it",
+					zap.String("replicable", ev.Replicable), zap.Int64("model_record_id", ev.ModelID), zap.Error(err))
+				woke = true
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("replicator: delete %s/%d: %w", ev.Replicable, ev.ModelID, err)
 			}
@@ -427,6 +446,13 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 	}
 	return nil
 }
+
+// removeError marks a failure of the storage (not of the registry) while a
+// deleted event's bytes were removed.
+type removeError struct{ err error }
+
+func (e *removeError) Error() string { return e.err.Error() }
+func (e *removeError) Unwrap() error { return e.err }
 
 // Wake tells the sync engine that work may be due now (for example after
 // rows were marked pending by another process or an admin call).

@@ -1,0 +1,87 @@
+package replicator_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/registry"
+)
+
+// removeFails is a Storage whose Remove of one key fails (EIO) while
+// failing is set.
+type removeFails struct {
+	blob.Storage
+	key     string
+	failing atomic.Bool
+	tries   atomic.Int32
+}
+
+func (s *removeFails) Remove(ctx context.Context, key string) error {
+	if key == s.key && s.failing.Load() {
+		s.tries.Add(1)
+		return fmt.Errorf("remove %q: %w", key, syscall.EIO)
+	}
+	return s.Storage.Remove(ctx, key)
+}
+
+// TestFailingRemovalDoesNotHoldBackEvents is the regression test for an
+// event stream stalled by a sick disk (found by geochaos disk-errors): a
+// deleted event whose bytes could not be removed failed its whole batch,
+// so every later event waited until the removal succeeded, and a batch
+// with many deletes, each removal failing now and then, might never pass.
+// The removal now goes to the sync engine, which records the failure on
+// the row and retries it with backoff while later events flow.
+func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.app.Create(ctx, 0, payload(1, 1000))
+	require.NoError(t, err)
+	keyA, err := f.items.BlobKey(ctx, a)
+	require.NoError(t, err)
+	dir, err := blob.NewDir(f.SecondaryRoot)
+	require.NoError(t, err)
+	t.Cleanup(func() { dir.Close() })
+	storage := &removeFails{Storage: dir, key: keyA}
+	sec := f.secondaryItems()
+	cfg := f.SecondaryConfig(sec)
+	cfg.Storage = storage
+	cfg.ConsistencyInterval = time.Hour // later records arrive through their events only
+	cfg.Retry = fixedRetry(100 * time.Millisecond)
+	r := f.Start(cfg)
+	f.waitRowState(t, r.Store(), a, registry.StateSynced)
+
+	storage.failing.Store(true)
+	require.NoError(t, f.app.Delete(ctx, a, true))
+	c, err := f.app.Create(ctx, 0, payload(2, 2000))
+	require.NoError(t, err)
+	// The record created after the delete is synced although the
+	// delete's removal keeps failing.
+	f.waitRowState(t, r.Store(), c, registry.StateSynced)
+
+	// The deleted record's row is kept, with the failure recorded, and
+	// retried; its bytes are still there.
+	geotest.WaitFor(t, 30*time.Second, "the failed removal is recorded on the row and retried", func() (bool, string) {
+		row, err := r.Store().Get(ctx, "item", a)
+		if err != nil {
+			return false, err.Error()
+		}
+		return row.State == registry.StateFailed && strings.Contains(row.LastSyncFailure, "input/output error") && storage.tries.Load() >= 3,
+			fmt.Sprintf("state %v, failure %q, %d removals tried", row.State, row.LastSyncFailure, storage.tries.Load())
+	})
+	_, err = dir.Stat(ctx, keyA)
+	require.NoError(t, err, "the bytes whose removal failed")
+
+	// Once the disk recovers, the row and the bytes go.
+	storage.failing.Store(false)
+	f.waitConverged(t, 60*time.Second, sec)
+}
