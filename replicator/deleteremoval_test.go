@@ -85,3 +85,51 @@ func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
 	storage.failing.Store(false)
 	f.waitConverged(t, 60*time.Second, sec)
 }
+
+// TestFailingOrphanRemovalDoesNotStopThePass: the consistency pass met an
+// orphan (a record deleted without its event) whose bytes could not be
+// removed; the pass failed at that batch and, retried from its cursor,
+// failed there again while the storage did, so nothing after it was
+// backfilled. The removal now goes to the sync engine as for events.
+func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.app.Create(ctx, 0, payload(1, 1000))
+	require.NoError(t, err)
+	_, err = f.app.Create(ctx, 0, payload(2, 1000))
+	require.NoError(t, err)
+	keyA, err := f.items.BlobKey(ctx, a)
+	require.NoError(t, err)
+	dir, err := blob.NewDir(f.SecondaryRoot)
+	require.NoError(t, err)
+	t.Cleanup(func() { dir.Close() })
+	storage := &removeFails{Storage: dir, key: keyA}
+	sec := f.secondaryItems()
+	cfg := f.SecondaryConfig(sec)
+	cfg.Storage = storage
+	cfg.BackfillBatch = 1 // the orphan and the later record in different batches
+	cfg.Retry = fixedRetry(100 * time.Millisecond)
+	r := f.Start(cfg)
+	f.waitConverged(t, 30*time.Second, sec)
+
+	// A leaves without its event; C arrives without one: only the
+	// consistency pass can see either.
+	storage.failing.Store(true)
+	require.NoError(t, f.app.Delete(ctx, a, false))
+	ids, err := f.app.BulkCreate(ctx, 1, 0, func(int) []byte { return payload(3, 3000) })
+	require.NoError(t, err)
+	r.TriggerConsistency()
+	f.waitRowState(t, r.Store(), ids[0], registry.StateSynced)
+	geotest.WaitFor(t, 30*time.Second, "the orphan's failed removal is recorded on its row", func() (bool, string) {
+		row, err := r.Store().Get(ctx, "item", a)
+		if err != nil {
+			return false, err.Error()
+		}
+		return row.State == registry.StateFailed && strings.Contains(row.LastSyncFailure, "input/output error"),
+			fmt.Sprintf("state %v, failure %q, %d removals tried", row.State, row.LastSyncFailure, storage.tries.Load())
+	})
+
+	storage.failing.Store(false)
+	f.waitConverged(t, 60*time.Second, sec)
+}
