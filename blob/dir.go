@@ -398,10 +398,7 @@ func (w *dirWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done {
-		if w.cause != nil {
-			return 0, fmt.Errorf("blob: write %q: %w", w.key, w.cause)
-		}
-		return 0, errWriterDone
+		return 0, w.doneErr("write")
 	}
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
@@ -446,16 +443,22 @@ func (w *dirWriter) Abort() error {
 	return w.discard(errors.New("aborted"))
 }
 
+// doneErr is the error of operation op on a writer already committed or
+// discarded: why it was discarded, or errWriterDone. mu must be held.
+func (w *dirWriter) doneErr(op string) error {
+	if w.cause != nil {
+		return fmt.Errorf("blob: %s %q: %w", op, w.key, w.cause)
+	}
+	return errWriterDone
+}
+
 // Sync fsyncs the temporary file (Syncer): Commit then skips that fsync
 // unless more bytes were written since.
 func (w *dirWriter) Sync(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done {
-		if w.cause != nil {
-			return fmt.Errorf("blob: sync %q: %w", w.key, w.cause)
-		}
-		return errWriterDone
+		return w.doneErr("sync")
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("blob: sync %q: %w", w.key, err)
@@ -472,10 +475,7 @@ func (w *dirWriter) Commit(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done {
-		if w.cause != nil {
-			return fmt.Errorf("blob: commit %q: %w", w.key, w.cause)
-		}
-		return errWriterDone
+		return w.doneErr("commit")
 	}
 	fail := func(err error) error {
 		w.discardLocked(err)

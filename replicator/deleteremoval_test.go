@@ -14,6 +14,8 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/strategy"
 )
 
 // removeFails is a Storage whose Remove of one key fails (EIO) while
@@ -33,6 +35,39 @@ func (s *removeFails) Remove(ctx context.Context, key string) error {
 	return s.Storage.Remove(ctx, key)
 }
 
+// startRemoveFails starts a secondary whose storage fails to remove record
+// id's bytes while storage.failing is set, with a short fixed retry; mod
+// adjusts the configuration.
+func (f *fixture) startRemoveFails(t *testing.T, id int64, mod func(*replicator.SecondaryConfig)) (*geotest.Running, *removeFails, strategy.BlobStrategy) {
+	t.Helper()
+	key, err := f.items.BlobKey(context.Background(), id)
+	require.NoError(t, err)
+	dir, err := blob.NewDir(f.SecondaryRoot)
+	require.NoError(t, err)
+	t.Cleanup(func() { dir.Close() })
+	storage := &removeFails{Storage: dir, key: key}
+	sec := f.secondaryItems()
+	cfg := f.SecondaryConfig(sec)
+	cfg.Storage = storage
+	cfg.Retry = fixedRetry(100 * time.Millisecond)
+	mod(&cfg)
+	return f.Start(cfg), storage, sec
+}
+
+// waitRemovalFailed waits until record id's row is failed with the
+// storage's error recorded and at least tries removals were attempted.
+func waitRemovalFailed(t *testing.T, r *geotest.Running, storage *removeFails, id int64, tries int32) {
+	t.Helper()
+	geotest.WaitFor(t, 30*time.Second, "the failed removal is recorded on the row", func() (bool, string) {
+		row, err := r.Store().Get(context.Background(), "item", id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return row.State == registry.StateFailed && strings.Contains(row.LastSyncFailure, "input/output error") && storage.tries.Load() >= tries,
+			fmt.Sprintf("state %v, failure %q, %d removals tried", row.State, row.LastSyncFailure, storage.tries.Load())
+	})
+}
+
 // TestFailingRemovalDoesNotHoldBackEvents is the regression test for an
 // event stream stalled by a sick disk (found by geochaos disk-errors): a
 // deleted event whose bytes could not be removed failed its whole batch,
@@ -46,18 +81,9 @@ func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
 	ctx := context.Background()
 	a, err := f.app.Create(ctx, 0, payload(1, 1000))
 	require.NoError(t, err)
-	keyA, err := f.items.BlobKey(ctx, a)
-	require.NoError(t, err)
-	dir, err := blob.NewDir(f.SecondaryRoot)
-	require.NoError(t, err)
-	t.Cleanup(func() { dir.Close() })
-	storage := &removeFails{Storage: dir, key: keyA}
-	sec := f.secondaryItems()
-	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = storage
-	cfg.ConsistencyInterval = time.Hour // later records arrive through their events only
-	cfg.Retry = fixedRetry(100 * time.Millisecond)
-	r := f.Start(cfg)
+	r, storage, sec := f.startRemoveFails(t, a, func(cfg *replicator.SecondaryConfig) {
+		cfg.ConsistencyInterval = time.Hour // later records arrive through their events only
+	})
 	f.waitRowState(t, r.Store(), a, registry.StateSynced)
 
 	storage.failing.Store(true)
@@ -70,15 +96,8 @@ func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
 
 	// The deleted record's row is kept, with the failure recorded, and
 	// retried; its bytes are still there.
-	geotest.WaitFor(t, 30*time.Second, "the failed removal is recorded on the row and retried", func() (bool, string) {
-		row, err := r.Store().Get(ctx, "item", a)
-		if err != nil {
-			return false, err.Error()
-		}
-		return row.State == registry.StateFailed && strings.Contains(row.LastSyncFailure, "input/output error") && storage.tries.Load() >= 3,
-			fmt.Sprintf("state %v, failure %q, %d removals tried", row.State, row.LastSyncFailure, storage.tries.Load())
-	})
-	_, err = dir.Stat(ctx, keyA)
+	waitRemovalFailed(t, r, storage, a, 3)
+	_, err = storage.Stat(ctx, storage.key)
 	require.NoError(t, err, "the bytes whose removal failed")
 
 	// Once the disk recovers, the row and the bytes go.
@@ -99,18 +118,9 @@ func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
 	require.NoError(t, err)
 	_, err = f.app.Create(ctx, 0, payload(2, 1000))
 	require.NoError(t, err)
-	keyA, err := f.items.BlobKey(ctx, a)
-	require.NoError(t, err)
-	dir, err := blob.NewDir(f.SecondaryRoot)
-	require.NoError(t, err)
-	t.Cleanup(func() { dir.Close() })
-	storage := &removeFails{Storage: dir, key: keyA}
-	sec := f.secondaryItems()
-	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = storage
-	cfg.BackfillBatch = 1 // the orphan and the later record in different batches
-	cfg.Retry = fixedRetry(100 * time.Millisecond)
-	r := f.Start(cfg)
+	r, storage, sec := f.startRemoveFails(t, a, func(cfg *replicator.SecondaryConfig) {
+		cfg.BackfillBatch = 1 // the orphan and the later record in different batches
+	})
 	f.waitConverged(t, 30*time.Second, sec)
 
 	// A leaves without its event; C arrives without one: only the
@@ -121,14 +131,7 @@ func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
 	require.NoError(t, err)
 	r.TriggerConsistency()
 	f.waitRowState(t, r.Store(), ids[0], registry.StateSynced)
-	geotest.WaitFor(t, 30*time.Second, "the orphan's failed removal is recorded on its row", func() (bool, string) {
-		row, err := r.Store().Get(ctx, "item", a)
-		if err != nil {
-			return false, err.Error()
-		}
-		return row.State == registry.StateFailed && strings.Contains(row.LastSyncFailure, "input/output error"),
-			fmt.Sprintf("state %v, failure %q, %d removals tried", row.State, row.LastSyncFailure, storage.tries.Load())
-	})
+	waitRemovalFailed(t, r, storage, a, 1)
 
 	storage.failing.Store(false)
 	f.waitConverged(t, 60*time.Second, sec)
