@@ -36,10 +36,12 @@ type Claim struct {
 	// 0 if none).
 	BlobKey  string
 	BlobSize int64
-	// StagedKey is a key an earlier sync of the row recorded with
-	// StageKeys and published without its settle committing ("" if none):
-	// bytes there are not the row's, and the next sync removes them unless
-	// it stores the record at that same key.
+	// StagedKey names bytes at a key the row does not record as its own
+	// ("" if none): an earlier sync recorded it with StageKeys and
+	// published there without its settle committing, or a deleted
+	// record's removal failed and RequeueRemoval kept the event's key.
+	// The next sync removes them (ClearStagedKey) unless it stores the
+	// record at that same key; a delete removes them.
 	StagedKey string
 	// VerificationChecksum is the local SHA-256 (hex) recorded by the last
 	// sync or verification, "" if none.

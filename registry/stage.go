@@ -23,9 +23,10 @@ UPDATE geo_registry r SET staged_key = NULL
 FROM (` + lockHeldSQL + `) sel
 WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`
 
-// ClearStagedKey removes, under the row lock, the bytes an earlier sync of
-// claim c's row published at c.StagedKey without its settle committing,
-// then clears the row's staged_key, in one transaction; it does nothing
+// ClearStagedKey removes, under the row lock, the bytes at c.StagedKey (an
+// earlier sync of claim c's row published there without its settle
+// committing, or RequeueRemoval kept a deleted record's key there), then
+// clears the row's staged_key, in one transaction; it does nothing
 // and returns true when c.StagedKey is empty. It returns false, calling
 // nothing, when owner no longer holds the claim. If remove fails, the row
 // keeps naming the bytes and the error is returned.

@@ -121,33 +121,41 @@ func TestClearStagedKey(t *testing.T) {
 
 // TestRequeueRemoval: a deleted record whose bytes could not be removed
 // goes back to the claim queue, with the event's key kept as the staged
-// key when the row names no other; a claim in flight is made stale.
+// key when the row names no other; a claim in flight is made stale; a
+// failed row keeps its backoff.
 func TestRequeueRemoval(t *testing.T) {
 	store, _, _ := newStore(t, registry.Options{})
 	ctx := context.Background()
-	stagedOf := func(id int64) (registry.State, string) {
+	type rowState struct {
+		State registry.State `db:"state"`
+		Key   string         `db:"k"`
+		Retry int            `db:"retry_count"`
+		Seq   int64          `db:"seq"`
+	}
+	get := func(id int64) rowState {
 		t.Helper()
-		var r struct {
-			State registry.State `db:"state"`
-			Key   string         `db:"k"`
-		}
-		require.NoError(t, store.DB().GetContext(ctx, &r, `SELECT state, coalesce(staged_key, '') AS k FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, id))
-		return r.State, r.Key
+		var r rowState
+		require.NoError(t, store.DB().GetContext(ctx, &r, `SELECT state, coalesce(staged_key, '') AS k, retry_count, seq FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, id))
+		return r
+	}
+	requeue := func(id int64, key string, wantNamed bool) {
+		t.Helper()
+		named, err := store.RequeueRemoval(ctx, "item", id, key)
+		require.NoError(t, err)
+		require.Equal(t, wantNamed, named, "row %d names %q", id, key)
 	}
 
 	// No row: one is created, pending, naming the event's key.
-	require.NoError(t, store.RequeueRemoval(ctx, "item", 1, "k/1"))
-	st, key := stagedOf(1)
-	require.Equal(t, registry.StatePending, st)
-	require.Equal(t, "k/1", key)
+	requeue(1, "k/1", true)
+	require.Equal(t, rowState{State: registry.StatePending, Key: "k/1", Seq: get(1).Seq}, get(1))
 
 	// A synced row recording the same key: pending, nothing staged (the
 	// recorded key is removed anyway).
-	_, err := store.MarkPending(ctx, "item", []int64{2, 3})
+	_, err := store.MarkPending(ctx, "item", []int64{2, 3, 5})
 	require.NoError(t, err)
-	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 3}})
+	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 4}})
 	require.NoError(t, err)
-	require.Len(t, claims, 3)
+	require.Len(t, claims, 4)
 	byID := map[int64]registry.Claim{}
 	for _, c := range claims {
 		byID[c.ModelID] = c
@@ -155,28 +163,38 @@ func TestRequeueRemoval(t *testing.T) {
 	ok, err := store.SettleSynced(ctx, "w1", byID[2], registry.SyncedResult{BlobKey: "k/2"}, nil)
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.NoError(t, store.RequeueRemoval(ctx, "item", 2, "k/2"))
-	st, key = stagedOf(2)
-	require.Equal(t, registry.StatePending, st)
-	require.Equal(t, "", key)
+	requeue(2, "k/2", true)
+	r2 := get(2)
+	require.Equal(t, registry.StatePending, r2.State)
+	require.Equal(t, "", r2.Key)
 
 	// A row claimed and staged elsewhere: its claim goes stale, and its
-	// staged key is kept rather than overwritten.
+	// staged key is kept rather than overwritten (reported: the event's
+	// key is not recorded).
 	c3 := byID[3]
 	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c3, Result: registry.SyncedResult{BlobKey: "k/3-staged"}, Publish: func(context.Context) error { return nil }}}))
-	require.NoError(t, store.RequeueRemoval(ctx, "item", 3, "k/3-event"))
-	st, key = stagedOf(3)
-	require.Equal(t, registry.StatePending, st)
-	require.Equal(t, "k/3-staged", key)
+	requeue(3, "k/3-event", false)
+	r3 := get(3)
+	require.Equal(t, registry.StatePending, r3.State)
+	require.Equal(t, "k/3-staged", r3.Key)
 	ok, err = store.SettleSynced(ctx, "w1", c3, registry.SyncedResult{BlobKey: "k/3-staged"}, nil)
 	require.NoError(t, err)
 	require.False(t, ok, "the claim from before the requeue is stale")
 
-	// A row already pending stays pending and gains the key.
+	// A row already pending stays pending, keeps its seq and gains the key.
 	_, err = store.MarkPending(ctx, "item", []int64{4})
 	require.NoError(t, err)
-	require.NoError(t, store.RequeueRemoval(ctx, "item", 4, "k/4"))
-	st, key = stagedOf(4)
-	require.Equal(t, registry.StatePending, st)
-	require.Equal(t, "k/4", key)
+	seq4 := get(4).Seq
+	requeue(4, "k/4", true)
+	require.Equal(t, rowState{State: registry.StatePending, Key: "k/4", Seq: seq4}, get(4))
+
+	// A failed row keeps its state and backoff (a consistency pass meeting
+	// the same orphan again must not reset them).
+	failed, err := store.SettleFailed(ctx, "w1", byID[5], "remove: input/output error", false)
+	require.NoError(t, err)
+	require.True(t, failed)
+	before := get(5)
+	require.Equal(t, registry.StateFailed, before.State)
+	requeue(5, "", true)
+	require.Equal(t, before, get(5))
 }

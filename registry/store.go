@@ -142,40 +142,74 @@ func (s *Store) MarkPending(ctx context.Context, replicable string, ids []int64)
 	return rowsAffected(res)
 }
 
+// requeueRemovalSQL makes a deleted record's row due for the sync engine:
+// inserted pending if missing; a started or synced row becomes pending
+// with a new seq (as markPendingSQL); a pending or failed row keeps its
+// place and its backoff.
+const requeueRemovalSQL = `
+INSERT INTO geo_registry AS r (replicable, model_id, created_at, updated_at)
+VALUES ($1, $2, $3, $3)
+ON CONFLICT (replicable, model_id) DO UPDATE SET
+  state = 0,
+  seq = DEFAULT,
+  retry_count = 0,
+  retry_at = NULL,
+  last_synced_at = NULL,
+  missing_on_primary = false,
+  lease_owner = NULL,
+  lease_expires_at = NULL,
+  updated_at = $3
+WHERE r.state IN (1, 2)`
+
 // requeueRemovalKeySQL records key as a row's staged key when the row
-// names no staged key and does not record key as its blob key.
+// names no staged key and does not record key as its blob key; it returns
+// whether the row names key now (as blob key or staged key).
 const requeueRemovalKeySQL = `
-UPDATE geo_registry SET staged_key = $3
-WHERE replicable = $1 AND model_id = $2 AND staged_key IS NULL AND blob_key IS DISTINCT FROM $3`
+WITH upd AS (
+  UPDATE geo_registry SET staged_key = $3
+  WHERE replicable = $1 AND model_id = $2 AND staged_key IS NULL AND blob_key IS DISTINCT FROM $3
+  RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM upd) OR EXISTS (
+  SELECT 1 FROM geo_registry WHERE replicable = $1 AND model_id = $2 AND (blob_key = $3 OR staged_key = $3))`
 
 // RequeueRemoval hands the removal of deleted record id's bytes to the
-// sync engine when it could not be done at once (the storage failed),
-// so that one failing removal does not hold back the events after it. In
-// one transaction it makes the row pending (MarkPending: created if
-// missing, a new seq for a row in any other state, so a sync in flight is
-// discarded) and, when key is not empty and the row records neither key
-// (blob_key) nor another staged key, records key as the row's staged key.
-// The engine's next claim of the row finds the record gone on the primary
-// (ErrGone) and deletes the row and removes its recorded and staged bytes,
-// or records the failure on the row and retries with backoff.
+// sync engine when it could not be done at once (the storage failed), so
+// that one failing removal does not hold back the events after it, or
+// stop a consistency pass. In one transaction it makes the row due: a
+// missing row is inserted pending; a started or synced row becomes
+// pending with a new seq (a sync in flight is discarded); a pending or
+// failed row is left as it is, keeping its backoff. When key is not empty
+// and the row records neither key (blob_key) nor another staged key, key
+// becomes the row's staged key.
 //
-// When the row already names a different staged key, key is not recorded:
-// bytes at key can then only be a copy the registry never knew of.
-func (s *Store) RequeueRemoval(ctx context.Context, replicable string, id int64, key string) error {
+// The engine's next claim of the row then finds the record gone on the
+// primary (ErrGone), removes the recorded and staged bytes and deletes
+// the row, or records the failure on the row and retries with backoff.
+// If the id was meanwhile given to a new record, the engine syncs that
+// record and removes the staged key first (ClearStagedKey) unless the new
+// record uses the same key. Keys are never reused by another record
+// (strategy.BlobStrategy), so the delayed removal cannot take another
+// record's bytes.
+//
+// It reports whether the row names key afterwards. false (key not empty)
+// means the row already named a different staged key: nothing records
+// key, and bytes there, if any, are the caller's to report.
+func (s *Store) RequeueRemoval(ctx context.Context, replicable string, id int64, key string) (bool, error) {
+	named := key == ""
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		if _, err := tx.ExecContext(ctx, markPendingSQL, replicable, pq.Array([]int64{id}), s.now()); err != nil {
+		if _, err := tx.ExecContext(ctx, requeueRemovalSQL, replicable, id, s.now()); err != nil {
 			return err
 		}
 		if key == "" {
 			return nil
 		}
-		_, err := tx.ExecContext(ctx, requeueRemovalKeySQL, replicable, id, key)
-		return err
+		return tx.QueryRowContext(ctx, requeueRemovalKeySQL, replicable, id, key).Scan(&named)
 	})
 	if err != nil {
-		return fmt.Errorf("registry: requeue removal %s/%d: %w", replicable, id, err)
+		return false, fmt.Errorf("registry: requeue removal %s/%d: %w", replicable, id, err)
 	}
-	return nil
+	return named, nil
 }
 
 const insertMissingSQL = `

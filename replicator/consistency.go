@@ -314,7 +314,7 @@ func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s str
 		// for ever while the removal fails, and nothing after it would
 		// be backfilled. The sync engine removes it instead (it finds
 		// the record gone), recording failures on the row.
-		if qerr := c.store.RequeueRemoval(ctx, name, id, ""); qerr != nil {
+		if _, qerr := c.store.RequeueRemoval(ctx, name, id, ""); qerr != nil {
 			return false, fmt.Errorf("consistency %s: remove orphan %d: %w (and handing it to the sync engine failed: %w)", name, id, err, qerr)
 		}
 		c.log.Warn("removing an orphan's bytes failed: the sync engine retries it",

@@ -425,11 +425,19 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 				// finds the record gone, removes the bytes and, if that
 				// fails again, records the failure on the row and retries
 				// it with backoff.
-				if qerr := h.s.store.RequeueRemoval(ctx, ev.Replicable, ev.ModelID, ev.BlobKey); qerr != nil {
+				named, qerr := h.s.store.RequeueRemoval(ctx, ev.Replicable, ev.ModelID, ev.BlobKey)
+				if qerr != nil {
 					return fmt.Errorf("replicator: delete %s/%d: %w (and handing it to the sync engine failed: %w)", ev.Replicable, ev.ModelID, err, qerr)
 				}
 				h.s.cfg.Logger.Warn("removing a deleted record's bytes failed: the sync engine retries it",
 					zap.String("replicable", ev.Replicable), zap.Int64("model_record_id", ev.ModelID), zap.Error(err))
+				if !named {
+					// The row already names other unsettled bytes: nothing
+					// records this key. Bytes there can only be a copy the
+					// registry never knew of (a restored site); say so.
+					h.s.cfg.Logger.Warn("a deleted record's key is not recorded for removal: bytes there, if any, stay",
+						zap.String("replicable", ev.Replicable), zap.Int64("model_record_id", ev.ModelID), zap.String("blob_key", ev.BlobKey))
+				}
 				woke = true
 				continue
 			}
@@ -447,8 +455,9 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 	return nil
 }
 
-// removeError marks a failure of the storage (not of the registry) while a
-// deleted event's bytes were removed.
+// removeError marks a failure of the storage (not of the registry) while
+// the bytes of a deleted record (its deleted event, or an orphan found by
+// the consistency pass) were removed.
 type removeError struct{ err error }
 
 func (e *removeError) Error() string { return e.err.Error() }

@@ -66,7 +66,10 @@ type BlobStrategy interface {
 	// backslashes, empty segments or a trailing slash, at most 1024 bytes,
 	// not starting with ".geo-tmp". It must be stable (the same record
 	// gives the same key until the application changes it) and distinct
-	// from every other record's key.
+	// from every other record's key, including records deleted before:
+	// a key is never reused, because a secondary may remove a deleted
+	// record's bytes some time after later events (when its storage failed
+	// the first time).
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 

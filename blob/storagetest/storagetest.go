@@ -78,6 +78,57 @@ func RunStorageTests(t *testing.T, newStorage func(t *testing.T) blob.Storage) {
 	t.Run("HostileKeysAreErrInvalidKey", func(t *testing.T) { testHostileKeys(t, newStorage(t)) })
 	t.Run("EmptyBlob", func(t *testing.T) { testEmpty(t, newStorage(t)) })
 	t.Run("ReaderSeeks", func(t *testing.T) { testSeek(t, newStorage(t)) })
+	t.Run("SyncerKeepsTheCommitContract", func(t *testing.T) { testSyncer(t, newStorage(t)) })
+}
+
+// testSyncer checks writers that implement blob.Syncer (it passes for
+// those that do not): Sync publishes nothing, bytes written after a Sync
+// are committed with the rest, and Sync after Commit or Abort fails.
+func testSyncer(t *testing.T, s blob.Storage) {
+	ctx := testCtx(t)
+	w, err := s.Create(ctx, "synced/blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sy, ok := w.(blob.Syncer)
+	if !ok {
+		w.Abort()
+		return
+	}
+	first, second := pattern(70_000, 5), pattern(30_000, 6)
+	if _, err := w.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := sy.Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	wantMissing(t, ctx, s, "synced/blob")
+	if _, err := w.Write(second); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	wantContent(t, ctx, s, "synced/blob", append(first, second...))
+	if err := sy.Sync(ctx); err == nil {
+		t.Errorf("Sync after Commit = nil, want an error")
+	}
+
+	w, err = s.Create(ctx, "synced/aborted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(first)
+	if err := w.(blob.Syncer).Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatalf("Abort: %v", err)
+	}
+	wantMissing(t, ctx, s, "synced/aborted")
+	if err := w.(blob.Syncer).Sync(ctx); err == nil {
+		t.Errorf("Sync after Abort = nil, want an error")
+	}
 }
 
 // testCtx is a watchdog: a hung backend fails the subtest instead of

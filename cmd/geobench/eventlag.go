@@ -123,7 +123,9 @@ func runEventLag(ctx context.Context, b *bench, res *result) error {
 			var synced int
 			if err := b.trackingDB.GetContext(ctx, &synced, `SELECT count(*) FROM geo_registry
 WHERE replicable = $1 AND state = 2 AND model_id = ANY($2)`, typeName, pq.Array(ids)); err != nil {
-				return err
+				close(ticks) // the creators stop
+				wg.Wait()
+				return fmt.Errorf("warm-up: %w", err)
 			}
 			backlog = len(ids) - synced
 			drained = time.Since(warmStart)

@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.concurrency, "concurrency", 0, "syncs (or verifications) at once, geo and raw alike (0: geo's default, 10 per type; 2 for verify)")
 	fs.IntVar(&o.rate, "rate", 500, "event-lag: records created per second")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "event-lag: how long records are created")
-	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted; the warm-up then goes on at the rate until the secondary has caught up (a tenth of a second's records or fewer unsynced; at most 10s more)")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted; the warm-up then goes on at the rate until the secondary has caught up (a tenth of a second's records, or 10, or fewer unsynced; at most 10s more)")
 	fs.IntVar(&o.batch, "batch", 0, "backfill: keyset batch, geo and raw alike (0: geo's default, 10000)")
 	fs.StringVar(&o.dir, "dir", "", "directory for storage roots (empty: a temporary directory, removed at the end)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured geo phase to this file")
