@@ -108,7 +108,13 @@ func (s *Store) DB() *sqlx.DB { return s.db }
 const markPendingSQL = `
 INSERT INTO geo_registry AS r (replicable, model_id, created_at, updated_at)
 SELECT $1, u.id, $3, $3 FROM (SELECT DISTINCT id FROM unnest($2::bigint[]) AS t(id) ORDER BY id) u
-ON CONFLICT (replicable, model_id) DO UPDATE SET
+ON CONFLICT (replicable, model_id) DO UPDATE SET` + toPendingSQL + `
+WHERE r.state <> 0`
+
+// toPendingSQL is what makes an existing row pending again (after ON
+// CONFLICT ... DO UPDATE SET; $3 is the time): a new seq, no retry, no
+// lease, last_synced_at cleared (GitLab #427792).
+const toPendingSQL = `
   state = 0,
   seq = DEFAULT,
   retry_count = 0,
@@ -117,8 +123,7 @@ ON CONFLICT (replicable, model_id) DO UPDATE SET
   missing_on_primary = false,
   lease_owner = NULL,
   lease_expires_at = NULL,
-  updated_at = $3
-WHERE r.state <> 0`
+  updated_at = $3`
 
 // MarkPending makes records ids of replicable pending, in one statement
 // for any number of ids: missing rows are inserted; existing rows in any
@@ -149,16 +154,7 @@ func (s *Store) MarkPending(ctx context.Context, replicable string, ids []int64)
 const requeueRemovalSQL = `
 INSERT INTO geo_registry AS r (replicable, model_id, created_at, updated_at)
 VALUES ($1, $2, $3, $3)
-ON CONFLICT (replicable, model_id) DO UPDATE SET
-  state = 0,
-  seq = DEFAULT,
-  retry_count = 0,
-  retry_at = NULL,
-  last_synced_at = NULL,
-  missing_on_primary = false,
-  lease_owner = NULL,
-  lease_expires_at = NULL,
-  updated_at = $3
+ON CONFLICT (replicable, model_id) DO UPDATE SET` + toPendingSQL + `
 WHERE r.state IN (1, 2)`
 
 // requeueRemovalKeySQL records key as a row's staged key when the row

@@ -35,23 +35,37 @@ func (s *removeFails) Remove(ctx context.Context, key string) error {
 	return s.Storage.Remove(ctx, key)
 }
 
-// startRemoveFails starts a secondary whose storage fails to remove record
-// id's bytes while storage.failing is set, with a short fixed retry; mod
+// startFaulty starts a secondary whose storage is made by wrap from a
+// blob.Dir on the secondary's root and record id's current key; mod
 // adjusts the configuration.
-func (f *fixture) startRemoveFails(t *testing.T, id int64, mod func(*replicator.SecondaryConfig)) (*geotest.Running, *removeFails, strategy.BlobStrategy) {
+func (f *fixture) startFaulty(t *testing.T, id int64, wrap func(dir *blob.Dir, key string) blob.Storage, mod func(*replicator.SecondaryConfig)) (*geotest.Running, strategy.BlobStrategy) {
 	t.Helper()
 	key, err := f.items.BlobKey(context.Background(), id)
 	require.NoError(t, err)
 	dir, err := blob.NewDir(f.SecondaryRoot)
 	require.NoError(t, err)
 	t.Cleanup(func() { dir.Close() })
-	storage := &removeFails{Storage: dir, key: key}
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = storage
-	cfg.Retry = fixedRetry(100 * time.Millisecond)
+	cfg.Storage = wrap(dir, key)
 	mod(&cfg)
-	return f.Start(cfg), storage, sec
+	return f.Start(cfg), sec
+}
+
+// startRemoveFails starts a secondary whose storage fails to remove record
+// id's bytes while storage.failing is set, with a short fixed retry; mod
+// adjusts the configuration.
+func (f *fixture) startRemoveFails(t *testing.T, id int64, mod func(*replicator.SecondaryConfig)) (*geotest.Running, *removeFails, strategy.BlobStrategy) {
+	t.Helper()
+	var storage *removeFails
+	r, sec := f.startFaulty(t, id, func(dir *blob.Dir, key string) blob.Storage {
+		storage = &removeFails{Storage: dir, key: key}
+		return storage
+	}, func(cfg *replicator.SecondaryConfig) {
+		cfg.Retry = fixedRetry(100 * time.Millisecond)
+		mod(cfg)
+	})
+	return r, storage, sec
 }
 
 // waitRemovalFailed waits until record id's row is failed with the

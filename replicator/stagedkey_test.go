@@ -11,7 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/strategy"
 )
 
 // failAfterPublish is a Storage whose Commit for one key makes the bytes
@@ -96,17 +99,8 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 	ctx := context.Background()
 	id, err := f.app.Create(ctx, 0, payload(1, 1000))
 	require.NoError(t, err)
-	keyB, err := f.items.BlobKey(ctx, id)
-	require.NoError(t, err)
-	dir, err := blob.NewDir(f.SecondaryRoot)
-	require.NoError(t, err)
-	t.Cleanup(func() { dir.Close() })
-	storage := &failAfterPublish{Storage: dir, key: keyB}
-	sec := f.secondaryItems()
-	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = storage
-	cfg.Retry = fixedRetry(time.Hour) // the failed row waits: the update comes first
-	r := f.Start(cfg)
+	r, storage, sec := f.startFailAfterPublish(t, id)
+	dir, keyB := storage.Storage, storage.key
 	f.waitRowState(t, r.Store(), id, registry.StateFailed)
 	_, err = dir.Stat(ctx, keyB)
 	require.NoError(t, err, "the failed publish left its bytes at %s", keyB)
@@ -114,6 +108,19 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 	// The record moves to a new key; its sync must clean up B.
 	require.NoError(t, f.app.Update(ctx, id, payload(2, 2000)))
 	f.waitConverged(t, 60*time.Second, sec)
+}
+
+// startFailAfterPublish starts a secondary whose storage fails, once, the
+// commit of record id's current key after publishing it; failed rows wait
+// an hour, so the test's next update decides what happens.
+func (f *fixture) startFailAfterPublish(t *testing.T, id int64) (*geotest.Running, *failAfterPublish, strategy.BlobStrategy) {
+	t.Helper()
+	var storage *failAfterPublish
+	r, sec := f.startFaulty(t, id, func(dir *blob.Dir, key string) blob.Storage {
+		storage = &failAfterPublish{Storage: dir, key: key}
+		return storage
+	}, func(cfg *replicator.SecondaryConfig) { cfg.Retry = fixedRetry(time.Hour) })
+	return r, storage, sec
 }
 
 type fixedRetry time.Duration
@@ -147,17 +154,8 @@ func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
 	ctx := context.Background()
 	id, err := f.app.Create(ctx, 0, payload(1, 1000))
 	require.NoError(t, err)
-	keyB, err := f.items.BlobKey(ctx, id)
-	require.NoError(t, err)
-	dir, err := blob.NewDir(f.SecondaryRoot)
-	require.NoError(t, err)
-	t.Cleanup(func() { dir.Close() })
-	storage := &failAfterPublish{Storage: dir, key: keyB}
-	sec := f.secondaryItems()
-	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = storage
-	cfg.Retry = fixedRetry(time.Hour) // failed rows wait for the next update
-	r := f.Start(cfg)
+	r, storage, sec := f.startFailAfterPublish(t, id)
+	keyB := storage.key
 	f.waitRowState(t, r.Store(), id, registry.StateFailed)
 
 	// The record moves to key C; removing B fails once.
