@@ -49,7 +49,11 @@ type SecondaryConfig struct {
 	// Owner names this process in registry leases; "" means
 	// hostname-pid-random.
 	Owner string
-	// SyncCapacityPerType caps concurrent syncs per type; 0 means 10.
+	// SyncCapacityPerType caps concurrent syncs per type; 0 means 32. A
+	// slot is cheap (a goroutine, a temporary file, a pooled buffer while
+	// bytes flow) and each sync holds it through claim, transfer and fsync,
+	// so small files need many in flight to keep a machine busy
+	// (docs/performance.md).
 	SyncCapacityPerType int
 	// SyncCapacityTotal caps concurrent syncs over all types; 0 means
 	// SyncCapacityPerType × number of types.
@@ -156,7 +160,7 @@ func (c *SecondaryConfig) validate() error {
 			*v = d
 		}
 	}
-	def(&c.SyncCapacityPerType, 10)
+	def(&c.SyncCapacityPerType, 32)
 	def(&c.SyncCapacityTotal, c.SyncCapacityPerType*c.Strategies.Len())
 	def(&c.BackfillBatch, 10000)
 	def(&c.EventBatch, 1000)

@@ -115,7 +115,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.binary, "binary", true, "connect with lib/pq binary_parameters=yes (recommended for geo, DESIGN §11)")
 	fs.IntVar(&o.n, "n", 0, "records (0: the scenario's default)")
 	fs.StringVar(&sizeFlag, "size", "", "blob size, e.g. 4096, 4KiB, 1MiB, 1GiB (empty: the scenario's default)")
-	fs.IntVar(&o.concurrency, "concurrency", 0, "syncs (or verifications) at once, geo and raw alike (0: geo's default, 10 per type; 2 for verify)")
+	fs.IntVar(&o.concurrency, "concurrency", 0, "syncs (or verifications) at once, geo and raw alike (0: geo's default, 32 per type; 2 for verify)")
 	fs.IntVar(&o.rate, "rate", 500, "event-lag: records created per second")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "event-lag: how long records are created")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted; the warm-up then goes on at the rate until the secondary has caught up (a tenth of a second's records, or 10, or fewer unsynced; at most 10s more)")

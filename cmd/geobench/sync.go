@@ -22,7 +22,7 @@ import (
 
 // defaultSyncCapacity is replicator.SecondaryConfig.SyncCapacityPerType's
 // default.
-const defaultSyncCapacity = 10
+const defaultSyncCapacity = 32
 
 // writeBlobs writes items 1..n's bytes (size pseudo-random bytes each)
 // into root at their keys, in parallel and without fsync: setup, not
