@@ -299,26 +299,16 @@ func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s str
 		return false, fmt.Errorf("consistency %s: check orphan %d: %w", name, id, err)
 	}
 	rep := c.reps[name]
-	ok, err := c.store.Delete(ctx, name, id, func(ctx context.Context, key string) error {
+	// A failing removal is handed to the sync engine: failing the pass
+	// would retry this batch for ever while the storage fails, and nothing
+	// after it would be backfilled.
+	ok, handed, err := deleteOrHandOver(ctx, c.store, c.log, name, id, "", func(ctx context.Context, key string) error {
 		if key == "" {
 			return nil // never synced: no bytes of ours
 		}
-		if err := rep.Remove(ctx, id, key); err != nil {
-			return &removeError{err}
-		}
-		return nil
+		return rep.Remove(ctx, id, key)
 	})
-	var rerr *removeError
-	if errors.As(err, &rerr) && ctx.Err() == nil {
-		// The storage failed: failing the pass would retry this batch
-		// for ever while the removal fails, and nothing after it would
-		// be backfilled. The sync engine removes it instead (it finds
-		// the record gone), recording failures on the row.
-		if _, qerr := c.store.RequeueRemoval(ctx, name, id, ""); qerr != nil {
-			return false, fmt.Errorf("consistency %s: remove orphan %d: %w (and handing it to the sync engine failed: %w)", name, id, err, qerr)
-		}
-		c.log.Warn("removing an orphan's bytes failed: the sync engine retries it",
-			zap.String("replicable", name), zap.Int64("model_record_id", id), zap.Error(err))
+	if handed {
 		if c.wakeSync != nil {
 			c.wakeSync()
 		}

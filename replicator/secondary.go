@@ -407,47 +407,25 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 				h.s.cfg.Observer.EventsSkipped("invalid_key", 1)
 				ev.BlobKey = ""
 			}
-			_, err := h.s.store.Delete(ctx, ev.Replicable, ev.ModelID, func(ctx context.Context, recorded string) error {
-				if ev.BlobKey != "" {
-					if err := rep.Remove(ctx, ev.ModelID, ev.BlobKey); err != nil {
-						return &removeError{err}
+			// A failing removal must not fail the batch: it would hold
+			// back every event after this one until the removal succeeds
+			// (with many deletes in one batch, maybe never).
+			_, handed, err := deleteOrHandOver(ctx, h.s.store, h.s.cfg.Logger, ev.Replicable, ev.ModelID, ev.BlobKey,
+				func(ctx context.Context, recorded string) error {
+					if ev.BlobKey != "" {
+						if err := rep.Remove(ctx, ev.ModelID, ev.BlobKey); err != nil {
+							return err
+						}
 					}
-				}
-				if recorded != "" && recorded != ev.BlobKey {
-					if err := rep.Remove(ctx, ev.ModelID, recorded); err != nil {
-						return &removeError{err}
+					if recorded != "" && recorded != ev.BlobKey {
+						return rep.Remove(ctx, ev.ModelID, recorded)
 					}
-				}
-				return nil
-			})
-			var rerr *removeError
-			if errors.As(err, &rerr) && ctx.Err() == nil {
-				// The storage failed, not the registry: failing the batch
-				// would hold back every event after this one until the
-				// removal succeeds (with many deletes in one batch, maybe
-				// never). The row goes to the sync engine instead, which
-				// finds the record gone, removes the bytes and, if that
-				// fails again, records the failure on the row and retries
-				// it with backoff.
-				named, qerr := h.s.store.RequeueRemoval(ctx, ev.Replicable, ev.ModelID, ev.BlobKey)
-				if qerr != nil {
-					return fmt.Errorf("replicator: delete %s/%d: %w (and handing it to the sync engine failed: %w)", ev.Replicable, ev.ModelID, err, qerr)
-				}
-				h.s.cfg.Logger.Warn("removing a deleted record's bytes failed: the sync engine retries it",
-					zap.String("replicable", ev.Replicable), zap.Int64("model_record_id", ev.ModelID), zap.Error(err))
-				if !named {
-					// The row already names other unsettled bytes: nothing
-					// records this key. Bytes there can only be a copy the
-					// registry never knew of (a restored site); say so.
-					h.s.cfg.Logger.Warn("a deleted record's key is not recorded for removal: bytes there, if any, stay",
-						zap.String("replicable", ev.Replicable), zap.Int64("model_record_id", ev.ModelID), zap.String("blob_key", ev.BlobKey))
-				}
-				woke = true
-				continue
-			}
+					return nil
+				})
 			if err != nil {
 				return fmt.Errorf("replicator: delete %s/%d: %w", ev.Replicable, ev.ModelID, err)
 			}
+			woke = woke || handed
 		}
 	}
 	if err := flush(); err != nil {
@@ -459,9 +437,45 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 	return nil
 }
 
-// removeError marks a failure of the storage (not of the registry) while
-// the bytes of a deleted record (its deleted event, or an orphan found by
-// the consistency pass) were removed.
+// deleteOrHandOver deletes the row of deleted record id of replicable and
+// its bytes (registry.Store.Delete with remove). When remove fails (the
+// storage, not the registry), it hands the row to the sync engine instead
+// (registry.Store.RequeueRemoval, keeping key, the deleted event's key or
+// "", for removal), logs why and returns handedOver true with no error:
+// the engine finds the record gone, removes row and bytes, or records the
+// failure on the row and retries it with backoff. This is what deleted
+// events and the consistency pass's orphans do, so that one failing
+// removal holds back neither the events after it nor the rest of a pass.
+func deleteOrHandOver(ctx context.Context, store *registry.Store, log *zap.Logger, replicable string, id int64, key string,
+	remove func(ctx context.Context, recorded string) error) (existed, handedOver bool, err error) {
+	existed, err = store.Delete(ctx, replicable, id, func(ctx context.Context, recorded string) error {
+		if err := remove(ctx, recorded); err != nil {
+			return &removeError{err}
+		}
+		return nil
+	})
+	var rerr *removeError
+	if !errors.As(err, &rerr) || ctx.Err() != nil {
+		return existed, false, err
+	}
+	named, qerr := store.RequeueRemoval(ctx, replicable, id, key)
+	if qerr != nil {
+		return existed, false, fmt.Errorf("%w (and handing it to the sync engine failed: %w)", err, qerr)
+	}
+	log.Warn("removing a deleted record's bytes failed: the sync engine retries it",
+		zap.String("replicable", replicable), zap.Int64("model_record_id", id), zap.Error(err))
+	if !named {
+		// The row already names other unsettled bytes: nothing records
+		// key. Bytes there can only be a copy the registry never knew
+		// of (a restored site); say so.
+		log.Warn("a deleted record's key is not recorded for removal: bytes there, if any, stay",
+			zap.String("replicable", replicable), zap.Int64("model_record_id", id), zap.String("blob_key", key))
+	}
+	return existed, true, nil
+}
+
+// removeError marks a failure of the storage (not of the registry) inside
+// deleteOrHandOver's remove.
 type removeError struct{ err error }
 
 func (e *removeError) Error() string { return e.err.Error() }

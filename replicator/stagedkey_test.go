@@ -97,12 +97,9 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	id, err := f.app.Create(ctx, 0, payload(1, 1000))
-	require.NoError(t, err)
-	r, storage, sec := f.startFailAfterPublish(t, id)
-	dir, keyB := storage.Storage, storage.key
-	f.waitRowState(t, r.Store(), id, registry.StateFailed)
-	_, err = dir.Stat(ctx, keyB)
+	id, _, storage, sec := f.failedAfterPublish(t)
+	keyB := storage.key
+	_, err := storage.Stat(ctx, keyB)
 	require.NoError(t, err, "the failed publish left its bytes at %s", keyB)
 
 	// The record moves to a new key; its sync must clean up B.
@@ -110,17 +107,21 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 	f.waitConverged(t, 60*time.Second, sec)
 }
 
-// startFailAfterPublish starts a secondary whose storage fails, once, the
-// commit of record id's current key after publishing it; failed rows wait
-// an hour, so the test's next update decides what happens.
-func (f *fixture) startFailAfterPublish(t *testing.T, id int64) (*geotest.Running, *failAfterPublish, strategy.BlobStrategy) {
+// failedAfterPublish creates a record and starts a secondary whose storage
+// fails, once, the commit of that record's key after publishing it, and
+// waits for the record's row to be failed. Failed rows wait an hour, so
+// the test's next update decides what happens.
+func (f *fixture) failedAfterPublish(t *testing.T) (int64, *geotest.Running, *failAfterPublish, strategy.BlobStrategy) {
 	t.Helper()
+	id, err := f.app.Create(context.Background(), 0, payload(1, 1000))
+	require.NoError(t, err)
 	var storage *failAfterPublish
 	r, sec := f.startFaulty(t, id, func(dir *blob.Dir, key string) blob.Storage {
 		storage = &failAfterPublish{Storage: dir, key: key}
 		return storage
 	}, func(cfg *replicator.SecondaryConfig) { cfg.Retry = fixedRetry(time.Hour) })
-	return r, storage, sec
+	f.waitRowState(t, r.Store(), id, registry.StateFailed)
+	return id, r, storage, sec
 }
 
 type fixedRetry time.Duration
@@ -152,11 +153,8 @@ func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	id, err := f.app.Create(ctx, 0, payload(1, 1000))
-	require.NoError(t, err)
-	r, storage, sec := f.startFailAfterPublish(t, id)
+	id, r, storage, sec := f.failedAfterPublish(t)
 	keyB := storage.key
-	f.waitRowState(t, r.Store(), id, registry.StateFailed)
 
 	// The record moves to key C; removing B fails once.
 	storage.failRemoveOnce(keyB)
