@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -111,6 +112,7 @@ func Run(t T, h Harness) {
 		{"adapter/ids_ascending_and_paged", s.idsAscendingAndPaged},
 		{"adapter/not_found_after_delete", s.notFoundAfterDelete},
 		{"adapter/keys_valid_and_stable", s.keysValidAndStable},
+		{"adapter/batch_keys_agree", s.batchKeysAgree},
 		{"sync/created", s.created},
 		{"sync/updated", s.updated},
 		{"sync/deleted", s.deleted},
@@ -381,6 +383,62 @@ func (s *suite) keysValidAndStable(c *clause) {
 	}
 	if st.Name() != c.h.Strategy(w.PrimaryDB).Name() {
 		c.failf("Name: got %q then %q, want a stable name", st.Name(), c.h.Strategy(w.PrimaryDB).Name())
+	}
+}
+
+// batchKeysAgree checks the optional strategy.BatchKeyer: BlobKeys gives
+// every record BlobKey gives a key for, that same key, and leaves out
+// deleted records, ids never created and (when the harness has a scope)
+// records out of scope.
+func (s *suite) batchKeysAgree(c *clause) {
+	w, app := c.world()
+	st := c.h.Strategy(w.PrimaryDB)
+	if _, ok := st.(strategy.BatchKeyer); !ok {
+		c.Skip("the strategy does not implement strategy.BatchKeyer")
+		return
+	}
+	var ids []int64
+	for i := range 5 {
+		id, err := c.h.Create(c.ctx, app, data(i, 10))
+		c.check(err, "create")
+		ids = append(ids, id)
+	}
+	c.check(c.h.Delete(c.ctx, app, ids[2]), "delete")
+	never := ids[4] + 1_000_000
+	// Out of order, as the engine may ask.
+	ask := []int64{ids[4], never, ids[0], ids[2], ids[3], ids[1]}
+	agree := func(st strategy.BlobStrategy, what string) {
+		got, err := st.(strategy.BatchKeyer).BlobKeys(c.ctx, ask)
+		c.check(err, what+" BlobKeys")
+		for _, id := range ask {
+			want, err := st.BlobKey(c.ctx, id)
+			key, listed := got[id]
+			switch {
+			case errors.Is(err, strategy.ErrNotFound) && listed:
+				c.failf("%s BlobKeys(%d): got key %q, want it left out (BlobKey: %v)", what, id, key, err)
+			case err != nil && !errors.Is(err, strategy.ErrNotFound):
+				c.failf("%s BlobKey(%d): got error %v", what, id, err)
+			case err == nil && listed && key != want:
+				c.failf("%s BlobKeys(%d): got %q, want %q (BlobKey's)", what, id, key, want)
+			case err == nil && !listed:
+				// Allowed by the contract (BlobKey is asked again), but
+				// an adapter that leaves out existing records gains
+				// nothing from BlobKeys: report it.
+				c.failf("%s BlobKeys(%d): got nothing, want %q (BlobKey's)", what, id, want)
+			}
+		}
+		for id := range got {
+			if !slices.Contains(ask, id) {
+				c.failf("%s BlobKeys: got id %d, which was not asked", what, id)
+			}
+		}
+	}
+	agree(st, "unscoped")
+	if c.h.ScopedStrategy != nil && c.h.CreateOutOfScope != nil {
+		out, err := c.h.CreateOutOfScope(c.ctx, app, data(9, 10))
+		c.check(err, "create out of scope")
+		ask = append(ask, out)
+		agree(c.h.ScopedStrategy(w.PrimaryDB), "scoped")
 	}
 }
 

@@ -2,6 +2,7 @@ package geotest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -176,18 +177,45 @@ func (u ignoresScope) BlobKey(ctx context.Context, id int64) (string, error) {
 	return all.BlobKey(ctx, id)
 }
 
+// batchKeys adds a correct strategy.BatchKeyer to an adapter: BlobKey per
+// id, leaving out the ones not found.
+type batchKeys struct{ *packagefile.Strategy }
+
+func (b batchKeys) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
+	keys := map[int64]string{}
+	for _, id := range ids {
+		k, err := b.BlobKey(ctx, id)
+		if errors.Is(err, strategy.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		keys[id] = k
+	}
+	return keys, nil
+}
+
+// batchKeysIgnoreScope's BlobKeys lists out-of-scope records although its
+// BlobKey honours the scope.
+type batchKeysIgnoreScope struct{ *packagefile.Strategy }
+
+func (b batchKeysIgnoreScope) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
+	return batchKeys{&packagefile.Strategy{DB: b.DB}}.BlobKeys(ctx, ids)
+}
+
 // TestSuiteCatchesBrokenAdapters runs clauses of the suite against
 // deliberately broken adapters and checks that each fails the intended
 // clause with a "clause: got X, want Y" message, and that the correct
 // adapter passes the same clauses.
 func TestSuiteCatchesBrokenAdapters(t *testing.T) {
-	clauses := []string{"adapter/ids_ascending_and_paged", "adapter/keys_valid_and_stable", "adapter/not_found_after_delete", "scope/respected"}
+	clauses := []string{"adapter/ids_ascending_and_paged", "adapter/keys_valid_and_stable", "adapter/not_found_after_delete", "adapter/batch_keys_agree", "scope/respected"}
 	cases := []struct {
 		name   string
 		wrap   func(s *packagefile.Strategy) strategy.BlobStrategy
 		clause string // the clause that must fail; "" means none may
 	}{
-		{"correct", func(s *packagefile.Strategy) strategy.BlobStrategy { return s }, ""},
+		{"correct", func(s *packagefile.Strategy) strategy.BlobStrategy { return batchKeys{s} }, ""},
 		{"unsorted_ids", func(s *packagefile.Strategy) strategy.BlobStrategy { return unsortedIDs{s} }, "adapter/ids_ascending_and_paged"},
 		{"unstable_key", func(s *packagefile.Strategy) strategy.BlobStrategy { return unstableKey{s, &atomic.Int64{}} }, "adapter/keys_valid_and_stable"},
 		{"never_not_found", func(s *packagefile.Strategy) strategy.BlobStrategy { return neverNotFound{s} }, "adapter/not_found_after_delete"},
@@ -197,6 +225,12 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 			}
 			return ignoresScope{s}
 		}, "scope/respected"},
+		{"batch_keys_ignore_scope", func(s *packagefile.Strategy) strategy.BlobStrategy {
+			if s.ProjectIDs == nil {
+				return batchKeys{s}
+			}
+			return batchKeysIgnoreScope{s}
+		}, "adapter/batch_keys_agree"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

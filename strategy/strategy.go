@@ -73,6 +73,21 @@ type BlobStrategy interface {
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 
+// BatchKeyer is an optional interface of a BlobStrategy that looks up the
+// keys of many records in one query. A secondary's sync engine claims
+// records in batches and, when the strategy implements it, resolves each
+// batch's keys with one BlobKeys call instead of one BlobKey call per
+// record (one round trip to the primary's replica instead of dozens).
+type BatchKeyer interface {
+	// BlobKeys returns the key of each of ids that BlobKey would give a
+	// key for, exactly that key, under the same rules (scope, validity,
+	// stability). An id it leaves out is looked up again with BlobKey, so
+	// omitting a record costs a query but is never wrong; an error fails
+	// the whole lookup the same way. ids are distinct, in no particular
+	// order, and at most a few hundred.
+	BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error)
+}
+
 // Checksummer is an optional interface of a BlobStrategy that knows the
 // SHA-256 of a record's bytes itself (for example from an upload-time
 // digest column). The primary's verification uses it instead of reading

@@ -28,6 +28,7 @@ type Strategy struct {
 var (
 	_ strategy.BlobStrategy = (*Strategy)(nil)
 	_ strategy.Checksummer  = (*Strategy)(nil)
+	_ strategy.BatchKeyer   = (*Strategy)(nil)
 )
 
 func (s *Strategy) Name() string { return Name }
@@ -72,6 +73,22 @@ func (s *Strategy) BlobKey(ctx context.Context, id int64) (string, error) {
 		return "", err
 	}
 	return u.Key(), nil
+}
+
+// BlobKeys returns the keys of the uploads among ids that exist in scope,
+// in one query (strategy.BatchKeyer).
+func (s *Strategy) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
+	var us []Upload
+	err := s.DB.SelectContext(ctx, &us,
+		`SELECT `+uploadColumns+` FROM uploads WHERE id = ANY($1::bigint[]) AND `+inScope, pq.Array(ids), s.scope())
+	if err != nil {
+		return nil, fmt.Errorf("upload keys: %w", err)
+	}
+	keys := make(map[int64]string, len(us))
+	for _, u := range us {
+		keys[u.ID] = u.Key()
+	}
+	return keys, nil
 }
 
 // BlobChecksum returns the SHA-256 recorded when the file was written.

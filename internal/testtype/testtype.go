@@ -79,6 +79,28 @@ func (t *Type) BlobKey(ctx context.Context, id int64) (string, error) {
 	return key, err
 }
 
+// BlobKeys implements strategy.BatchKeyer: the keys of the items among ids
+// in scope, in one query.
+func (t *Type) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
+	scope, extra := t.scopeSQL(2)
+	q := fmt.Sprintf(`SELECT id, blob_key FROM %s WHERE id = ANY($1::bigint[])%s`, pq.QuoteIdentifier(t.Table), scope)
+	rows, err := t.DB.QueryContext(ctx, q, append([]any{pq.Array(ids)}, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	keys := make(map[int64]string, len(ids))
+	for rows.Next() {
+		var id int64
+		var key string
+		if err := rows.Scan(&id, &key); err != nil {
+			return nil, err
+		}
+		keys[id] = key
+	}
+	return keys, rows.Err()
+}
+
 // App is the primary application's side: it changes items and their bytes
 // and publishes events in the same transaction.
 type App struct {
