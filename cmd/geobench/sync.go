@@ -278,6 +278,7 @@ func runSyncSmall(ctx context.Context, b *bench, res *result) error {
 			return err
 		}
 		elapsed = end.Sub(start)
+		b.logf("sync-small: geo done, stopping")
 		return sec.stop()
 	})
 	if err != nil {
