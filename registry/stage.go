@@ -14,7 +14,8 @@ const stageKeysSQL = `
 UPDATE geo_registry r SET staged_key = k.key
 FROM (` + lockHeldSQL + `) sel, unnest($2::text[], $3::bigint[], $5::text[]) AS k(replicable, model_id, key)
 WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id
-  AND k.replicable = sel.replicable AND k.model_id = sel.model_id`
+  AND k.replicable = sel.replicable AND k.model_id = sel.model_id
+RETURNING r.replicable, r.model_id`
 
 // clearStagedSQL clears the staged key of a claim owner still holds,
 // locking its row in lockHeldSQL's way.
@@ -64,47 +65,72 @@ func (s *Store) ClearStagedKey(ctx context.Context, owner string, c Claim, remov
 	return true, nil
 }
 
-// StageKeys records, for each item whose claim owner still holds, the key
-// its Publish is about to make visible (staged_key), in one transaction
-// committed on its own. The sync engine calls it just before settling:
-// if the settle then does not commit (the process dies after the rename,
-// or Publish fails after it), the row still names the bytes, and the next
-// sync (Claim.StagedKey) or Delete removes them. Items without a Publish,
-// or whose key is already the row's blob_key, need no staging and are
-// skipped. SettleSynced and SettleSyncedBatch clear staged_key.
-func (s *Store) StageKeys(ctx context.Context, owner string, items []SettleItem) error {
+// Staging names the key a claimed row's sync publishes its bytes at.
+type Staging struct {
+	Claim Claim
+	Key   string
+}
+
+// StageKeys records, for each staging whose claim owner still holds, the
+// key the sync is about to make visible (staged_key), in one transaction
+// committed on its own (and durably) before it returns. The sync engine
+// calls it for each claimed batch before the syncs start, and for what is
+// left just before settling: if the settle then does not commit (the
+// process dies after the rename, or Publish fails after it), the row
+// still names the bytes, and the next sync (Claim.StagedKey) or Delete
+// removes them. SettleSynced and SettleSyncedBatch clear staged_key.
+//
+// Stagings that need nothing are skipped: an empty key, the row's
+// recorded blob_key, or the claim's StagedKey already. A claim whose
+// StagedKey is another key is an error (call ClearStagedKey first: the
+// row has room for one staged key). It returns the rows it recorded a key
+// for; rows whose claim is no longer held are left out.
+func (s *Store) StageKeys(ctx context.Context, owner string, stagings []Staging) (map[Key]bool, error) {
 	var types, keys []string
 	var ids, seqs []int64
-	for _, it := range items {
-		if it.Publish == nil || it.Result.BlobKey == "" || it.Result.BlobKey == it.Claim.BlobKey {
+	for _, st := range stagings {
+		c := st.Claim
+		if st.Key == "" || st.Key == c.BlobKey || st.Key == c.StagedKey {
 			continue
 		}
-		if c := it.Claim; c.StagedKey != "" && c.StagedKey != it.Result.BlobKey {
-			return fmt.Errorf("registry: stage keys: %s/%d still names bytes at %q: ClearStagedKey first", c.Replicable, c.ModelID, c.StagedKey)
+		if c.StagedKey != "" {
+			return nil, fmt.Errorf("registry: stage keys: %s/%d still names bytes at %q: ClearStagedKey first", c.Replicable, c.ModelID, c.StagedKey)
 		}
-		types = append(types, it.Claim.Replicable)
-		ids = append(ids, it.Claim.ModelID)
-		seqs = append(seqs, it.Claim.Seq)
-		keys = append(keys, it.Result.BlobKey)
+		types = append(types, c.Replicable)
+		ids = append(ids, c.ModelID)
+		seqs = append(seqs, c.Seq)
+		keys = append(keys, st.Key)
 	}
 	if len(ids) == 0 {
-		return nil
+		return nil, nil
 	}
 	// A row keeps one staged key: an earlier one the new key does not
 	// replace was removed by ClearStagedKey first (checked above).
 	// The rows are locked in key order (lockHeldSQL), as by every
 	// statement locking several registry rows, so this cannot deadlock
 	// with a concurrent settle, claim or MarkPending.
+	staged := make(map[Key]bool, len(ids))
 	err := s.rowTx(ctx, func(tx *sqlx.Tx) error {
 		st, err := s.prepared(ctx, tx, stageKeysSQL)
 		if err != nil {
 			return err
 		}
-		_, err = st.ExecContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
-		return s.stmts.check(stageKeysSQL, err)
+		rows, err := st.QueryContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
+		if err != nil {
+			return s.stmts.check(stageKeysSQL, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k Key
+			if err := rows.Scan(&k.Replicable, &k.ModelID); err != nil {
+				return err
+			}
+			staged[k] = true
+		}
+		return rows.Err()
 	})
 	if err != nil {
-		return fmt.Errorf("registry: stage keys: %w", err)
+		return nil, fmt.Errorf("registry: stage keys: %w", err)
 	}
-	return nil
+	return staged, nil
 }

@@ -23,11 +23,13 @@ func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
 	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 2}})
 	require.NoError(t, err)
 	require.Len(t, claims, 2)
-	var items []registry.SettleItem
+	var stagings []registry.Staging
 	for _, c := range claims {
-		items = append(items, registry.SettleItem{Claim: c, Result: registry.SyncedResult{BlobKey: "k/new"}, Publish: func(context.Context) error { return nil }})
+		stagings = append(stagings, registry.Staging{Claim: c, Key: "k/new"})
 	}
-	require.NoError(t, store.StageKeys(ctx, "w1", items))
+	got, err := store.StageKeys(ctx, "w1", stagings)
+	require.NoError(t, err)
+	require.Equal(t, map[registry.Key]bool{claims[0].Key(): true, claims[1].Key(): true}, got)
 	// The settle of row 1 does not happen (a crash); row 2's does.
 	c2 := claims[0]
 	if c2.ModelID != 2 {
@@ -77,8 +79,12 @@ func TestClearStagedKey(t *testing.T) {
 	_, err := store.MarkPending(ctx, "item", []int64{1})
 	require.NoError(t, err)
 	c := claim()
-	publish := func(context.Context) error { return nil }
-	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/b"}, Publish: publish}}))
+	stage := func(c registry.Claim, key string) (map[registry.Key]bool, error) {
+		return store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c, Key: key}})
+	}
+	staged, err := stage(c, "k/b")
+	require.NoError(t, err)
+	require.True(t, staged[c.Key()])
 	_, err = store.SettleFailed(ctx, "w1", c, "publish failed", false)
 	require.NoError(t, err)
 	_, err = store.MarkPending(ctx, "item", []int64{1}) // the record moved
@@ -87,8 +93,13 @@ func TestClearStagedKey(t *testing.T) {
 	require.Equal(t, "k/b", c.StagedKey)
 
 	// Recording k/c over k/b is refused.
-	err = store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/c"}, Publish: publish}})
+	_, err = stage(c, "k/c")
 	require.ErrorContains(t, err, "ClearStagedKey first")
+	// Staging the key already staged, or the key already recorded, needs
+	// no statement and stages nothing.
+	staged, err = stage(c, "k/b")
+	require.NoError(t, err)
+	require.Empty(t, staged)
 	require.Equal(t, "k/b", stagedKey())
 
 	// A failed removal keeps the key named.
@@ -115,7 +126,18 @@ func TestClearStagedKey(t *testing.T) {
 	require.Equal(t, []string{"k/b"}, removed)
 	require.Equal(t, "", stagedKey())
 	c.StagedKey = ""
-	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "k/c"}, Publish: publish}}))
+	staged, err = stage(c, "k/c")
+	require.NoError(t, err)
+	require.True(t, staged[c.Key()])
+	require.Equal(t, "k/c", stagedKey())
+
+	// A claim no longer held stages nothing and says so.
+	_, err = store.MarkPending(ctx, "item", []int64{1})
+	require.NoError(t, err)
+	c.StagedKey = ""
+	staged, err = store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c, Key: "k/d"}})
+	require.NoError(t, err)
+	require.Empty(t, staged)
 	require.Equal(t, "k/c", stagedKey())
 }
 
@@ -172,7 +194,8 @@ func TestRequeueRemoval(t *testing.T) {
 	// staged key is kept rather than overwritten (reported: the event's
 	// key is not recorded).
 	c3 := byID[3]
-	require.NoError(t, store.StageKeys(ctx, "w1", []registry.SettleItem{{Claim: c3, Result: registry.SyncedResult{BlobKey: "k/3-staged"}, Publish: func(context.Context) error { return nil }}}))
+	_, err = store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c3, Key: "k/3-staged"}})
+	require.NoError(t, err)
 	requeue(3, "k/3-event", false)
 	r3 := get(3)
 	require.Equal(t, registry.StatePending, r3.State)

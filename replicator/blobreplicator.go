@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/geoframework/geo/blob"
@@ -32,12 +33,16 @@ func NewBlobReplicator(s strategy.BlobStrategy, local blob.Storage, dl *blob.Dow
 func (r *blobReplicator) Name() string { return r.s.Name() }
 
 func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
-	key, err := r.s.BlobKey(ctx, job.ModelID)
-	if errors.Is(err, strategy.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %v", ErrGone, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("blob key: %w", err)
+	key := job.Key
+	if key == "" {
+		k, err := r.s.BlobKey(ctx, job.ModelID)
+		if errors.Is(err, strategy.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %v", ErrGone, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("blob key: %w", err)
+		}
+		key = k
 	}
 	if err := blob.ValidateKey(key); err != nil {
 		return nil, fmt.Errorf("strategy %s returned a bad key for %d: %w", r.s.Name(), job.ModelID, err)
@@ -69,6 +74,49 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
 		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
 	}}, nil
+}
+
+// keyLookups bounds the concurrent BlobKey calls of resolveKeys for a
+// strategy without BlobKeys.
+const keyLookups = 8
+
+// resolveKeys implements keyResolver: one BlobKeys query when the strategy
+// is a strategy.BatchKeyer, else BlobKey per record, keyLookups at once.
+// Records not found, failed lookups and invalid keys are left out: their
+// syncs look them up again and report what they find.
+func (r *blobReplicator) resolveKeys(ctx context.Context, ids []int64) map[int64]string {
+	var found map[int64]string
+	if bk, ok := r.s.(strategy.BatchKeyer); ok {
+		got, err := bk.BlobKeys(ctx, ids)
+		if err != nil {
+			return nil
+		}
+		found = got
+	} else {
+		found = make(map[int64]string, len(ids))
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, keyLookups)
+		for _, id := range ids {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if k, err := r.s.BlobKey(ctx, id); err == nil {
+					mu.Lock()
+					found[id] = k
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+	}
+	keys := make(map[int64]string, len(ids))
+	for _, id := range ids {
+		if k, ok := found[id]; ok && blob.ValidateKey(k) == nil {
+			keys[id] = k
+		}
+	}
+	return keys
 }
 
 // trySkip reports a staged no-op when the bytes at key already match the

@@ -2,40 +2,47 @@ package replicator_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/strategy"
 )
 
-// blockingGone is the items adapter whose first BlobKey for one id waits
-// for a signal and then says the record is gone. Later lookups answer
-// truly: the sync that follows the new claim (the row was marked pending
-// again) finds the record and syncs it, so a "removed" outcome can only
-// come from the stale sync.
+// blockingGone is the items adapter (without BlobKeys) whose lookups of
+// one id go: the claim's (the engine resolves claimed keys) fails, so the
+// sync looks the key up itself; the sync's waits for a signal and then
+// says the record is gone. Later lookups answer truly: the sync that
+// follows the new claim (the row was marked pending again) finds the
+// record and syncs it, so a "removed" outcome can only come from the
+// stale sync.
 type blockingGone struct {
-	*testtype.Type
+	strategy.BlobStrategy
 	id      int64
 	entered chan struct{}
 	release chan struct{}
-	once    atomic.Bool
+	calls   atomic.Int32
 }
 
 func (b *blockingGone) BlobKey(ctx context.Context, id int64) (string, error) {
-	if id == b.id && b.once.CompareAndSwap(false, true) {
-		select {
-		case b.entered <- struct{}{}:
-		default:
+	if id == b.id {
+		switch b.calls.Add(1) {
+		case 1:
+			return "", errors.New("replica unavailable")
+		case 2:
+			select {
+			case b.entered <- struct{}{}:
+			default:
+			}
+			<-b.release
+			return "", strategy.ErrNotFound
 		}
-		<-b.release
-		return "", strategy.ErrNotFound
 	}
-	return b.Type.BlobKey(ctx, id)
+	return b.BlobStrategy.BlobKey(ctx, id)
 }
 
 // TestGoneWithStaleClaimIsSuperseded is the regression test for a sync
@@ -50,7 +57,7 @@ func TestGoneWithStaleClaimIsSuperseded(t *testing.T) {
 	ctx := context.Background()
 	id, err := f.app.Create(ctx, 0, payload(1, 100))
 	require.NoError(t, err)
-	sec := &blockingGone{Type: f.secondaryItems(), id: id, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	sec := &blockingGone{BlobStrategy: f.secondaryItems(), id: id, entered: make(chan struct{}, 1), release: make(chan struct{})}
 	cfg := f.SecondaryConfig(sec)
 	obs := &outcomeCounter{n: map[replicator.SyncOutcome]int{}}
 	cfg.Observer = obs

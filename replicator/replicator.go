@@ -56,12 +56,18 @@ var ErrLocalMissing = errors.New("replicator: missing on secondary")
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {
 	ModelID int64
+	// Key is the record's storage key as the engine resolved it when it
+	// claimed the record (replicators that resolve keys in batches), ""
+	// when it did not: the replicator then looks it up itself.
+	Key string
 	// RecordedKey is the key recorded at the previous successful sync, ""
 	// when there was none.
 	RecordedKey string
-	// StagedKey is a key an earlier sync published without its settle
-	// committing, "" if none: the commit removes it unless the record is
-	// stored at that same key.
+	// StagedKey is a key the row names as possibly holding its bytes
+	// without recording them, "" if none: an earlier sync's that published
+	// without its settle committing, or Key itself when the engine staged
+	// it at claim time. The commit removes it unless the record is stored
+	// at that same key.
 	StagedKey string
 	// FirstAttempt is true when the row has never been attempted: the
 	// replicator may then skip the download if the bytes are already there

@@ -171,18 +171,22 @@ type claimed struct {
 	limits []registry.TypeLimit
 	claims []registry.Claim
 	sums   map[registry.Key]string
-	err    error
+	// keys are the storage keys resolved for the claimed records (by
+	// replicators implementing keyResolver), recorded as staged.
+	keys map[registry.Key]string
+	err  error
 	// gen is the wake generation the claim was sent in: a short claim
 	// marks types dry only if no wake or poll came since (it may have
 	// been answered from before the work the wake announced).
 	gen uint64
 }
 
-// claim claims for limits and reads the claimed records' primary
-// checksums. The claim must not be cut by shutdown: a statement cancelled
-// after the server committed it would leave rows claimed that this
-// process never learns of (held until their lease ends). What it claims
-// runs under workCtx and finishes or is released.
+// claim claims for limits, reads the claimed records' primary checksums
+// and resolves and stages their keys (stageClaimed). The claim must not
+// be cut by shutdown: a statement cancelled after the server committed it
+// would leave rows claimed that this process never learns of (held until
+// their lease ends). What it claims runs under workCtx and finishes or is
+// released.
 func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeLimit) claimed {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -191,10 +195,75 @@ func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeL
 		return claimed{limits: limits, err: err}
 	}
 	// The claimed rows are renewed only once the tasks start: bound the
-	// lookup well inside the lease (and shutdown waits for it).
+	// lookups well inside the lease (and shutdown waits for them). The
+	// checksums and the keys are independent reads of the primary's
+	// replica: one waits for the other's round trip.
 	lctx, lcancel := context.WithTimeout(workCtx, min(5*time.Second, e.lease/3))
 	defer lcancel()
-	return claimed{limits: limits, claims: claims, sums: e.primaryChecksums(lctx, claims)}
+	var sums map[registry.Key]string
+	done := make(chan struct{})
+	go func() { defer close(done); sums = e.primaryChecksums(lctx, claims) }()
+	keys, staged := e.stageClaimed(lctx, claims)
+	<-done
+	for i := range claims {
+		if staged[claims[i].Key()] {
+			claims[i].StagedKey = keys[claims[i].Key()]
+		}
+	}
+	return claimed{limits: limits, claims: claims, sums: sums, keys: keys}
+}
+
+// keyResolver is implemented by replicators that store records at
+// storage keys and can resolve the keys of many records at once (blob
+// types: one strategy.BatchKeyer query, else BlobKey per record,
+// concurrently). It returns the keys it found, valid ones only; a record
+// left out is looked up again by its sync.
+type keyResolver interface {
+	resolveKeys(ctx context.Context, ids []int64) map[int64]string
+}
+
+// stageClaimed resolves the keys of the claimed records whose replicator
+// can (keyResolver) and records them as the rows' staged keys (StageKeys,
+// one durable transaction for the batch) before the syncs start: the
+// settles then publish without a staging transaction of their own, off
+// the group commit's critical path, and the syncs look up no key. It
+// returns the resolved keys and the rows it staged them for.
+//
+// A claim whose row names bytes at another staged key is not staged here:
+// its sync removes those first (ClearStagedKey) and stages at settle. A
+// failed lookup or staging is logged and changes nothing: the sync looks
+// its key up itself and the settle stages it, as for any replicator.
+func (e *syncEngine) stageClaimed(ctx context.Context, claims []registry.Claim) (keys map[registry.Key]string, staged map[registry.Key]bool) {
+	ids := map[string][]int64{}
+	for _, c := range claims {
+		if _, ok := e.reps[c.Replicable].(keyResolver); ok {
+			ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	keys = make(map[registry.Key]string, len(claims))
+	for name, list := range ids {
+		for id, key := range e.reps[name].(keyResolver).resolveKeys(ctx, list) {
+			keys[registry.Key{Replicable: name, ModelID: id}] = key
+		}
+	}
+	var stagings []registry.Staging
+	for _, c := range claims {
+		key := keys[c.Key()]
+		if key != "" && (c.StagedKey == "" || c.StagedKey == key) {
+			stagings = append(stagings, registry.Staging{Claim: c, Key: key})
+		}
+	}
+	staged, err := e.store.StageKeys(ctx, e.owner, stagings)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("staging claimed keys failed: staging at settle instead", zap.Error(err))
+		}
+		return keys, nil
+	}
+	return keys, staged
 }
 
 func (e *syncEngine) run(ctx context.Context) error {
@@ -227,7 +296,7 @@ func (e *syncEngine) run(ctx context.Context) error {
 		}
 		for _, c := range r.claims {
 			got[c.Replicable]++
-			e.start(workCtx, &wg, c, r.sums[c.Key()])
+			e.start(workCtx, &wg, c, r.sums[c.Key()], r.keys[c.Key()])
 		}
 		e.unreserve(r.limits, got)
 		// A failed claim waits for the next poll too, rather than retry
@@ -323,7 +392,7 @@ func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Cla
 	return out
 }
 
-func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum string) {
+func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum, key string) {
 	tctx, cancel := context.WithCancel(workCtx)
 	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
 	t := &task{claim: c, cancel: cancel}
@@ -364,7 +433,7 @@ func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regist
 			}
 			e.mu.Unlock()
 		}()
-		e.process(workCtx, tctx, t, primarySum)
+		e.process(workCtx, tctx, t, primarySum, key)
 	}()
 }
 
@@ -406,8 +475,9 @@ func (e *syncEngine) renew(ctx context.Context) error {
 	return nil
 }
 
-// process syncs one claimed row and settles it.
-func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum string) {
+// process syncs one claimed row and settles it. key is the record's
+// storage key if the claim resolved it, else "".
+func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, key string) {
 	c := t.claim
 	rep := e.reps[c.Replicable]
 	log := e.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
@@ -421,7 +491,7 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum s
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, RecordedKey: c.BlobKey, StagedKey: c.StagedKey,
+	job := Job{ModelID: c.ModelID, Key: key, RecordedKey: c.BlobKey, StagedKey: c.StagedKey,
 		FirstAttempt: firstAttempt(c), PrimaryChecksum: primarySum}
 	staged, err := rep.Sync(ctx, job)
 	if err != nil {
@@ -548,6 +618,7 @@ func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(conte
 func (e *syncEngine) settleLoop(ctx context.Context) {
 	batch := make([]settleReq, 0, maxSettleBatch)
 	items := make([]registry.SettleItem, 0, maxSettleBatch)
+	stagings := make([]registry.Staging, 0, maxSettleBatch)
 	for req := range e.settles {
 		batch = append(batch[:0], req)
 	more:
@@ -567,11 +638,17 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 			items = append(items, r.item)
 		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		// Record the keys about to be published first: if the settle does
-		// not commit, the row still names the bytes for the next sync or
-		// delete to remove.
+		// Record the keys about to be published first, unless the claim
+		// did (StageKeys skips those): if the settle does not commit, the
+		// row still names the bytes for the next sync or delete to remove.
+		stagings = stagings[:0]
+		for _, it := range items {
+			if it.Publish != nil {
+				stagings = append(stagings, registry.Staging{Claim: it.Claim, Key: it.Result.BlobKey})
+			}
+		}
 		var outs []registry.SettleOutcome
-		if err := e.store.StageKeys(sctx, e.owner, items); err != nil {
+		if _, err := e.store.StageKeys(sctx, e.owner, stagings); err != nil {
 			outs = make([]registry.SettleOutcome, len(items))
 			for i := range outs {
 				outs[i].Err = err
@@ -585,6 +662,7 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 		}
 		clear(batch)
 		clear(items)
+		clear(stagings)
 	}
 }
 
