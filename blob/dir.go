@@ -50,8 +50,9 @@ const lockFileName = "lock"
 // rejected before any file system call.
 type Dir struct {
 	root    *os.Root
-	path    string // absolute path of root
-	tmpName string // ".geo-tmp/<random>", relative to root
+	path    string   // absolute path of root
+	tmpName string   // ".geo-tmp/<random>", relative to root
+	tmpDir  *os.File // tmpName, open
 	lock    *os.File
 	seq     atomic.Uint64 // temporary file names
 	closed  sync.Once
@@ -122,7 +123,13 @@ func (d *Dir) takeTemp() error {
 			lastErr = fmt.Errorf("lock %s: removed while taking it", name)
 			continue
 		}
-		d.tmpName, d.lock = name, lf
+		dir, err := d.root.Open(name)
+		if err != nil {
+			lf.Close()
+			lastErr = err
+			continue
+		}
+		d.tmpName, d.tmpDir, d.lock = name, dir, lf
 		return nil
 	}
 	return fmt.Errorf("take temporary directory: %w", lastErr)
@@ -205,6 +212,7 @@ func (d *Dir) Close() error {
 	var err error
 	d.closed.Do(func() {
 		err = d.root.RemoveAll(d.tmpName)
+		d.tmpDir.Close()
 		d.lock.Close()
 		if cerr := d.root.Close(); err == nil {
 			err = cerr
@@ -307,12 +315,13 @@ func (d *Dir) Create(ctx context.Context, key string) (Writer, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("blob: create %q: %w", key, err)
 	}
-	tmp := d.tmpName + "/w-" + strconv.FormatUint(d.seq.Add(1), 10)
-	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	tmpBase := "w-" + strconv.FormatUint(d.seq.Add(1), 10)
+	tmp := d.tmpName + "/" + tmpBase
+	f, err := d.createTemp(tmpBase, tmp)
 	if err != nil {
 		return nil, fmt.Errorf("blob: create %q: %w", key, err)
 	}
-	w := &dirWriter{d: d, ctx: ctx, key: key, tmp: tmp, f: f, h: sha256.New()}
+	w := &dirWriter{d: d, ctx: ctx, key: key, tmp: tmp, tmpBase: tmpBase, f: f, h: sha256.New()}
 	w.stop = context.AfterFunc(ctx, func() { w.discard(context.Cause(ctx)) })
 	return w, nil
 }
@@ -378,11 +387,12 @@ var errWriterDone = errors.New("blob: writer already committed or aborted")
 // dirWriter is Dir's Writer. mu serializes Write, Commit and Abort with the
 // discard triggered by the Create context.
 type dirWriter struct {
-	d    *Dir
-	ctx  context.Context // Create's: when done, the writer is discarded
-	key  string
-	tmp  string // relative to root
-	stop func() bool
+	d       *Dir
+	ctx     context.Context // Create's: when done, the writer is discarded
+	key     string
+	tmp     string // relative to root
+	tmpBase string // name in the temporary directory
+	stop    func() bool
 
 	mu        sync.Mutex
 	f         *os.File
@@ -497,18 +507,15 @@ func (w *dirWriter) Commit(ctx context.Context) error {
 	if err := w.f.Close(); err != nil {
 		return fail(err)
 	}
-	dir := path.Dir(w.key)
-	if err := w.d.ensureDir(dir); err != nil {
-		return fail(err)
-	}
-	if err := w.d.root.Rename(w.tmp, w.key); err != nil {
+	renamed, err := w.d.publish(w.tmpBase, w.tmp, w.key)
+	if !renamed {
 		return fail(err)
 	}
 	w.done, w.committed = true, true
 	// The new bytes are visible; only their directory entry's durability
 	// is left. If that fsync fails the blob stays (the old version is gone
 	// already) and the caller must not count it as durable.
-	if err := w.d.syncDir(dir); err != nil {
+	if err != nil {
 		return fmt.Errorf("blob: commit %q: sync directory: %w", w.key, err)
 	}
 	return nil

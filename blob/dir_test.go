@@ -218,3 +218,47 @@ func TestDirWriterSyncThenCommit(t *testing.T) {
 	}
 	wantNothingAt(t, d, "b")
 }
+
+// TestDirCommitWhereTheDirectoryChanged: a key whose directory was removed
+// since the last commit gets it back; a key below a file fails to commit
+// and leaves no temporary file; the bytes land where the key says.
+func TestDirCommitWhereTheDirectoryChanged(t *testing.T) {
+	root := t.TempDir()
+	d, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx := t.Context()
+	put := func(key, data string) error {
+		w, err := d.Create(ctx, key)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write([]byte(data)); err != nil {
+			return err
+		}
+		return w.Commit(ctx)
+	}
+	if err := put("a/b/1", "one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(root, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := put("a/b/2", "two"); err != nil {
+		t.Fatalf("commit after its directory was removed: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "a", "b", "2")); err != nil || string(got) != "two" {
+		t.Fatalf("a/b/2 = %q, %v; want \"two\"", got, err)
+	}
+	if err := put("a/b/2/below", "x"); err == nil {
+		t.Fatal("commit of a key below a file succeeded")
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "a", "b", "2")); err != nil || string(got) != "two" {
+		t.Fatalf("a/b/2 after the failed commit = %q, %v; want \"two\"", got, err)
+	}
+	if files := tempFiles(t, root); len(files) > 0 {
+		t.Errorf("temporary files left behind: %v", files)
+	}
+}
