@@ -35,12 +35,12 @@ func (c *countingKeys) BlobKeys(ctx context.Context, ids []int64) (map[int64]str
 // singleKeys hides BlobKeys: a strategy without strategy.BatchKeyer.
 type singleKeys struct{ strategy.BlobStrategy }
 
-// TestClaimedKeysAreStagedBeforeTheTransfer: the engine resolves the keys
-// of what it claims and records them as staged keys, durably, before the
-// transfers start (so a publish never waits for a staging transaction);
-// with strategy.BatchKeyer it asks no BlobKey at all, without it one
-// BlobKey per record.
-func TestClaimedKeysAreStagedBeforeTheTransfer(t *testing.T) {
+// TestClaimedKeysAreStagedWhileTheTransferRuns: the engine resolves the
+// keys of what it claims before the transfers start and records them as
+// staged keys, durably, while they run (so the settle does not wait for a
+// staging transaction of its own); with strategy.BatchKeyer it asks no
+// BlobKey at all, without it one BlobKey per record.
+func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 	t.Parallel()
 	for _, batch := range []bool{true, false} {
 		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
@@ -68,10 +68,12 @@ func TestClaimedKeysAreStagedBeforeTheTransfer(t *testing.T) {
 			waitClosed(t, arrived, "transfer in flight")
 			key, err := f.items.BlobKey(ctx, held)
 			require.NoError(t, err)
-			var staged string
-			require.NoError(t, r.Store().DB().GetContext(ctx, &staged,
-				`SELECT coalesce(staged_key, '') FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, held))
-			require.Equal(t, key, staged, "staged key of a record whose transfer is in flight")
+			geotest.WaitFor(t, 30*time.Second, "the key of a record whose transfer is held is staged", func() (bool, string) {
+				var staged string
+				err := r.Store().DB().GetContext(ctx, &staged,
+					`SELECT coalesce(staged_key, '') FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, held)
+				return err == nil && staged == key, fmt.Sprintf("staged %q, want %q (%v)", staged, key, err)
+			})
 			row, err := r.Store().Get(ctx, "item", held)
 			require.NoError(t, err)
 			require.Equal(t, registry.StateStarted, row.State)
@@ -88,9 +90,10 @@ func TestClaimedKeysAreStagedBeforeTheTransfer(t *testing.T) {
 				require.NotZero(t, counted.many.Load(), "BlobKeys calls")
 			} else {
 				require.Zero(t, counted.many.Load(), "BlobKeys calls through a strategy without it")
-				// One per record: the consistency pass asks none for
-				// records it only inserts.
-				require.EqualValues(t, len(ids), counted.one.Load(), "BlobKey calls without BlobKeys")
+				// At least one per record (the consistency pass asks none
+				// for records it only inserts; a record whose created
+				// event and backfill both mark it pending is synced twice).
+				require.GreaterOrEqual(t, int(counted.one.Load()), len(ids), "BlobKey calls without BlobKeys")
 			}
 			f.waitConverged(t, 60*time.Second, sec)
 		})

@@ -172,17 +172,19 @@ type claimed struct {
 	claims []registry.Claim
 	sums   map[registry.Key]string
 	// keys are the storage keys resolved for the claimed records (by
-	// replicators implementing keyResolver), recorded as staged.
-	keys map[registry.Key]string
-	err  error
+	// replicators implementing keyResolver), and staging records them as
+	// staged keys while the transfers run.
+	keys    map[registry.Key]string
+	staging *staging
+	err     error
 	// gen is the wake generation the claim was sent in: a short claim
 	// marks types dry only if no wake or poll came since (it may have
 	// been answered from before the work the wake announced).
 	gen uint64
 }
 
-// claim claims for limits, reads the claimed records' primary checksums
-// and resolves and stages their keys (stageClaimed). The claim must not
+// claim claims for limits, reads the claimed records' primary checksums,
+// resolves their keys and starts staging them (stageClaimed). The claim must not
 // be cut by shutdown: a statement cancelled after the server committed it
 // would leave rows claimed that this process never learns of (held until
 // their lease ends). What it claims runs under workCtx and finishes or is
@@ -203,14 +205,9 @@ func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeL
 	var sums map[registry.Key]string
 	done := make(chan struct{})
 	go func() { defer close(done); sums = e.primaryChecksums(lctx, claims) }()
-	keys, staged := e.stageClaimed(lctx, claims)
+	keys := e.resolveClaimed(lctx, claims)
 	<-done
-	for i := range claims {
-		if staged[claims[i].Key()] {
-			claims[i].StagedKey = keys[claims[i].Key()]
-		}
-	}
-	return claimed{limits: limits, claims: claims, sums: sums, keys: keys}
+	return claimed{limits: limits, claims: claims, sums: sums, keys: keys, staging: e.stageClaimed(workCtx, claims, keys)}
 }
 
 // keyResolver is implemented by replicators that store records at
@@ -222,18 +219,10 @@ type keyResolver interface {
 	resolveKeys(ctx context.Context, ids []int64) map[int64]string
 }
 
-// stageClaimed resolves the keys of the claimed records whose replicator
-// can (keyResolver) and records them as the rows' staged keys (StageKeys,
-// one durable transaction for the batch) before the syncs start: the
-// settles then publish without a staging transaction of their own, off
-// the group commit's critical path, and the syncs look up no key. It
-// returns the resolved keys and the rows it staged them for.
-//
-// A claim whose row names bytes at another staged key is not staged here:
-// its sync removes those first (ClearStagedKey) and stages at settle. A
-// failed lookup or staging is logged and changes nothing: the sync looks
-// its key up itself and the settle stages it, as for any replicator.
-func (e *syncEngine) stageClaimed(ctx context.Context, claims []registry.Claim) (keys map[registry.Key]string, staged map[registry.Key]bool) {
+// resolveClaimed resolves the keys of the claimed records whose
+// replicator can (keyResolver): the syncs then look up no key. A record
+// left out is looked up by its sync.
+func (e *syncEngine) resolveClaimed(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
 	ids := map[string][]int64{}
 	for _, c := range claims {
 		if _, ok := e.reps[c.Replicable].(keyResolver); ok {
@@ -241,14 +230,45 @@ func (e *syncEngine) stageClaimed(ctx context.Context, claims []registry.Claim) 
 		}
 	}
 	if len(ids) == 0 {
-		return nil, nil
+		return nil
 	}
-	keys = make(map[registry.Key]string, len(claims))
+	keys := make(map[registry.Key]string, len(claims))
 	for name, list := range ids {
 		for id, key := range e.reps[name].(keyResolver).resolveKeys(ctx, list) {
 			keys[registry.Key{Replicable: name, ModelID: id}] = key
 		}
 	}
+	return keys
+}
+
+// staging is one claimed batch's StageKeys, running while the batch's
+// transfers go on.
+type staging struct {
+	done   chan struct{}
+	staged map[registry.Key]bool // written before done is closed
+}
+
+// wait waits for the staging to end and reports whether it recorded k's
+// key. A nil staging staged nothing.
+func (s *staging) wait(k registry.Key) bool {
+	if s == nil {
+		return false
+	}
+	<-s.done
+	return s.staged[k]
+}
+
+// stageClaimed records the resolved keys of a claimed batch as the rows'
+// staged keys (StageKeys, one durable transaction) while the transfers
+// run: a sync waits for it before its settle, which then publishes
+// without a staging transaction of its own, off the group commit's
+// critical path.
+//
+// A claim whose row names bytes at another staged key is not staged here:
+// its sync removes those first (ClearStagedKey) and stages at settle. A
+// failed staging is logged and changes nothing: the settles stage those
+// keys themselves, as for any replicator.
+func (e *syncEngine) stageClaimed(workCtx context.Context, claims []registry.Claim, keys map[registry.Key]string) *staging {
 	var stagings []registry.Staging
 	for _, c := range claims {
 		key := keys[c.Key()]
@@ -256,14 +276,24 @@ func (e *syncEngine) stageClaimed(ctx context.Context, claims []registry.Claim) 
 			stagings = append(stagings, registry.Staging{Claim: c, Key: key})
 		}
 	}
-	staged, err := e.store.StageKeys(ctx, e.owner, stagings)
-	if err != nil {
-		if ctx.Err() == nil {
-			e.log.Warn("staging claimed keys failed: staging at settle instead", zap.Error(err))
-		}
-		return keys, nil
+	if len(stagings) == 0 {
+		return nil
 	}
-	return keys, staged
+	st := &staging{done: make(chan struct{})}
+	go func() {
+		defer close(st.done)
+		ctx, cancel := context.WithTimeout(workCtx, min(5*time.Second, e.lease/3))
+		defer cancel()
+		staged, err := e.store.StageKeys(ctx, e.owner, stagings)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Warn("staging claimed keys failed: staging at settle instead", zap.Error(err))
+			}
+			return
+		}
+		st.staged = staged
+	}()
+	return st
 }
 
 func (e *syncEngine) run(ctx context.Context) error {
@@ -296,7 +326,7 @@ func (e *syncEngine) run(ctx context.Context) error {
 		}
 		for _, c := range r.claims {
 			got[c.Replicable]++
-			e.start(workCtx, &wg, c, r.sums[c.Key()], r.keys[c.Key()])
+			e.start(workCtx, &wg, c, r.sums[c.Key()], r.keys[c.Key()], r.staging)
 		}
 		e.unreserve(r.limits, got)
 		// A failed claim waits for the next poll too, rather than retry
@@ -392,7 +422,7 @@ func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Cla
 	return out
 }
 
-func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum, key string) {
+func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum, key string, stg *staging) {
 	tctx, cancel := context.WithCancel(workCtx)
 	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
 	t := &task{claim: c, cancel: cancel}
@@ -433,7 +463,7 @@ func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regist
 			}
 			e.mu.Unlock()
 		}()
-		e.process(workCtx, tctx, t, primarySum, key)
+		e.process(workCtx, tctx, t, primarySum, key, stg)
 	}()
 }
 
@@ -476,8 +506,9 @@ func (e *syncEngine) renew(ctx context.Context) error {
 }
 
 // process syncs one claimed row and settles it. key is the record's
-// storage key if the claim resolved it, else "".
-func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, key string) {
+// storage key if the claim resolved it, else "", and stg the claimed
+// batch's staging of those keys.
+func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, key string, stg *staging) {
 	c := t.claim
 	rep := e.reps[c.Replicable]
 	log := e.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
@@ -549,6 +580,11 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 		}
 		e.mu.Lock() // renewals read the task's claim
 		t.claim.StagedKey = ""
+		e.mu.Unlock()
+	}
+	if stg.wait(c.Key()) {
+		e.mu.Lock() // renewals read the task's claim
+		t.claim.StagedKey = key
 		e.mu.Unlock()
 	}
 	ok, err := e.settle(t, registry.SyncedResult{
