@@ -122,6 +122,7 @@ func Run(t T, h Harness) {
 		{"failure/missing_on_primary", s.missingOnPrimary},
 		{"integrity/corruption_in_transit_rejected", s.corruptInTransit},
 		{"integrity/corruption_at_rest_repaired", s.corruptAtRest},
+		{"integrity/verified_against_primary_checksum", s.verifiedAgainstPrimaryChecksum},
 		{"blobs/empty", s.empty},
 		{"blobs/large", s.large},
 		{"retries/backoff_grows", s.backoffGrows},
@@ -654,6 +655,41 @@ func (s *suite) corruptInTransit(c *clause) {
 	fl.set(false)
 	c.waitSynced(w, sec, id, b)
 	c.converged(w, sec)
+}
+
+// verifiedAgainstPrimaryChecksum: the primary checksums a record (with
+// the adapter's strategy.Checksummer when it has one, else by reading the
+// bytes) and gets the SHA-256 of the bytes the application stored; a
+// secondary started after that syncs the record against that checksum and
+// settles it verified at once, with the same checksum.
+func (s *suite) verifiedAgainstPrimaryChecksum(c *clause) {
+	w, app := c.world()
+	b := data(21, 3000)
+	id, err := c.h.Create(c.ctx, app, b)
+	c.check(err, "create")
+	sec := c.h.Strategy(w.PrimaryDB)
+	sums, err := registry.NewChecksumStore(w.PrimaryDB, registry.Options{})
+	c.check(err, "checksum store")
+	want := sum(b)
+	c.waitFor(fmt.Sprintf("the primary's checksum of record %d", id), func() (bool, string) {
+		got, err := sums.Checksum(c.ctx, sec.Name(), id)
+		if err != nil {
+			return false, err.Error()
+		}
+		if got != "" && got != want {
+			c.failf("the primary's checksum of record %d: got %s, want %s (the SHA-256 of the bytes Create stored)", id, got, want)
+			return true, ""
+		}
+		return got == want, fmt.Sprintf("got %q, want %s", got, want)
+	})
+	r := w.Start(c.secondaryConfig(w, sec))
+	c.waitSynced(w, sec, id, b)
+	row, err := r.Store().Get(c.ctx, sec.Name(), id)
+	c.check(err, "registry row")
+	if row.VerificationState != registry.VerificationSucceeded || row.VerificationChecksum != want {
+		c.failf("row of record %d synced against the primary's checksum: got verification %s with checksum %q, want %s with %s",
+			id, row.VerificationState, row.VerificationChecksum, registry.VerificationSucceeded, want)
+	}
 }
 
 func (s *suite) corruptAtRest(c *clause) {

@@ -204,6 +204,17 @@ func (b batchKeysIgnoreScope) BlobKeys(ctx context.Context, ids []int64) (map[in
 	return batchKeys{&packagefile.Strategy{DB: b.DB}}.BlobKeys(ctx, ids)
 }
 
+// wrongChecksum's BlobChecksum (strategy.Checksummer) answers a digest
+// that is not the bytes'.
+type wrongChecksum struct{ *packagefile.Strategy }
+
+func (w wrongChecksum) BlobChecksum(ctx context.Context, id int64) (string, error) {
+	if _, err := w.BlobKey(ctx, id); err != nil {
+		return "", err
+	}
+	return strings.Repeat("ab", 32), nil
+}
+
 // TestSuiteCatchesBrokenAdapters runs clauses of the suite against
 // deliberately broken adapters and checks that each fails the intended
 // clause with a "clause: got X, want Y" message, and that the correct
@@ -231,6 +242,7 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 			}
 			return batchKeysIgnoreScope{s}
 		}, "adapter/batch_keys_agree"},
+		{"wrong_checksum", func(s *packagefile.Strategy) strategy.BlobStrategy { return wrongChecksum{s} }, "integrity/verified_against_primary_checksum"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
