@@ -45,17 +45,22 @@ const lockFileName = "lock"
 // temporary file survives a restart, even with several processes sharing
 // root.
 //
-// All file access goes through an os.Root, so even a symbolic link planted
-// under root cannot make Dir touch a file outside it; invalid keys are
-// rejected before any file system call.
+// All file access goes through an os.Root, or on Linux through openat2
+// with RESOLVE_BENEATH (the same rule, resolved by the kernel in one call)
+// and system calls relative to directories opened that way, so even a
+// symbolic link planted under root cannot make Dir touch a file outside
+// it; invalid keys are rejected before any file system call.
 type Dir struct {
 	root    *os.Root
 	path    string   // absolute path of root
 	tmpName string   // ".geo-tmp/<random>", relative to root
 	tmpDir  *os.File // tmpName, open
+	rootDir *os.File // root, open (openRead's openat2)
 	lock    *os.File
-	seq     atomic.Uint64 // temporary file names
-	closed  sync.Once
+	// noOpenat2 is set once openat2 turned out to be unavailable.
+	noOpenat2 atomic.Bool
+	seq       atomic.Uint64 // temporary file names
+	closed    sync.Once
 }
 
 // NewDir opens (creating it if needed) the storage directory root, takes its
@@ -77,7 +82,12 @@ func NewDir(root string) (*Dir, error) {
 		return nil, fmt.Errorf("blob: NewDir: %w", err)
 	}
 	d := &Dir{root: r, path: abs}
+	if d.rootDir, err = r.Open("."); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("blob: NewDir: %w", err)
+	}
 	if err := d.takeTemp(); err != nil {
+		d.rootDir.Close()
 		r.Close()
 		return nil, fmt.Errorf("blob: NewDir: %w", err)
 	}
@@ -213,6 +223,7 @@ func (d *Dir) Close() error {
 	d.closed.Do(func() {
 		err = d.root.RemoveAll(d.tmpName)
 		d.tmpDir.Close()
+		d.rootDir.Close()
 		d.lock.Close()
 		if cerr := d.root.Close(); err == nil {
 			err = cerr
@@ -242,7 +253,7 @@ func (d *Dir) Open(ctx context.Context, key string) (Reader, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("blob: open %q: %w", key, err)
 	}
-	f, err := d.root.Open(key)
+	f, err := d.openRead(key)
 	if err != nil {
 		return nil, notExist("open", key, err)
 	}
@@ -328,7 +339,7 @@ func (d *Dir) Create(ctx context.Context, key string) (Writer, error) {
 
 // syncDir fsyncs the directory rel (relative to root; "." is root).
 func (d *Dir) syncDir(rel string) error {
-	f, err := d.root.Open(rel)
+	f, err := d.openRead(rel)
 	if err != nil {
 		return err
 	}

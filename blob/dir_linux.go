@@ -54,12 +54,12 @@ func (d *Dir) createTemp(tmpBase, tmp string) (*os.File, error) {
 // error with renamed true is the directory fsync's.
 func (d *Dir) publish(tmpBase, tmp, key string) (renamed bool, err error) {
 	dir := path.Dir(key)
-	dst, err := d.root.Open(dir)
+	dst, err := d.openRead(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := d.ensureDir(dir); err != nil {
 			return false, err
 		}
-		dst, err = d.root.Open(dir)
+		dst, err = d.openRead(dir)
 	}
 	if err != nil {
 		return false, err

@@ -26,3 +26,8 @@ func (d *Dir) publish(_, tmp, key string) (renamed bool, err error) {
 	}
 	return true, d.syncDir(dir)
 }
+
+// openRead opens name (relative to root) for reading.
+func (d *Dir) openRead(name string) (*os.File, error) {
+	return d.root.Open(name)
+}
