@@ -36,12 +36,15 @@ type Claim struct {
 	// 0 if none).
 	BlobKey  string
 	BlobSize int64
-	// StagedKey names bytes at a key the row does not record as its own
-	// ("" if none): an earlier sync recorded it with StageKeys and
-	// published there without its settle committing, or a deleted
-	// record's removal failed and RequeueRemoval kept the event's key.
-	// The next sync removes them (ClearStagedKey) unless it stores the
-	// record at that same key; a delete removes them.
+	// StagedKey names bytes that may exist at a key the row does not
+	// record as its own ("" if none): an earlier sync recorded it with
+	// StageKeys (the sync engine stages a claimed batch's keys while
+	// their transfers run) and may have published there without its
+	// settle committing, or a deleted record's removal failed and
+	// RequeueRemoval kept the event's key. The next sync removes them
+	// (ClearStagedKey) unless it stores the record at that same key; a
+	// delete removes them. Removing bytes that were never published
+	// removes nothing.
 	StagedKey string
 	// VerificationChecksum is the local SHA-256 (hex) recorded by the last
 	// sync or verification, "" if none.
