@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
@@ -169,4 +170,126 @@ func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
 	// The record moves again; B must not be left behind.
 	require.NoError(t, f.app.Update(ctx, id, payload(3, 3000)))
 	f.waitConverged(t, 60*time.Second, sec)
+}
+
+// publishWatch is a Storage that reports when a download of one key has
+// its bytes fsynced (downloaded) and records, at the moment that key is
+// published, the staged key its registry row has committed.
+type publishWatch struct {
+	blob.Storage
+	db         *sqlx.DB
+	id         int64
+	key        string
+	downloaded chan struct{}
+	published  chan string // the committed staged_key seen at publish
+}
+
+func (p *publishWatch) Create(ctx context.Context, key string) (blob.Writer, error) {
+	w, err := p.Storage.Create(ctx, key)
+	if err != nil || key != p.key {
+		return w, err
+	}
+	return &publishWatchWriter{Writer: w, p: p}, nil
+}
+
+type publishWatchWriter struct {
+	blob.Writer
+	p *publishWatch
+}
+
+func (w *publishWatchWriter) Sync(ctx context.Context) error {
+	err := w.Writer.(blob.Syncer).Sync(ctx)
+	select {
+	case w.p.downloaded <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+func (w *publishWatchWriter) Commit(ctx context.Context) error {
+	var staged string
+	err := w.p.db.GetContext(ctx, &staged,
+		`SELECT coalesce(staged_key, '') FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, w.p.id)
+	if err != nil {
+		staged = "error: " + err.Error()
+	}
+	select {
+	case w.p.published <- staged:
+	default:
+	}
+	return w.Writer.Commit(ctx)
+}
+
+// TestStagedKeyIsDurableBeforePublish: a key must be committed as the
+// row's staged key before its bytes are published (else a crash between
+// the publish and the settle's commit leaves bytes no row names). The
+// claimed batch's staging runs beside the transfer; a sync may skip the
+// settle's own staging only for a key that staging committed. Every
+// staging statement is held on an advisory lock until the download is
+// done: nothing may be published meanwhile, and the publish after the
+// release must see the staged key committed. (Trusting the batch's staging
+// before it commits fails here.)
+func TestStagedKeyIsDurableBeforePublish(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	id, err := f.app.Create(ctx, 0, payload(1, 1000))
+	require.NoError(t, err)
+	key, err := f.items.BlobKey(ctx, id)
+	require.NoError(t, err)
+	// Hold the staging statement (and only it) before it locks any row.
+	_, err = f.TrackingDB.ExecContext(ctx, `
+CREATE FUNCTION test_hold_staging() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_query() LIKE '%staged_key = k.key%' THEN
+    PERFORM pg_advisory_xact_lock_shared(4242);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER test_hold_staging BEFORE UPDATE ON geo_registry
+  FOR EACH STATEMENT EXECUTE FUNCTION test_hold_staging();`)
+	require.NoError(t, err)
+	hold, err := f.TrackingDB.Conn(ctx)
+	require.NoError(t, err)
+	defer hold.Close()
+	_, err = hold.ExecContext(ctx, `SELECT pg_advisory_lock(4242)`)
+	require.NoError(t, err)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			_, err := hold.ExecContext(ctx, `SELECT pg_advisory_unlock(4242)`)
+			require.NoError(t, err)
+		}
+	}
+	defer release()
+
+	watch := &publishWatch{db: f.TrackingDB, id: id, key: key,
+		downloaded: make(chan struct{}, 1), published: make(chan string, 1)}
+	r, _ := f.startFaulty(t, id, func(dir *blob.Dir, _ string) blob.Storage {
+		watch.Storage = dir
+		return watch
+	}, func(*replicator.SecondaryConfig) {})
+	r.TriggerConsistency()
+	waitClosed(t, watch.downloaded, "the record's bytes downloaded")
+	geotest.WaitFor(t, 30*time.Second, "the staging statement waits on the held lock", func() (bool, string) {
+		var n int
+		err := f.TrackingDB.GetContext(ctx, &n, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted`)
+		return err == nil && n > 0, fmt.Sprint(n, err)
+	})
+	// The bytes are ready and the staging is held: a settle that did not
+	// wait would publish now, within milliseconds.
+	select {
+	case staged := <-watch.published:
+		t.Fatalf("published while the staging was held (committed staged key %q)", staged)
+	case <-time.After(500 * time.Millisecond):
+	}
+	release()
+	select {
+	case staged := <-watch.published:
+		require.Equal(t, key, staged, "the row's committed staged key when its bytes were published")
+	case <-time.After(30 * time.Second):
+		t.Fatal("not published within 30s of the staging's release")
+	}
+	f.waitRowState(t, r.Store(), id, registry.StateSynced)
 }
