@@ -196,11 +196,9 @@ func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeL
 	if err != nil {
 		return claimed{limits: limits, err: err}
 	}
-	// The claimed rows are renewed only once the tasks start: bound the
-	// lookups well inside the lease (and shutdown waits for them). The
-	// checksums and the keys are independent reads of the primary's
+	// The checksums and the keys are independent reads of the primary's
 	// replica: one waits for the other's round trip.
-	lctx, lcancel := context.WithTimeout(workCtx, min(5*time.Second, e.lease/3))
+	lctx, lcancel := context.WithTimeout(workCtx, e.lookupTimeout())
 	defer lcancel()
 	var sums map[registry.Key]string
 	done := make(chan struct{})
@@ -223,23 +221,37 @@ type keyResolver interface {
 // replicator can (keyResolver): the syncs then look up no key. A record
 // left out is looked up by its sync.
 func (e *syncEngine) resolveClaimed(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
+	return byType(claims, func(name string, ids []int64) map[int64]string {
+		if r, ok := e.reps[name].(keyResolver); ok {
+			return r.resolveKeys(ctx, ids)
+		}
+		return nil
+	})
+}
+
+// byType calls lookup once per type with the claimed ids of that type and
+// gathers its answers by row key (nil when there are none).
+func byType(claims []registry.Claim, lookup func(name string, ids []int64) map[int64]string) map[registry.Key]string {
 	ids := map[string][]int64{}
 	for _, c := range claims {
-		if _, ok := e.reps[c.Replicable].(keyResolver); ok {
-			ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
-		}
+		ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
 	}
-	if len(ids) == 0 {
-		return nil
-	}
-	keys := make(map[registry.Key]string, len(claims))
+	var out map[registry.Key]string
 	for name, list := range ids {
-		for id, key := range e.reps[name].(keyResolver).resolveKeys(ctx, list) {
-			keys[registry.Key{Replicable: name, ModelID: id}] = key
+		for id, v := range lookup(name, list) {
+			if out == nil {
+				out = make(map[registry.Key]string, len(claims))
+			}
+			out[registry.Key{Replicable: name, ModelID: id}] = v
 		}
 	}
-	return keys
+	return out
 }
+
+// lookupTimeout bounds the lookups and the staging that follow a claim:
+// the claimed rows are renewed only once their tasks start, so well
+// inside the lease (and shutdown waits for them).
+func (e *syncEngine) lookupTimeout() time.Duration { return min(5*time.Second, e.lease/3) }
 
 // staging is one claimed batch's StageKeys, running while the batch's
 // transfers go on.
@@ -282,7 +294,7 @@ func (e *syncEngine) stageClaimed(workCtx context.Context, claims []registry.Cla
 	st := &staging{done: make(chan struct{})}
 	go func() {
 		defer close(st.done)
-		ctx, cancel := context.WithTimeout(workCtx, min(5*time.Second, e.lease/3))
+		ctx, cancel := context.WithTimeout(workCtx, e.lookupTimeout())
 		defer cancel()
 		staged, err := e.store.StageKeys(ctx, e.owner, stagings)
 		if err != nil {
@@ -399,27 +411,19 @@ func (e *syncEngine) run(ctx context.Context) error {
 // the checksums unknown: the download then proves only the transfer, and
 // the row stays verification pending (as with a record never checksummed).
 func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
-	if e.checksums == nil || len(claims) == 0 {
+	if e.checksums == nil {
 		return nil
 	}
-	ids := map[string][]int64{}
-	for _, c := range claims {
-		ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
-	}
-	out := make(map[registry.Key]string, len(claims))
-	for name, list := range ids {
-		sums, err := e.checksums(ctx, name, list)
+	return byType(claims, func(name string, ids []int64) map[int64]string {
+		sums, err := e.checksums(ctx, name, ids)
 		if err != nil {
 			if ctx.Err() == nil {
 				e.log.Debug("primary checksum lookup failed", zap.String("replicable", name), zap.Error(err))
 			}
-			continue
+			return nil
 		}
-		for id, sum := range sums {
-			out[registry.Key{Replicable: name, ModelID: id}] = sum
-		}
-	}
-	return out
+		return sums
+	})
 }
 
 func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum, key string, stg *staging) {
