@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -23,6 +24,9 @@ type Strategy struct {
 	// ModelTypes is an optional scope: only uploads owned by these model
 	// types (e.g. "Project") are replicated. nil means everything.
 	ModelTypes []string
+
+	mu      sync.Mutex
+	rowStmt *sqlx.Stmt // rowQuery, prepared on first use
 }
 
 var (
@@ -54,10 +58,24 @@ func (s *Strategy) IDs(ctx context.Context, after int64, limit int) ([]int64, er
 	return ids, nil
 }
 
+const rowQuery = `SELECT ` + uploadColumns + ` FROM uploads WHERE id = $1 AND ` + inScope
+
+// row reads one upload in scope. BlobKey runs once per blob the primary
+// serves, so its query is prepared once instead of planned on every call
+// (database/sql prepares it again on each pooled connection by itself).
 func (s *Strategy) row(ctx context.Context, id int64) (Upload, error) {
 	var u Upload
-	err := s.DB.GetContext(ctx, &u,
-		`SELECT `+uploadColumns+` FROM uploads WHERE id = $1 AND `+inScope, id, s.scope())
+	s.mu.Lock()
+	st := s.rowStmt
+	var err error
+	if st == nil {
+		st, err = s.DB.PreparexContext(ctx, rowQuery)
+		s.rowStmt = st
+	}
+	s.mu.Unlock()
+	if err == nil {
+		err = st.GetContext(ctx, &u, id, s.scope())
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return u, fmt.Errorf("upload %d: %w", id, strategy.ErrNotFound)
 	}

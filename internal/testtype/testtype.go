@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -42,6 +43,40 @@ type Type struct {
 	Regions []int
 	// KeyPrefix starts every key; "" means the table name.
 	KeyPrefix string
+
+	mu    sync.Mutex
+	stmts map[string]*sqlx.Stmt
+}
+
+// stmt returns q prepared on t.DB (once; database/sql prepares it again on
+// each pooled connection it runs on), bound to tx when tx is not nil. The
+// endpoint asks BlobKey once per blob it serves: unprepared, PostgreSQL
+// planned the lookup on every call (docs/performance.md).
+func (t *Type) stmt(ctx context.Context, tx *sqlx.Tx, q string) (*sqlx.Stmt, error) {
+	t.mu.Lock()
+	st := t.stmts[q]
+	t.mu.Unlock()
+	if st == nil {
+		var err error
+		if st, err = t.DB.PreparexContext(ctx, q); err != nil {
+			return nil, err
+		}
+		t.mu.Lock()
+		if old := t.stmts[q]; old != nil {
+			_ = st.Close()
+			st = old
+		} else {
+			if t.stmts == nil {
+				t.stmts = map[string]*sqlx.Stmt{}
+			}
+			t.stmts[q] = st
+		}
+		t.mu.Unlock()
+	}
+	if tx != nil {
+		return tx.StmtxContext(ctx, st), nil
+	}
+	return st, nil
 }
 
 // Name implements strategy.BlobStrategy.
@@ -72,7 +107,10 @@ func (t *Type) BlobKey(ctx context.Context, id int64) (string, error) {
 	scope, extra := t.scopeSQL(2)
 	q := fmt.Sprintf(`SELECT blob_key FROM %s WHERE id = $1%s`, pq.QuoteIdentifier(t.Table), scope)
 	var key string
-	err := t.DB.GetContext(ctx, &key, q, append([]any{id}, extra...)...)
+	st, err := t.stmt(ctx, nil, q)
+	if err == nil {
+		err = st.GetContext(ctx, &key, append([]any{id}, extra...)...)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("%s %d: %w", t.TypeName, id, strategy.ErrNotFound)
 	}
@@ -84,7 +122,11 @@ func (t *Type) BlobKey(ctx context.Context, id int64) (string, error) {
 func (t *Type) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
 	scope, extra := t.scopeSQL(2)
 	q := fmt.Sprintf(`SELECT id, blob_key FROM %s WHERE id = ANY($1::bigint[])%s`, pq.QuoteIdentifier(t.Table), scope)
-	rows, err := t.DB.QueryContext(ctx, q, append([]any{pq.Array(ids)}, extra...)...)
+	st, err := t.stmt(ctx, nil, q)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, append([]any{pq.Array(ids)}, extra...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -124,12 +166,19 @@ func (a *App) Create(ctx context.Context, region int, data []byte) (int64, error
 	}
 	defer tx.Rollback()
 	var id int64
-	q := fmt.Sprintf(`INSERT INTO %s (blob_key, region) VALUES ('', $1) RETURNING id`, pq.QuoteIdentifier(a.Type.Table))
-	if err := tx.GetContext(ctx, &id, q, region); err != nil {
+	ins, err := a.Type.stmt(ctx, tx, fmt.Sprintf(`INSERT INTO %s (blob_key, region) VALUES ('', $1) RETURNING id`, pq.QuoteIdentifier(a.Type.Table)))
+	if err != nil {
+		return 0, err
+	}
+	if err := ins.GetContext(ctx, &id, region); err != nil {
 		return 0, err
 	}
 	key := a.key(id, 1)
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)), id, key); err != nil {
+	set, err := a.Type.stmt(ctx, tx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)))
+	if err != nil {
+		return 0, err
+	}
+	if _, err := set.ExecContext(ctx, id, key); err != nil {
 		return 0, err
 	}
 	if err := a.write(ctx, key, data); err != nil {
