@@ -97,6 +97,13 @@ SELECT $1, k.id, 2, k.sum, $4, now() FROM unnest($2::bigint[], $3::text[]) AS k(
 	if err != nil {
 		return fmt.Errorf("primary checksums: %w", err)
 	}
+	// Statistics, as a table in use has them (and as the items table and
+	// the registry get): without them the planner found a generic plan of
+	// the secondaries' checksum lookup dearer than a custom one and planned
+	// every other lookup afresh.
+	if _, err := b.primaryDB.ExecContext(ctx, `VACUUM ANALYZE geo_checksums`); err != nil {
+		return fmt.Errorf("primary checksums: %w", err)
+	}
 	return nil
 }
 
