@@ -65,14 +65,7 @@ const rowQuery = `SELECT ` + uploadColumns + ` FROM uploads WHERE id = $1 AND ` 
 // (database/sql prepares it again on each pooled connection by itself).
 func (s *Strategy) row(ctx context.Context, id int64) (Upload, error) {
 	var u Upload
-	s.mu.Lock()
-	st := s.rowStmt
-	var err error
-	if st == nil {
-		st, err = s.DB.PreparexContext(ctx, rowQuery)
-		s.rowStmt = st
-	}
-	s.mu.Unlock()
+	st, err := s.rowStatement(ctx)
 	if err == nil {
 		err = st.GetContext(ctx, &u, id, s.scope())
 	}
@@ -83,6 +76,29 @@ func (s *Strategy) row(ctx context.Context, id int64) (Upload, error) {
 		return u, fmt.Errorf("upload %d: %w", id, err)
 	}
 	return u, nil
+}
+
+// rowStatement returns rowQuery prepared, preparing it on first use (not
+// under the lock: a slow primary holds up only the callers that need it).
+func (s *Strategy) rowStatement(ctx context.Context) (*sqlx.Stmt, error) {
+	s.mu.Lock()
+	st := s.rowStmt
+	s.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	st, err := s.DB.PreparexContext(ctx, rowQuery)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rowStmt != nil { // another caller prepared it meanwhile
+		_ = st.Close()
+		return s.rowStmt, nil
+	}
+	s.rowStmt = st
+	return st, nil
 }
 
 func (s *Strategy) BlobKey(ctx context.Context, id int64) (string, error) {
