@@ -156,12 +156,19 @@ func (o *recObserver) counts() (ok, fail, skipped int) {
 	return o.verifyOK, o.verifyFail, o.skipped
 }
 
+// flipBit flips one bit of the file in place, as rot would: one byte
+// rewritten, never a truncated file that a concurrent reader (a
+// re-verification) could see empty. It returns the new contents.
 func flipBit(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	b[len(b)/2] ^= 0x01
-	require.NoError(t, os.WriteFile(path, b, 0o644))
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(b[len(b)/2:len(b)/2+1], int64(len(b)/2))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
 	return b
 }
 
