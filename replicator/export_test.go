@@ -1,6 +1,10 @@
 package replicator
 
-import "context"
+import (
+	"context"
+
+	"github.com/geoframework/geo/strategy"
+)
 
 // VerifyDueNow runs the secondary's verification engine until no row is
 // due (for benchmarks). It returns the number of rows it claimed.
@@ -13,4 +17,26 @@ func VerifyDueNow(ctx context.Context, s *Secondary) (int, error) {
 			return total, err
 		}
 	}
+}
+
+// KeyBatcher is the transfer endpoint's key batcher, for tests.
+type KeyBatcher struct{ b *keyBatcher }
+
+// NewKeyBatcher returns s's key batcher, nil when s is no
+// strategy.BatchKeyer.
+func NewKeyBatcher(s strategy.BlobStrategy) *KeyBatcher {
+	if b := newKeyBatcher(s); b != nil {
+		return &KeyBatcher{b}
+	}
+	return nil
+}
+
+// Key asks record id's key as the endpoint does.
+func (k *KeyBatcher) Key(ctx context.Context, id int64) (string, error) { return k.b.key(ctx, id) }
+
+// Waiting is how many requests wait for the next round.
+func (k *KeyBatcher) Waiting() int {
+	k.b.mu.Lock()
+	defer k.b.mu.Unlock()
+	return len(k.b.queue)
 }

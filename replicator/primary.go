@@ -132,6 +132,9 @@ type Primary struct {
 	pub      *events.Publisher
 	cs       *registry.ChecksumStore
 	verifier *primaryVerifier
+	// keys holds the endpoint's key batcher of each type implementing
+	// strategy.BatchKeyer (and not strategy.Opener); built once.
+	keys map[string]*keyBatcher
 }
 
 // NewPrimary validates cfg (a bad field is an error naming it) and builds
@@ -163,7 +166,16 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
-	p := &Primary{cfg: cfg, cs: cs}
+	p := &Primary{cfg: cfg, cs: cs, keys: map[string]*keyBatcher{}}
+	for _, n := range cfg.Strategies.Names() {
+		s, _ := cfg.Strategies.Lookup(n)
+		if _, ok := s.(strategy.Opener); ok {
+			continue
+		}
+		if b := newKeyBatcher(s); b != nil {
+			p.keys[n] = b
+		}
+	}
 	p.verifier = &primaryVerifier{cs: cs, set: cfg.Strategies, storage: cfg.Storage, cfg: &p.cfg, log: cfg.Logger}
 	h, err := blob.NewHandler(blob.HandlerConfig{Resolve: p.resolve, Checksum: cs.Checksum,
 		Secrets: cfg.Secrets, Logger: cfg.Logger, Observe: cfg.Observe})
@@ -214,18 +226,19 @@ func (p *Primary) Checksums() *registry.ChecksumStore { return p.cs }
 // an error matching strategy.ErrNotFound, missing bytes one matching
 // strategy.ErrBlobMissing.
 func openPrimary(ctx context.Context, s strategy.BlobStrategy, storage blob.Storage, id int64) (io.ReadSeekCloser, int64, error) {
-	rc, size, _, err := openPrimaryKey(ctx, s, storage, id)
+	rc, size, _, err := openPrimaryKey(ctx, s, s.BlobKey, storage, id)
 	return rc, size, err
 }
 
 // openPrimaryKey is openPrimary that also returns the key the bytes were
-// opened at ("" for a strategy.Opener).
-func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, storage blob.Storage, id int64) (io.ReadSeekCloser, int64, string, error) {
+// opened at ("" for a strategy.Opener), asking keyOf (s.BlobKey or a
+// keyBatcher's key) for the key.
+func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, keyOf func(context.Context, int64) (string, error), storage blob.Storage, id int64) (io.ReadSeekCloser, int64, string, error) {
 	if o, ok := s.(strategy.Opener); ok {
 		rc, size, err := o.OpenBlob(ctx, id)
 		return rc, size, "", err
 	}
-	key, err := s.BlobKey(ctx, id)
+	key, err := keyOf(ctx, id)
 	if err != nil {
 		return nil, 0, "", err
 	}
@@ -242,7 +255,9 @@ func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, storage blob.S
 	return r, r.Size(), key, nil
 }
 
-// resolve opens a record's bytes for the transfer endpoint. Their checksum,
+// resolve opens a record's bytes for the transfer endpoint, asking the key
+// through the type's keyBatcher when it implements strategy.BatchKeyer
+// (concurrent requests share a BlobKeys query), else BlobKey. Their checksum,
 // so that the secondary verifies them in transit (R6), is the one the
 // secondary sends (the primary's stored checksum, read in the batch of its
 // claim), else the stored good checksum from geo_checksums (the handler's
@@ -257,7 +272,11 @@ func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blo
 	if !ok {
 		return blob.Source{}, fmt.Errorf("%w: %q", blob.ErrUnknownReplicable, replicable)
 	}
-	rc, size, key, err := openPrimaryKey(ctx, s, p.cfg.Storage, id)
+	keyOf := s.BlobKey
+	if b := p.keys[replicable]; b != nil {
+		keyOf = b.key
+	}
+	rc, size, key, err := openPrimaryKey(ctx, s, keyOf, p.cfg.Storage, id)
 	if err != nil {
 		return blob.Source{}, err
 	}

@@ -77,7 +77,10 @@ type BlobStrategy interface {
 // keys of many records in one query. A secondary's sync engine claims
 // records in batches and, when the strategy implements it, resolves each
 // batch's keys with one BlobKeys call instead of one BlobKey call per
-// record (one round trip to the primary's replica instead of dozens).
+// record (one round trip to the primary's replica instead of dozens). The
+// primary's transfer endpoint answers the lookups of requests that arrive
+// while one BlobKeys call runs with the next call, and asks BlobKey what
+// a call leaves out or every id of a call that fails.
 type BatchKeyer interface {
 	// BlobKeys returns the key of each of ids that BlobKey would give a
 	// key for, exactly that key, under the same rules (scope, validity,
