@@ -47,12 +47,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 			f := newFixture(t)
 			ctx := context.Background()
 			g, url := f.gated(t)
-			var ids []int64
-			for i := range 5 {
-				id, err := f.app.Create(ctx, 0, payload(i, 1000))
-				require.NoError(t, err)
-				ids = append(ids, id)
-			}
+			ids := f.createItems(t, 5, 1000)
 			held := ids[2]
 			arrived, release := g.Hold("item", held)
 			defer release()

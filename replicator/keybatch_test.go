@@ -6,13 +6,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/strategy"
 )
@@ -21,19 +19,13 @@ import (
 // ids of every call; BlobKey calls are counted. panics makes BlobKeys
 // panic instead.
 type heldKeys struct {
-	*testtype.Type
+	*countingKeys
 	entered chan struct{} // closed when the first BlobKeys call starts
 	release chan struct{}
 	panics  bool
 
 	mu    sync.Mutex
 	calls [][]int64
-	one   atomic.Int32
-}
-
-func (h *heldKeys) BlobKey(ctx context.Context, id int64) (string, error) {
-	h.one.Add(1)
-	return h.Type.BlobKey(ctx, id)
 }
 
 func (h *heldKeys) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, error) {
@@ -48,7 +40,7 @@ func (h *heldKeys) BlobKeys(ctx context.Context, ids []int64) (map[int64]string,
 	if h.panics {
 		panic("adapter bug")
 	}
-	return h.Type.BlobKeys(ctx, ids)
+	return h.countingKeys.BlobKeys(ctx, ids)
 }
 
 // TestEndpointKeyLookupsShareRounds: the transfer endpoint's key lookups
@@ -64,15 +56,10 @@ func TestEndpointKeyLookupsShareRounds(t *testing.T) {
 		t.Run(fmt.Sprintf("panics=%v", panics), func(t *testing.T) {
 			f := newFixture(t)
 			ctx := context.Background()
-			var ids []int64
-			for i := range 12 {
-				id, err := f.app.Create(ctx, 0, payload(i, 100))
-				require.NoError(t, err)
-				ids = append(ids, id)
-			}
+			ids := f.createItems(t, 12, 100)
 			gone := ids[11]
 			require.NoError(t, f.app.Delete(ctx, gone, false))
-			h := &heldKeys{Type: f.secondaryItems(), entered: make(chan struct{}), release: make(chan struct{}), panics: panics}
+			h := &heldKeys{countingKeys: &countingKeys{Type: f.secondaryItems()}, entered: make(chan struct{}), release: make(chan struct{}), panics: panics}
 			kb := replicator.NewKeyBatcher(h)
 			require.NotNil(t, kb)
 			require.Nil(t, replicator.NewKeyBatcher(singleKeys{h}), "no batcher without BatchKeyer")

@@ -64,6 +64,19 @@ func (f *fixture) secondaryItems(regions ...int) *testtype.Type {
 	return t
 }
 
+// createItems creates n items through the application (events
+// published), item i with payload(i, size), and returns their ids.
+func (f *fixture) createItems(t *testing.T, n, size int) []int64 {
+	t.Helper()
+	ids := make([]int64, 0, n)
+	for i := range n {
+		id, err := f.app.Create(context.Background(), 0, payload(i, size))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 func payload(i, size int) []byte {
 	b := make([]byte, size)
 	for j := range b {
