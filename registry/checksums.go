@@ -91,7 +91,7 @@ func (s *ChecksumStore) Checksum(ctx context.Context, replicable string, id int6
 	var sum sql.NullString
 	st, err := s.prepared(ctx, nil, checksumSQL)
 	if err == nil {
-		err = s.stmts.check(checksumSQL, st.GetContext(ctx, &sum, replicable, id))
+		err = s.stmts.Check(checksumSQL, st.GetContext(ctx, &sum, replicable, id))
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
@@ -114,7 +114,7 @@ func (s *ChecksumStore) Checksums(ctx context.Context, replicable string, ids []
 		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
 	}
 	rows, err := st.QueryContext(ctx, replicable, pq.Array(ids))
-	if err = s.stmts.check(checksumsSQL, err); err != nil {
+	if err = s.stmts.Check(checksumsSQL, err); err != nil {
 		return nil, fmt.Errorf("registry: checksums %s: %w", replicable, err)
 	}
 	defer rows.Close()

@@ -125,7 +125,7 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 		if err != nil {
 			return err
 		}
-		return s.stmts.check(claimSQL, st.SelectContext(ctx, &rows, args...))
+		return s.stmts.Check(claimSQL, st.SelectContext(ctx, &rows, args...))
 	}); err != nil {
 		return nil, fmt.Errorf("registry: claim: %w", err)
 	}
@@ -251,7 +251,7 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 		if err != nil {
 			return err
 		}
-		return s.stmts.check(renewLeasesSQL, st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now))
+		return s.stmts.Check(renewLeasesSQL, st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now))
 	}); err != nil {
 		return nil, fmt.Errorf("registry: renew leases: %w", err)
 	}

@@ -121,7 +121,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		}
 		rows, err := lock.QueryContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs))
 		if err != nil {
-			return s.stmts.check(lockHeldSQL, err)
+			return s.stmts.Check(lockHeldSQL, err)
 		}
 		var locked []int
 		for rows.Next() {
@@ -184,7 +184,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		res, err := upd.ExecContext(ctx, owner, now, pq.Array(uTypes), pq.Array(uIDs), pq.Array(uSeqs),
 			pq.Array(uKeys), pq.Array(uSizes), pq.Array(uStates), pq.Array(uSums))
 		if err != nil {
-			return s.stmts.check(settleBatchSQL, err)
+			return s.stmts.Check(settleBatchSQL, err)
 		}
 		n, err := res.RowsAffected()
 		if err != nil {

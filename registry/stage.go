@@ -117,7 +117,7 @@ func (s *Store) StageKeys(ctx context.Context, owner string, stagings []Staging)
 		}
 		rows, err := st.QueryContext(ctx, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), pq.Array(keys))
 		if err != nil {
-			return s.stmts.check(stageKeysSQL, err)
+			return s.stmts.Check(stageKeysSQL, err)
 		}
 		defer rows.Close()
 		for rows.Next() {

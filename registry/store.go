@@ -12,6 +12,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/geoframework/geo/internal/stmtcache"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -59,7 +60,7 @@ type Store struct{ base }
 // retry policy and the failure-reason cut, validated and defaulted once.
 type base struct {
 	db            *sqlx.DB
-	stmts         *stmtCache
+	stmts         *stmtcache.Cache
 	now           func() time.Time
 	retry         strategy.RetryPolicy
 	maxFailureLen int
@@ -74,7 +75,7 @@ func newBase(who string, db *sqlx.DB, opts Options) (base, error) {
 	if opts.MaxFailureLen < 0 {
 		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want >= 0", who, opts.MaxFailureLen)
 	}
-	b := base{db: db, stmts: newStmtCache(db), now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
+	b := base{db: db, stmts: stmtcache.New(db), now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
 	if b.now == nil {
 		b.now = time.Now
 	}

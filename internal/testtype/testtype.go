@@ -20,6 +20,7 @@ import (
 
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/internal/stmtcache"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -45,38 +46,21 @@ type Type struct {
 	KeyPrefix string
 
 	mu    sync.Mutex
-	stmts map[string]*sqlx.Stmt
+	stmts *stmtcache.Cache // made on first use
 }
 
-// stmt returns q prepared on t.DB (once; database/sql prepares it again on
-// each pooled connection it runs on), bound to tx when tx is not nil. The
-// endpoint asks BlobKey once per blob it serves: unprepared, PostgreSQL
-// planned the lookup on every call (docs/performance.md).
+// stmt returns q prepared on t.DB (internal/stmtcache), bound to tx
+// when tx is not nil. The endpoint asks BlobKey once per blob it serves
+// (BlobKeys under load): unprepared, PostgreSQL planned the lookup on
+// every call (docs/performance.md).
 func (t *Type) stmt(ctx context.Context, tx *sqlx.Tx, q string) (*sqlx.Stmt, error) {
 	t.mu.Lock()
-	st := t.stmts[q]
+	if t.stmts == nil {
+		t.stmts = stmtcache.New(t.DB)
+	}
+	c := t.stmts
 	t.mu.Unlock()
-	if st == nil {
-		var err error
-		if st, err = t.DB.PreparexContext(ctx, q); err != nil {
-			return nil, err
-		}
-		t.mu.Lock()
-		if old := t.stmts[q]; old != nil {
-			_ = st.Close()
-			st = old
-		} else {
-			if t.stmts == nil {
-				t.stmts = map[string]*sqlx.Stmt{}
-			}
-			t.stmts[q] = st
-		}
-		t.mu.Unlock()
-	}
-	if tx != nil {
-		return tx.StmtxContext(ctx, st), nil
-	}
-	return st, nil
+	return c.Prepared(ctx, tx, q)
 }
 
 // Name implements strategy.BlobStrategy.
