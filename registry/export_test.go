@@ -85,3 +85,12 @@ func (s *Store) ExplainPrepared(ctx context.Context, set, query string, args ...
 
 // RowPlansSQL is rowPlansSQL, for plan tests.
 const RowPlansSQL = rowPlansSQL
+
+// CopyMissing writes ids with InsertMissing's COPY path only (no
+// fallback), for tests; IsUniqueViolation classifies its error.
+func (s *Store) CopyMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
+	return s.copyMissing(ctx, replicable, ids)
+}
+
+// IsUniqueViolation is isUniqueViolation, for tests.
+func IsUniqueViolation(err error) bool { return isUniqueViolation(err) }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
+	"github.com/stretchr/testify/require"
 )
 
 func TestNewStoreValidates(t *testing.T) {
@@ -137,6 +138,52 @@ func TestInsertMissing(t *testing.T) {
 	if n, err := s.InsertMissing(ctx, "a", nil); err != nil || n != 0 {
 		t.Fatalf("InsertMissing(nil) = %d, %v", n, err)
 	}
+}
+
+// TestInsertMissingCopy checks InsertMissing's COPY path: it writes the
+// same rows as the INSERT (the store's clock, pending, a seq each, any
+// type name), fails whole on an id that has a row, after which
+// InsertMissing's fallback inserts the rest, and the maintained counts
+// see rows written either way.
+func TestInsertMissingCopy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, db, clock := newStore(t, registry.Options{})
+	at := time.Date(2031, 5, 6, 7, 8, 9, 123456000, time.FixedZone("east", 5*3600))
+	clock.Set(at)
+	const name = "odd\tname\\ with\nescapes"
+	n, err := s.CopyMissing(ctx, name, ids(1, 3000))
+	require.NoError(t, err)
+	require.EqualValues(t, 3000, n)
+	var got struct {
+		N       int64     `db:"n"`
+		Seqs    int64     `db:"seqs"`
+		Pending int64     `db:"pending"`
+		MinAt   time.Time `db:"min_at"`
+		MaxAt   time.Time `db:"max_at"`
+	}
+	require.NoError(t, db.GetContext(ctx, &got, `
+SELECT count(*) AS n, count(DISTINCT seq) AS seqs, count(*) FILTER (WHERE state = 0) AS pending,
+  least(min(created_at), min(updated_at)) AS min_at, greatest(max(created_at), max(updated_at)) AS max_at
+FROM geo_registry WHERE replicable = $1`, name))
+	require.EqualValues(t, 3000, got.N)
+	require.EqualValues(t, 3000, got.Seqs)
+	require.EqualValues(t, 3000, got.Pending)
+	require.True(t, got.MinAt.Equal(at) && got.MaxAt.Equal(at), "created_at/updated_at in [%v, %v], want %v", got.MinAt, got.MaxAt, at)
+
+	_, err = s.CopyMissing(ctx, name, ids(2990, 4000))
+	require.True(t, registry.IsUniqueViolation(err), "COPY over existing rows = %v, want a unique violation", err)
+	var count int64
+	require.NoError(t, db.GetContext(ctx, &count, `SELECT count(*) FROM geo_registry WHERE replicable = $1`, name))
+	require.EqualValues(t, 3000, count, "a failed COPY must leave no rows")
+
+	n, err = s.InsertMissing(ctx, name, ids(2990, 4000))
+	require.NoError(t, err)
+	require.EqualValues(t, 1000, n, "InsertMissing over 11 existing rows")
+	n, err = s.InsertMissing(ctx, name, ids(4001, 5000))
+	require.NoError(t, err)
+	require.EqualValues(t, 1000, n)
+	require.Equal(t, exactCounts(t, s), maintainedCounts(t, s))
 }
 
 func TestIDsInRange(t *testing.T) {
