@@ -149,7 +149,24 @@ func (c *consistencyEngine) setProgress(name string, f func(p *Progress)) {
 	f(p)
 }
 
-// PassType runs one full pass for a type (from its saved cursor to the end).
+// page is one keyset batch of a pass, compared with the registry: the
+// primary's ids in (after, upTo] and what the registry lacks or has too
+// many of in that range.
+type page struct {
+	after, upTo int64
+	listed      int64   // primary ids listed
+	missing     []int64 // listed, not tracked (ascending)
+	orphans     []int64 // tracked, not listed
+	last        bool    // the pass's last page (upTo is MaxInt64)
+	err         error
+}
+
+// passType runs one full pass for a type (from its saved cursor to the
+// end). A lister goroutine lists and compares the next page while this
+// one writes the current page's rows (the two use different connections
+// and, on most machines, different cores); the cursor saved after a page
+// is that page's end, so a pass that stops resumes after the last page
+// written, never after one only listed. At most three pages are in memory.
 func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 	s, _ := c.set.Lookup(name)
 	after, err := c.store.ConsistencyCursor(ctx, name)
@@ -161,30 +178,40 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 		p.Running, p.PassStarted, p.Done, p.Inserted, p.Removed, p.Rate, p.ETA = true, start, 0, 0, 0, 0, 0
 	})
 	defer c.setProgress(name, func(p *Progress) { p.Running = false })
+
+	lctx, cancel := context.WithCancel(ctx)
+	pages := make(chan page, 1)
+	listerDone := make(chan struct{})
+	go func() {
+		defer close(listerDone)
+		c.listPages(lctx, name, s, after, pages)
+	}()
+	defer func() {
+		cancel()
+		<-listerDone
+	}()
+
 	var done int64
 	for {
-		ids, err := s.IDs(ctx, after, c.batch)
-		if err != nil {
-			return fmt.Errorf("consistency %s: list ids after %d: %w", name, after, err)
+		var pg page
+		select {
+		case pg = <-pages:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if err := checkAscending(ids, after); err != nil {
-			return fmt.Errorf("consistency %s: %w", name, err)
+		if pg.err != nil {
+			return pg.err
 		}
-		last := len(ids) < c.batch
-		upTo := int64(math.MaxInt64)
-		if !last {
-			upTo = ids[len(ids)-1]
-		}
-		inserted, removed, err := c.reconcile(ctx, name, s, after, upTo, ids)
+		inserted, removed, err := c.apply(ctx, name, s, pg)
 		if err != nil {
 			return err
 		}
 		if inserted > 0 && c.wakeSync != nil {
 			c.wakeSync()
 		}
-		done += int64(len(ids))
-		next := upTo
-		if last {
+		done += pg.listed
+		next := pg.upTo
+		if pg.last {
 			next = 0 // pass complete: the next one starts over
 		}
 		if err := c.store.SaveConsistencyCursor(ctx, name, next); err != nil {
@@ -207,7 +234,7 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 				p.Total = done
 			}
 		})
-		if last {
+		if pg.last {
 			c.setProgress(name, func(p *Progress) {
 				p.Total, p.LastFinished, p.ETA = done, c.now(), 0
 				p.Passes++
@@ -215,8 +242,82 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 			c.log.Debug("consistency pass finished", zap.String("replicable", name), zap.Int64("ids", done))
 			return nil
 		}
-		after = upTo
 	}
+}
+
+// listPages sends the pass's pages from after on to out, in order, until
+// the last page, the first error (sent as a page with err set) or ctx's
+// end.
+func (c *consistencyEngine) listPages(ctx context.Context, name string, s strategy.BlobStrategy, after int64, out chan<- page) {
+	for {
+		pg := c.listPage(ctx, name, s, after)
+		select {
+		case out <- pg:
+		case <-ctx.Done():
+			return
+		}
+		if pg.err != nil || pg.last {
+			return
+		}
+		after = pg.upTo
+	}
+}
+
+// listPage lists the primary's next batch of ids after after and compares
+// it with the registry's ids in the same range (both sides bounded,
+// DESIGN §11).
+func (c *consistencyEngine) listPage(ctx context.Context, name string, s strategy.BlobStrategy, after int64) page {
+	pg := page{after: after}
+	ids, err := s.IDs(ctx, after, c.batch)
+	if err != nil {
+		pg.err = fmt.Errorf("consistency %s: list ids after %d: %w", name, after, err)
+		return pg
+	}
+	if err := checkAscending(ids, after); err != nil {
+		pg.err = fmt.Errorf("consistency %s: %w", name, err)
+		return pg
+	}
+	pg.listed = int64(len(ids))
+	pg.last = len(ids) < c.batch
+	pg.upTo = int64(math.MaxInt64)
+	if !pg.last {
+		pg.upTo = ids[len(ids)-1]
+	}
+	i := 0
+	cursor := after
+	for {
+		tracked, err := c.store.IDsInRange(ctx, name, cursor, pg.upTo, c.batch)
+		if err != nil {
+			pg.err = fmt.Errorf("consistency %s: tracked ids: %w", name, err)
+			return pg
+		}
+		lastPage := len(tracked) < c.batch
+		// Merge: tracked is ascending; walk ids up to the page's end.
+		pageEnd := pg.upTo
+		if !lastPage {
+			pageEnd = tracked[len(tracked)-1]
+		}
+		j := 0
+		for i < len(ids) && ids[i] <= pageEnd {
+			for j < len(tracked) && tracked[j] < ids[i] {
+				pg.orphans = append(pg.orphans, tracked[j])
+				j++
+			}
+			if j < len(tracked) && tracked[j] == ids[i] {
+				j++
+			} else {
+				pg.missing = append(pg.missing, ids[i])
+			}
+			i++
+		}
+		pg.orphans = append(pg.orphans, tracked[j:]...)
+		if lastPage {
+			break
+		}
+		cursor = pageEnd
+	}
+	pg.missing = append(pg.missing, ids[i:]...)
+	return pg
 }
 
 func checkAscending(ids []int64, after int64) error {
@@ -230,52 +331,19 @@ func checkAscending(ids []int64, after int64) error {
 	return nil
 }
 
-// reconcile compares primary ids in (after, upTo] with tracked ids in the
-// same range (both sides bounded, DESIGN §11), inserts the missing ones in
-// one statement and removes orphans.
-func (c *consistencyEngine) reconcile(ctx context.Context, name string, s strategy.BlobStrategy, after, upTo int64, ids []int64) (inserted, removed int64, err error) {
-	var missing, orphans []int64
-	i := 0
-	cursor := after
-	for {
-		tracked, err := c.store.IDsInRange(ctx, name, cursor, upTo, c.batch)
-		if err != nil {
-			return 0, 0, fmt.Errorf("consistency %s: tracked ids: %w", name, err)
-		}
-		lastPage := len(tracked) < c.batch
-		// Merge: tracked is ascending; walk ids up to the page's end.
-		pageEnd := upTo
-		if !lastPage {
-			pageEnd = tracked[len(tracked)-1]
-		}
-		j := 0
-		for i < len(ids) && ids[i] <= pageEnd {
-			for j < len(tracked) && tracked[j] < ids[i] {
-				orphans = append(orphans, tracked[j])
-				j++
-			}
-			if j < len(tracked) && tracked[j] == ids[i] {
-				j++
-			} else {
-				missing = append(missing, ids[i])
-			}
-			i++
-		}
-		orphans = append(orphans, tracked[j:]...)
-		if lastPage {
-			break
-		}
-		cursor = pageEnd
-	}
-	missing = append(missing, ids[i:]...)
-	if len(missing) > 0 {
-		n, err := c.store.InsertMissing(ctx, name, missing)
+// apply inserts a page's missing ids in one statement and removes its
+// orphans. The page may have been listed a moment ago: InsertMissing
+// leaves rows made since untouched, and removeOrphan re-checks each
+// orphan on the primary.
+func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.BlobStrategy, pg page) (inserted, removed int64, err error) {
+	if len(pg.missing) > 0 {
+		n, err := c.store.InsertMissing(ctx, name, pg.missing)
 		if err != nil {
 			return 0, 0, fmt.Errorf("consistency %s: insert missing: %w", name, err)
 		}
 		inserted = n
 	}
-	for _, id := range orphans {
+	for _, id := range pg.orphans {
 		ok, err := c.removeOrphan(ctx, name, s, id)
 		if err != nil {
 			return inserted, removed, err

@@ -1,0 +1,128 @@
+package replicator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/strategy"
+)
+
+var errListing = errors.New("listing fails")
+
+// failingIDs lists ids as its strategy does, except that while failing
+// is set it fails every page that starts at or after failFrom.
+type failingIDs struct {
+	strategy.BlobStrategy
+	failFrom int64
+	failing  atomic.Bool
+	calls    atomic.Int64
+}
+
+func (s *failingIDs) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	s.calls.Add(1)
+	if s.failing.Load() && after >= s.failFrom {
+		return nil, fmt.Errorf("after %d: %w", after, errListing)
+	}
+	return s.BlobStrategy.IDs(ctx, after, limit)
+}
+
+// TestConsistencyPassPagesAhead: the pass lists the next page while it
+// writes the current one. Over many small pages with rows already
+// tracked, orphans between and beyond the records, and a listing that
+// fails part-way, the saved cursor never passes the last page written,
+// the pass resumes there, and the registry ends up holding exactly the
+// primary's ids.
+func TestConsistencyPassPagesAhead(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ids, err := f.app.BulkCreate(ctx, 120, 0, func(i int) []byte { return payload(i, 10) })
+	require.NoError(t, err)
+	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
+	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	require.NoError(t, store.Pause(ctx, "item")) // only the pass writes rows
+
+	// Tracked already: every third record, and orphans among and after
+	// the records (records deleted on the primary without an event).
+	var tracked []int64
+	for i := 0; i < len(ids); i += 3 {
+		tracked = append(tracked, ids[i])
+	}
+	_, err = store.InsertMissing(ctx, "item", tracked)
+	require.NoError(t, err)
+	var orphans []int64
+	for _, i := range []int{10, 11, 40, 41, 42, 100} {
+		require.NoError(t, f.app.Delete(ctx, ids[i], false))
+		orphans = append(orphans, ids[i])
+	}
+	_, err = store.InsertMissing(ctx, "item", []int64{ids[len(ids)-1] + 5, ids[len(ids)-1] + 900})
+	require.NoError(t, err)
+
+	sec := &failingIDs{BlobStrategy: f.secondaryItems(), failFrom: ids[70]}
+	sec.failing.Store(true)
+	cfg := f.SecondaryConfig(sec)
+	cfg.BackfillBatch = 7
+	r := f.Start(cfg)
+
+	// The first pass fails at the page after ids[70]; every page before it
+	// is written and the cursor rests at the end of the last one.
+	geotest.WaitFor(t, 30*time.Second, "the first pass fails at the failing page", func() (bool, string) {
+		p := r.Progress()["item"]
+		return !p.Running && p.Done > 0 && p.Passes == 0, fmt.Sprintf("%+v", p)
+	})
+	// Pages end at every 7th id listed; the failing page is the first
+	// that starts at or after ids[70].
+	gone := map[int64]bool{}
+	for _, id := range orphans {
+		gone[id] = true
+	}
+	var listed []int64
+	for _, id := range ids {
+		if !gone[id] {
+			listed = append(listed, id)
+		}
+	}
+	var wantCursor int64
+	for i := 6; i < len(listed); i += 7 {
+		if listed[i] >= sec.failFrom {
+			wantCursor = listed[i]
+			break
+		}
+	}
+	cursor, err := store.ConsistencyCursor(ctx, "item")
+	require.NoError(t, err)
+	require.Equal(t, wantCursor, cursor, "every page before the failing one is written, and none after")
+	var beyond int64
+	require.NoError(t, f.TrackingDB.GetContext(ctx, &beyond,
+		`SELECT count(*) FROM geo_registry WHERE replicable = 'item' AND model_id > $1 AND model_id <= $2`, cursor, ids[len(ids)-1]))
+	var trackedBeyond int64
+	for _, id := range tracked {
+		if id > cursor {
+			trackedBeyond++
+		}
+	}
+	require.Equal(t, trackedBeyond, beyond, "no row written past the cursor but those tracked before")
+
+	sec.failing.Store(false)
+	r.TriggerConsistency()
+	geotest.WaitFor(t, 30*time.Second, "the pass completes", func() (bool, string) {
+		p := r.Progress()["item"]
+		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
+	})
+	var got []int64
+	require.NoError(t, f.TrackingDB.SelectContext(ctx, &got,
+		`SELECT model_id FROM geo_registry WHERE replicable = 'item' ORDER BY model_id`))
+	require.Equal(t, listed, got)
+	cursor, err = store.ConsistencyCursor(ctx, "item")
+	require.NoError(t, err)
+	require.Zero(t, cursor, "a completed pass starts the next one over")
+}
