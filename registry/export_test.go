@@ -94,3 +94,13 @@ func (s *Store) CopyMissing(ctx context.Context, replicable string, ids []int64)
 
 // IsUniqueViolation is isUniqueViolation, for tests.
 func IsUniqueViolation(err error) bool { return isUniqueViolation(err) }
+
+// ExplainTopFailures returns the plan of TopFailures' statement (EXPLAIN
+// without ANALYZE). For tests.
+func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample int) (string, error) {
+	var lines []string
+	if err := s.db.SelectContext(ctx, &lines, `EXPLAIN (COSTS OFF) `+topFailuresSQL, pq.Array(types), sample); err != nil {
+		return "", err
+	}
+	return strings.Join(lines, "\n"), nil
+}

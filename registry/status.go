@@ -213,6 +213,25 @@ type Failures struct {
 	Verification []FailureReason
 }
 
+// topFailuresSQL samples, per type ($1), the sample ($2) most recent sync
+// failures (geo_registry_failed_due) and verification failures
+// (geo_registry_verify_failed), grouped by reason with digits after a
+// slash folded.
+const topFailuresSQL = `
+SELECT t.replicable, 'sync' AS kind, regexp_replace(f.reason, '/[0-9]+', '/N', 'g') AS reason,
+  count(*) AS n, min(f.reason) AS example
+FROM unnest($1::text[]) AS t(replicable)
+CROSS JOIN LATERAL (SELECT coalesce(r.last_sync_failure, '') AS reason FROM geo_registry r
+  WHERE r.replicable = t.replicable AND r.state = 3 ORDER BY r.retry_at DESC LIMIT $2) f
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT t.replicable, 'verification', regexp_replace(f.reason, '/[0-9]+', '/N', 'g'), count(*), min(f.reason)
+FROM unnest($1::text[]) AS t(replicable)
+CROSS JOIN LATERAL (SELECT coalesce(r.verification_failure, '') AS reason FROM geo_registry r
+  WHERE r.replicable = t.replicable AND r.state = 2 AND r.verification_state = 3
+  ORDER BY coalesce(r.verification_retry_at, '-infinity'::timestamptz) DESC LIMIT $2) f
+GROUP BY 1, 2, 3`
+
 // TopFailures returns, for each of types with failures, its top most
 // frequent sync and verification failure reasons (see FailureReason), most
 // frequent first (ties by reason). To stay cheap when a type has very many failures, the
@@ -230,20 +249,7 @@ func (s *Store) TopFailures(ctx context.Context, types []string, top, sample int
 		N          int64  `db:"n"`
 		Example    string `db:"example"`
 	}
-	err := s.db.SelectContext(ctx, &got, `
-SELECT t.replicable, 'sync' AS kind, regexp_replace(f.reason, '/[0-9]+', '/N', 'g') AS reason,
-  count(*) AS n, min(f.reason) AS example
-FROM unnest($1::text[]) AS t(replicable)
-CROSS JOIN LATERAL (SELECT coalesce(r.last_sync_failure, '') AS reason FROM geo_registry r
-  WHERE r.replicable = t.replicable AND r.state = 3 ORDER BY r.retry_at DESC LIMIT $2) f
-GROUP BY 1, 2, 3
-UNION ALL
-SELECT t.replicable, 'verification', regexp_replace(f.reason, '/[0-9]+', '/N', 'g'), count(*), min(f.reason)
-FROM unnest($1::text[]) AS t(replicable)
-CROSS JOIN LATERAL (SELECT coalesce(r.verification_failure, '') AS reason FROM geo_registry r
-  WHERE r.replicable = t.replicable AND r.state = 2 AND r.verification_state = 3
-  ORDER BY coalesce(r.verification_retry_at, '-infinity'::timestamptz) DESC LIMIT $2) f
-GROUP BY 1, 2, 3`, pq.Array(types), sample)
+	err := s.db.SelectContext(ctx, &got, topFailuresSQL, pq.Array(types), sample)
 	if err != nil {
 		return nil, fmt.Errorf("registry: top failures: %w", err)
 	}
