@@ -87,13 +87,13 @@ func (s *Store) ExplainPrepared(ctx context.Context, set, query string, args ...
 const RowPlansSQL = rowPlansSQL
 
 // CopyMissing writes ids with InsertMissing's COPY path only (no
-// fallback), for tests; IsUniqueViolation classifies its error.
+// fallback), for tests.
 func (s *Store) CopyMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
 	return s.copyMissing(ctx, replicable, ids)
 }
 
-// IsUniqueViolation is isUniqueViolation, for tests.
-func IsUniqueViolation(err error) bool { return isUniqueViolation(err) }
+// Copies returns how many InsertMissing batches were written by COPY.
+func (s *Store) Copies() int64 { return s.copies.Load() }
 
 // ExplainTopFailures returns the plan of TopFailures' statement (EXPLAIN
 // without ANALYZE). For tests.

@@ -161,9 +161,13 @@ func TestMigrateCustomSchema(t *testing.T) {
 			if _, err := s.MarkPending(ctx, "package_file", []int64{7}); err != nil {
 				t.Fatalf("MarkPending in %s: %v", tc.schema, err)
 			}
+			// InsertMissing's COPY names the table unqualified too.
+			if n, err := s.InsertMissing(ctx, "package_file", ids(101, 400)); err != nil || n != 300 || s.Copies() != 1 {
+				t.Fatalf("InsertMissing of 300 in %s = %d, %v (batches by COPY: %d); want 300 by COPY", tc.schema, n, err, s.Copies())
+			}
 			var n int
-			if err := admin.GetContext(ctx, &n, `SELECT count(*) FROM `+tc.schema+`.geo_registry`); err != nil || n != 1 {
-				t.Fatalf("rows in %s.geo_registry = %d (%v), want 1", tc.schema, n, err)
+			if err := admin.GetContext(ctx, &n, `SELECT count(*) FROM `+tc.schema+`.geo_registry`); err != nil || n != 301 {
+				t.Fatalf("rows in %s.geo_registry = %d (%v), want 301", tc.schema, n, err)
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -54,7 +55,10 @@ type Options struct {
 // Connections: lib/pq's binary_parameters=yes connection parameter sends
 // each parameterized statement in one round trip instead of two; it is
 // recommended for the tracking database and changes no behaviour here.
-type Store struct{ base }
+type Store struct {
+	base
+	copies atomic.Int64 // InsertMissing batches written by COPY (for tests)
+}
 
 // base is what Store and ChecksumStore share: the handle, the clock, the
 // retry policy and the failure-reason cut, validated and defaulted once.
@@ -95,7 +99,7 @@ func NewStore(db *sqlx.DB, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{b}, nil
+	return &Store{base: b}, nil
 }
 
 // DB returns the handle the store uses.
@@ -229,7 +233,9 @@ const copyMinIDs = 256
 // CONFLICT, so if any of the ids has a row by then (the event consumer
 // may have made one since the caller compared), the COPY fails whole, is
 // rolled back and the batch is inserted again with ON CONFLICT DO
-// NOTHING. Either way the same rows result.
+// NOTHING; so is a batch whose COPY fails for any other reason (a driver
+// without COPY, say), and the INSERT's error, if any, is returned. Either
+// way the same rows result.
 func (s *Store) InsertMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -237,9 +243,10 @@ func (s *Store) InsertMissing(ctx context.Context, replicable string, ids []int6
 	if len(ids) >= copyMinIDs && strictlyAscending(ids) {
 		n, err := s.copyMissing(ctx, replicable, ids)
 		if err == nil {
+			s.copies.Add(1)
 			return n, nil
 		}
-		if !isUniqueViolation(err) {
+		if ctx.Err() != nil {
 			return 0, fmt.Errorf("registry: insert missing %s: copy: %w", replicable, err)
 		}
 	}
@@ -255,8 +262,9 @@ func (s *Store) InsertMissing(ctx context.Context, replicable string, ids []int6
 // isUniqueViolation) when any of them already has a row. ids must be
 // distinct.
 func (s *Store) copyMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
-	// The store's clock, formatted once, as insertMissingSQL's $3.
-	now := s.now().UTC().Format("2006-01-02 15:04:05.999999Z07:00")
+	// The store's clock, formatted once, in the very text lib/pq sends
+	// for insertMissingSQL's $3 (so the server rounds it the same way).
+	now := string(pq.FormatTimestamp(s.now()))
 	err := s.inTx(ctx, func(tx *sqlx.Tx) (err error) {
 		stmt, err := tx.PrepareContext(ctx, pq.CopyIn("geo_registry", "replicable", "model_id", "created_at", "updated_at"))
 		if err != nil {
@@ -288,12 +296,6 @@ func strictlyAscending(ids []int64) bool {
 		}
 	}
 	return true
-}
-
-// isUniqueViolation reports whether err is PostgreSQL's unique_violation.
-func isUniqueViolation(err error) bool {
-	var pe *pq.Error
-	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
 // IDsInRange returns up to limit model ids of replicable's rows with

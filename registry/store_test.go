@@ -10,6 +10,7 @@ import (
 
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -141,48 +142,62 @@ func TestInsertMissing(t *testing.T) {
 }
 
 // TestInsertMissingCopy checks InsertMissing's COPY path: it writes the
-// same rows as the INSERT (the store's clock, pending, a seq each, any
-// type name), fails whole on an id that has a row, after which
-// InsertMissing's fallback inserts the rest, and the maintained counts
-// see rows written either way.
+// same rows as the INSERT (the store's clock rounded alike, pending, a seq
+// each, any type name), fails whole on an id that has a row and leaves the
+// connection usable, after which InsertMissing's fallback inserts the
+// rest; InsertMissing takes COPY for a large ascending batch only; the
+// maintained counts see rows written either way.
 func TestInsertMissingCopy(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s, db, clock := newStore(t, registry.Options{})
-	at := time.Date(2031, 5, 6, 7, 8, 9, 123456000, time.FixedZone("east", 5*3600))
+	db.SetMaxOpenConns(1) // a connection left broken by a failed COPY would fail what follows
+	at := time.Date(2031, 5, 6, 7, 8, 9, 123456789, time.FixedZone("east", 5*3600))
 	clock.Set(at)
 	const name = "odd\tname\\ with\nescapes"
 	n, err := s.CopyMissing(ctx, name, ids(1, 3000))
 	require.NoError(t, err)
 	require.EqualValues(t, 3000, n)
+	n, err = s.InsertMissing(ctx, name, ids(9001, 9010)) // the INSERT: too few for COPY
+	require.NoError(t, err)
+	require.EqualValues(t, 10, n)
+	require.Zero(t, s.Copies())
 	var got struct {
 		N       int64     `db:"n"`
 		Seqs    int64     `db:"seqs"`
 		Pending int64     `db:"pending"`
-		MinAt   time.Time `db:"min_at"`
-		MaxAt   time.Time `db:"max_at"`
+		Times   int64     `db:"times"`
+		At      time.Time `db:"at"`
 	}
 	require.NoError(t, db.GetContext(ctx, &got, `
 SELECT count(*) AS n, count(DISTINCT seq) AS seqs, count(*) FILTER (WHERE state = 0) AS pending,
-  least(min(created_at), min(updated_at)) AS min_at, greatest(max(created_at), max(updated_at)) AS max_at
+  count(DISTINCT created_at) + count(DISTINCT updated_at) AS times, min(created_at) AS at
 FROM geo_registry WHERE replicable = $1`, name))
-	require.EqualValues(t, 3000, got.N)
-	require.EqualValues(t, 3000, got.Seqs)
-	require.EqualValues(t, 3000, got.Pending)
-	require.True(t, got.MinAt.Equal(at) && got.MaxAt.Equal(at), "created_at/updated_at in [%v, %v], want %v", got.MinAt, got.MaxAt, at)
+	require.EqualValues(t, 3010, got.N)
+	require.EqualValues(t, 3010, got.Seqs)
+	require.EqualValues(t, 3010, got.Pending)
+	require.EqualValues(t, 2, got.Times, "COPY and INSERT rows must carry one and the same created_at and updated_at")
+	require.True(t, got.At.Equal(at.Round(time.Microsecond)), "created_at = %v, want %v", got.At, at)
 
 	_, err = s.CopyMissing(ctx, name, ids(2990, 4000))
-	require.True(t, registry.IsUniqueViolation(err), "COPY over existing rows = %v, want a unique violation", err)
+	var pe *pq.Error
+	require.True(t, errors.As(err, &pe) && pe.Code == "23505", "COPY over existing rows = %v, want a unique violation", err)
 	var count int64
 	require.NoError(t, db.GetContext(ctx, &count, `SELECT count(*) FROM geo_registry WHERE replicable = $1`, name))
-	require.EqualValues(t, 3000, count, "a failed COPY must leave no rows")
+	require.EqualValues(t, 3010, count, "a failed COPY must leave no rows")
 
 	n, err = s.InsertMissing(ctx, name, ids(2990, 4000))
 	require.NoError(t, err)
 	require.EqualValues(t, 1000, n, "InsertMissing over 11 existing rows")
+	require.Zero(t, s.Copies(), "the batch with existing rows fell back to the INSERT")
 	n, err = s.InsertMissing(ctx, name, ids(4001, 5000))
 	require.NoError(t, err)
 	require.EqualValues(t, 1000, n)
+	require.EqualValues(t, 1, s.Copies(), "a large ascending batch of new ids goes by COPY")
+	n, err = s.InsertMissing(ctx, name, append(ids(6001, 6500), 6001))
+	require.NoError(t, err)
+	require.EqualValues(t, 500, n)
+	require.EqualValues(t, 1, s.Copies(), "a batch with a repeated id goes by INSERT")
 	require.Equal(t, exactCounts(t, s), maintainedCounts(t, s))
 }
 
