@@ -18,7 +18,9 @@ import (
 // batches, inserts missing registry rows as pending (backfill) and removes
 // orphans (rows, and their bytes, for ids that no longer exist or left the
 // scope). Its cursor survives restarts; a full pass repeats on an interval.
-// Memory is bounded by the batch size whatever the table sizes.
+// Memory is bounded by three batches of ids (the one written, the one
+// handed over, the one being listed) whatever the table sizes; a batch's
+// orphans are at most the registry's rows in its id range.
 type consistencyEngine struct {
 	store    *registry.Store
 	set      *Set
@@ -332,9 +334,13 @@ func checkAscending(ids []int64, after int64) error {
 }
 
 // apply inserts a page's missing ids in one statement and removes its
-// orphans. The page may have been listed a moment ago: InsertMissing
-// leaves rows made since untouched, and removeOrphan re-checks each
-// orphan on the primary.
+// orphans. The page was listed while the page before was written (a
+// batch's write, or longer when it had many orphans to remove): a row the
+// event consumer made since is left untouched by InsertMissing (after a
+// failed COPY, by its INSERT), an orphan is re-checked on the primary by
+// removeOrphan, and a record deleted on the primary since it was listed
+// gets a pending row that its first sync removes (ErrGone), as for a
+// record deleted while one batch is compared.
 func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.BlobStrategy, pg page) (inserted, removed int64, err error) {
 	if len(pg.missing) > 0 {
 		n, err := c.store.InsertMissing(ctx, name, pg.missing)

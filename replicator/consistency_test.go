@@ -60,7 +60,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 	_, err = store.InsertMissing(ctx, "item", tracked)
 	require.NoError(t, err)
 	var orphans []int64
-	for _, i := range []int{10, 11, 40, 41, 42, 100} {
+	for _, i := range []int{9, 12, 39, 42, 45, 99} { // tracked: every third
 		require.NoError(t, f.app.Delete(ctx, ids[i], false))
 		orphans = append(orphans, ids[i])
 	}
@@ -125,4 +125,60 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 	cursor, err = store.ConsistencyCursor(ctx, "item")
 	require.NoError(t, err)
 	require.Zero(t, cursor, "a completed pass starts the next one over")
+}
+
+// TestConsistencyPassListsAheadAndStops: while a batch's write waits (an
+// uncommitted row for its first id holds it), the pass has listed exactly
+// the two batches after it and no more, and nothing is written; stopping
+// the secondary then returns promptly (the lister, blocked handing over
+// its batch, ends too) and saves no cursor; a new secondary completes the
+// pass.
+func TestConsistencyPassListsAheadAndStops(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ids, err := f.app.BulkCreate(ctx, 100, 0, func(i int) []byte { return payload(i, 10) })
+	require.NoError(t, err)
+	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
+	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	require.NoError(t, store.Pause(ctx, "item"))
+
+	lock, err := f.TrackingDB.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer lock.Rollback()
+	_, err = lock.ExecContext(ctx, `INSERT INTO geo_registry (replicable, model_id) VALUES ('item', $1)`, ids[0])
+	require.NoError(t, err) // invisible to the pass's listing; its insert of ids[0] waits for this
+
+	sec := &failingIDs{BlobStrategy: f.secondaryItems()}
+	cfg := f.SecondaryConfig(sec)
+	cfg.BackfillBatch = 10
+	r := f.Start(cfg)
+	geotest.WaitFor(t, 30*time.Second, "the pass lists ahead of its waiting write", func() (bool, string) {
+		return sec.calls.Load() >= 3, fmt.Sprintf("IDs called %d times", sec.calls.Load())
+	})
+	require.EqualValues(t, 3, sec.calls.Load(), "one batch writing, one handed over, one waiting to be: no more")
+	var rows int64
+	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
+	require.Zero(t, rows)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Stop() }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the secondary did not stop within 10 s while its pass waited to write")
+	}
+	cursor, err := store.ConsistencyCursor(ctx, "item")
+	require.NoError(t, err)
+	require.Zero(t, cursor, "no batch was written, so no cursor")
+	require.NoError(t, lock.Rollback())
+
+	r = f.Start(cfg)
+	geotest.WaitFor(t, 30*time.Second, "a new secondary completes the pass", func() (bool, string) {
+		p := r.Progress()["item"]
+		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
+	})
+	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
+	require.EqualValues(t, len(ids), rows)
 }
