@@ -524,23 +524,32 @@ func TestR2SettleRacingDelete(t *testing.T) {
 	t.Logf("settled before the delete: %d of %d", published, iterations)
 }
 
-// TestClaimUsesPartialIndexes checks with EXPLAIN that each branch of the
-// claim walks its partial index on a table dominated by synced rows.
-func TestClaimUsesPartialIndexes(t *testing.T) {
-	t.Parallel()
+// analyzedRegistry returns a store whose registry holds rows 1..50000 of
+// type "a", shaped by update (an UPDATE of geo_registry) and analyzed, for
+// plan tests.
+func analyzedRegistry(t *testing.T, update string) *registry.Store {
+	t.Helper()
 	ctx := context.Background()
 	s, db, _ := newStore(t, registry.Options{})
 	if _, err := s.InsertMissing(ctx, "a", ids(1, 50000)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.ExecContext(ctx, `
+	for _, q := range []string{update, `ANALYZE geo_registry`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// TestClaimUsesPartialIndexes checks with EXPLAIN that each branch of the
+// claim walks its partial index on a table dominated by synced rows.
+func TestClaimUsesPartialIndexes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := analyzedRegistry(t, `
 UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 3 WHEN model_id % 100 = 1 THEN 1 WHEN model_id % 100 = 2 THEN 0 ELSE 2 END,
-  retry_at = now(), lease_expires_at = now()`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.ExecContext(ctx, `ANALYZE geo_registry`); err != nil {
-		t.Fatal(err)
-	}
+  retry_at = now(), lease_expires_at = now()`)
 	plan, err := s.ExplainClaim(ctx, "w", time.Minute, []registry.TypeLimit{{Replicable: "a", Limit: 100}})
 	if err != nil {
 		t.Fatal(err)
@@ -564,19 +573,10 @@ UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 3 WHEN model_i
 func TestTopFailuresUsesPartialIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
-	if _, err := s.InsertMissing(ctx, "a", ids(1, 50000)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.ExecContext(ctx, `
+	s := analyzedRegistry(t, `
 UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 0 WHEN model_id % 100 = 1 THEN 3 ELSE 2 END,
   verification_state = CASE WHEN model_id % 100 IN (0, 1, 2) THEN 0 WHEN model_id % 1000 = 5 THEN 3 ELSE 2 END,
-  retry_at = now(), verification_retry_at = now()`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.ExecContext(ctx, `ANALYZE geo_registry`); err != nil {
-		t.Fatal(err)
-	}
+  retry_at = now(), verification_retry_at = now()`)
 	plan, err := s.ExplainTopFailures(ctx, []string{"a"}, 1000)
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,21 @@ func (s *failingIDs) IDs(ctx context.Context, after int64, limit int) ([]int64, 
 	return s.BlobStrategy.IDs(ctx, after, limit)
 }
 
+// pausedBacklog creates n items without events and returns their ids and
+// a store on the migrated tracking database with the item type paused, so
+// that only the consistency pass writes registry rows.
+func (f *fixture) pausedBacklog(t *testing.T, n int) ([]int64, *registry.Store) {
+	t.Helper()
+	ctx := context.Background()
+	ids, err := f.app.BulkCreate(ctx, n, 0, func(i int) []byte { return payload(i, 10) })
+	require.NoError(t, err)
+	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
+	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	require.NoError(t, store.Pause(ctx, "item"))
+	return ids, store
+}
+
 // TestConsistencyPassPagesAhead: the pass lists the next page while it
 // writes the current one. Over many small pages with rows already
 // tracked, orphans between and beyond the records, and a listing that
@@ -44,12 +59,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	ids, err := f.app.BulkCreate(ctx, 120, 0, func(i int) []byte { return payload(i, 10) })
-	require.NoError(t, err)
-	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
-	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
-	require.NoError(t, err)
-	require.NoError(t, store.Pause(ctx, "item")) // only the pass writes rows
+	ids, store := f.pausedBacklog(t, 120)
 
 	// Tracked already: every third record, and orphans among and after
 	// the records (records deleted on the primary without an event).
@@ -57,7 +67,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 	for i := 0; i < len(ids); i += 3 {
 		tracked = append(tracked, ids[i])
 	}
-	_, err = store.InsertMissing(ctx, "item", tracked)
+	_, err := store.InsertMissing(ctx, "item", tracked)
 	require.NoError(t, err)
 	var orphans []int64
 	for _, i := range []int{9, 12, 39, 42, 45, 99} { // tracked: every third
@@ -137,12 +147,7 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	ids, err := f.app.BulkCreate(ctx, 100, 0, func(i int) []byte { return payload(i, 10) })
-	require.NoError(t, err)
-	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
-	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
-	require.NoError(t, err)
-	require.NoError(t, store.Pause(ctx, "item"))
+	ids, store := f.pausedBacklog(t, 100)
 
 	lock, err := f.TrackingDB.BeginTxx(ctx, nil)
 	require.NoError(t, err)
