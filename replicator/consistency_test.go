@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -186,4 +187,79 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	})
 	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
 	require.EqualValues(t, len(ids), rows)
+}
+
+// heldOrphanCheck is a strategy whose BlobKey for id, the first time it
+// is asked, signals entered and waits for release: it holds the
+// consistency pass's orphan check, and so the pass's write of that batch.
+type heldOrphanCheck struct {
+	*failingIDs
+	id      int64
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (h *heldOrphanCheck) BlobKey(ctx context.Context, id int64) (string, error) {
+	if id == h.id {
+		h.once.Do(func() {
+			close(h.entered)
+			<-h.release
+		})
+	}
+	return h.failingIDs.BlobKey(ctx, id)
+}
+
+// TestRecordDeletedAfterListingIsNotResurrected (R2 against the listing
+// window): a record listed in the batch after the one being written is
+// deleted, and its event handled, before its batch is written; the pass
+// then gives it a pending row, which the sync engine must remove (the
+// record is gone) without fetching bytes: the secondary converges with no
+// extra row or file.
+func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ids, store := f.pausedBacklog(t, 30)
+	// An orphan in the first batch: its check on the primary holds the
+	// batch's write while the next batch is listed.
+	orphan := ids[5]
+	_, err := store.InsertMissing(ctx, "item", []int64{orphan})
+	require.NoError(t, err)
+	require.NoError(t, f.app.Delete(ctx, orphan, false))
+
+	sec := &heldOrphanCheck{failingIDs: &failingIDs{BlobStrategy: f.secondaryItems()}, id: orphan,
+		entered: make(chan struct{}), release: make(chan struct{})}
+	released := false
+	defer func() {
+		if !released {
+			close(sec.release)
+		}
+	}()
+	cfg := f.SecondaryConfig(sec)
+	cfg.BackfillBatch = 10
+	r := f.Start(cfg)
+	<-sec.entered
+	geotest.WaitFor(t, 30*time.Second, "the second batch is listed while the first is written", func() (bool, string) {
+		return sec.calls.Load() >= 2, fmt.Sprintf("IDs called %d times", sec.calls.Load())
+	})
+	gone := ids[15] // in the second batch, already listed
+	require.NoError(t, f.app.Delete(ctx, gone, true))
+	geotest.WaitFor(t, 30*time.Second, "the delete event is handled", func() (bool, string) {
+		st := r.Consumer().Stats()
+		return st.Consumed >= 1, fmt.Sprintf("%+v", st)
+	})
+
+	require.NoError(t, store.Resume(ctx, "item"))
+	close(sec.release)
+	released = true
+	geotest.WaitFor(t, 30*time.Second, "the pass completes", func() (bool, string) {
+		p := r.Progress()["item"]
+		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
+	})
+	require.EqualValues(t, len(ids)-1, r.Progress()["item"].Inserted,
+		"the pass wrote a row for every id it listed, the deleted one included")
+	f.waitConverged(t, 60*time.Second, sec)
+	_, err = r.Store().Get(ctx, "item", gone)
+	require.ErrorIs(t, err, registry.ErrNotFound, "the deleted record's row must not survive")
 }
