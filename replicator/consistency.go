@@ -152,15 +152,15 @@ func (c *consistencyEngine) setProgress(name string, f func(p *Progress)) {
 }
 
 // page is one keyset batch of a pass, compared with the registry: the
-// primary's ids in (after, upTo] and what the registry lacks or has too
-// many of in that range.
+// primary's ids after the previous page's upTo and up to its own, and what
+// the registry lacks or has too many of in that range.
 type page struct {
-	after, upTo int64
-	listed      int64   // primary ids listed
-	missing     []int64 // listed, not tracked (ascending)
-	orphans     []int64 // tracked, not listed
-	last        bool    // the pass's last page (upTo is MaxInt64)
-	err         error
+	upTo    int64
+	listed  int64   // primary ids listed
+	missing []int64 // listed, not tracked (ascending)
+	orphans []int64 // tracked, not listed
+	last    bool    // the pass's last page (upTo is MaxInt64)
+	err     error
 }
 
 // passType runs one full pass for a type (from its saved cursor to the
@@ -269,7 +269,7 @@ func (c *consistencyEngine) listPages(ctx context.Context, name string, s strate
 // it with the registry's ids in the same range (both sides bounded,
 // DESIGN §11).
 func (c *consistencyEngine) listPage(ctx context.Context, name string, s strategy.BlobStrategy, after int64) page {
-	pg := page{after: after}
+	var pg page
 	ids, err := s.IDs(ctx, after, c.batch)
 	if err != nil {
 		pg.err = fmt.Errorf("consistency %s: list ids after %d: %w", name, after, err)
