@@ -9,7 +9,9 @@ package testtype
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -133,6 +135,12 @@ type App struct {
 	Type      *Type // unscoped
 	Storage   blob.Storage
 	Publisher *events.Publisher
+	// ContentAddressed stores every item at a key derived from the
+	// SHA-256 of its bytes (prefix/cas/<2 hex>/<64 hex>), as LFS servers
+	// and deduplicating stores do: items with equal bytes share one key,
+	// and a key comes back when its bytes do. The application then
+	// removes bytes only when no other item names their key.
+	ContentAddressed bool
 }
 
 func (a *App) prefix() string {
@@ -157,7 +165,7 @@ func (a *App) Create(ctx context.Context, region int, data []byte) (int64, error
 	if err := ins.GetContext(ctx, &id, region); err != nil {
 		return 0, err
 	}
-	key := a.key(id, 1)
+	key := a.keyFor(id, 1, data)
 	set, err := a.Type.stmt(ctx, tx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)))
 	if err != nil {
 		return 0, err
@@ -176,6 +184,34 @@ func (a *App) Create(ctx context.Context, region int, data []byte) (int64, error
 
 func (a *App) key(id int64, version int) string {
 	return a.prefix() + "/" + strconv.FormatInt(id%100, 10) + "/" + strconv.FormatInt(id, 10) + "-v" + strconv.Itoa(version)
+}
+
+// keyFor is the key of version of item id holding data.
+func (a *App) keyFor(id int64, version int, data []byte) string {
+	if !a.ContentAddressed {
+		return a.key(id, version)
+	}
+	sum := sha256.Sum256(data)
+	h := hex.EncodeToString(sum[:])
+	return a.prefix() + "/cas/" + h[:2] + "/" + h
+}
+
+// removeUnreferenced removes the bytes at key unless an item still names
+// it (content-addressed items share keys). It runs after the change that
+// dropped the reference committed; a concurrent Create of the same bytes
+// rewrites them.
+func (a *App) removeUnreferenced(ctx context.Context, key string) error {
+	if a.ContentAddressed {
+		var n int
+		q := fmt.Sprintf(`SELECT count(*) FROM %s WHERE blob_key = $1`, pq.QuoteIdentifier(a.Type.Table))
+		if err := a.Type.DB.GetContext(ctx, &n, q, key); err != nil {
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+	return a.Storage.Remove(ctx, key)
 }
 
 func (a *App) write(ctx context.Context, key string, data []byte) error {
@@ -203,7 +239,11 @@ func (a *App) Update(ctx context.Context, id int64, data []byte) error {
 	if err := tx.GetContext(ctx, &version, q, id); err != nil {
 		return fmt.Errorf("update %d: %w", id, err)
 	}
-	key := a.key(id, version)
+	var old string
+	if err := tx.GetContext(ctx, &old, fmt.Sprintf(`SELECT blob_key FROM %s WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)), id); err != nil {
+		return err
+	}
+	key := a.keyFor(id, version, data)
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)), id, key); err != nil {
 		return err
 	}
@@ -213,7 +253,13 @@ func (a *App) Update(ctx context.Context, id int64, data []byte) error {
 	if err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpUpdated, id, key); err != nil {
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if a.ContentAddressed && old != key {
+		return a.removeUnreferenced(ctx, old)
+	}
+	return nil
 }
 
 // UpdateInPlace rewrites an item's bytes at the same key and publishes
@@ -261,7 +307,7 @@ func (a *App) Delete(ctx context.Context, id int64, publish bool) error {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
-	return a.Storage.Remove(ctx, key)
+	return a.removeUnreferenced(ctx, key)
 }
 
 // SetRegion moves an item to another region (in or out of a scope).
@@ -280,8 +326,9 @@ func (a *App) BulkCreate(ctx context.Context, n int, region int, data func(i int
 		if err := a.Type.DB.GetContext(ctx, &id, q, region); err != nil {
 			return ids, err
 		}
-		key := a.key(id, 1)
-		if err := a.write(ctx, key, data(i)); err != nil {
+		b := data(i)
+		key := a.keyFor(id, 1, b)
+		if err := a.write(ctx, key, b); err != nil {
 			return ids, err
 		}
 		if _, err := a.Type.DB.ExecContext(ctx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)), id, key); err != nil {
