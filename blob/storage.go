@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"iter"
 	"time"
 )
 
@@ -88,4 +89,17 @@ type Writer interface {
 // writer to be aborted.
 type Syncer interface {
 	Sync(ctx context.Context) error
+}
+
+// Lister is implemented by storage that can list its keys in order
+// without reading the blobs: a directory walk, an object store's List.
+// The secondary's existence scan uses it to find registry rows whose
+// bytes are gone, with one pass over the keys instead of a Stat per row.
+type Lister interface {
+	// Keys yields every key stored, in ascending byte order, that is
+	// greater than after ("" for all). Keys being written (not yet
+	// committed) and reserved keys are not listed. A listing is not a
+	// snapshot: a key committed or removed while it runs may or may not
+	// be yielded. The first error ends the sequence.
+	Keys(ctx context.Context, after string) iter.Seq2[string, error]
 }

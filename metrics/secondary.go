@@ -65,6 +65,7 @@ type Secondary struct {
 	syncDur    *prometheus.HistogramVec
 	verifyDur  *prometheus.HistogramVec
 	evSkipped  *prometheus.CounterVec
+	missing    *prometheus.CounterVec
 	refreshErr prometheus.Counter
 
 	snap *snapshot
@@ -116,13 +117,17 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 			Name: "geo_events_skipped_total",
 			Help: "Outbox events skipped, by reason (unknown type, malformed, invalid key).",
 		}, []string{"reason"}),
+		missing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "geo_local_missing_total",
+			Help: "Synced records whose bytes the existence scan found missing from the site's storage (downloaded again), by type.",
+		}, []string{"replicable"}),
 		refreshErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geo_metrics_refresh_errors_total",
 			Help: "Refreshes of the database gauges that failed (the gauges keep their previous values).",
 		}),
 		snap: newSnapshot(secondaryDescs),
 	}
-	for _, c := range []prometheus.Collector{m.attempts, m.bytes, m.skipped, m.syncDur, m.verifyDur, m.evSkipped, m.refreshErr, m.snap} {
+	for _, c := range []prometheus.Collector{m.attempts, m.bytes, m.skipped, m.syncDur, m.verifyDur, m.evSkipped, m.missing, m.refreshErr, m.snap} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register secondary metrics: %w", err)
 		}
@@ -154,6 +159,11 @@ func (m *Secondary) VerifyDone(replicable string, ok bool, d time.Duration) {
 // EventsSkipped implements replicator.Observer.
 func (m *Secondary) EventsSkipped(reason string, n int) {
 	m.evSkipped.WithLabelValues(reason).Add(float64(n))
+}
+
+// LocalMissing implements replicator.Observer.
+func (m *Secondary) LocalMissing(replicable string, n int) {
+	m.missing.WithLabelValues(replicable).Add(float64(n))
 }
 
 // Run refreshes the gauges from sec at once and then every Interval until

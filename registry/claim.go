@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -314,91 +313,16 @@ type SyncedResult struct {
 	Skipped bool
 }
 
-// settleSyncedSQL marks a claim synced if, and only if, it is still
-// current: same seq, still started, still owned by the claimer.
-const settleSyncedSQL = `
-UPDATE geo_registry SET
-  state = 2, retry_count = 0, retry_at = NULL, last_synced_at = $5,
-  last_sync_failure = NULL, missing_on_primary = false,
-  blob_key = $6, staged_key = NULL, blob_size = $7, lease_owner = NULL, lease_expires_at = NULL,
-  verification_state = $8, verification_checksum = NULLIF($9, ''),
-  verification_checksum_mismatched = NULL, checksum_mismatch = false,
-  verified_at = $10, verification_retry_at = NULL,
-  verification_failure = NULL, verification_started_at = NULL, updated_at = $5
-WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4`
-
-// SettleSynced records that claim c's sync succeeded, publishing its bytes
-// under the row lock. In one transaction it updates the row to synced if
-// the claim is still current (the row exists, is started, owned by owner,
-// with seq c.Seq); otherwise it changes nothing, does not call publish and
-// returns (false, nil): the record changed (R1) or was deleted (R2) since
-// the claim, and the caller must discard its staged bytes.
-//
-// When the claim is current it calls publish(ctx), which must move the
-// staged bytes to r.BlobKey atomically (and may be repeated for the same
-// record later). publish runs while the transaction holds the row lock, so
-// a concurrent MarkPending, Delete or DeleteIfClaim waits for the settle
-// and then sees the published bytes (Delete removes them, R2). If publish
-// fails, the transaction is rolled back, the row stays started, and the
-// error is returned wrapped; the caller then calls SettleFailed. If the
-// commit fails after publish succeeded, the row stays started and is
-// reclaimed after its lease, which syncs the record again.
-//
-// The synced row gets retry_count 0, no retry_at, last_synced_at now, no
-// failure, missing_on_primary false, r's key and size, and no lease.
-// verification_retry_count is kept: only a verification success resets it
-// (SettleVerified), so verification backoff grows across consecutive
-// verify-fail → resync cycles (GitLab #607991). Its
-// verification state is succeeded (verified_at now) when r.PrimaryChecksum
-// is known and equals r.Checksum, and pending when it is unknown. A known,
-// different primary checksum is a failure (R6): SettleSynced returns an
-// error matching ErrChecksumMismatch without touching the row or calling
-// publish.
+// SettleSynced is SettleSyncedBatch for one claim, without removing the
+// bytes at keys the row stops naming (tests use it; the sync engine
+// settles in batches). It returns (false, nil) when the claim is no
+// longer current (publish is not called), an error matching
+// ErrChecksumMismatch for a known primary checksum that differs from
+// r.Checksum (publish is not called), and publish's error, wrapped, when
+// publish fails (the row stays started).
 func (s *Store) SettleSynced(ctx context.Context, owner string, c Claim, r SyncedResult, publish func(ctx context.Context) error) (bool, error) {
-	vstate := VerificationPending
-	var verifiedAt sql.NullTime
-	now := s.now()
-	if r.PrimaryChecksum != "" {
-		if !strings.EqualFold(r.PrimaryChecksum, r.Checksum) {
-			return false, fmt.Errorf("registry: settle synced %s/%d: %w: local %q, primary %q",
-				c.Replicable, c.ModelID, ErrChecksumMismatch, r.Checksum, r.PrimaryChecksum)
-		}
-		vstate = VerificationSucceeded
-		verifiedAt = sql.NullTime{Time: now, Valid: true}
-	}
-	var blobKey sql.NullString
-	if r.BlobKey != "" {
-		blobKey = sql.NullString{String: r.BlobKey, Valid: true}
-	}
-	settled := false
-	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		res, err := tx.ExecContext(ctx, settleSyncedSQL, c.Replicable, c.ModelID, c.Seq, owner,
-			now, blobKey, r.Size, vstate, strings.ToLower(r.Checksum), verifiedAt)
-		if err != nil {
-			return err
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return errStale
-		}
-		if publish != nil {
-			if err := publish(ctx); err != nil {
-				return fmt.Errorf("publish: %w", err)
-			}
-		}
-		settled = true
-		return nil
-	})
-	if errors.Is(err, errStale) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("registry: settle synced %s/%d: %w", c.Replicable, c.ModelID, err)
-	}
-	return settled, nil
+	out := s.SettleSyncedBatch(ctx, owner, []SettleItem{{Claim: c, Result: r, Publish: publish}})
+	return out[0].Settled, out[0].Err
 }
 
 // errStale rolls back a transaction whose claim is no longer current.
@@ -452,16 +376,16 @@ WHERE replicable = $1 AND model_id = $2`,
 
 // Delete removes the row of record id of replicable and its bytes, for a
 // deleted event or an orphan (R2). In one transaction it deletes the row,
-// waiting for a settle in progress on it, then calls remove(ctx, key) with
-// the blob key recorded at the last sync ("" when there is no row or no
-// recorded key; the caller then uses a key it knows, such as the event's),
-// and again with the row's staged key (StageKeys) when it has a different
-// one, then commits. If remove fails the transaction is rolled back, the row is
-// kept and the error is returned wrapped. It reports whether a row
-// existed. remove is called even when there was no row, since bytes may
-// exist without one.
-func (s *Store) Delete(ctx context.Context, replicable string, id int64, remove func(ctx context.Context, recordedKey string) error) (bool, error) {
-	existed, err := s.deleteRow(ctx, true, remove, `
+// waiting for a settle in progress on it, then removes the bytes at each
+// of the keys the row recorded (blob_key), staged (staged_key) and key
+// (the one a deleted event carries; "" for none) that no other registry
+// row still names (R7: keys may be shared), calling remove(ctx, key) once
+// per such key while holding the key's lock, then commits. If remove
+// fails the transaction is rolled back, the row is kept and the error is
+// returned wrapped. It reports whether a row existed. key's bytes are
+// removed even when there was no row, since bytes may exist without one.
+func (s *Store) Delete(ctx context.Context, replicable string, id int64, key string, remove func(ctx context.Context, key string) error) (bool, error) {
+	existed, err := s.deleteRow(ctx, key, true, remove, `
 DELETE FROM geo_registry WHERE replicable = $1 AND model_id = $2
 RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, replicable, id)
 	if err != nil {
@@ -471,11 +395,12 @@ RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, replicable, id)
 }
 
 // DeleteIfClaim is Delete for a claimed row, used when the primary says the
-// record no longer exists: it deletes the row and calls remove only if the
-// claim is still current (row started, owned by owner, seq c.Seq), and
-// otherwise changes nothing and returns false without calling remove.
-func (s *Store) DeleteIfClaim(ctx context.Context, owner string, c Claim, remove func(ctx context.Context, recordedKey string) error) (bool, error) {
-	deleted, err := s.deleteRow(ctx, false, remove, `
+// record no longer exists: it deletes the row and removes the bytes at its
+// recorded and staged keys that no other row names, only if the claim is
+// still current (row started, owned by owner, seq c.Seq); otherwise it
+// changes nothing and returns false without calling remove.
+func (s *Store) DeleteIfClaim(ctx context.Context, owner string, c Claim, remove func(ctx context.Context, key string) error) (bool, error) {
+	deleted, err := s.deleteRow(ctx, "", false, remove, `
 DELETE FROM geo_registry
 WHERE replicable = $1 AND model_id = $2 AND seq = $3 AND state = 1 AND lease_owner = $4
 RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, c.Replicable, c.ModelID, c.Seq, owner)
@@ -485,10 +410,14 @@ RETURNING coalesce(blob_key, ''), coalesce(staged_key, '')`, c.Replicable, c.Mod
 	return deleted, nil
 }
 
-// deleteRow runs a DELETE ... RETURNING key and remove in one transaction.
-// removeIfNone says whether remove runs (with "") when nothing was deleted.
-func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(context.Context, string) error, query string, args ...any) (bool, error) {
+// deleteRow runs a DELETE ... RETURNING blob_key, staged_key of one row
+// (args start with its replicable and model id), then removes, under their
+// key locks, the bytes at those keys and at extra that no other row
+// names, in one transaction. removeIfNone says whether extra's bytes are
+// removed when nothing was deleted.
+func (s *Store) deleteRow(ctx context.Context, extra string, removeIfNone bool, remove func(context.Context, string) error, query string, args ...any) (bool, error) {
 	existed := false
+	row := Key{Replicable: args[0].(string), ModelID: args[1].(int64)}
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
 		var key, staged string
 		err := tx.QueryRowContext(ctx, query, args...).Scan(&key, &staged)
@@ -502,23 +431,37 @@ func (s *Store) deleteRow(ctx context.Context, removeIfNone bool, remove func(co
 		default:
 			existed = true
 		}
-		if remove != nil {
-			if err := remove(ctx, key); err != nil {
-				return fmt.Errorf("remove: %w", err)
-			}
-			// Bytes a sync published without its settle committing.
-			if staged != "" && staged != key {
-				if err := remove(ctx, staged); err != nil {
-					return fmt.Errorf("remove staged key: %w", err)
-				}
-			}
+		if remove == nil {
+			return nil
 		}
-		return nil
+		return removeReleased(ctx, tx, row, releasedKeys("", key, staged, extra), remove)
 	})
 	if errors.Is(err, errStale) {
 		return false, nil
 	}
 	return existed, err
+}
+
+// removeReleased removes, in tx and under their key locks, the bytes at
+// each of keys (released by row) that no other registry row names.
+func removeReleased(ctx context.Context, tx *sqlx.Tx, row Key, keys []string, remove func(context.Context, string) error) error {
+	rels := make([]release, len(keys))
+	for i, k := range keys {
+		rels[i] = release{key: k, rowKey: row}
+	}
+	free, err := unreferenced(ctx, tx, rels)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if !free[k] {
+			continue
+		}
+		if err := remove(ctx, k); err != nil {
+			return fmt.Errorf("remove %q: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // leaseTx runs fn, which only takes or extends leases, in a transaction

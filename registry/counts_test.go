@@ -90,7 +90,7 @@ func TestStatusCountsFollowEveryChange(t *testing.T) {
 						}
 					}
 				case 4:
-					_, err = s.Delete(ctx, typ, some[0], nil)
+					_, err = s.Delete(ctx, typ, some[0], "", nil)
 				case 5:
 					_, err = s.Resync(ctx, typ, some[:1])
 				}

@@ -104,3 +104,7 @@ func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample i
 	}
 	return strings.Join(lines, "\n"), nil
 }
+
+// LockKeysSQL is lockKeysSQL, for tests that hold a key's lock the way
+// StageKeys does.
+const LockKeysSQL = lockKeysSQL

@@ -13,11 +13,18 @@ import (
 )
 
 // SettleItem is one successful sync for SettleSyncedBatch: the claim, what
-// was synced, and the function that publishes the staged bytes.
+// was synced, the function that publishes the staged bytes, and the one
+// that removes bytes at a key the row stops naming.
 type SettleItem struct {
-	Claim   Claim
-	Result  SyncedResult
+	Claim  Claim
+	Result SyncedResult
+	// Publish makes the synced bytes visible at Result.BlobKey (nil:
+	// nothing to publish).
 	Publish func(ctx context.Context) error
+	// Remove removes the bytes at a key the row stops naming: its
+	// previous blob key or its staged key, when it is not Result.BlobKey
+	// and no other row names it (R7). Nil leaves such bytes in place.
+	Remove func(ctx context.Context, key string) error
 }
 
 // SettleOutcome is SettleSyncedBatch's answer for one item, with the
@@ -28,6 +35,13 @@ type SettleItem struct {
 type SettleOutcome struct {
 	Settled bool
 	Err     error
+}
+
+// settleEntry is an item of SettleSyncedBatch that reaches the
+// transaction, with the verification state its row gets.
+type settleEntry struct {
+	i      int
+	vstate VerificationState
 }
 
 // settleBatchSQL marks the locked rows whose bytes were published synced,
@@ -46,25 +60,38 @@ FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8
 WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
   AND r.state = 1 AND r.lease_owner = $1`
 
-// SettleSyncedBatch is SettleSynced for many claims in one transaction:
-// the same checks and the same resulting rows, in four round trips for
-// the whole batch instead of three per row. It is what the sync engine
-// uses when several syncs finish at about the same time.
+// SettleSyncedBatch records that the syncs of items succeeded, in one
+// transaction for the whole batch (four to six round trips however many
+// rows). It is what the sync engine uses: syncs that finish at about the
+// same time settle together.
 //
-// In one transaction it locks the rows whose claims are still current (in
-// key order, as every statement locking several rows does, so it cannot
-// deadlock with them), calls
-// the Publish functions of those items concurrently while the locks are
-// held (R2: a concurrent Delete waits and then removes the published
-// bytes), marks synced the rows whose Publish succeeded and commits. A
-// failed Publish leaves its row started and is reported in that item's
-// Err; the other items are not affected. Items whose claim is no longer
-// current get Settled false and their Publish is not called. A known
-// primary checksum that differs from the local one is ErrChecksumMismatch
-// for that item, without touching its row (R6). If the transaction
-// itself fails, every item that reached it gets the error; rows whose
-// bytes were already published then stay started and are reclaimed after
-// their lease, as with SettleSynced.
+// In one transaction it locks the rows whose claims are still current
+// (same seq, started, owned by owner), in key order, as every statement
+// locking several rows does, so it cannot deadlock with them; calls the
+// Publish functions of those items concurrently while the locks are held
+// (R2: a concurrent Delete waits and then removes the published bytes);
+// removes the bytes at the keys those rows stop naming (previous blob
+// key, staged key) that no other registry row names, under the keys'
+// locks (R7), with each item's Remove; marks synced the rows whose
+// Publish and removals succeeded; and commits.
+//
+// Items whose claim is no longer current get Settled false and Err nil,
+// and their Publish is not called: the caller discards the staged bytes.
+// A known primary checksum that differs from the local one is
+// ErrChecksumMismatch for that item, without touching its row (R6). A
+// failed Publish or removal leaves that item's row started and is
+// reported in its Err (the caller settles it with SettleFailed); the
+// other items are not affected. If the transaction itself fails, every
+// item that reached it gets the error; rows whose bytes were already
+// published then stay started and are reclaimed after their lease.
+//
+// The synced row gets retry_count 0, no retry_at, last_synced_at now, no
+// failure, missing_on_primary false, the result's key and size, no staged
+// key and no lease. verification_retry_count is kept: only a verification
+// success resets it, so verification backoff grows across consecutive
+// verify-fail → resync cycles (GitLab #607991). Its verification state is
+// succeeded (verified_at now) when the primary checksum is known and
+// matches, and pending when it is unknown.
 //
 // Items must name distinct rows; a repeated row gets an error. The result
 // has one outcome per item, in order.
@@ -74,11 +101,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		return out
 	}
 	now := s.now()
-	type entry struct {
-		i      int
-		vstate VerificationState
-	}
-	var todo []entry
+	var todo []settleEntry
 	seen := make(map[Key]bool, len(items))
 	for i, it := range items {
 		c, r := it.Claim, it.Result
@@ -96,12 +119,12 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 			}
 			vstate = VerificationSucceeded
 		}
-		todo = append(todo, entry{i, vstate})
+		todo = append(todo, settleEntry{i, vstate})
 	}
 	if len(todo) == 0 {
 		return out
 	}
-	slices.SortFunc(todo, func(a, b entry) int {
+	slices.SortFunc(todo, func(a, b settleEntry) int {
 		ca, cb := items[a.i].Claim, items[b.i].Claim
 		return cmp.Or(strings.Compare(ca.Replicable, cb.Replicable), cmp.Compare(ca.ModelID, cb.ModelID))
 	})
@@ -156,6 +179,13 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 			})
 		}
 		wg.Wait()
+		idx := make([]int, len(todo))
+		for j, e := range todo {
+			idx[j] = e.i
+		}
+		if err := removeReleasedBatch(ctx, tx, items, idx, published, out); err != nil {
+			return err
+		}
 		var (
 			uTypes, uKeys, uSums []string
 			uIDs, uSeqs, uSizes  []int64
@@ -215,4 +245,55 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		}
 	}
 	return out
+}
+
+// removeReleasedBatch removes, in tx, the bytes at the keys that the
+// published items (published[j] for item idx[j]) stop naming and that no
+// other row names (R7: locked, then checked in one statement each). An
+// item whose removal fails is no longer published: its row stays
+// started, and out records why. A key released by several items is
+// removed once.
+func removeReleasedBatch(ctx context.Context, tx *sqlx.Tx, items []SettleItem, idx []int, published []bool, out []SettleOutcome) error {
+	var rels []release
+	by := map[string][]int{} // key -> positions in idx releasing it
+	for j, i := range idx {
+		it := items[i]
+		if !published[j] || it.Remove == nil {
+			continue
+		}
+		for _, k := range releasedKeys(it.Result.BlobKey, it.Claim.BlobKey, it.Claim.StagedKey) {
+			rels = append(rels, release{key: k, rowKey: it.Claim.Key()})
+			by[k] = append(by[k], j)
+		}
+	}
+	free, err := unreferenced(ctx, tx, rels)
+	if err != nil {
+		return err
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for k, js := range by {
+		if !free[k] {
+			continue
+		}
+		it := items[idx[js[0]]]
+		wg.Go(func() {
+			err := it.Remove(ctx, k)
+			if err == nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, j := range js {
+				published[j] = false
+				c := items[idx[j]].Claim
+				out[idx[j]].Err = fmt.Errorf("registry: settle synced %s/%d: remove released key %q: %w",
+					c.Replicable, c.ModelID, k, err)
+			}
+		})
+	}
+	wg.Wait()
+	return nil
 }

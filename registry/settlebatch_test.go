@@ -80,7 +80,7 @@ func TestSettleSyncedBatchOutcomes(t *testing.T) {
 		claim[c.ModelID] = c
 	}
 	mustMarkPending(t, s, "a", 2)                         // R1: updated while syncing
-	if _, err := s.Delete(ctx, "a", 3, nil); err != nil { // R2: deleted while syncing
+	if _, err := s.Delete(ctx, "a", 3, "", nil); err != nil { // R2: deleted while syncing
 		t.Fatal(err)
 	}
 	errDisk := errors.New("disk full")
@@ -167,7 +167,7 @@ func TestR2SettleBatchRacingDelete(t *testing.T) {
 		for id := first; id < first+per; id += 2 { // delete every other row
 			wg.Go(func() {
 				<-start
-				if _, err := s.Delete(ctx, "a", id, func(context.Context, string) error {
+				if _, err := s.Delete(ctx, "a", id, "", func(context.Context, string) error {
 					if err := os.Remove(path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 						return err
 					}

@@ -24,11 +24,12 @@ UPDATE geo_registry r SET staged_key = NULL
 FROM (` + lockHeldSQL + `) sel
 WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`
 
-// ClearStagedKey removes, under the row lock, the bytes at c.StagedKey (an
-// earlier sync of claim c's row published there without its settle
-// committing, or RequeueRemoval kept a deleted record's key there), then
-// clears the row's staged_key, in one transaction; it does nothing
-// and returns true when c.StagedKey is empty. It returns false, calling
+// ClearStagedKey forgets claim c's staged key (an earlier sync of the row
+// published there without its settle committing, or RequeueRemoval kept a
+// deleted record's key there) and removes the bytes at it unless another
+// registry row, or this row's recorded blob key, still names it (R7), in
+// one transaction under the row and key locks; it does nothing and
+// returns true when c.StagedKey is empty. It returns false, calling
 // nothing, when owner no longer holds the claim. If remove fails, the row
 // keeps naming the bytes and the error is returned.
 //
@@ -51,8 +52,16 @@ func (s *Store) ClearStagedKey(ctx context.Context, owner string, c Claim, remov
 		} else if n == 0 {
 			return errStale
 		}
-		if err := remove(ctx, c.StagedKey); err != nil {
-			return fmt.Errorf("remove staged key %q: %w", c.StagedKey, err)
+		// The row's own blob_key counts: its bytes are released by the
+		// settle that records the new key, not here.
+		free, err := unreferenced(ctx, tx, []release{{key: c.StagedKey}})
+		if err != nil {
+			return err
+		}
+		if free[c.StagedKey] {
+			if err := remove(ctx, c.StagedKey); err != nil {
+				return fmt.Errorf("remove staged key %q: %w", c.StagedKey, err)
+			}
 		}
 		return nil
 	})
@@ -73,7 +82,10 @@ type Staging struct {
 
 // StageKeys records, for each staging whose claim owner still holds, the
 // key the sync is about to make visible (staged_key), in one transaction
-// committed on its own (and durably) before it returns. The sync engine
+// committed on its own (and durably) before it returns. It holds each
+// key's lock (R7) until that commit, so a concurrent removal of bytes at
+// one of the keys either sees the new reference and keeps them, or ends
+// before the reference is visible (and before the sync publishes). The sync engine
 // calls it for each claimed batch before the syncs start, and for what is
 // left just before settling: if the settle then does not commit (the
 // process dies after the rename, or Publish fails after it), the row
@@ -119,15 +131,21 @@ func (s *Store) StageKeys(ctx context.Context, owner string, stagings []Staging)
 		if err != nil {
 			return s.stmts.Check(stageKeysSQL, err)
 		}
-		defer rows.Close()
 		for rows.Next() {
 			var k Key
 			if err := rows.Scan(&k.Replicable, &k.ModelID); err != nil {
+				rows.Close()
 				return err
 			}
 			staged[k] = true
 		}
-		return rows.Err()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// R7: the new references commit only once no removal of these
+		// keys is under way (see keyref.go); the rows are locked first.
+		return lockKeys(ctx, tx, keys)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: stage keys: %w", err)

@@ -48,14 +48,18 @@ func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
 
 	var removed []string
 	var mu sync.Mutex
-	_, err = store.Delete(ctx, "item", 1, func(_ context.Context, key string) error {
+	remove := func(_ context.Context, key string) error {
 		mu.Lock()
 		removed = append(removed, key)
 		mu.Unlock()
 		return nil
-	})
+	}
+	_, err = store.Delete(ctx, "item", 1, "", remove)
 	require.NoError(t, err)
-	require.Equal(t, []string{"", "k/new"}, removed, "Delete removes the recorded key and the staged one")
+	require.Empty(t, removed, "Delete keeps a staged key that another row records (R7)")
+	_, err = store.Delete(ctx, "item", 2, "", remove)
+	require.NoError(t, err)
+	require.Equal(t, []string{"k/new"}, removed, "the last row naming the key removes its bytes")
 }
 
 // TestClearStagedKey: the bytes at a claim's staged key are removed under

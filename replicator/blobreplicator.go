@@ -47,7 +47,7 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	if err := blob.ValidateKey(key); err != nil {
 		return nil, fmt.Errorf("strategy %s returned a bad key for %d: %w", r.s.Name(), job.ModelID, err)
 	}
-	if job.FirstAttempt && job.PrimaryChecksum != "" {
+	if !job.Redownload && job.PrimaryChecksum != "" {
 		if st, ok := r.trySkip(ctx, job, key); ok {
 			return st, nil
 		}
@@ -71,7 +71,7 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 	if job.PrimaryChecksum != "" {
 		primary = res.Checksum
 	}
-	return &blobStaged{r: r, w: res.Writer, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
+	return &blobStaged{r: r, w: res.Writer, res: SyncResult{
 		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
 	}}, nil
 }
@@ -120,7 +120,9 @@ func (r *blobReplicator) resolveKeys(ctx context.Context, ids []int64) map[int64
 }
 
 // trySkip reports a staged no-op when the bytes at key already match the
-// primary's checksum (a restore, or a re-added site).
+// primary's checksum: a restore, a re-added site, or a key another record
+// shares (content-addressed types), on any attempt. The settle re-checks
+// that the bytes are still there (blobStaged.Commit).
 func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Staged, bool) {
 	start := time.Now()
 	rd, err := r.storage.Open(ctx, key)
@@ -135,20 +137,17 @@ func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Stag
 	if r.onSkip != nil {
 		r.onSkip(r.s.Name())
 	}
-	return &blobStaged{r: r, oldKey: job.RecordedKey, stagedKey: job.StagedKey, res: SyncResult{
+	return &blobStaged{r: r, res: SyncResult{
 		Key: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
 	}}, true
 }
 
+// Remove implements Replicator. A blob type's data is the bytes at key;
+// with no key there is nothing to remove (the registry names every key a
+// sync may have published at).
 func (r *blobReplicator) Remove(ctx context.Context, id int64, key string) error {
 	if key == "" {
-		// Not recorded: ask the strategy (the record may still be readable
-		// on the replica, e.g. when it only left the scope).
-		k, err := r.s.BlobKey(ctx, id)
-		if err != nil {
-			return nil // nothing known to remove
-		}
-		key = k
+		return nil
 	}
 	if err := blob.ValidateKey(key); err != nil {
 		return fmt.Errorf("remove %s/%d: %w", r.s.Name(), id, err)
@@ -179,31 +178,27 @@ func (r *blobReplicator) Verify(ctx context.Context, id int64, key string, prima
 }
 
 type blobStaged struct {
-	r      *blobReplicator
-	w      blob.Writer // nil when the download was skipped
-	oldKey string
-	// stagedKey holds bytes an earlier sync published without recording
-	// them (Job.StagedKey).
-	stagedKey string
-	res       SyncResult
+	r   *blobReplicator
+	w   blob.Writer // nil when the download was skipped
+	res SyncResult
 }
 
 func (s *blobStaged) Result() SyncResult { return s.res }
 
+// Commit publishes the downloaded bytes at their key. A skipped download
+// publishes nothing; it checks that the bytes it found are still there:
+// another record's removal may have taken them between the check and this
+// row's staging of the key (from then on they stay, R7), and the row must
+// not become synced without them (errSkippedBytesGone).
 func (s *blobStaged) Commit(ctx context.Context) error {
 	if s.w != nil {
-		if err := s.w.Commit(ctx); err != nil {
-			return err
-		}
+		return s.w.Commit(ctx)
 	}
-	// The record's bytes moved to a new key: the old copy is an orphan,
-	// and so are bytes an earlier sync published at a key never recorded.
-	for _, k := range []string{s.oldKey, s.stagedKey} {
-		if k != "" && k != s.res.Key {
-			if err := s.r.storage.Remove(ctx, k); err != nil && !errors.Is(err, blob.ErrInvalidKey) {
-				return fmt.Errorf("remove previous key: %w", err)
-			}
+	if _, err := s.r.storage.Stat(ctx, s.res.Key); err != nil {
+		if errors.Is(err, blob.ErrNotExist) {
+			return fmt.Errorf("%w: %s", errSkippedBytesGone, s.res.Key)
 		}
+		return err
 	}
 	return nil
 }

@@ -377,9 +377,6 @@ func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s str
 	// would retry this batch for ever while the storage fails, and nothing
 	// after it would be backfilled.
 	ok, handed, err := deleteOrHandOver(ctx, c.store, c.log, name, id, "", func(ctx context.Context, key string) error {
-		if key == "" {
-			return nil // never synced: no bytes of ours
-		}
 		return rep.Remove(ctx, id, key)
 	})
 	if handed {

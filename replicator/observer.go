@@ -25,6 +25,10 @@ type Observer interface {
 	VerifyDone(replicable string, ok bool, d time.Duration)
 	// EventsSkipped reports outbox events skipped as unknown or malformed.
 	EventsSkipped(reason string, n int)
+	// LocalMissing reports n synced records of replicable whose bytes the
+	// existence scan found missing from the site's storage (they are
+	// downloaded again).
+	LocalMissing(replicable string, n int)
 }
 
 type nopObserver struct{}
@@ -32,3 +36,4 @@ type nopObserver struct{}
 func (nopObserver) SyncDone(string, SyncOutcome, int64, time.Duration) {}
 func (nopObserver) VerifyDone(string, bool, time.Duration)             {}
 func (nopObserver) EventsSkipped(string, int)                          {}
+func (nopObserver) LocalMissing(string, int)                           {}

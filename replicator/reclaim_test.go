@@ -93,3 +93,4 @@ func (o *outcomeCounter) SyncDone(_ string, r replicator.SyncOutcome, _ int64, _
 }
 func (o *outcomeCounter) VerifyDone(string, bool, time.Duration) {}
 func (o *outcomeCounter) EventsSkipped(string, int)              {}
+func (o *outcomeCounter) LocalMissing(string, int)               {}

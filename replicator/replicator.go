@@ -53,6 +53,12 @@ type Replicator interface {
 // is not on the secondary.
 var ErrLocalMissing = errors.New("replicator: missing on secondary")
 
+// errSkippedBytesGone is returned (wrapped) by a Staged's Commit when its
+// sync skipped the download because the data was present, and the data
+// was gone by the settle: the engine syncs the record again at once,
+// downloading (Job.Redownload).
+var errSkippedBytesGone = errors.New("replicator: data found at sync time was gone at settle")
+
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {
 	ModelID int64
@@ -61,18 +67,16 @@ type Job struct {
 	// when it did not: the replicator then looks it up itself.
 	Key string
 	// RecordedKey is the key recorded at the previous successful sync, ""
-	// when there was none.
+	// when there was none. The engine, not the replicator, removes data at
+	// keys a row stops naming, when no other row names them (R7).
 	RecordedKey string
-	// StagedKey is a key the row names as possibly holding its bytes
-	// without recording them, "" if none: an earlier sync's that published
-	// without its settle committing, or Key itself when the engine staged
-	// it at claim time. The commit removes it unless the record is stored
-	// at that same key.
-	StagedKey string
-	// FirstAttempt is true when the row has never been attempted: the
-	// replicator may then skip the download if the bytes are already there
-	// and match the primary's checksum.
-	FirstAttempt bool
+	// Redownload is true when the data must be fetched even if a copy at
+	// the target already matches the primary's checksum: an earlier try
+	// under this claim skipped the download and found the copy gone when
+	// it settled. Otherwise a replicator may skip the download whenever
+	// the local copy matches (a restore, a re-added site, a key shared
+	// with another record).
+	Redownload bool
 	// PrimaryChecksum is the primary's recorded checksum, "" when unknown.
 	PrimaryChecksum string
 }

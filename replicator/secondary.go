@@ -90,6 +90,15 @@ type SecondaryConfig struct {
 	// NotifyURL optionally names the primary's database (not a standby)
 	// for LISTEN, a wake-up hint only; "" means polling alone.
 	NotifyURL string
+	// ExistenceScanInterval is how often the existence scan lists the
+	// storage's keys beside the registry's synced rows and makes rows whose
+	// bytes are gone pending again (R7: a row never stays synced without
+	// its bytes for longer than this plus one scan; docs/operations.md
+	// gives a scan's time at 1,000,000 rows). 0 means
+	// ExistenceScanIntervalDefault. The scan needs a Storage that
+	// implements blob.Lister (blob.Dir does); with another storage it does
+	// not run and only re-verification finds missing bytes.
+	ExistenceScanInterval time.Duration
 	// ReverifyInterval is how long a verified copy stays trusted before it
 	// is read and checked again; 0 means 7 days.
 	ReverifyInterval time.Duration
@@ -135,7 +144,7 @@ func (c *SecondaryConfig) validate() error {
 		{"TransferTimeout", int64(c.TransferTimeout)}, {"ConsistencyInterval", int64(c.ConsistencyInterval)},
 		{"EventPollInterval", int64(c.EventPollInterval)}, {"ReverifyInterval", int64(c.ReverifyInterval)},
 		{"VerifyConcurrency", int64(c.VerifyConcurrency)}, {"VerifyBatch", int64(c.VerifyBatch)},
-		{"ChecksumWait", int64(c.ChecksumWait)},
+		{"ChecksumWait", int64(c.ChecksumWait)}, {"ExistenceScanInterval", int64(c.ExistenceScanInterval)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("replicator: SecondaryConfig.%s must not be negative", f.name)
@@ -171,6 +180,7 @@ func (c *SecondaryConfig) validate() error {
 	defD(&c.ConsistencyInterval, 15*time.Minute)
 	defD(&c.EventPollInterval, 250*time.Millisecond)
 	defD(&c.ReverifyInterval, 7*24*time.Hour)
+	defD(&c.ExistenceScanInterval, ExistenceScanIntervalDefault)
 	def(&c.VerifyConcurrency, 4)
 	def(&c.VerifyBatch, 8*c.VerifyConcurrency)
 	defD(&c.ChecksumWait, min(time.Minute, c.ReverifyInterval))
@@ -189,6 +199,10 @@ func (c *SecondaryConfig) validate() error {
 	return nil
 }
 
+// ExistenceScanIntervalDefault is SecondaryConfig.ExistenceScanInterval's
+// default.
+const ExistenceScanIntervalDefault = 10 * time.Minute
+
 // Secondary is one secondary site process: it runs the consistency, sync,
 // event and verification engines for every registered type. Several
 // Secondary processes may share one tracking database: work is claimed
@@ -200,6 +214,7 @@ type Secondary struct {
 	sync     *syncEngine
 	cons     *consistencyEngine
 	verify   *verifyEngine
+	exist    *existenceEngine // nil when the storage cannot list its keys
 	consumer *events.Consumer
 }
 
@@ -242,6 +257,13 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	s.sync.checksums = primarySums.Checksums
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
+	if l, ok := cfg.Storage.(blob.Lister); ok {
+		s.exist = &existenceEngine{
+			store: store, storage: l, interval: cfg.ExistenceScanInterval, log: cfg.Logger,
+			wakeSync: s.sync.Wake, obs: cfg.Observer, batch: existenceBatch,
+			stat: func(ctx context.Context, key string) error { _, err := cfg.Storage.Stat(ctx, key); return err },
+		}
+	}
 	s.cons.eventsReady = func(ctx context.Context) (bool, error) {
 		cursors, err := store.EventCursors(ctx)
 		for _, c := range cursors {
@@ -284,6 +306,16 @@ func (s *Secondary) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return s.consumer.Run(gctx) })
 	g.Go(func() error { return s.verify.run(gctx) })
+	if s.exist != nil {
+		g.Go(func() error {
+			pglock.Run(gctx, s.cfg.Tracking, "existence", s.cfg.PollInterval, s.exist.run, func(err error) {
+				s.cfg.Logger.Warn("existence scan stopped", zap.Error(err))
+			})
+			return nil
+		})
+	} else {
+		s.cfg.Logger.Info("existence scan off: the storage cannot list its keys (blob.Lister); only re-verification finds missing bytes")
+	}
 	g.Go(func() error { s.foldCounts(gctx); return nil })
 	return g.Wait()
 }
@@ -348,6 +380,27 @@ func (s *Secondary) ReverifyAll(ctx context.Context, replicable string, onlyFail
 	return n, nil
 }
 
+// CheckStorage runs one existence scan now, as the engine does every
+// ExistenceScanInterval: it lists the storage's keys beside the synced
+// rows, both in key order, and makes pending again the rows whose bytes
+// are gone, so they are downloaded again. It returns how many synced rows
+// it checked and how many it found missing, or an error matching
+// ErrNoLister when the storage cannot list its keys (blob.Lister).
+func (s *Secondary) CheckStorage(ctx context.Context) (checked, missing int64, err error) {
+	if s.exist == nil {
+		return 0, 0, ErrNoLister
+	}
+	checked, missing, err = s.exist.scan(ctx)
+	if err != nil {
+		return checked, missing, fmt.Errorf("replicator: check storage: %w", err)
+	}
+	return checked, missing, nil
+}
+
+// ErrNoLister is returned (wrapped) by Secondary.CheckStorage when the
+// site's storage does not implement blob.Lister.
+var ErrNoLister = errors.New("replicator: the storage cannot list its keys")
+
 // Progress returns each type's consistency (backfill) progress as seen by
 // this process (empty for types whose pass runs in another process).
 func (s *Secondary) Progress() map[string]Progress { return s.cons.Progress() }
@@ -411,17 +464,7 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 			// back every event after this one until the removal succeeds
 			// (with many deletes in one batch, maybe never).
 			_, handed, err := deleteOrHandOver(ctx, h.s.store, h.s.cfg.Logger, ev.Replicable, ev.ModelID, ev.BlobKey,
-				func(ctx context.Context, recorded string) error {
-					if ev.BlobKey != "" {
-						if err := rep.Remove(ctx, ev.ModelID, ev.BlobKey); err != nil {
-							return err
-						}
-					}
-					if recorded != "" && recorded != ev.BlobKey {
-						return rep.Remove(ctx, ev.ModelID, recorded)
-					}
-					return nil
-				})
+				func(ctx context.Context, key string) error { return rep.Remove(ctx, ev.ModelID, key) })
 			if err != nil {
 				return fmt.Errorf("replicator: delete %s/%d: %w", ev.Replicable, ev.ModelID, err)
 			}
@@ -438,18 +481,19 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 }
 
 // deleteOrHandOver deletes the row of deleted record id of replicable and
-// its bytes (registry.Store.Delete with remove). When remove fails (the
-// storage, not the registry), it hands the row to the sync engine instead
-// (registry.Store.RequeueRemoval, keeping key, the deleted event's key or
-// "", for removal), logs why and returns handedOver true with no error:
-// the engine finds the record gone, removes row and bytes, or records the
-// failure on the row and retries it with backoff. This is what deleted
-// events and the consistency pass's orphans do, so that one failing
-// removal holds back neither the events after it nor the rest of a pass.
+// the bytes at its keys and at key (the deleted event's key, or "") that no
+// other row names (registry.Store.Delete with remove; R7). When remove
+// fails (the storage, not the registry), it hands the row to the sync
+// engine instead (registry.Store.RequeueRemoval, keeping key for removal),
+// logs why and returns handedOver true with no error: the engine finds
+// the record gone, removes row and bytes, or records the failure on the
+// row and retries it with backoff. This is what deleted events and the
+// consistency pass's orphans do, so that one failing removal holds back
+// neither the events after it nor the rest of a pass.
 func deleteOrHandOver(ctx context.Context, store *registry.Store, log *zap.Logger, replicable string, id int64, key string,
-	remove func(ctx context.Context, recorded string) error) (existed, handedOver bool, err error) {
-	existed, err = store.Delete(ctx, replicable, id, func(ctx context.Context, recorded string) error {
-		if err := remove(ctx, recorded); err != nil {
+	remove func(ctx context.Context, key string) error) (existed, handedOver bool, err error) {
+	existed, err = store.Delete(ctx, replicable, id, key, func(ctx context.Context, key string) error {
+		if err := remove(ctx, key); err != nil {
 			return &removeError{err}
 		}
 		return nil

@@ -526,8 +526,25 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, Key: key, RecordedKey: c.BlobKey, StagedKey: c.StagedKey,
-		FirstAttempt: firstAttempt(c), PrimaryChecksum: primarySum}
+	job := Job{ModelID: c.ModelID, Key: key, RecordedKey: c.BlobKey, PrimaryChecksum: primarySum}
+	for {
+		redo := e.syncAndSettle(workCtx, ctx, settleCtx, log, t, rep, job, key, stg, start)
+		if !redo {
+			return
+		}
+		// The sync skipped its download because the data was present, and
+		// another record's removal took it before this row staged the key:
+		// the claim is still held, download this time.
+		log.Debug("data found present was gone at settle: downloading")
+		job.Redownload = true
+	}
+}
+
+// syncAndSettle runs one try of process: the replicator's sync, then the
+// settle. It reports true when the try must be repeated with a download
+// (errSkippedBytesGone), having settled nothing.
+func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log *zap.Logger, t *task, rep Replicator, job Job, key string, stg *staging, start time.Time) bool {
+	c := t.claim
 	staged, err := rep.Sync(ctx, job)
 	if err != nil {
 		switch {
@@ -538,33 +555,36 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 			}
 			e.obs.SyncDone(c.Replicable, ResultReleased, 0, time.Since(start))
 		case errors.Is(err, ErrGone):
+			// The record's row and the bytes at its keys that no other
+			// row names (R7) go.
 			deleted, derr := e.store.DeleteIfClaim(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
 				return rep.Remove(ctx, c.ModelID, key)
 			})
 			if derr != nil {
 				log.Warn("removing a record gone from the primary failed", zap.Error(derr))
 				e.fail(settleCtx, log, c, derr, false, start)
-				return
+				return false
 			}
 			if !deleted {
 				// The row changed since the claim (recreated, updated): the
 				// newer claim decides; nothing was removed.
 				log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", err))
 				e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
-				return
+				return false
 			}
 			log.Debug("record gone or out of scope: removed")
 			e.obs.SyncDone(c.Replicable, ResultRemoved, 0, time.Since(start))
 		default:
 			e.fail(settleCtx, log, c, err, errors.Is(err, ErrMissingOnPrimary), start)
 		}
-		return
+		return false
 	}
 	res := staged.Result()
 	if c.StagedKey != "" && c.StagedKey != res.Key {
 		// An earlier sync published bytes at another key without settling:
-		// remove them, and forget them, before this sync's key is staged
-		// in their place (ClearStagedKey).
+		// remove them (unless another row names that key, R7), and forget
+		// them, before this sync's key is staged in their place
+		// (ClearStagedKey).
 		held, err := e.store.ClearStagedKey(settleCtx, e.owner, c, func(ctx context.Context, key string) error {
 			return rep.Remove(ctx, c.ModelID, key)
 		})
@@ -576,11 +596,11 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 		switch {
 		case err != nil:
 			e.fail(settleCtx, log, c, err, false, start)
-			return
+			return false
 		case !held:
 			log.Debug("claim superseded while syncing: discarded")
 			e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
-			return
+			return false
 		}
 		e.mu.Lock() // renewals read the task's claim
 		t.claim.StagedKey = ""
@@ -593,13 +613,15 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 	}
 	ok, err := e.settle(t, registry.SyncedResult{
 		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
-	}, staged.Commit)
+	}, staged.Commit, func(ctx context.Context, key string) error { return rep.Remove(ctx, c.ModelID, key) })
 	if err != nil || !ok {
 		if aerr := staged.Abort(); aerr != nil {
 			log.Warn("discarding staged data failed", zap.Error(aerr))
 		}
 	}
 	switch {
+	case err != nil && errors.Is(err, errSkippedBytesGone) && !job.Redownload:
+		return true
 	case err != nil:
 		e.fail(settleCtx, log, c, fmt.Errorf("commit: %w", err), false, start)
 	case !ok:
@@ -616,6 +638,7 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 		}
 		log.Debug("synced", zap.Int64("bytes", res.Size), zap.Duration("duration", time.Since(start)))
 	}
+	return false
 }
 
 // settlerCount settle batches may be in flight at once, so one batch's
@@ -644,9 +667,12 @@ type settleReq struct {
 // the load. Syncs waiting to be taken keep their slots, so the syncs past
 // their transfer are bounded by the budget plus what the settlers hold
 // (settlerCount * maxSettleBatch).
-func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(context.Context) error) (bool, error) {
+func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(context.Context) error, remove func(context.Context, string) error) (bool, error) {
 	reply := make(chan registry.SettleOutcome, 1)
-	e.settles <- settleReq{item: registry.SettleItem{Claim: t.claim, Result: r, Publish: publish}, reply: reply}
+	e.mu.Lock() // renewals read the task's claim
+	c := t.claim
+	e.mu.Unlock()
+	e.settles <- settleReq{item: registry.SettleItem{Claim: c, Result: r, Publish: publish, Remove: remove}, reply: reply}
 	t.release()
 	out := <-reply
 	return out.Settled, out.Err
@@ -724,10 +750,4 @@ func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c registry.Claim
 	}
 	e.obs.SyncDone(c.Replicable, result, 0, time.Since(start))
 	log.Info("sync failed", zap.Error(cause), zap.Bool("missing_on_primary", missing), zap.Int("retry_count", c.RetryCount+1))
-}
-
-// firstAttempt reports whether a claimed row was never attempted since it
-// was (re)marked pending: then the bytes may already be in place.
-func firstAttempt(c registry.Claim) bool {
-	return c.PrevState == registry.StatePending && c.RetryCount == 0 && c.LastSyncedAt.IsZero()
 }

@@ -149,6 +149,7 @@ func (o *recObserver) VerifyDone(_ string, ok bool, _ time.Duration) {
 }
 
 func (o *recObserver) EventsSkipped(string, int) {}
+func (o *recObserver) LocalMissing(string, int)  {}
 
 func (o *recObserver) counts() (ok, fail, skipped int) {
 	o.mu.Lock()
@@ -403,12 +404,24 @@ func TestPrimaryCorruptedAfterChecksumDoesNotOverwriteGoodCopies(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("checksum changed on the primary: stored %s, now %s", sha(good), sha(bad)), row.Failure)
 	require.Equal(t, sha(good), row.Checksum, "the good checksum is kept")
 
-	// A download forced over the good copy (a due retry) gets the bad
-	// bytes, which do not match the good checksum: discarded, the good
-	// copy stays.
+	// A due retry finds the good copy in place, matching the good
+	// checksum: it keeps it without a transfer (downloads are skipped
+	// whenever the local copy matches, on any attempt).
 	before := f.Transfers.Count("item", id)
-	_, err = f.TrackingDB.ExecContext(ctx, `UPDATE geo_registry SET state = 3, retry_at = $1 WHERE replicable = 'item' AND model_id = $2`,
+	_, err = f.TrackingDB.ExecContext(ctx, `UPDATE geo_registry SET state = 3, retry_count = 1, retry_at = $1 WHERE replicable = 'item' AND model_id = $2`,
 		time.Now().Add(-time.Second), id)
+	require.NoError(t, err)
+	r.Wake()
+	waitRow(t, r.Store(), id, "retry kept the local good copy", verifiedRow)
+	require.Equal(t, before, f.Transfers.Count("item", id), "no transfer for a matching local copy")
+	got, err := os.ReadFile(f.secondaryPath(t, id))
+	require.NoError(t, err)
+	require.Equal(t, sha(good), sha(got), "the secondary's good copy is kept")
+
+	// Without a local copy the download gets the bad bytes, which do not
+	// match the good checksum: the sync fails and nothing is stored.
+	require.NoError(t, os.Remove(f.secondaryPath(t, id)))
+	_, err = r.Store().Resync(ctx, "item", []int64{id})
 	require.NoError(t, err)
 	r.Wake()
 	srow := waitRow(t, r.Store(), id, "download of the corrupted bytes fails", func(r registry.Row) bool {
@@ -416,17 +429,8 @@ func TestPrimaryCorruptedAfterChecksumDoesNotOverwriteGoodCopies(t *testing.T) {
 	})
 	require.Contains(t, srow.LastSyncFailure, "checksum mismatch")
 	require.Greater(t, f.Transfers.Count("item", id), before)
-	got, err := os.ReadFile(f.secondaryPath(t, id))
-	require.NoError(t, err)
-	require.Equal(t, sha(good), sha(got), "the secondary's good copy is kept")
-
-	// A resync finds the good copy in place and keeps it without a transfer.
-	before = f.Transfers.Count("item", id)
-	_, err = r.Store().Resync(ctx, "item", []int64{id})
-	require.NoError(t, err)
-	r.Wake()
-	waitRow(t, r.Store(), id, "resynced from the local good copy", verifiedRow)
-	require.Equal(t, before, f.Transfers.Count("item", id), "no transfer for a matching local copy")
+	_, err = os.Stat(f.secondaryPath(t, id))
+	require.ErrorIs(t, err, os.ErrNotExist, "the corrupted bytes are never stored")
 }
 
 func TestSkipDownloadWhenPresentAndMatching(t *testing.T) {

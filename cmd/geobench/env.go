@@ -313,6 +313,7 @@ func (c *counter) SyncDone(_ string, outcome replicator.SyncOutcome, n int64, _ 
 
 func (c *counter) VerifyDone(string, bool, time.Duration) {}
 func (c *counter) EventsSkipped(string, int)              {}
+func (c *counter) LocalMissing(string, int)               {}
 
 // wait blocks until want records synced (returning when that happened),
 // ctx ends, or timeout passes.
