@@ -79,7 +79,7 @@ func TestSettleSyncedBatchOutcomes(t *testing.T) {
 	for _, c := range cs {
 		claim[c.ModelID] = c
 	}
-	mustMarkPending(t, s, "a", 2)                         // R1: updated while syncing
+	mustMarkPending(t, s, "a", 2)                             // R1: updated while syncing
 	if _, err := s.Delete(ctx, "a", 3, "", nil); err != nil { // R2: deleted while syncing
 		t.Fatal(err)
 	}
