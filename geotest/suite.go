@@ -992,8 +992,9 @@ func (s *suite) deleteDuringSync(c *clause) {
 
 // --- shared and reused keys (Harness.KeysMayCollide) ---
 
-// swapRounds is how many rounds keys/swap runs: odd rounds change both
-// records at once, even ones let the shared key settle first.
+// swapRounds is how many rounds keys/swap runs: odd rounds let the
+// shared key settle before A leaves it, even ones change both records at
+// once.
 const swapRounds = 4
 
 // needCollidingKeys skips a keys/* clause for a type whose keys cannot
@@ -1238,8 +1239,8 @@ func (s *suite) reusedAfterDelete(c *clause) {
 
 // swap: A holds X and B holds Y, both synced; then A takes new bytes Z
 // and B takes X, A's old bytes (so B moves to the key A leaves), for
-// several rounds. Odd rounds change both at once; even rounds let B's
-// move to the shared key settle before A leaves it. Every synced row's
+// several rounds. Odd rounds let B's move to the shared key settle before
+// A leaves it; even rounds change both at once. Every synced row's
 // file must exist with the right bytes at every look (not only at the
 // end: a lost file can be repaired later and hide the loss), the primary
 // must keep both records' bytes, and the sites converge.
@@ -1290,12 +1291,13 @@ func (s *suite) swap(c *clause) {
 		when := fmt.Sprintf("in round %d", round)
 		z, x := data(80+round, 2000+round), cur[a]
 		if round%2 == 1 {
-			update(a, z, when)
-			update(b, x, when)
-		} else {
 			update(b, x, when)
 			c.waitSyncedIntact(w, sec, store, ids, cur, written, when+", with both records at one key")
 			update(a, z, when)
+		} else {
+			// At once: the secondary may see B take X before A leaves it.
+			update(a, z, when)
+			update(b, x, when)
 		}
 		c.waitSyncedIntact(w, sec, store, ids, cur, written, when)
 	}
