@@ -21,6 +21,12 @@
 // and fails with "clause: got X, want Y". A watchdog per clause fails
 // instead of hanging. Run it with -race.
 //
+// A content-addressed type, whose keys are shared by records with equal
+// bytes and come back after a delete, sets Harness.KeysMayCollide: the
+// keys/* clauses then check that equal bytes give equal keys, and that a
+// key shared by two records, reused after a delete or swapped between
+// records never loses a file (examples/lfs). Without it they skip.
+//
 // World, World.Compare, CompareSites and WaitFor are the same kit geo's own tests use, exported
 // for adopters who want scenario tests of their own.
 //

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -55,9 +56,20 @@ type Harness struct {
 	// Update replaces record id's bytes with data and publishes an updated
 	// event. Nil declares the type immutable: the update clauses skip.
 	Update func(ctx context.Context, app App, id int64, data []byte) error
-	// Delete removes record id and its bytes and publishes a deleted event
-	// carrying the blob key. Required.
+	// Delete removes record id and publishes a deleted event carrying the
+	// blob key, and removes its bytes unless another record still names
+	// them (KeysMayCollide). Required.
 	Delete func(ctx context.Context, app App, id int64) error
+	// KeysMayCollide declares that the type's keys may be shared by
+	// records with equal bytes and reused after a delete (a
+	// content-addressed layout: LFS objects at their oid, registry blobs
+	// at their digest). The suite then checks that equal bytes give equal
+	// keys and different bytes different keys (records naming one key at
+	// the same time name the same bytes), and runs the keys/* clauses:
+	// a key shared by two records, reused after a delete, and swapped
+	// between records. False (keys distinct for distinct records, never
+	// reused) skips them and checks instead that keys are distinct.
+	KeysMayCollide bool
 	// ScopedStrategy returns the adapter narrowed to a scope (selective
 	// sync), and CreateOutOfScope stores a record outside that scope. Both
 	// nil: the scope clause skips.
@@ -128,6 +140,10 @@ func Run(t T, h Harness) {
 		{"retries/backoff_grows", s.backoffGrows},
 		{"races/R1_update_during_sync", s.updateDuringSync},
 		{"races/R2_delete_during_sync", s.deleteDuringSync},
+		{"keys/equal_bytes_equal_keys", s.equalBytesEqualKeys},
+		{"keys/shared_by_two_records", s.sharedByTwoRecords},
+		{"keys/reused_after_delete", s.reusedAfterDelete},
+		{"keys/swap", s.swap},
 	} {
 		c := c
 		t.Run(c.name, func(t T) { s.run(t, c.name, c.f) })
@@ -374,8 +390,10 @@ func (s *suite) keysValidAndStable(c *clause) {
 		if k1 != k2 {
 			c.failf("BlobKey(%d) twice: got %q then %q, want the same key", id, k1, k2)
 		}
-		if other, dup := seen[k1]; dup {
-			c.failf("BlobKey: records %d and %d got the same key %q, want distinct keys", other, id, k1)
+		// Records of a type whose keys cannot collide have distinct keys;
+		// keys/equal_bytes_equal_keys checks the other kind.
+		if other, dup := seen[k1]; dup && !c.h.KeysMayCollide {
+			c.failf("BlobKey: records %d and %d got the same key %q, want distinct keys (or Harness.KeysMayCollide)", other, id, k1)
 		}
 		seen[k1] = id
 		if _, err := app.Storage.Stat(c.ctx, k1); err != nil {
@@ -970,6 +988,321 @@ func (s *suite) deleteDuringSync(c *clause) {
 	c.waitGone(w, sec.Name(), id, key)
 	c.converged(w, sec)
 	_ = strings.TrimSpace
+}
+
+// --- shared and reused keys (Harness.KeysMayCollide) ---
+
+// swapRounds is how many rounds keys/swap runs: odd rounds let the
+// shared key settle before A leaves it, even ones change both records at
+// once.
+const swapRounds = 4
+
+// needCollidingKeys skips a keys/* clause for a type whose keys cannot
+// collide, and says why.
+func (c *clause) needCollidingKeys() {
+	c.Helper()
+	if !c.h.KeysMayCollide {
+		c.Skip("Harness.KeysMayCollide is false: the type's keys are distinct for distinct records and never reused, so no key is shared")
+	}
+}
+
+// key returns BlobKey(id) of st, failing the clause on an error.
+func (c *clause) key(st strategy.BlobStrategy, id int64) string {
+	c.Helper()
+	k, err := st.BlobKey(c.ctx, id)
+	c.check(err, fmt.Sprintf("BlobKey(%d)", id))
+	return k
+}
+
+// primaryHolds fails the clause unless the primary's storage holds want
+// at key; what says whose bytes they are and when, and hint what the
+// application must do for them to be there.
+func (c *clause) primaryHolds(app App, key string, want []byte, what, hint string) {
+	c.Helper()
+	got, _, err := sha(c.ctx, app.Storage, key)
+	switch {
+	case errors.Is(err, blob.ErrNotExist):
+		c.failf("%s: got no bytes at %q on the primary, want %d bytes sha %.12s (%s)", what, key, len(want), sum(want), hint)
+	case err != nil:
+		c.failf("%s: reading %q on the primary: got %v, want its bytes", what, key, err)
+	case got != sum(want):
+		c.failf("%s: got sha %.12s at %q on the primary, want sha %.12s", what, got, key, sum(want))
+	}
+}
+
+// syncedFilesIntact fails the clause when a synced row of ids names a
+// key whose file on the secondary is absent, or holds other bytes than
+// written says the application stored there. A row is judged only when
+// it reads the same (state, generation, key, last sync) before and after
+// its file is read, so a settle that moved it meanwhile is not taken for
+// a loss: a row being re-synced is claimed (started) first, in a
+// transaction of its own, before any of its bytes move.
+func (c *clause) syncedFilesIntact(w *World, store *registry.Store, name string, ids []int64, written map[string]string, when string) {
+	c.Helper()
+	for _, id := range ids {
+		before, err := store.Get(c.ctx, name, id)
+		if err != nil || before.State != registry.StateSynced {
+			continue
+		}
+		got, _, ferr := sha(c.ctx, w.SecondaryStorage, before.BlobKey)
+		after, err := store.Get(c.ctx, name, id)
+		if err != nil || after.State != before.State || after.Seq != before.Seq || after.BlobKey != before.BlobKey ||
+			!after.LastSyncedAt.Equal(before.LastSyncedAt) {
+			continue
+		}
+		want := written[before.BlobKey]
+		switch {
+		case errors.Is(ferr, blob.ErrNotExist):
+			c.failf("record %d synced at %q %s: got no file there on the secondary, want its bytes (sha %.12s)", id, before.BlobKey, when, want)
+		case ferr != nil:
+			c.failf("record %d synced at %q %s: reading the secondary's file: got %v, want its bytes", id, before.BlobKey, when, ferr)
+		case want != "" && got != want:
+			c.failf("record %d synced at %q %s: got sha %.12s on the secondary, want sha %.12s (what the application stored there)", id, before.BlobKey, when, got, want)
+		}
+	}
+}
+
+// waitSyncedIntact is waitSynced for each of want's records, checking on
+// every look that no synced row of ids lost its file (syncedFilesIntact).
+func (c *clause) waitSyncedIntact(w *World, sec strategy.BlobStrategy, store *registry.Store, ids []int64, want map[int64][]byte, written map[string]string, when string) {
+	c.Helper()
+	for _, id := range ids {
+		b := want[id]
+		c.waitFor(fmt.Sprintf("record %d synced %s", id, when), func() (bool, string) {
+			c.syncedFilesIntact(w, store, sec.Name(), ids, written, when)
+			got, state := c.secondaryBytes(w, sec, id)
+			if state != registry.StateSynced.String() {
+				return false, fmt.Sprintf("got state %s, want synced", state)
+			}
+			if sum(got) != sum(b) {
+				return false, fmt.Sprintf("got %d bytes sha %.12s, want %d bytes sha %.12s", len(got), sum(got), len(b), sum(b))
+			}
+			return true, ""
+		})
+	}
+}
+
+// syncedWith reports whether record id is synced on the secondary with
+// bytes want, and otherwise what it is.
+func (c *clause) syncedWith(w *World, sec strategy.BlobStrategy, id int64, want []byte) (bool, string) {
+	got, state := c.secondaryBytes(w, sec, id)
+	switch {
+	case state != registry.StateSynced.String():
+		return false, "state " + state
+	case !bytes.Equal(got, want):
+		return false, fmt.Sprintf("state synced with %d bytes sha %.12s", len(got), sum(got))
+	}
+	return true, ""
+}
+
+// waitEventConsumed waits until r's event consumer has saved a cursor at
+// or past the last event of op published for record id.
+func (c *clause) waitEventConsumed(w *World, r *Running, name string, op events.Op, id int64) {
+	c.Helper()
+	var xid string
+	var eid int64
+	err := w.PrimaryDB.QueryRowContext(c.ctx, `SELECT xid::text, id FROM geo_events
+		WHERE replicable = $1 AND op = $2 AND model_id = $3 ORDER BY xid DESC, id DESC LIMIT 1`, name, int16(op), id).Scan(&xid, &eid)
+	c.check(err, fmt.Sprintf("the %v event of record %d in the outbox", op, id))
+	x, err := strconv.ParseUint(xid, 10, 64)
+	c.check(err, "the event's transaction id")
+	c.waitFor(fmt.Sprintf("the %v event of record %d consumed", op, id), func() (bool, string) {
+		cur := r.Consumer().Stats().Cursor
+		return cur.XID > x || (cur.XID == x && cur.ID >= eid),
+			fmt.Sprintf("got the consumer's cursor at (%d, %d), want at or past the event's (%d, %d)", cur.XID, cur.ID, x, eid)
+	})
+}
+
+// equalBytesEqualKeys: records created with equal bytes get one key, and
+// records with different bytes different keys (records naming one key at
+// the same time name the same bytes); an update to bytes another record
+// has moves the record to that record's key.
+func (s *suite) equalBytesEqualKeys(c *clause) {
+	c.needCollidingKeys()
+	w, app := c.world()
+	st := c.h.Strategy(w.PrimaryDB)
+	x, y := data(31, 700), data(32, 700)
+	a, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	b, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	o, err := c.h.Create(c.ctx, app, y)
+	c.check(err, "create")
+	ka, kb, ko := c.key(st, a), c.key(st, b), c.key(st, o)
+	if ka != kb {
+		c.failf("BlobKey of records %d and %d, created with equal bytes: got %q and %q, want one key (Harness.KeysMayCollide: equal bytes, equal keys)", a, b, ka, kb)
+	}
+	if ko == ka {
+		c.failf("BlobKey of record %d, created with other bytes than record %d: got %q, record %d's key, want another key (records naming one key at the same time name the same bytes)", o, a, ko, a)
+	}
+	c.primaryHolds(app, ka, x, fmt.Sprintf("records %d and %d", a, b), "Create stores them")
+	c.primaryHolds(app, ko, y, fmt.Sprintf("record %d", o), "Create stores them")
+	if c.h.Update == nil {
+		return
+	}
+	c.check(c.h.Update(c.ctx, app, o, x), "update")
+	if k := c.key(st, o); k != ka {
+		c.failf("BlobKey of record %d after an update to record %d's bytes: got %q, want %q (equal bytes, equal keys)", o, a, k, ka)
+	}
+	c.primaryHolds(app, ka, x, fmt.Sprintf("records %d, %d and %d after the update", a, b, o), "Update stores them if absent")
+}
+
+// sharedByTwoRecords: records A and B with equal bytes share one key and
+// are both synced; deleting A removes A's row (only A's) while B stays
+// synced and its file stays, on the primary and on the secondary, right
+// after A's row is gone and at convergence.
+func (s *suite) sharedByTwoRecords(c *clause) {
+	c.needCollidingKeys()
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	r := w.Start(c.secondaryConfig(w, sec))
+	store := r.Store()
+	x := data(41, 3000)
+	a, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	b, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	key := c.key(sec, a)
+	if kb := c.key(sec, b); kb != key {
+		c.failf("BlobKey of records %d and %d, created with equal bytes: got %q and %q, want one key", a, b, key, kb)
+	}
+	c.waitSynced(w, sec, a, x)
+	c.waitSynced(w, sec, b, x)
+	// Both created events handled: none of them can make B pending (and
+	// so re-synced, which would hide a loss) after A's delete.
+	c.waitEventConsumed(w, r, sec.Name(), events.OpCreated, b)
+	c.check(c.h.Delete(c.ctx, app, a), "delete")
+	c.primaryHolds(app, key, x, fmt.Sprintf("record %d after deleting record %d, which shared its key", b, a),
+		"Delete removes bytes only when no other record names them")
+	c.waitFor(fmt.Sprintf("record %d's row removed", a), func() (bool, string) {
+		_, err := store.Get(c.ctx, sec.Name(), a)
+		return errors.Is(err, registry.ErrNotFound), fmt.Sprintf("got %v, want no row for record %d", err, a)
+	})
+	check := func(when string) {
+		c.Helper()
+		if ok, got := c.syncedWith(w, sec, b, x); !ok {
+			c.failf("record %d %s: got %s, want synced with its file at %q (%d bytes sha %.12s), a key record %d still names",
+				b, when, got, key, len(x), sum(x), b)
+		}
+	}
+	check(fmt.Sprintf("right after the row of record %d, which shared its key, went", a))
+	c.converged(w, sec)
+	check("at convergence")
+}
+
+// reusedAfterDelete: record A synced at key K is deleted (its row and
+// file go); record B is created with the same bytes, takes K and is
+// synced; then A's deleted event arrives again, late. An at-least-once
+// outbox may legitimately deliver an event twice or after later ones (a
+// consumer that crashed before saving its cursor reads it again; a
+// secondary rebuilt from a backup replays), so the clause publishes A's
+// deleted event again, with key K, in a transaction of its own after B is
+// synced. B's file must stay.
+func (s *suite) reusedAfterDelete(c *clause) {
+	c.needCollidingKeys()
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	r := w.Start(c.secondaryConfig(w, sec))
+	x := data(43, 2500)
+	a, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	key := c.key(sec, a)
+	c.waitSynced(w, sec, a, x)
+	c.check(c.h.Delete(c.ctx, app, a), "delete")
+	c.waitGone(w, sec.Name(), a, key)
+	b, err := c.h.Create(c.ctx, app, x)
+	c.check(err, "create")
+	if kb := c.key(sec, b); kb != key {
+		c.failf("BlobKey of record %d, created with deleted record %d's bytes: got %q, want %q (equal bytes, equal keys)", b, a, kb, key)
+	}
+	c.primaryHolds(app, key, x, fmt.Sprintf("record %d, created with deleted record %d's bytes", b, a),
+		"Create stores bytes again when a delete removed them")
+	c.waitSynced(w, sec, b, x)
+	// B's created event handled: it cannot make B pending (and so
+	// re-synced, which would hide a loss) after the late event.
+	c.waitEventConsumed(w, r, sec.Name(), events.OpCreated, b)
+	tx, err := app.DB.BeginTxx(c.ctx, nil)
+	c.check(err, "begin")
+	defer tx.Rollback()
+	c.check(app.Publisher.Publish(c.ctx, tx, sec.Name(), events.OpDeleted, a, key), "publish the late deleted event")
+	c.check(tx.Commit(), "commit the late deleted event")
+	c.waitEventConsumed(w, r, sec.Name(), events.OpDeleted, a)
+	if ok, got := c.syncedWith(w, sec, b, x); !ok {
+		c.failf("record %d right after deleted record %d's event (key %q) arrived late: got %s, want synced with its file (%d bytes sha %.12s)",
+			b, a, key, got, len(x), sum(x))
+	}
+	c.converged(w, sec)
+	if ok, got := c.syncedWith(w, sec, b, x); !ok {
+		c.failf("record %d at convergence: got %s, want synced with its file at %q (%d bytes sha %.12s)", b, got, key, len(x), sum(x))
+	}
+}
+
+// swap: A holds X and B holds Y, both synced; then A takes new bytes Z
+// and B takes X, A's old bytes (so B moves to the key A leaves), for
+// several rounds. Odd rounds let B's move to the shared key settle before
+// A leaves it; even rounds change both at once. Every synced row's
+// file must exist with the right bytes at every look (not only at the
+// end: a lost file can be repaired later and hide the loss), the primary
+// must keep both records' bytes, and the sites converge.
+func (s *suite) swap(c *clause) {
+	c.needCollidingKeys()
+	if c.h.Update == nil {
+		c.Skip("Harness.Update is nil: the type is immutable, so no record takes another's bytes")
+		return
+	}
+	w, app := c.world()
+	sec := c.h.Strategy(w.PrimaryDB)
+	r := w.Start(c.secondaryConfig(w, sec))
+	store := r.Store()
+	written := map[string]string{} // key -> SHA-256 of the bytes stored there
+	keyOf := map[string]string{}   // SHA-256 -> the key those bytes got
+	cur := map[int64][]byte{}
+	var ids []int64
+	note := func(id int64, b []byte, what string) {
+		c.Helper()
+		k := c.key(sec, id)
+		if prev, ok := keyOf[sum(b)]; ok && prev != k {
+			c.failf("%s: got key %q for record %d, want %q, the key its bytes had before (equal bytes, equal keys)", what, k, id, prev)
+		}
+		keyOf[sum(b)], written[k], cur[id] = k, sum(b), b
+	}
+	primaryHoldsAll := func(what string) {
+		c.Helper()
+		for _, id := range ids {
+			c.primaryHolds(app, c.key(sec, id), cur[id], fmt.Sprintf("record %d %s", id, what),
+				"Update removes the old bytes only when no other record names them, and stores the new ones if absent")
+		}
+	}
+	update := func(id int64, b []byte, what string) {
+		c.Helper()
+		c.check(c.h.Update(c.ctx, app, id, b), "update")
+		note(id, b, what)
+		primaryHoldsAll(what)
+	}
+	for i, b := range [][]byte{data(71, 3000), data(72, 3100)} {
+		id, err := c.h.Create(c.ctx, app, b)
+		c.check(err, "create")
+		ids = append(ids, id)
+		note(id, b, fmt.Sprintf("create %d", i))
+	}
+	a, b := ids[0], ids[1]
+	c.waitSyncedIntact(w, sec, store, ids, cur, written, "after the creates")
+	for round := 1; round <= swapRounds; round++ {
+		when := fmt.Sprintf("in round %d", round)
+		z, x := data(80+round, 2000+round), cur[a]
+		if round%2 == 1 {
+			update(b, x, when)
+			c.waitSyncedIntact(w, sec, store, ids, cur, written, when+", with both records at one key")
+			update(a, z, when)
+		} else {
+			// At once: the secondary may see B take X before A leaves it.
+			update(a, z, when)
+			update(b, x, when)
+		}
+		c.waitSyncedIntact(w, sec, store, ids, cur, written, when)
+	}
+	c.converged(w, sec)
+	c.syncedFilesIntact(w, store, sec.Name(), ids, written, "at convergence")
 }
 
 // testingT adapts *testing.T to T.

@@ -1,7 +1,10 @@
 package geotest_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -10,9 +13,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/examples/lfs"
 	"github.com/geoframework/geo/examples/packagefile"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/geotest/pgtest"
@@ -273,5 +279,203 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 			}
 			t.Logf("caught as intended: %s", msgs[0])
 		})
+	}
+}
+
+func lfsObjects(a geotest.App) lfs.Objects {
+	return lfs.Objects{DB: a.DB, Storage: a.Storage, Publisher: a.Publisher}
+}
+
+func oidOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// lfsHarness is examples/lfs's harness: content-addressed, keys shared.
+func lfsHarness() geotest.Harness {
+	return geotest.Harness{
+		Server:   pg,
+		Setup:    lfs.CreateSchema,
+		Strategy: func(db *sqlx.DB) strategy.BlobStrategy { return &lfs.Strategy{DB: db} },
+		Create: func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
+			return lfsObjects(a).Store(ctx, 1, oidOf(b), int64(len(b)), bytes.NewReader(b))
+		},
+		Update: func(ctx context.Context, a geotest.App, id int64, b []byte) error {
+			return lfsObjects(a).Repoint(ctx, id, oidOf(b), int64(len(b)), bytes.NewReader(b))
+		},
+		Delete:         func(ctx context.Context, a geotest.App, id int64) error { return lfsObjects(a).Delete(ctx, id) },
+		KeysMayCollide: true,
+	}
+}
+
+var keyClauses = []string{"keys/equal_bytes_equal_keys", "keys/shared_by_two_records", "keys/reused_after_delete", "keys/swap"}
+
+// TestSuiteCatchesBrokenSharedKeys runs the keys/* clauses against
+// deliberately broken content-addressed types (an adapter and
+// applications an adopter could plausibly write) and checks that each
+// fails the intended clause, on the primary's side where the break is the
+// application's; that the correct type passes them; and that a type
+// without Harness.KeysMayCollide skips them.
+func TestSuiteCatchesBrokenSharedKeys(t *testing.T) {
+	cases := []struct {
+		name    string
+		harness func() geotest.Harness
+		clause  string // the clause that must fail; "" means none may
+		says    string // what its first message must contain
+	}{
+		{"correct", lfsHarness, "", ""},
+		{"keyed_by_id", func() geotest.Harness {
+			// Claims KeysMayCollide but keys by id: equal bytes, different keys.
+			h := harness(func(s *packagefile.Strategy) strategy.BlobStrategy { return s })
+			h.KeysMayCollide = true
+			return h
+		}, "keys/equal_bytes_equal_keys", "want one key"},
+		{"delete_removes_shared_bytes", func() geotest.Harness {
+			// Removes the deleted record's bytes whoever else names them.
+			h := lfsHarness()
+			h.Delete = func(ctx context.Context, a geotest.App, id int64) error {
+				key, err := (&lfs.Strategy{DB: a.DB}).BlobKey(ctx, id)
+				if err != nil {
+					return err
+				}
+				if err := lfsObjects(a).Delete(ctx, id); err != nil {
+					return err
+				}
+				return a.Storage.Remove(ctx, key)
+			}
+			return h
+		}, "keys/shared_by_two_records", "on the primary"},
+		{"stale_dedup_cache", func() geotest.Harness {
+			// Remembers the objects it stored and, for one seen before,
+			// records the row without the bytes, although a delete has
+			// collected them since.
+			h := lfsHarness()
+			var seen sync.Map
+			h.Create = func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
+				oid := oidOf(b)
+				if _, known := seen.LoadOrStore(oid, true); !known {
+					return lfsObjects(a).Store(ctx, 1, oid, int64(len(b)), bytes.NewReader(b))
+				}
+				tx, err := a.DB.BeginTxx(ctx, nil)
+				if err != nil {
+					return 0, err
+				}
+				defer tx.Rollback()
+				var id int64
+				if err := tx.GetContext(ctx, &id, `INSERT INTO lfs_objects (project_id, oid, size) VALUES (1, $1, $2) RETURNING id`, oid, len(b)); err != nil {
+					return 0, err
+				}
+				if err := a.Publisher.Publish(ctx, tx, lfs.Name, events.OpCreated, id, lfs.Key(oid)); err != nil {
+					return 0, err
+				}
+				return id, tx.Commit()
+			}
+			return h
+		}, "keys/reused_after_delete", "on the primary"},
+		{"update_removes_old_bytes", func() geotest.Harness {
+			// Removes the old bytes after an update whoever else names
+			// them (what examples/upload's Replace does, rightly there:
+			// its keys are never shared).
+			h := lfsHarness()
+			h.Update = func(ctx context.Context, a geotest.App, id int64, b []byte) error {
+				old, err := (&lfs.Strategy{DB: a.DB}).BlobKey(ctx, id)
+				if err != nil {
+					return err
+				}
+				if err := lfsObjects(a).Repoint(ctx, id, oidOf(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+					return err
+				}
+				if old == lfs.Key(oidOf(b)) {
+					return nil
+				}
+				return a.Storage.Remove(ctx, old)
+			}
+			return h
+		}, "keys/swap", "on the primary"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			only := keyClauses
+			if tc.clause != "" {
+				only = []string{tc.clause}
+			}
+			r := newRecT(t, only...)
+			geotest.Run(r, tc.harness())
+			r.finish()
+			for _, c := range only {
+				if r.skipped[c] {
+					t.Errorf("clause %s skipped, want it run", c)
+				}
+			}
+			if tc.clause == "" {
+				for c, msgs := range r.failures {
+					t.Errorf("correct type failed clause %s: %v", c, msgs)
+				}
+				return
+			}
+			msgs := r.failures[tc.clause]
+			if len(msgs) == 0 {
+				t.Fatalf("broken type %s: clause %s passed, want it to fail", tc.name, tc.clause)
+			}
+			if !strings.HasPrefix(msgs[0], tc.clause+": ") || !strings.Contains(msgs[0], "got ") || !strings.Contains(msgs[0], "want ") {
+				t.Errorf("failure message %q: want the form \"%s: ... got X, want Y\"", msgs[0], tc.clause)
+			}
+			if !strings.Contains(msgs[0], tc.says) {
+				t.Errorf("failure message %q: want it to say %q (the break, not something else)", msgs[0], tc.says)
+			}
+			t.Logf("caught as intended: %s", msgs[0])
+		})
+	}
+	t.Run("keys_cannot_collide", func(t *testing.T) {
+		r := newRecT(t, keyClauses...)
+		geotest.Run(r, harness(func(s *packagefile.Strategy) strategy.BlobStrategy { return s }))
+		r.finish()
+		for _, c := range keyClauses {
+			if !r.skipped[c] {
+				t.Errorf("clause %s without Harness.KeysMayCollide: got it run (failures %v), want it skipped", c, r.failures[c])
+			}
+		}
+	})
+}
+
+// TestCompareSharedKeys: the exact comparison counts every record naming
+// a shared key, and a shared file missing on the secondary as lost for
+// each record that names it.
+func TestCompareSharedKeys(t *testing.T) {
+	w := geotest.NewWorld(t, geotest.WorldConfig{
+		Server:     pg,
+		Setup:      lfs.CreateSchema,
+		Strategies: func(db *sqlx.DB) []strategy.BlobStrategy { return []strategy.BlobStrategy{&lfs.Strategy{DB: db}} },
+	})
+	ctx := context.Background()
+	a := geotest.App{DB: w.PrimaryDB, Storage: w.PrimaryStorage, Publisher: w.Primary.Publisher()}
+	shared, other := []byte("one object, two records"), []byte("another object")
+	for _, b := range [][]byte{shared, shared, other} {
+		if _, err := lfsObjects(a).Store(ctx, 1, oidOf(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := &lfs.Strategy{DB: w.PrimaryDB}
+	r := w.Start(w.SecondaryConfig(st))
+	r.TriggerConsistency()
+	geotest.WaitFor(t, 2*time.Minute, "exact copy", func() (bool, string) {
+		d, err := w.Compare(ctx, st)
+		if err != nil {
+			return false, err.Error()
+		}
+		return d.OK() && d.Records == 3, d.String()
+	})
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.SecondaryStorage.Remove(ctx, lfs.Key(oidOf(shared))); err != nil {
+		t.Fatal(err)
+	}
+	d, err := w.Compare(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Records != 3 || d.Lost != 2 || d.Corrupted != 0 || d.Extra != 0 {
+		t.Errorf("Compare with the shared file gone: got %s, want records=3 lost=2 and nothing else", d)
 	}
 }

@@ -65,11 +65,17 @@ type BlobStrategy interface {
 	// slash-separated, without "." or ".." segments, NUL bytes,
 	// backslashes, empty segments or a trailing slash, at most 1024 bytes,
 	// not starting with ".geo-tmp". It must be stable (the same record
-	// gives the same key until the application changes it) and distinct
-	// from every other record's key, including records deleted before:
-	// a key is never reused, because a secondary may remove a deleted
-	// record's bytes some time after later events (when its storage failed
-	// the first time).
+	// gives the same key until the application changes it).
+	//
+	// Keys may be shared and reused: records with equal bytes may name one
+	// key (a content-addressed layout, such as Git LFS objects at their
+	// oid), and a key may come back after every record naming it was
+	// deleted or moved. The one rule is that records naming the same key
+	// at the same time name the same bytes. A secondary removes the bytes
+	// at a key only when none of its registry rows (of any type) records
+	// or stages that key; the application keeps the same rule for its own
+	// storage on the primary (docs/adding-a-blob-type.md,
+	// "Content-addressed storage").
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 

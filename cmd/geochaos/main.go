@@ -9,13 +9,13 @@
 //
 // Usage:
 //
-//	go run ./cmd/geochaos SCENARIO [flags]   # crash flaky-primary db-restart races disk-errors scale-out
+//	go run ./cmd/geochaos SCENARIO [flags]   # crash flaky-primary db-restart races disk-errors scale-out shared-keys
 //	go run ./cmd/geochaos all [flags]        # every scenario in turn
 //	go run ./cmd/geochaos all -quick         # small sizes, for CI
 //
 // Every scenario is bounded in time and stops by itself; it exits non-zero
 // if the secondary is not an exact copy or an invariant broke on the way.
-// crash and scale-out run secondaries as separate OS processes (this
+// crash, scale-out and shared-keys run secondaries as separate OS processes (this
 // binary's hidden `secondary` mode) and SIGKILL them. See
 // docs/reliability.md for what each scenario does and the figures.
 package main
@@ -89,6 +89,7 @@ func scenarios() []scenario {
 		{"races", runRaces, "update-during-sync, delete-during-sync, deleted-then-recreated id (R1, R2)"},
 		{"disk-errors", runDiskErrors, "secondary storage failing writes (ENOSPC, EIO) and fsyncs at random"},
 		{"scale-out", runScaleOut, "three secondary processes on one tracking DB, one killed repeatedly"},
+		{"shared-keys", runSharedKeys, "content-addressed keys from a pool of 8 payloads (shared, moved, reused), secondary SIGKILLed"},
 	}
 }
 
@@ -123,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { usage(stderr); fs.PrintDefaults() }
 	fs.IntVar(&o.n, "n", 0, "records (default: the scenario's full size, or its -quick size)")
 	fs.IntVar(&o.trials, "trials", 0, "races: trials of each kind (default 1000, -quick 50)")
-	fs.IntVar(&o.kills, "kills", 0, "crash, scale-out: SIGKILLs (default 20 and 10, -quick 4 and 3)")
+	fs.IntVar(&o.kills, "kills", 0, "crash, scale-out, shared-keys: SIGKILLs (default 20, 10 and 10; -quick 4, 3 and 3)")
 	fs.BoolVar(&o.quick, "quick", false, "small sizes (CI)")
 	fs.Uint64Var(&o.seed, "seed", 0, "random seed (default: from the clock, printed)")
 	fs.DurationVar(&o.timeout, "timeout", 4*time.Minute, "give up converging after this long (per scenario)")

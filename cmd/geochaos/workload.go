@@ -17,6 +17,9 @@ import (
 type workload struct {
 	e *env
 	r *mrand.Rand
+	// contents makes each new blob's bytes (payload; shared-keys draws
+	// from a small pool instead).
+	contents func(r *mrand.Rand, large bool) []byte
 
 	mu                        sync.Mutex
 	live                      []int64
@@ -24,7 +27,7 @@ type workload struct {
 }
 
 func newWorkload(e *env, seed uint64) *workload {
-	return &workload{e: e, r: mrand.New(mrand.NewPCG(seed, 0x9e3779b97f4a7c15))}
+	return &workload{e: e, r: mrand.New(mrand.NewPCG(seed, 0x9e3779b97f4a7c15)), contents: payload}
 }
 
 // seed creates n items without events (they exist before the secondary
@@ -44,7 +47,7 @@ func (w *workload) seed(ctx context.Context, n int, large bool) error {
 		}
 		wg.Go(func() {
 			r := mrand.New(mrand.NewPCG(seeds[g], 1))
-			ids, err := w.e.App.BulkCreate(ctx, part, 0, func(int) []byte { return payload(r, large) })
+			ids, err := w.e.App.BulkCreate(ctx, part, 0, func(int) []byte { return w.contents(r, large) })
 			errs[g] = err
 			w.mu.Lock()
 			w.live = append(w.live, ids...)
@@ -65,7 +68,7 @@ func (w *workload) step(ctx context.Context, large bool) error {
 		idx = w.r.IntN(len(w.live))
 		id = w.live[idx]
 	}
-	data := payload(w.r, large)
+	data := w.contents(w.r, large)
 	if op < 5 || idx < 0 {
 		w.mu.Unlock()
 		var newID int64
