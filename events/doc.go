@@ -8,7 +8,9 @@
 // committed (the transactional outbox pattern). Each event names a
 // registered replicable type, an Op (created, updated, deleted), the
 // record's id and, for deletes, the blob key, so the secondary can remove
-// bytes of a record it can no longer look up. A publish also sends a
+// bytes of a record it can no longer look up. A key must pass
+// strategy.ValidateKey, checked at publish time so a bad key fails in the
+// application's transaction, not later on a secondary. A publish also sends a
 // NOTIFY on NotifyChannel at commit: a wake-up hint, never the delivery.
 //
 // # Consuming (secondary)
