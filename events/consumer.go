@@ -34,6 +34,15 @@ const (
 	saveTimeout = 5 * time.Second
 )
 
+// Reasons the Consumer passes to ConsumerConfig.OnSkipped.
+const (
+	// SkipUnknownReplicable: the event names a replicable type Known
+	// rejects (not registered on this secondary).
+	SkipUnknownReplicable = "unknown_replicable"
+	// SkipMalformed: the outbox row matched ErrMalformed.
+	SkipMalformed = "malformed"
+)
+
 // ErrInvalidConfig is wrapped by NewConsumer's and RunPruner's errors for
 // a configuration that cannot work; the message names the field.
 var ErrInvalidConfig = errors.New("invalid configuration")
@@ -89,9 +98,17 @@ type ConsumerConfig struct {
 	Handler Handler
 	// Known reports whether a replicable name is registered on this
 	// secondary. Events for other names are logged (with the event id),
-	// counted in Stats.SkippedUnknown and skipped; they never stop the
-	// consumer. Required.
+	// counted in Stats.SkippedUnknown, reported to OnSkipped and skipped;
+	// they never stop the consumer. Required.
 	Known func(replicable string) bool
+	// OnSkipped, when set, is called (from Run's goroutine) with a reason,
+	// SkipUnknownReplicable or SkipMalformed, and how many events of a
+	// batch were skipped for it (n > 0), once the cursor has moved past
+	// them, so a batch read again after a handler error is not counted
+	// twice (a crash between saving the cursor and the call may miss a
+	// count). It must be fast and must not block; replicator wires it to
+	// Observer.EventsSkipped (geo_events_skipped_total).
+	OnSkipped func(reason string, n int)
 	// Logger receives the consumer's logs; nil means none.
 	Logger *zap.Logger
 	// NotifyURL, when set, is a connection URL of the primary itself (a
@@ -488,9 +505,25 @@ LEFT JOIN LATERAL (
 ORDER BY e.xid, e.id`
 
 type skipped struct {
-	id     int64
-	reason string
-	err    error
+	id         int64
+	reason     string // SkipUnknownReplicable or SkipMalformed
+	replicable string // the unknown name
+	err        error
+}
+
+// reportSkipped calls OnSkipped for n > 0 events skipped for reason,
+// turning a panic into a log entry.
+func (c *Consumer) reportSkipped(reason string, n int64) {
+	f := c.cfg.OnSkipped
+	if f == nil || n == 0 {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("events: OnSkipped panicked", zap.Any("panic", r))
+		}
+	}()
+	f(reason, int(n))
 }
 
 // step reads one batch and, if the handler accepts it, advances the
@@ -517,10 +550,10 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 		switch {
 		case err != nil:
 			malformed++
-			skips = append(skips, skipped{id: r.ID, reason: "malformed", err: err})
+			skips = append(skips, skipped{id: r.ID, reason: SkipMalformed, err: err})
 		case !c.cfg.Known(e.Replicable):
 			unknown++
-			skips = append(skips, skipped{id: r.ID, reason: "unknown replicable " + e.Replicable})
+			skips = append(skips, skipped{id: r.ID, reason: SkipUnknownReplicable, replicable: e.Replicable})
 		default:
 			batch = append(batch, e)
 		}
@@ -540,11 +573,16 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 	*cur = next
 	for _, s := range skips {
 		fields := []zap.Field{zap.Int64("event_id", s.id), zap.String("reason", s.reason)}
+		if s.replicable != "" {
+			fields = append(fields, zap.String("replicable", s.replicable))
+		}
 		if s.err != nil {
 			fields = append(fields, zap.Error(s.err))
 		}
 		c.log.Warn("events: skipped event", fields...)
 	}
+	c.reportSkipped(SkipUnknownReplicable, unknown)
+	c.reportSkipped(SkipMalformed, malformed)
 	c.update(func(s *Stats) {
 		s.Cursor = next
 		s.Consumed += int64(len(batch))

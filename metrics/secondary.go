@@ -114,7 +114,7 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 		}, []string{"replicable", "result"}),
 		evSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "geo_events_skipped_total",
-			Help: "Outbox events skipped, by reason (unknown type, malformed, invalid key).",
+			Help: "Outbox events skipped, by reason: unknown_replicable (type not registered here), malformed (bad row), invalid_key (a deleted event's key; the recorded key is still removed).",
 		}, []string{"reason"}),
 		refreshErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geo_metrics_refresh_errors_total",
