@@ -222,7 +222,7 @@ var (
 	dCursorID     = desc("geo_event_cursor_id", "Event id of the consumer's cursor.", nil)
 	dCursorXID    = desc("geo_event_cursor_xid", "Transaction id (xid8) of the consumer's cursor.", nil)
 	dActive       = desc("geo_event_consumer_active", "1 when this process's event consumer holds the lock and consumes.", nil)
-	dFellBehind   = desc("geo_event_fell_behind", "1 when retention pruned events the consumer had not read (a full consistency pass repairs it).", nil)
+	dFellBehind   = desc("geo_event_fell_behind", "1 when retention pruned events the consumer had not read: they are lost; the consistency pass restores missed creates and deletes, not updates (run geoctl resync --all).", nil)
 	dHealth       = desc("geo_health", "Overall status verdict: 0 healthy, 1 degraded, 2 unhealthy (see Secondary.Status reasons).", nil)
 	dRefreshAt    = desc("geo_metrics_refresh_timestamp_seconds", "Unix time of the last successful refresh of these gauges.", nil)
 	dRefreshTaken = desc("geo_metrics_refresh_duration_seconds", "Duration of the last successful refresh of these gauges.", nil)
