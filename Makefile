@@ -35,7 +35,7 @@ chaos:
 
 # Every fuzz target for FUZZTIME each, one at a time (go test -fuzz takes one).
 FUZZTIME ?= 10s
-FUZZ_TARGETS = FuzzValidateKey:./blob FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
+FUZZ_TARGETS = FuzzValidateKey:./strategy FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
 	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl
 
 fuzz:

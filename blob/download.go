@@ -35,6 +35,13 @@ var ErrSizeMismatch = errors.New("blob: size mismatch")
 // after the change's event settles it.
 var ErrKeyChanged = errors.New("blob: record's key changed on the primary")
 
+// ErrPrimaryAdapter is returned (wrapped) by the Downloader when the
+// primary answered CodeBadKey: the primary's adapter returned an invalid
+// storage key for the record, so the primary cannot serve it. It is not an
+// outage of the primary, nor a problem of the secondary's key; it lasts
+// until the primary's adapter or record is fixed.
+var ErrPrimaryAdapter = errors.New("blob: the primary's adapter returned an invalid storage key for the record")
+
 // ErrTimeout is returned (wrapped) when the primary sends no response
 // headers, or no body bytes, for DownloaderConfig.Timeout. It matches
 // os.ErrDeadlineExceeded too.
@@ -171,7 +178,8 @@ type Result struct {
 
 // StatusError is a non-200 answer of the transfer endpoint. It unwraps to
 // ErrUnauthorized (401), ErrUnknownReplicable, ErrRecordNotFound or
-// ErrMissingOnPrimary (404 with the matching code), or nothing.
+// ErrMissingOnPrimary (404 with the matching code), ErrPrimaryAdapter (500
+// adapter_bad_key), or nothing.
 type StatusError struct {
 	StatusCode int
 	Code       string // ErrorBody.Code, "" when the body was not one
@@ -180,14 +188,19 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string {
-	s := fmt.Sprintf("blob: primary answered %d", e.StatusCode)
+	s := fmt.Sprintf("primary answered %d", e.StatusCode)
 	if e.Code != "" {
 		s += " " + e.Code
 	}
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
-	return s
+	if e.err == ErrPrimaryAdapter {
+		// Say first, in the secondary's own words, what failed: this text
+		// becomes the registry row's failure reason.
+		return ErrPrimaryAdapter.Error() + " (" + s + ")"
+	}
+	return "blob: " + s
 }
 
 // Unwrap returns the sentinel the answer stands for, if any.
@@ -209,6 +222,8 @@ func statusError(resp *http.Response) error {
 		e.err = ErrRecordNotFound
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeMissingOnPrimary:
 		e.err = ErrMissingOnPrimary
+	case resp.StatusCode == http.StatusInternalServerError && body.Code == CodeBadKey:
+		e.err = ErrPrimaryAdapter
 	}
 	return e
 }
@@ -227,9 +242,11 @@ var errStalled = errors.New("stalled")
 // discards the bytes.
 //
 // On failure nothing is left in dst (the Writer is aborted) and the error
-// matches ErrInvalidKey, ErrUnauthorized, ErrUnknownReplicable,
-// ErrRecordNotFound, ErrMissingOnPrimary, ErrChecksumMismatch,
-// ErrSizeMismatch, ErrTimeout or ctx's error, or wraps a transport error.
+// matches ErrInvalidKey (key, the caller's, is invalid), ErrUnauthorized,
+// ErrUnknownReplicable, ErrRecordNotFound, ErrMissingOnPrimary,
+// ErrPrimaryAdapter (the primary's own key for the record is invalid),
+// ErrChecksumMismatch, ErrSizeMismatch, ErrTimeout or ctx's error, or wraps
+// a transport error.
 // Each request carries a fresh token; a redirect is followed without the
 // Authorization header.
 func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst Storage, key, wantChecksum string) (Result, error) {

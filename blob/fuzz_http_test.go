@@ -52,7 +52,7 @@ func FuzzTransferPath(f *testing.F) {
 		f.Fatal(err)
 	}
 	codes := map[string]bool{CodeUnknownReplicable: true, CodeRecordNotFound: true, CodeMissingOnPrimary: true,
-		CodeUnauthorized: true, CodeBadID: true, CodeMethodNotAllowed: true, CodeNotFound: true, CodeInternal: true}
+		CodeUnauthorized: true, CodeBadID: true, CodeMethodNotAllowed: true, CodeNotFound: true, CodeBadKey: true, CodeInternal: true}
 	f.Fuzz(func(t *testing.T, method, path string) {
 		req, err := http.NewRequest(method, "http://primary.test/", nil)
 		if err != nil {

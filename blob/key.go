@@ -1,56 +1,30 @@
 package blob
 
-import (
-	"fmt"
-	"strings"
-)
+import "github.com/geoframework/geo/strategy"
 
-// MaxKeyLen is the longest key, in bytes, that ValidateKey accepts.
-const MaxKeyLen = 1024
+// MaxKeyLen is the longest key, in bytes, that ValidateKey accepts
+// (strategy.MaxKeyLen).
+const MaxKeyLen = strategy.MaxKeyLen
 
 // ReservedPrefix starts every key that backends keep for themselves (Dir
 // keeps its temporary files under "<root>/.geo-tmp/"). ValidateKey rejects
-// keys that start with it.
-const ReservedPrefix = ".geo-tmp"
+// keys that start with it (strategy.ReservedKeyPrefix).
+const ReservedPrefix = strategy.ReservedKeyPrefix
 
-// ValidateKey reports whether key can address a blob. A valid key is 1 to
-// MaxKeyLen bytes of slash-separated, non-empty segments, none of them "."
-// or "..", with no leading or trailing slash, no NUL byte, no backslash, and
-// not starting with ReservedPrefix. For a valid key, filepath.Join(root, key)
+// ErrInvalidKey is returned (wrapped) for a key that is empty, too long,
+// absolute, has an empty, "." or ".." segment, a NUL byte or a backslash,
+// or starts with ReservedPrefix. Such a key never touches the disk. It is
+// strategy.ErrInvalidKey itself, so errors.Is matches either name.
+var ErrInvalidKey = strategy.ErrInvalidKey
+
+// ValidateKey reports whether key can address a blob. It is
+// strategy.ValidateKey, the one rule the publisher, the storage backends,
+// the transfer path and the engines share: a valid key is 1 to MaxKeyLen
+// bytes of slash-separated, non-empty segments, none of them "." or "..",
+// with no leading or trailing slash, no NUL byte, no backslash, and not
+// starting with ReservedPrefix. For a valid key, filepath.Join(root, key)
 // always lies inside root and filepath.Clean(key) == key.
 //
 // The error wraps ErrInvalidKey. It names the rule broken but never quotes
 // the key, which may be hostile.
-func ValidateKey(key string) error {
-	reason := keyProblem(key)
-	if reason == "" {
-		return nil
-	}
-	return fmt.Errorf("%w: %s", ErrInvalidKey, reason)
-}
-
-func keyProblem(key string) string {
-	switch {
-	case key == "":
-		return "empty"
-	case len(key) > MaxKeyLen:
-		return fmt.Sprintf("longer than %d bytes", MaxKeyLen)
-	case key[0] == '/':
-		return "absolute"
-	case strings.IndexByte(key, 0) >= 0:
-		return "contains NUL"
-	case strings.IndexByte(key, '\\') >= 0:
-		return "contains a backslash"
-	case strings.HasPrefix(key, ReservedPrefix):
-		return "reserved prefix " + ReservedPrefix
-	}
-	for seg := range strings.SplitSeq(key, "/") {
-		switch seg {
-		case "":
-			return "empty segment"
-		case ".", "..":
-			return "dot segment"
-		}
-	}
-	return ""
-}
+func ValidateKey(key string) error { return strategy.ValidateKey(key) }

@@ -18,11 +18,6 @@ import (
 // ErrNotExist is returned (wrapped) when no blob is stored at a key.
 var ErrNotExist = errors.New("blob: not found")
 
-// ErrInvalidKey is returned (wrapped) for a key that is empty, absolute,
-// has a "." or ".." segment, a NUL byte, a backslash or an empty segment.
-// Such a key never touches the disk.
-var ErrInvalidKey = errors.New("blob: invalid key")
-
 // Info describes a stored blob.
 type Info struct {
 	Size    int64

@@ -60,7 +60,12 @@ const (
 	CodeBadChecksum       = "bad_checksum"       // 400: a malformed HeaderChecksum in the request
 	CodeMethodNotAllowed  = "method_not_allowed" // 405
 	CodeNotFound          = "not_found"          // 404: no such endpoint
-	CodeInternal          = "internal"           // 500
+	// CodeBadKey (500) says the primary's adapter gave the record a
+	// storage key that fails ValidateKey: a defect of the primary's data
+	// or adapter, not an outage, and retrying does not help until it is
+	// fixed there. The Downloader returns ErrPrimaryAdapter for it.
+	CodeBadKey   = "adapter_bad_key"
+	CodeInternal = "internal" // 500: anything else
 )
 
 // ErrorBody is the JSON body of every error answer of the transfer
@@ -97,8 +102,11 @@ type Source struct {
 type HandlerConfig struct {
 	// Resolve opens record id of replicable. It returns an error matching
 	// ErrUnknownReplicable for an unknown name, strategy.ErrNotFound when
-	// there is no such record, and strategy.ErrBlobMissing when the record
-	// exists but its bytes do not. Any other error is a 500. Required.
+	// there is no such record, strategy.ErrBlobMissing when the record
+	// exists but its bytes do not, and ErrInvalidKey when the record's
+	// storage key (from the primary's adapter) fails ValidateKey (a 500
+	// adapter_bad_key answer). Any other error is a 500 internal.
+	// Required.
 	Resolve func(ctx context.Context, replicable string, id int64) (Source, error)
 	// Checksum looks up the primary's stored checksum of a record whose
 	// Source has none (lowercase hex SHA-256, "" when none is stored). It
@@ -130,8 +138,9 @@ type HandlerConfig struct {
 // Errors are JSON ErrorBody answers: 400 bad_id, then 401 unauthorized
 // for any authentication failure (the reason goes to the log only), then
 // 400 bad_checksum for a malformed HeaderChecksum in the request, then 404
-// unknown_replicable, record_not_found or missing_on_primary; 405 for
-// other methods. Authentication comes before
+// unknown_replicable, record_not_found or missing_on_primary, or 500
+// adapter_bad_key when the record's key from the adapter is invalid, else
+// 500 internal; 405 for other methods. Authentication comes before
 // resolving, so an unauthenticated client learns nothing about what exists.
 func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Resolve == nil {
@@ -226,6 +235,12 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, CodeMissingOnPrimary, "the record's bytes are missing on the primary")
 		case errors.Is(err, strategy.ErrNotFound):
 			writeError(w, http.StatusNotFound, CodeRecordNotFound, "no such record")
+		case errors.Is(err, ErrInvalidKey):
+			// The error names the rule broken, never the key.
+			log.Error("blob transfer: the adapter returned an invalid storage key for the record", zap.Error(err))
+			writeError(w, http.StatusInternalServerError, CodeBadKey,
+				"the adapter's storage key for this record fails key validation; the primary's log names the rule")
+			return
 		default:
 			log.Error("blob transfer: resolve", zap.Error(err))
 			writeError(w, http.StatusInternalServerError, CodeInternal, "internal error")

@@ -34,6 +34,15 @@ const (
 	saveTimeout = 5 * time.Second
 )
 
+// Reasons the Consumer passes to ConsumerConfig.OnSkipped.
+const (
+	// SkipUnknownReplicable: the event names a replicable type Known
+	// rejects (not registered on this secondary).
+	SkipUnknownReplicable = "unknown_replicable"
+	// SkipMalformed: the outbox row matched ErrMalformed.
+	SkipMalformed = "malformed"
+)
+
 // ErrInvalidConfig is wrapped by NewConsumer's and RunPruner's errors for
 // a configuration that cannot work; the message names the field.
 var ErrInvalidConfig = errors.New("invalid configuration")
@@ -89,9 +98,17 @@ type ConsumerConfig struct {
 	Handler Handler
 	// Known reports whether a replicable name is registered on this
 	// secondary. Events for other names are logged (with the event id),
-	// counted in Stats.SkippedUnknown and skipped; they never stop the
-	// consumer. Required.
+	// counted in Stats.SkippedUnknown, reported to OnSkipped and skipped;
+	// they never stop the consumer. Required.
 	Known func(replicable string) bool
+	// OnSkipped, when set, is called (from Run's goroutine) with a reason,
+	// SkipUnknownReplicable or SkipMalformed, and how many events of a
+	// batch were skipped for it (n > 0), once the cursor has moved past
+	// them, so a batch read again after a handler error is not counted
+	// twice (a crash between saving the cursor and the call may miss a
+	// count). It must be fast and must not block; replicator wires it to
+	// Observer.EventsSkipped (geo_events_skipped_total).
+	OnSkipped func(reason string, n int)
 	// Logger receives the consumer's logs; nil means none.
 	Logger *zap.Logger
 	// NotifyURL, when set, is a connection URL of the primary itself (a
@@ -101,10 +118,25 @@ type ConsumerConfig struct {
 	// listener changes nothing but latency.
 	NotifyURL string
 	// OnFellBehind, when set, is called (from Run's goroutine) when
-	// retention pruned events this consumer had not read yet: the secondary
-	// must run a full consistency pass. It should start that and return
-	// quickly; it is called before the cursor jumps to the pruned mark, so
-	// a crash in between calls it again.
+	// retention pruned events this consumer had not read yet, once per
+	// pruned mark for the life of the Consumer, and again after a restart
+	// while the saved cursor is still before the mark. It should start the
+	// repair and return quickly.
+	//
+	// The pruned events are lost; every event still in the outbox is
+	// delivered all the same (the consumer goes on reading after its
+	// cursor, and moves its cursor to the mark only when no event before
+	// the mark is left or can still commit). What the lost events said is
+	// repaired only in part by a full consistency pass, which is what
+	// replicator starts: a created record is a missing row it inserts, a
+	// deleted record an orphan it removes (with the bytes at the key
+	// recorded at sync time). A lost update is invisible to it: the row
+	// exists and stays synced with the old bytes until re-verification
+	// (after ReverifyInterval, against the primary's new checksum) finds
+	// the mismatch, and never when only the key changed. An operator
+	// should therefore make the types' rows sync again (geoctl resync
+	// --all: copies that still match the primary are not downloaded
+	// again).
 	OnFellBehind func(ctx context.Context)
 	// Now is the clock for lag; nil means time.Now.
 	Now func() time.Time
@@ -194,7 +226,8 @@ type Stats struct {
 	// 100,000. Refreshed with LagSeconds.
 	LagEvents int64
 	// FellBehind is set once retention pruned events this Consumer had not
-	// read; it stays set for the life of the Consumer.
+	// read (see ConsumerConfig.OnFellBehind for what is lost and what to
+	// do); it stays set for the life of the Consumer.
 	FellBehind bool
 }
 
@@ -214,6 +247,10 @@ type Consumer struct {
 	log     *zap.Logger
 	lockKey string
 	running atomic.Bool
+
+	// reported is the pruned mark OnFellBehind was last called for;
+	// only Run's goroutine uses it.
+	reported *Cursor
 
 	mu    sync.Mutex
 	stats Stats
@@ -467,14 +504,16 @@ ON CONFLICT (consumer) DO UPDATE SET xid = EXCLUDED.xid, id = EXCLUDED.id, updat
 	return nil
 }
 
-// fetchQuery reads, in one statement and so one snapshot, the pruned mark
-// and the next batch after the cursor. "xid < snapshot xmin" holds back
-// every event whose transaction is newer than the oldest one still running,
-// so a transaction that commits late cannot be skipped. The LEFT JOIN
-// returns one row with NULL event columns when there is no event.
+// fetchQuery reads, in one statement and so one snapshot, the pruned mark,
+// the snapshot's xmin and the next batch after the cursor. "xid < snapshot
+// xmin" holds back every event whose transaction is newer than the oldest
+// one still running, so a transaction that commits late cannot be
+// skipped. The LEFT JOIN returns one row with NULL event columns when
+// there is no event.
 const fetchQuery = `SELECT
 	(SELECT xid::text FROM geo_events_pruned WHERE one),
 	(SELECT id FROM geo_events_pruned WHERE one),
+	pg_snapshot_xmin(pg_current_snapshot())::text,
 	e.xid::text, e.id, e.replicable, e.op, e.model_id, e.blob_key, e.payload, e.created_at
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
@@ -488,22 +527,55 @@ LEFT JOIN LATERAL (
 ORDER BY e.xid, e.id`
 
 type skipped struct {
-	id     int64
-	reason string
-	err    error
+	id         int64
+	reason     string // SkipUnknownReplicable or SkipMalformed
+	replicable string // the unknown name
+	err        error
+}
+
+// reportSkipped calls OnSkipped for n > 0 events skipped for reason,
+// turning a panic into a log entry.
+func (c *Consumer) reportSkipped(reason string, n int64) {
+	f := c.cfg.OnSkipped
+	if f == nil || n == 0 {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("events: OnSkipped panicked", zap.Any("panic", r))
+		}
+	}()
+	f(reason, int(n))
 }
 
 // step reads one batch and, if the handler accepts it, advances the
 // cursor. more reports that a full batch was read.
 func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more bool, err error) {
-	raws, mark, err := c.fetch(ctx, *cur)
+	raws, mark, xmin, err := c.fetch(ctx, *cur)
 	if err != nil {
 		return false, err
 	}
 	c.update(func(s *Stats) { s.Polls++ })
 
 	if mark != nil && cur.less(*mark) {
-		return true, c.fellBehind(ctx, conn, cur, *mark)
+		if c.reported == nil || *c.reported != *mark {
+			c.fellBehind(ctx, *cur, *mark)
+			c.reported = mark
+		}
+		// The events after the cursor that retention did not prune are
+		// delivered below like any others. Only when none is left before
+		// the mark, and none can still commit there (the mark is below
+		// the snapshot's xmin: every transaction up to it has ended), does
+		// the cursor move to the mark, so that a restart does not report
+		// the same loss again.
+		if len(raws) == 0 && mark.XID < xmin {
+			if err := c.saveCursor(ctx, conn, *mark); err != nil {
+				return false, err
+			}
+			*cur = *mark
+			c.update(func(s *Stats) { s.Cursor = *mark })
+			return true, nil
+		}
 	}
 	if len(raws) == 0 {
 		return false, nil
@@ -517,10 +589,10 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 		switch {
 		case err != nil:
 			malformed++
-			skips = append(skips, skipped{id: r.ID, reason: "malformed", err: err})
+			skips = append(skips, skipped{id: r.ID, reason: SkipMalformed, err: err})
 		case !c.cfg.Known(e.Replicable):
 			unknown++
-			skips = append(skips, skipped{id: r.ID, reason: "unknown replicable " + e.Replicable})
+			skips = append(skips, skipped{id: r.ID, reason: SkipUnknownReplicable, replicable: e.Replicable})
 		default:
 			batch = append(batch, e)
 		}
@@ -540,11 +612,16 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 	*cur = next
 	for _, s := range skips {
 		fields := []zap.Field{zap.Int64("event_id", s.id), zap.String("reason", s.reason)}
+		if s.replicable != "" {
+			fields = append(fields, zap.String("replicable", s.replicable))
+		}
 		if s.err != nil {
 			fields = append(fields, zap.Error(s.err))
 		}
 		c.log.Warn("events: skipped event", fields...)
 	}
+	c.reportSkipped(SkipUnknownReplicable, unknown)
+	c.reportSkipped(SkipMalformed, malformed)
 	c.update(func(s *Stats) {
 		s.Cursor = next
 		s.Consumed += int64(len(batch))
@@ -557,36 +634,39 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 	return len(raws) == c.cfg.BatchSize, nil
 }
 
-func (c *Consumer) fetch(ctx context.Context, cur Cursor) ([]rawEvent, *Cursor, error) {
+// fetch reads the next batch after cur, the pruned mark (nil when none)
+// and the snapshot's xmin, all in one snapshot.
+func (c *Consumer) fetch(ctx context.Context, cur Cursor) (_ []rawEvent, mark *Cursor, xmin uint64, _ error) {
 	rows, err := c.cfg.Source.QueryContext(ctx, fetchQuery, fmt.Sprint(cur.XID), cur.ID, c.cfg.BatchSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("events: read outbox: %w", err)
+		return nil, nil, 0, fmt.Errorf("events: read outbox: %w", err)
 	}
 	defer rows.Close()
-	var (
-		out  []rawEvent
-		mark *Cursor
-	)
+	var out []rawEvent
 	for rows.Next() {
 		var (
 			pxid, exid, repl    *string
 			pid, eid, op, model *int64
 			key                 *string
+			sxmin               string
 			payload             []byte
 			created             *time.Time
 		)
-		if err := rows.Scan(&pxid, &pid, &exid, &eid, &repl, &op, &model, &key, &payload, &created); err != nil {
-			return nil, nil, fmt.Errorf("events: scan outbox row: %w", err)
+		if err := rows.Scan(&pxid, &pid, &sxmin, &exid, &eid, &repl, &op, &model, &key, &payload, &created); err != nil {
+			return nil, nil, 0, fmt.Errorf("events: scan outbox row: %w", err)
+		}
+		if xmin, err = parseXID8(sxmin); err != nil {
+			return nil, nil, 0, err
 		}
 		if mark == nil && pxid != nil && pid != nil {
 			x, err := parseXID8(*pxid)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, 0, err
 			}
 			mark = &Cursor{XID: x, ID: *pid}
 		}
 		if eid == nil {
-			continue // no event: the one row carrying the mark
+			continue // no event: the one row carrying the mark and the xmin
 		}
 		r := rawEvent{ID: *eid, BlobKey: key, Payload: payload}
 		if exid != nil {
@@ -607,9 +687,9 @@ func (c *Consumer) fetch(ctx context.Context, cur Cursor) ([]rawEvent, *Cursor, 
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("events: read outbox: %w", err)
+		return nil, nil, 0, fmt.Errorf("events: read outbox: %w", err)
 	}
-	return out, mark, nil
+	return out, mark, xmin, nil
 }
 
 // handle calls the handler, turning a panic into an error.
@@ -622,10 +702,14 @@ func (c *Consumer) handle(ctx context.Context, batch []Event) (err error) {
 	return c.cfg.Handler.HandleEvents(ctx, batch)
 }
 
-// fellBehind handles a cursor older than the pruned mark: events it had not
-// read are gone, so the secondary needs a full consistency pass.
-func (c *Consumer) fellBehind(ctx context.Context, conn *sql.Conn, cur *Cursor, mark Cursor) error {
-	c.log.Error("events: consumer fell behind the retained event log; events were pruned before it read them, a full consistency pass is needed",
+// fellBehind reports a cursor older than the pruned mark: events it had
+// not read are gone (see ConsumerConfig.OnFellBehind for what that loses).
+// It does not move the cursor: step does, once nothing before the mark is
+// left to deliver.
+func (c *Consumer) fellBehind(ctx context.Context, cur, mark Cursor) {
+	c.log.Error("events: consumer fell behind the retained event log: events were pruned before it read them; "+
+		"the events still retained are delivered, but the pruned ones are lost: a consistency pass restores missed "+
+		"creates and deletes, not missed updates (resync the types' rows: geoctl resync --all)",
 		zap.Uint64("cursor_xid", cur.XID), zap.Int64("cursor_id", cur.ID),
 		zap.Uint64("pruned_xid", mark.XID), zap.Int64("pruned_id", mark.ID))
 	c.update(func(s *Stats) { s.FellBehind = true })
@@ -639,12 +723,6 @@ func (c *Consumer) fellBehind(ctx context.Context, conn *sql.Conn, cur *Cursor, 
 			f(ctx)
 		}()
 	}
-	if err := c.saveCursor(ctx, conn, mark); err != nil {
-		return err
-	}
-	*cur = mark
-	c.update(func(s *Stats) { s.Cursor = mark })
-	return nil
 }
 
 // lagQuery counts (up to a cap) the events after the cursor, including ones

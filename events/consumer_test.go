@@ -292,12 +292,28 @@ func TestSecondConsumerWaitsThenTakesOver(t *testing.T) {
 }
 
 // TestSkipsUnknownAndMalformed: events the consumer cannot deliver are
-// counted and skipped; the ones around them arrive.
+// counted, reported to OnSkipped by reason and skipped; the ones around
+// them arrive. A batch read again after a handler error is reported once.
 func TestSkipsUnknownAndMalformed(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	rec := newRecorder()
-	c, err := events.NewConsumer(e.config(t, rec))
+	var failed atomic.Bool
+	rec.before = func(context.Context, []events.Event) error {
+		if failed.CompareAndSwap(false, true) {
+			return errors.New("first attempt fails")
+		}
+		return nil
+	}
+	var mu sync.Mutex
+	skippedBy := map[string]int{}
+	cfg := e.config(t, rec)
+	cfg.OnSkipped = func(reason string, n int) {
+		mu.Lock()
+		skippedBy[reason] += n
+		mu.Unlock()
+	}
+	c, err := events.NewConsumer(cfg)
 	require.NoError(t, err)
 	run(t, c)
 	waitActive(t, c)
@@ -324,6 +340,11 @@ func TestSkipsUnknownAndMalformed(t *testing.T) {
 	assert.JSONEq(t, `{"size": 3}`, string(got[1].Payload))
 	assert.Equal(t, "k/7", got[1].BlobKey)
 	assert.Nil(t, got[0].Payload)
+	assert.True(t, failed.Load(), "the first batch failed once")
+	mu.Lock()
+	assert.Equal(t, map[string]int{events.SkipUnknownReplicable: 1, events.SkipMalformed: 4}, skippedBy,
+		"OnSkipped totals by reason, each skipped row once")
+	mu.Unlock()
 
 	e.publish(t, "upload", 9)
 	waitFor(t, 20*time.Second, "the consumer goes on", func() bool { return rec.distinct() == 4 })

@@ -8,7 +8,9 @@
 // committed (the transactional outbox pattern). Each event names a
 // registered replicable type, an Op (created, updated, deleted), the
 // record's id and, for deletes, the blob key, so the secondary can remove
-// bytes of a record it can no longer look up. A publish also sends a
+// bytes of a record it can no longer look up. A key must pass
+// strategy.ValidateKey, checked at publish time so a bad key fails in the
+// application's transaction, not later on a secondary. A publish also sends a
 // NOTIFY on NotifyChannel at commit: a wake-up hint, never the delivery.
 //
 // # Consuming (secondary)
@@ -32,11 +34,16 @@
 //
 // # Retention (primary)
 //
-// Prune and RunPruner delete events older than the retention period and
-// record the highest (xid, id) deleted in geo_events_pruned. A consumer
-// whose cursor is older than that mark has missed events: it reports
-// Stats.FellBehind, calls ConsumerConfig.OnFellBehind so the secondary
-// runs a full consistency pass, and continues from the mark.
+// Prune and RunPruner delete events older than the retention period whose
+// transaction is below the snapshot's xmin (so an event is never pruned
+// while an older transaction that may still publish is open), and record
+// the highest (xid, id) deleted in geo_events_pruned. A consumer whose
+// cursor is older than that mark has missed events: it reports
+// Stats.FellBehind and calls ConsumerConfig.OnFellBehind, still delivers
+// every event that was not pruned, and moves its cursor to the mark once
+// none is left before it. The pruned events are lost: a full consistency
+// pass restores missed creates and deletes but not missed updates (see
+// ConsumerConfig.OnFellBehind).
 //
 // The tables (geo_events, geo_events_pruned on the primary;
 // geo_event_cursor on the tracking database) are created by the registry

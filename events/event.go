@@ -57,7 +57,10 @@ type Event struct {
 	// ModelID is the record's id in the application's table; always > 0.
 	ModelID int64
 	// BlobKey is the record's storage key; always set for OpDeleted, may be
-	// empty otherwise.
+	// empty otherwise. The Publisher refuses keys that fail
+	// strategy.ValidateKey, but a row written otherwise (by hand, by an
+	// older version) is delivered with its key as it is: check it before
+	// using it.
 	BlobKey string
 	// Payload is optional extra JSON (nil when the row has none). When
 	// non-nil it is valid JSON.
@@ -128,8 +131,13 @@ func decode(r rawEvent) (Event, error) {
 	return e, nil
 }
 
-// checkBlobKey applies the rules both sides share: OpDeleted needs a key, and
-// no key may hold a NUL byte (PostgreSQL text cannot store one).
+// checkBlobKey is the consumer's key rule for rows it reads: OpDeleted
+// needs a key, and no key may hold a NUL byte (PostgreSQL text cannot
+// store one). It is deliberately looser than the publisher's
+// (checkPublishKey, strategy.ValidateKey): a deleted event whose key fails
+// strategy.ValidateKey (written by an older publisher or by hand) is still
+// delivered, so the secondary removes the record's row and the key it
+// recorded itself, and only the event's own key is ignored.
 func checkBlobKey(op Op, key string) error {
 	if op == OpDeleted && key == "" {
 		return errors.New("deleted event without a blob key")

@@ -19,8 +19,10 @@ type Lag struct {
 	// Seconds is now minus the creation time of the oldest event after the
 	// cursor, 0 when there is none.
 	Seconds float64
-	// FellBehind says retention already pruned events after the cursor: a
-	// consumer resuming from it must run a full consistency pass.
+	// FellBehind says retention already pruned events after the cursor:
+	// they are lost to a consumer resuming from it (see
+	// ConsumerConfig.OnFellBehind for what a consistency pass restores and
+	// what an operator must do).
 	FellBehind bool
 }
 

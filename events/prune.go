@@ -17,15 +17,24 @@ const (
 )
 
 // pruneQuery deletes one batch of events older than the cutoff (oldest
-// first, through geo_events_created_at) and raises geo_events_pruned to the
-// largest (xid, id) it deleted, in one statement and so one transaction: a
-// consumer that reads the mark and the log in one snapshot sees either both
-// or neither.
+// first, through geo_events_created_at) whose transaction is below the
+// snapshot's xmin, and raises geo_events_pruned to the largest (xid, id) it
+// deleted, in one statement and so one transaction: a consumer that reads
+// the mark and the log in one snapshot sees either both or neither.
+//
+// The xmin bound is what makes the mark safe. created_at is the writing
+// transaction's start, not its commit: a transaction that started long ago
+// can take a newer xid than one still open. Without the bound such an
+// event could be pruned while an older transaction's event was not even
+// committed yet, and the mark would then lie above an event no consumer
+// had had a chance to read. With it, every transaction up to the mark has
+// ended, and no event below the mark can appear later.
 const pruneQuery = `WITH del AS (
 	DELETE FROM geo_events
 	WHERE id IN (
 		SELECT id FROM geo_events
 		WHERE created_at < now() - $1::bigint * interval '1 microsecond'
+		  AND xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
 		ORDER BY created_at
 		LIMIT $2)
 	RETURNING xid, id
@@ -41,12 +50,16 @@ const pruneQuery = `WITH del AS (
 SELECT count(*) FROM del`
 
 // Prune deletes, on the primary, the events created more than olderThan
-// ago (by the database's clock), in transactions of at most batch rows,
-// until none is left or ctx is done. Each batch also raises the pruned mark
+// ago (by the database's clock) whose transaction is older than every
+// transaction still running (below the snapshot's xmin: an event of a
+// transaction that started before an open one but took a newer xid waits
+// until the open one ends), in transactions of at most batch rows, until
+// none is left or ctx is done. Each batch also raises the pruned mark
 // (geo_events_pruned) to the largest (xid, id) it deleted, so consumers
-// that had not read those events learn they fell behind. It returns how
-// many events it deleted, including on error. olderThan and batch must be
-// positive. Concurrent calls are safe.
+// that had not read those events learn they fell behind (see
+// ConsumerConfig.OnFellBehind for what such a consumer loses). It returns
+// how many events it deleted, including on error. olderThan and batch
+// must be positive. Concurrent calls are safe.
 func Prune(ctx context.Context, db *sqlx.DB, olderThan time.Duration, batch int) (int64, error) {
 	if olderThan <= 0 {
 		return 0, fmt.Errorf("events: prune: olderThan %v, want > 0", olderThan)
@@ -73,7 +86,11 @@ func Prune(ctx context.Context, db *sqlx.DB, olderThan time.Duration, batch int)
 // PrunerConfig configures RunPruner. Zero values mean the defaults.
 type PrunerConfig struct {
 	// Retention is how long events are kept; default 7 days. A secondary
-	// down for longer falls behind and needs a full consistency pass.
+	// down for longer falls behind: the events pruned before it read them
+	// are lost. A full consistency pass (which the secondary starts)
+	// restores the records created and removes the ones deleted meanwhile,
+	// but not updates; resync the types' rows (geoctl resync --all), see
+	// ConsumerConfig.OnFellBehind.
 	Retention time.Duration
 	// Interval is the time between prunes; default 10 minutes.
 	Interval time.Duration

@@ -31,7 +31,8 @@ type Execer interface {
 type Deleted struct {
 	// ModelID is the deleted record's id; must be > 0.
 	ModelID int64
-	// BlobKey is where the record's bytes lived; must not be empty.
+	// BlobKey is where the record's bytes lived; must pass
+	// strategy.ValidateKey (so it is not empty).
 	BlobKey string
 }
 
@@ -145,9 +146,14 @@ SELECT pg_notify('` + NotifyChannel + `', '')`
 // generation and no checksum, OpDeleted removes the row.
 //
 // It returns an error matching ErrUnknownReplicable for a name the
-// Publisher was not built with, and an error when op is not valid, modelID
-// is not positive, op is OpDeleted and blobKey is empty, or blobKey holds a
-// NUL byte. blobKey may be empty for OpCreated and OpUpdated.
+// Publisher was not built with; an error matching strategy.ErrInvalidKey
+// when blobKey fails strategy.ValidateKey (the rule the secondary's
+// storage applies, so a key it would refuse is refused here, in the
+// application's transaction, instead of failing later on the secondary),
+// or when op is OpDeleted and blobKey is empty; and an error when op is
+// not valid or modelID is not positive. blobKey may be empty for
+// OpCreated and OpUpdated (the secondary looks the key up). Nothing is
+// written when an error is returned before the statement runs.
 func (p *Publisher) Publish(ctx context.Context, tx Execer, replicable string, op Op, modelID int64, blobKey string) error {
 	if err := p.check(replicable); err != nil {
 		return err
@@ -158,7 +164,7 @@ func (p *Publisher) Publish(ctx context.Context, tx Execer, replicable string, o
 	if modelID <= 0 {
 		return fmt.Errorf("events: publish %s %v: model id %d, want > 0", replicable, op, modelID)
 	}
-	if err := checkBlobKey(op, blobKey); err != nil {
+	if err := checkPublishKey(op, blobKey); err != nil {
 		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
 	}
 	query := insertOne
@@ -198,8 +204,11 @@ func (p *Publisher) PublishMany(ctx context.Context, tx Execer, replicable strin
 }
 
 // PublishDeleted writes one OpDeleted event per item, in one statement,
-// inside tx, and removes their primary checksum rows (the same statement). Every item needs ModelID > 0 and a non-empty BlobKey without
-// NUL bytes. An empty items writes nothing. Errors are as for Publish.
+// inside tx, and removes their primary checksum rows (the same statement).
+// Every item needs ModelID > 0 and a BlobKey that passes
+// strategy.ValidateKey (the error then matches strategy.ErrInvalidKey). An
+// empty items writes nothing; an invalid item writes none of them. Errors
+// are as for Publish.
 func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable string, items []Deleted) error {
 	if err := p.check(replicable); err != nil {
 		return err
@@ -213,7 +222,7 @@ func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable st
 		if it.ModelID <= 0 {
 			return fmt.Errorf("events: publish deleted %s: model id %d, want > 0", replicable, it.ModelID)
 		}
-		if err := checkBlobKey(OpDeleted, it.BlobKey); err != nil {
+		if err := checkPublishKey(OpDeleted, it.BlobKey); err != nil {
 			return fmt.Errorf("events: publish deleted %s %d: %w", replicable, it.ModelID, err)
 		}
 		ids[i], keys[i] = it.ModelID, it.BlobKey
@@ -222,4 +231,18 @@ func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable st
 		return fmt.Errorf("events: publish deleted %s (%d items): %w", replicable, len(items), err)
 	}
 	return nil
+}
+
+// checkPublishKey is the publisher's key rule, stricter than the
+// consumer's (checkBlobKey): a key that is given must pass
+// strategy.ValidateKey, and OpDeleted needs one. Every error matches
+// strategy.ErrInvalidKey and never quotes the key.
+func checkPublishKey(op Op, key string) error {
+	if key == "" {
+		if op == OpDeleted {
+			return fmt.Errorf("deleted event without a blob key (it needs the key the record had): %w", strategy.ErrInvalidKey)
+		}
+		return nil
+	}
+	return strategy.ValidateKey(key)
 }

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,4 +99,38 @@ func TestPublishIsTransactional(t *testing.T) {
 		{"upload", 2, 2, s("u/2")}, {"upload", 1, 3, nil}, {"upload", 1, 4, nil},
 		{"package_file", 3, 5, s("p/5")}, {"package_file", 3, 6, s("p/6")},
 	}, rows)
+}
+
+// TestPublishRefusesInvalidKeys: a key the secondary's storage would refuse
+// (strategy.ValidateKey) is refused at publish time, for every op, with an
+// error matching strategy.ErrInvalidKey, inside the application's
+// transaction, which stays usable: nothing of the refused event is
+// written, and the transaction's other work commits.
+func TestPublishRefusesInvalidKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	hostile := []string{"../../etc/passwd", "/abs", "a/../b", "a//b", "a/", "./a", "a\\b", ".geo-tmp/x", "a\x00b", strings.Repeat("k", strategy.MaxKeyLen+1)}
+	tx, err := e.primary.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	for _, key := range hostile {
+		for _, op := range []events.Op{events.OpCreated, events.OpUpdated, events.OpDeleted} {
+			err := e.pub.Publish(ctx, tx, "upload", op, 1, key)
+			assert.ErrorIs(t, err, strategy.ErrInvalidKey, "Publish %v with key %q", op, key)
+		}
+		err := e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, "ok/1"}, {2, key}})
+		assert.ErrorIs(t, err, strategy.ErrInvalidKey, "PublishDeleted with key %q", key)
+	}
+	assert.ErrorIs(t, e.pub.Publish(ctx, tx, "upload", events.OpDeleted, 1, ""), strategy.ErrInvalidKey, "deleted without a key")
+	assert.ErrorIs(t, e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, ""}}), strategy.ErrInvalidKey, "deleted item without a key")
+
+	// Still allowed: no key for created and updated, and valid keys.
+	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpCreated, 3, ""))
+	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 4, "u/..4/.x"))
+	require.NoError(t, e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{5, "u/5"}}))
+	require.NoError(t, tx.Commit(), "the application's transaction is still usable after refused publishes")
+	var models []int64
+	require.NoError(t, e.primary.Select(&models, `SELECT model_id FROM geo_events ORDER BY id`))
+	assert.Equal(t, []int64{3, 4, 5}, models, "only the accepted events are in the outbox")
 }

@@ -115,7 +115,7 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 		}, []string{"replicable", "result"}),
 		evSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "geo_events_skipped_total",
-			Help: "Outbox events skipped, by reason (unknown type, malformed, invalid key).",
+			Help: "Outbox events skipped, by reason: unknown_replicable (type not registered here), malformed (bad row), invalid_key (a deleted event's key; the recorded key is still removed).",
 		}, []string{"reason"}),
 		missing: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "geo_local_missing_total",
@@ -232,7 +232,7 @@ var (
 	dCursorID     = desc("geo_event_cursor_id", "Event id of the consumer's cursor.", nil)
 	dCursorXID    = desc("geo_event_cursor_xid", "Transaction id (xid8) of the consumer's cursor.", nil)
 	dActive       = desc("geo_event_consumer_active", "1 when this process's event consumer holds the lock and consumes.", nil)
-	dFellBehind   = desc("geo_event_fell_behind", "1 when retention pruned events the consumer had not read (a full consistency pass repairs it).", nil)
+	dFellBehind   = desc("geo_event_fell_behind", "1 when retention pruned events the consumer had not read: they are lost; the consistency pass restores missed creates and deletes, not updates (run geoctl resync --all).", nil)
 	dHealth       = desc("geo_health", "Overall status verdict: 0 healthy, 1 degraded, 2 unhealthy (see Secondary.Status reasons).", nil)
 	dRefreshAt    = desc("geo_metrics_refresh_timestamp_seconds", "Unix time of the last successful refresh of these gauges.", nil)
 	dRefreshTaken = desc("geo_metrics_refresh_duration_seconds", "Duration of the last successful refresh of these gauges.", nil)

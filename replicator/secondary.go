@@ -277,7 +277,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatch,
 		PollInterval: cfg.EventPollInterval, Handler: eventHandler{s}, Known: cfg.Strategies.Has,
 		Logger: cfg.Logger, NotifyURL: cfg.NotifyURL, OnFellBehind: func(context.Context) { s.cons.Trigger() },
-		Now: cfg.Now,
+		OnSkipped: cfg.Observer.EventsSkipped, Now: cfg.Now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)

@@ -213,6 +213,9 @@ type EventStatus struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	LagEvents  int64   `json:"lag_events"`
 	// FellBehind says retention pruned events the consumer had not read.
+	// Those events are lost: the consistency pass the secondary starts
+	// restores missed creates and deletes, not missed updates (see
+	// events.ConsumerConfig.OnFellBehind); an operator resyncs the rows.
 	FellBehind bool `json:"fell_behind"`
 }
 
@@ -359,7 +362,8 @@ func (st *Status) evaluate(opts StatusOptions, newFailures map[string]int64) {
 		st.Reasons = []string{}
 	}
 	if st.Events.FellBehind {
-		add(HealthUnhealthy, "event cursor fell behind retention: events were pruned before this secondary read them; a full consistency pass repairs what they said")
+		add(HealthUnhealthy, "event cursor fell behind retention: events were pruned before this secondary read them and are lost; "+
+			"the consistency pass started for it restores missed creates and deletes but not missed updates: run geoctl resync --all")
 	}
 	if st.Events.LagKnown && st.Events.LagSeconds > opts.MaxEventLag.Seconds() {
 		add(HealthUnhealthy, "event lag %s exceeds %s (%d events behind)",
