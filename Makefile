@@ -36,7 +36,8 @@ chaos:
 # Every fuzz target for FUZZTIME each, one at a time (go test -fuzz takes one).
 FUZZTIME ?= 10s
 FUZZ_TARGETS = FuzzValidateKey:./blob FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
-	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl
+	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl \
+	FuzzCheckConn:./cmd/geoctl FuzzRedactText:./cmd/geoctl
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
