@@ -33,10 +33,12 @@ chaos:
 	$(GO) build -o $${TMPDIR:-/tmp}/geochaos ./cmd/geochaos
 	$${TMPDIR:-/tmp}/geochaos $(CHAOS) $(CHAOS_FLAGS)
 
-# Every fuzz target for FUZZTIME each, one at a time (go test -fuzz takes one).
+# Every fuzz target for FUZZTIME each (a duration, or a count such as 1000x,
+# which CI uses), one at a time (go test -fuzz takes one).
 FUZZTIME ?= 10s
 FUZZ_TARGETS = FuzzValidateKey:./strategy FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
-	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl
+	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl \
+	FuzzCheckConn:./cmd/geoctl FuzzRedactText:./cmd/geoctl
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -33,20 +35,49 @@ const AuthScheme = "Geo"
 // Credentials are what one secondary site holds to fetch blobs from the
 // primary: its site name, its access key (public, identifies the
 // secondary) and its secret (shared with the primary, never sent).
+//
+// The secret never leaves through a printing path: every fmt verb (%v,
+// %+v, %#v, %s, %d, %x...) prints String or GoString, json.Marshal
+// omits it (json:"-"), slog logs LogValue (site and access key), and zap's
+// Any logs String. A struct holding Credentials in an exported field
+// prints it the same ways; an unexported field is printed by fmt through
+// reflection, which no method can intercept, so never print a struct that
+// holds Credentials in an unexported field.
 type Credentials struct {
 	Site      string
 	AccessKey string
-	Secret    []byte
+	Secret    []byte `json:"-"`
 }
+
+// redactedSecret stands for the secret wherever Credentials are printed.
+const redactedSecret = "<redacted>"
 
 // String describes the credentials without the secret, so logging them by
 // accident leaks nothing.
 func (c Credentials) String() string {
-	return fmt.Sprintf("blob.Credentials{Site: %q, AccessKey: %q, Secret: <redacted>}", c.Site, c.AccessKey)
+	return fmt.Sprintf("blob.Credentials{Site: %q, AccessKey: %q, Secret: %s}", c.Site, c.AccessKey, redactedSecret)
 }
 
 // GoString is String, for %#v.
 func (c Credentials) GoString() string { return c.String() }
+
+// Format implements fmt.Formatter: every verb prints String (GoString for
+// %#v), so a verb that bypasses Stringer (%d, %o, %b...) cannot print the
+// secret's bytes either.
+func (c Credentials) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		io.WriteString(f, c.GoString())
+		return
+	}
+	io.WriteString(f, c.String())
+}
+
+// LogValue implements slog.LogValuer: a group of the site and the access
+// key, the secret shown as "<redacted>".
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("site", c.Site), slog.String("access_key", c.AccessKey),
+		slog.String("secret", redactedSecret))
+}
 
 // validate reports what makes c unusable; the message never shows the
 // secret.

@@ -1,19 +1,25 @@
 package blob_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator"
 )
 
 // sign makes a token with arbitrary claims and method, for forging.
@@ -185,4 +191,102 @@ func FuzzParseToken(f *testing.F) {
 			t.Fatalf("Verify(%q) = %v, want ErrUnauthorized", header, err)
 		}
 	})
+}
+
+// TestCredentialsPrintNoSecret prints Credentials, and configurations
+// holding them, every way a program prints a configuration: fmt verbs,
+// json.Marshal, slog's text and JSON handlers, zap.Any and zap.Reflect
+// with zap's JSON and console encoders. The secret's bytes must appear in
+// no encoding (raw, base64, hex, fmt's byte list); the site must, so the
+// output still says which credentials they are.
+func TestCredentialsPrintNoSecret(t *testing.T) {
+	c := newCreds("printed-site", "AKPRINT")
+	type holder struct {
+		Name  string
+		Creds blob.Credentials
+		Ptr   *blob.Credentials
+		List  []blob.Credentials
+	}
+	type embedding struct {
+		blob.Credentials
+		Port int
+	}
+	configs := map[string]any{
+		"Credentials":                 c,
+		"*Credentials":                &c,
+		"holder":                      holder{Name: "cfg", Creds: c, Ptr: &c, List: []blob.Credentials{c}},
+		"embedding":                   embedding{Credentials: c, Port: 1},
+		"StaticSecrets":               blob.NewStaticSecrets(c),
+		"blob.DownloaderConfig":       blob.DownloaderConfig{BaseURL: "http://127.0.0.1:1", Credentials: c},
+		"replicator.SecondaryConfig":  replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
+		"*replicator.SecondaryConfig": &replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
+	}
+	printers := map[string]func(v any) string{
+		"fmt.Sprint":   func(v any) string { return fmt.Sprint(v) },
+		"fmt.Sprintln": func(v any) string { return fmt.Sprintln(v) },
+		"fmt %v %+v %#v": func(v any) string {
+			return fmt.Sprintf("%v|%+v|%#v", v, v, v)
+		},
+		"fmt %s %q %x %X": func(v any) string { return fmt.Sprintf("%s|%q|%x|%X", v, v, v, v) },
+		"fmt %d %o %b %c %U": func(v any) string {
+			return fmt.Sprintf("%d|%o|%b|%c|%U", v, v, v, v, v)
+		},
+		"fmt.Errorf %v": func(v any) string { return fmt.Errorf("config %v: %w", v, errors.ErrUnsupported).Error() },
+		"json.Marshal": func(v any) string {
+			b, err := json.Marshal(v)
+			return string(b) + fmt.Sprint(err)
+		},
+		"json.MarshalIndent": func(v any) string {
+			b, err := json.MarshalIndent(v, "", "  ")
+			return string(b) + fmt.Sprint(err)
+		},
+		"slog text": func(v any) string {
+			var b bytes.Buffer
+			slog.New(slog.NewTextHandler(&b, nil)).Info("config", "cfg", v)
+			return b.String()
+		},
+		"slog JSON": func(v any) string {
+			var b bytes.Buffer
+			slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "cfg", v)
+			return b.String()
+		},
+		"slog JSON group": func(v any) string {
+			var b bytes.Buffer
+			slog.New(slog.NewJSONHandler(&b, nil)).With(slog.Group("start", slog.Any("cfg", v))).Info("config")
+			return b.String()
+		},
+		"slog text message": func(v any) string {
+			var b bytes.Buffer
+			slog.New(slog.NewTextHandler(&b, nil)).Info(fmt.Sprintf("config %+v", v))
+			return b.String()
+		},
+	}
+	for _, enc := range []struct {
+		name string
+		new  func() zapcore.Encoder
+	}{
+		{"JSON", func() zapcore.Encoder { return zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()) }},
+		{"console", func() zapcore.Encoder { return zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()) }},
+	} {
+		for name, field := range map[string]func(v any) zap.Field{
+			"zap.Any":     func(v any) zap.Field { return zap.Any("cfg", v) },
+			"zap.Reflect": func(v any) zap.Field { return zap.Reflect("cfg", v) },
+		} {
+			printers[name+" "+enc.name] = func(v any) string {
+				var b bytes.Buffer
+				zap.New(zapcore.NewCore(enc.new(), zapcore.AddSync(&b), zap.DebugLevel)).Info("config", field(v))
+				return b.String()
+			}
+		}
+	}
+	for cname, cfg := range configs {
+		for pname, print := range printers {
+			out := print(cfg)
+			where := pname + " of " + cname
+			assertNoLeak(t, where, out, c.Secret)
+			if !strings.Contains(out, "printed-site") && !strings.Contains(out, "unsupported type") {
+				t.Errorf("%s = %q, want the site named (or a marshalling error)", where, out)
+			}
+		}
+	}
 }

@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -241,7 +243,10 @@ func readAll(t *testing.T, d blob.Storage, key string) []byte {
 
 // secretForms are the ways a secret could leak into a message.
 func secretForms(secret []byte) []string {
-	return []string{string(secret), hex.EncodeToString(secret), fmt.Sprintf("%v", secret), fmt.Sprintf("%x", secret)}
+	return []string{string(secret), hex.EncodeToString(secret), strings.ToUpper(hex.EncodeToString(secret)),
+		base64.StdEncoding.EncodeToString(secret), base64.RawStdEncoding.EncodeToString(secret),
+		base64.URLEncoding.EncodeToString(secret), base64.RawURLEncoding.EncodeToString(secret),
+		fmt.Sprintf("%v", secret), fmt.Sprintf("%x", secret)}
 }
 
 func assertNoLeak(t *testing.T, where, s string, secret []byte, tokens ...string) {

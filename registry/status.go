@@ -4,9 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -192,15 +195,15 @@ CROSS JOIN LATERAL (SELECT r.updated_at FROM geo_registry r
 }
 
 // FailureReason is one kind of failure message and how many rows carry
-// it. Messages are grouped with every "/digits" (record ids in paths and
-// keys) replaced by "/N", so that one cause affecting many records is one
+// it. Messages that differ only in what names the record are grouped
+// (see NormalizeReason), so that one cause affecting many records is one
 // reason.
 type FailureReason struct {
-	// Reason is the message with ids replaced by N.
+	// Reason is the message normalized by NormalizeReason.
 	Reason string `json:"reason"`
-	// Count is the number of rows whose message matches Reason.
+	// Count is the number of rows whose message normalizes to Reason.
 	Count int64 `json:"count"`
-	// Example is one of the original messages.
+	// Example is one of the original messages (the least, in byte order).
 	Example string `json:"example"`
 }
 
@@ -213,19 +216,258 @@ type Failures struct {
 	Verification []FailureReason
 }
 
+// Placeholders of NormalizeReason.
+const (
+	// reasonNumber stands for a record id, a size, a count or an
+	// ephemeral port.
+	reasonNumber = "N"
+	// reasonDigest stands for a hex digest (a checksum, an object id) or
+	// a UUID.
+	reasonDigest = "H"
+	// reasonKeyTail stands for the rest of a storage key or path from its
+	// first segment that names one object.
+	reasonKeyTail = "*"
+)
+
+// reasonHexRunLen is the shortest run of hex digits NormalizeReason takes
+// for a digest: shorter runs (error codes, short words) are kept.
+const reasonHexRunLen = 16
+
+var (
+	reasonUUID = regexp.MustCompile(`\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b`)
+	reasonHex  = regexp.MustCompile(`\b[0-9a-fA-F]{` + strconv.Itoa(reasonHexRunLen) + `,}\b`)
+	// reasonLocalPort is the local end of a connection in a network error
+	// ("read tcp 127.0.0.1:37430->127.0.0.1:5432"): an ephemeral port.
+	reasonLocalPort = regexp.MustCompile(`:[0-9]+->`)
+)
+
+// numberNamesObject reports whether a number between the words prev and
+// next names a record or measures one object (a size, a count), so that
+// NormalizeReason folds it to N.
+func numberNamesObject(prev, next string) bool {
+	switch contextWord(prev) {
+	case "than", "most", "least", "max", "limit", "over", "under":
+		return false // a bound, not a measurement: "longer than 1024 bytes"
+	case "id", "ids", "record", "records", "row", "rows", "model", "for", "of", "size", "offset",
+		"received", "announced", "content-length", "x-geo-size":
+		return true
+	}
+	switch contextWord(next) {
+	case "byte", "bytes", "row", "rows", "record", "records":
+		return true
+	}
+	return false
+}
+
+// NormalizeReason folds what names one record or object in a failure
+// message, so that messages differing only in that are one reason, while
+// messages of different causes stay distinct:
+//
+//   - A word holding a slash (a storage key, a path, "type/id") keeps its
+//     segments up to the first that names one object: a segment with a
+//     digit, a short hex fan-out directory ("bb" in "lfs/bb/63/bb63..."),
+//     or a long mixed-case random token. The rest becomes "*", or "N"
+//     when it is one number: "lfs/bb/63/bb634d8..." is "lfs/*",
+//     "packages/7/files/9/a.tgz" is "packages/*", "upload/42" is
+//     "upload/N". A URL keeps its scheme and host. Slashed words with no
+//     such segment ("net/http", "i/o") are kept.
+//   - A hex run of at least 16 digits or a UUID becomes "H".
+//   - A number becomes "N" after a word naming a record or a size ("id",
+//     "record", "for", "of", "received", "announced", "Content-Length",
+//     "X-Geo-Size"...) or before "bytes", "rows" or "records", and so
+//     does the local port of a connection ("127.0.0.1:37430->"). Other
+//     numbers are kept: HTTP statuses ("answered 503"), SQLSTATE codes
+//     ("(57014)"), ports of a server, bounds ("longer than 1024 bytes").
+//   - Durations ("after 30s") are kept: in geo's messages they are
+//     configured timeouts, not measurements.
+//   - A message cut to MaxFailureLen ends with "…": the cut word before it
+//     is dropped, since where a message is cut depends on the lengths of
+//     the ids before it.
+func NormalizeReason(reason string) string {
+	toks := reasonTokens(reason)
+	if n := len(toks); n >= 2 && toks[n-1].text == "…" && toks[n-2].word {
+		toks = append(toks[:n-2], toks[n-1])
+	}
+	words := make([]int, 0, len(toks))
+	for i, t := range toks {
+		if t.word {
+			words = append(words, i)
+		}
+	}
+	var b strings.Builder
+	b.Grow(len(reason))
+	w := 0
+	for _, t := range toks {
+		if !t.word {
+			b.WriteString(t.text)
+			continue
+		}
+		var prev, next string
+		if w > 0 {
+			prev = toks[words[w-1]].text
+		}
+		if w+1 < len(words) {
+			next = toks[words[w+1]].text
+		}
+		w++
+		b.WriteString(normalizeWord(t.text, prev, next))
+	}
+	return b.String()
+}
+
+// reasonToken is a word of a failure message or the separators between
+// two words.
+type reasonToken struct {
+	text string
+	word bool
+}
+
+// reasonSeparator reports whether r separates words of a failure message.
+// Colons, dots, slashes, dashes and brackets are part of words (host:port,
+// paths, keys, IPv6 addresses).
+func reasonSeparator(r rune) bool {
+	return unicode.IsSpace(r) || strings.ContainsRune("\"'`(),;={}…", r)
+}
+
+func reasonTokens(s string) []reasonToken {
+	var toks []reasonToken
+	start, inWord := 0, false
+	for i, r := range s {
+		if sep := reasonSeparator(r); sep == inWord {
+			if i > start {
+				toks = append(toks, reasonToken{text: s[start:i], word: inWord})
+			}
+			start, inWord = i, !sep
+		}
+	}
+	if len(s) > start {
+		toks = append(toks, reasonToken{text: s[start:], word: inWord})
+	}
+	return toks
+}
+
+// normalizeWord normalizes one word given its neighbours (see
+// NormalizeReason). A trailing colon or dot is punctuation, not part of
+// the word.
+func normalizeWord(w, prev, next string) string {
+	core := strings.TrimRight(w, ":.")
+	punct := w[len(core):]
+	if core == "" {
+		return w
+	}
+	switch {
+	case strings.Contains(core, "/"):
+		core = normalizePath(core)
+	case isDecimal(core):
+		if numberNamesObject(prev, next) {
+			core = reasonNumber
+		}
+	default:
+		core = reasonLocalPort.ReplaceAllString(core, ":"+reasonNumber+"->")
+		core = reasonUUID.ReplaceAllString(core, reasonDigest)
+		core = reasonHex.ReplaceAllString(core, reasonDigest)
+	}
+	return core + punct
+}
+
+// contextWord is a neighbouring word as the number rules compare it.
+func contextWord(w string) string {
+	w = strings.ToLower(strings.TrimRight(w, ":.#"))
+	if strings.HasSuffix(w, "_id") {
+		return "id"
+	}
+	return w
+}
+
+// normalizePath keeps a slashed word's segments up to the first that
+// names one object (see NormalizeReason).
+func normalizePath(w string) string {
+	prefix, rest := "", w
+	if i := strings.Index(w, "://"); i > 0 {
+		j := strings.IndexByte(w[i+3:], '/')
+		if j < 0 {
+			return w
+		}
+		prefix, rest = w[:i+3+j+1], w[i+3+j+1:]
+	}
+	segs := strings.Split(rest, "/")
+	for k, seg := range segs {
+		if !objectSegment(seg) {
+			continue
+		}
+		kept := prefix + strings.Join(segs[:k], "/")
+		if k > 0 {
+			kept += "/"
+		}
+		if k == len(segs)-1 && isDecimal(seg) {
+			return kept + reasonNumber
+		}
+		return kept + reasonKeyTail
+	}
+	return w
+}
+
+// reasonFanOutLen is the longest all-hex key segment taken for a fan-out
+// directory (content-addressed layouts split a digest into "bb/63/...").
+const reasonFanOutLen = 4
+
+// reasonTokenLen is the shortest mixed-case segment taken for a random
+// token (a key's secret segment).
+const reasonTokenLen = 16
+
+// objectSegment reports whether a path segment names one object: it holds
+// a digit, or is a short hex fan-out directory, or a long mixed-case
+// random token.
+func objectSegment(seg string) bool {
+	if seg == "" {
+		return false
+	}
+	hex, upper, lower, token := true, false, false, true
+	for _, r := range seg {
+		switch {
+		case r >= '0' && r <= '9':
+			return true
+		case r >= 'a' && r <= 'f':
+			lower = true
+		case r >= 'A' && r <= 'F':
+			upper = true
+		case r >= 'a' && r <= 'z':
+			hex, lower = false, true
+		case r >= 'A' && r <= 'Z':
+			hex, upper = false, true
+		case r == '-' || r == '_':
+			hex = false
+		default:
+			hex, token = false, false
+		}
+	}
+	return (hex && len(seg) <= reasonFanOutLen) || (token && upper && lower && len(seg) >= reasonTokenLen)
+}
+
+func isDecimal(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // topFailuresSQL samples, per type ($1), the sample ($2) most recent sync
 // failures (geo_registry_failed_due) and verification failures
-// (geo_registry_verify_failed), grouped by reason with digits after a
-// slash folded.
+// (geo_registry_verify_failed), counted per exact reason; TopFailures
+// groups them by NormalizeReason.
 const topFailuresSQL = `
-SELECT t.replicable, 'sync' AS kind, regexp_replace(f.reason, '/[0-9]+', '/N', 'g') AS reason,
-  count(*) AS n, min(f.reason) AS example
+SELECT t.replicable, 'sync' AS kind, f.reason, count(*) AS n
 FROM unnest($1::text[]) AS t(replicable)
 CROSS JOIN LATERAL (SELECT coalesce(r.last_sync_failure, '') AS reason FROM geo_registry r
   WHERE r.replicable = t.replicable AND r.state = 3 ORDER BY r.retry_at DESC LIMIT $2) f
 GROUP BY 1, 2, 3
 UNION ALL
-SELECT t.replicable, 'verification', regexp_replace(f.reason, '/[0-9]+', '/N', 'g'), count(*), min(f.reason)
+SELECT t.replicable, 'verification', f.reason, count(*)
 FROM unnest($1::text[]) AS t(replicable)
 CROSS JOIN LATERAL (SELECT coalesce(r.verification_failure, '') AS reason FROM geo_registry r
   WHERE r.replicable = t.replicable AND r.state = 2 AND r.verification_state = 3
@@ -247,22 +489,34 @@ func (s *Store) TopFailures(ctx context.Context, types []string, top, sample int
 		Kind       string `db:"kind"`
 		Reason     string `db:"reason"`
 		N          int64  `db:"n"`
-		Example    string `db:"example"`
 	}
 	err := s.db.SelectContext(ctx, &got, topFailuresSQL, pq.Array(types), sample)
 	if err != nil {
 		return nil, fmt.Errorf("registry: top failures: %w", err)
 	}
-	out := map[string]Failures{}
+	type group struct{ replicable, kind, reason string }
+	groups := map[group]*FailureReason{}
 	for _, g := range got {
-		f := out[g.Replicable]
-		r := FailureReason{Reason: g.Reason, Count: g.N, Example: g.Example}
-		if g.Kind == "sync" {
-			f.Sync = append(f.Sync, r)
-		} else {
-			f.Verification = append(f.Verification, r)
+		k := group{g.Replicable, g.Kind, NormalizeReason(g.Reason)}
+		r := groups[k]
+		if r == nil {
+			r = &FailureReason{Reason: k.reason, Example: g.Reason}
+			groups[k] = r
 		}
-		out[g.Replicable] = f
+		r.Count += g.N
+		if g.Reason < r.Example {
+			r.Example = g.Reason
+		}
+	}
+	out := map[string]Failures{}
+	for k, r := range groups {
+		f := out[k.replicable]
+		if k.kind == "sync" {
+			f.Sync = append(f.Sync, *r)
+		} else {
+			f.Verification = append(f.Verification, *r)
+		}
+		out[k.replicable] = f
 	}
 	for name, f := range out {
 		f.Sync, f.Verification = topReasons(f.Sync, top), topReasons(f.Verification, top)

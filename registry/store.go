@@ -39,8 +39,10 @@ type Options struct {
 	// strategy.DefaultBackoff().
 	Retry strategy.RetryPolicy
 	// MaxFailureLen is the most bytes of a failure reason stored in
-	// last_sync_failure; longer reasons are cut on a rune boundary. 0 means
-	// DefaultMaxFailureLen; negative is an error.
+	// last_sync_failure (and verification_failure, geo_checksums.failure);
+	// longer reasons are cut on a rune boundary and end with "…" within
+	// the bound (below 3 bytes, without it). 0 means DefaultMaxFailureLen;
+	// negative is an error.
 	MaxFailureLen int
 }
 
@@ -555,17 +557,28 @@ func rowsAffected(res sql.Result) (int64, error) {
 	return n, nil
 }
 
+// failureCutMarker ends a failure reason cut to MaxFailureLen, so an
+// operator can tell the text goes on.
+const failureCutMarker = "…"
+
 // truncate cuts reason to at most max bytes on a rune boundary, after
 // making it valid UTF-8 without NUL bytes (which PostgreSQL text rejects).
+// A cut reason ends with failureCutMarker within the max bytes (a bound
+// shorter than the marker cuts without it); a reason that fits is
+// unchanged.
 func truncate(reason string, max int) string {
 	reason = strings.ToValidUTF8(reason, "\uFFFD")
 	reason = strings.ReplaceAll(reason, "\x00", "")
 	if len(reason) <= max {
 		return reason
 	}
-	cut := max
+	marker := failureCutMarker
+	if max < len(marker) {
+		marker = ""
+	}
+	cut := max - len(marker)
 	for cut > 0 && !utf8.RuneStart(reason[cut]) {
 		cut--
 	}
-	return reason[:cut]
+	return reason[:cut] + marker
 }

@@ -321,8 +321,9 @@ func TestFailureTruncated(t *testing.T) {
 		t.Fatalf("SettleFailed = %v, %v", ok, err)
 	}
 	got := mustGet(t, s, "a", 1).LastSyncFailure
-	if len(got) > 255 || len(got) < 254 || !utf8.ValidString(got) || !strings.HasPrefix(reason, got) {
-		t.Fatalf("last_sync_failure = %d bytes (valid UTF-8 %v), want a valid prefix of at most 255 bytes", len(got), utf8.ValidString(got))
+	kept, marked := strings.CutSuffix(got, "…")
+	if len(got) > 255 || len(got) < 254 || !utf8.ValidString(got) || !marked || !strings.HasPrefix(reason, kept) {
+		t.Fatalf("last_sync_failure = %d bytes %q (valid UTF-8 %v), want a valid prefix and \"…\" in at most 255 bytes", len(got), got, utf8.ValidString(got))
 	}
 
 	// Invalid UTF-8 and NUL bytes are stored, not rejected.
@@ -472,7 +473,7 @@ func TestPauseResume(t *testing.T) {
 func TestTruncateNeverSplitsRunes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for _, max := range []int{1, 2, 3, 4, 5} {
+	for _, max := range []int{1, 2, 3, 4, 5, 6} {
 		s, _, _ := newStore(t, registry.Options{MaxFailureLen: max})
 		mustMarkPending(t, s, "a", 1)
 		c := claimOne(t, s, "w", "a")
@@ -480,9 +481,49 @@ func TestTruncateNeverSplitsRunes(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := mustGet(t, s, "a", 1).LastSyncFailure
-		want := map[int]string{1: "", 2: "", 3: "€", 4: "€", 5: "€"}[max]
+		// Bounds below the marker's 3 bytes cut without it.
+		want := map[int]string{1: "", 2: "", 3: "…", 4: "…", 5: "…", 6: "€€"}[max]
 		if got != want {
 			t.Errorf("MaxFailureLen %d: last_sync_failure = %q, want %q", max, got, want)
+		}
+	}
+}
+
+// TestFailureCutIsMarked is issue 20 item 11: a failure text cut to
+// MaxFailureLen ended without a marker, so an operator could not tell it
+// was cut. A cut text ends with "…" within the bound (counted in bytes,
+// cut on a rune boundary); a text that fits, even exactly, is unchanged.
+func TestFailureCutIsMarked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const max = 40
+	s, _, _ := newStore(t, registry.Options{MaxFailureLen: max})
+	fits := strings.Repeat("f", max)
+	for i, tc := range []struct {
+		name, reason, want string
+	}{
+		{"shorter", "blob: primary answered 503", "blob: primary answered 503"},
+		{"exactly the bound", fits, fits},
+		{"one byte over", fits + "x", fits[:max-3] + "…"},
+		{"long ASCII", strings.Repeat("0123456789", 10), "0123456789012345678901234567890123456…"},
+		// 2-byte runes: 37 bytes for the text would split one; 36 are kept.
+		{"runes straddling the cut", "x" + strings.Repeat("é", 40), "x" + strings.Repeat("é", 18) + "…"},
+		// 4-byte runes: 37 bytes hold 9 of them.
+		{"4-byte runes", strings.Repeat("😀", 20), strings.Repeat("😀", 9) + "…"},
+		{"NUL and invalid UTF-8 removed before cutting", "a\x00b\xff" + strings.Repeat("c", 50), "ab\uFFFD" + strings.Repeat("c", 32) + "…"},
+	} {
+		id := int64(i + 1)
+		mustMarkPending(t, s, "a", id)
+		c := claimOne(t, s, "w", "a")
+		if ok, err := s.SettleFailed(ctx, "w", c, tc.reason, false); !ok || err != nil {
+			t.Fatalf("%s: SettleFailed = %v, %v", tc.name, ok, err)
+		}
+		got := mustGet(t, s, "a", id).LastSyncFailure
+		if got != tc.want {
+			t.Errorf("%s: last_sync_failure = %q, want %q", tc.name, got, tc.want)
+		}
+		if len(got) > max || !utf8.ValidString(got) {
+			t.Errorf("%s: last_sync_failure = %d bytes (valid UTF-8 %v), want at most %d valid", tc.name, len(got), utf8.ValidString(got), max)
 		}
 	}
 }

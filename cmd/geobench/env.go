@@ -66,8 +66,10 @@ type bench struct {
 	closers []func() error
 }
 
-func newBench(ctx context.Context, o options, stderr io.Writer) (b *bench, err error) {
-	b = &bench{o: o, stderr: stderr}
+func newBench(ctx context.Context, o options, stderr io.Writer) (_ *bench, err error) {
+	// b, not a named result: every "return nil, err" below sets the result
+	// to nil, and the cleanup must still see what was started.
+	b := &bench{o: o, stderr: stderr}
 	defer func() {
 		if err != nil {
 			_ = b.close()
@@ -78,6 +80,9 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (b *bench, err e
 	} else {
 		b.logf("starting a throwaway PostgreSQL cluster (durable=%v)", o.durable)
 		c, err := pgtest.StartCluster(ctx, pgtest.Options{Durable: o.durable})
+		if errors.Is(err, pgtest.ErrUnreachable) {
+			return nil, fmt.Errorf("%w; or pass -url to use an existing server", err)
+		}
 		if err != nil {
 			return nil, err
 		}

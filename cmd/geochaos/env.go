@@ -79,8 +79,14 @@ type env struct {
 	closers []func()
 }
 
-func newEnv(ctx context.Context, o options, cfg envConfig) (e *env, err error) {
-	e = &env{o: o, log: o.logger(), contents: newContentLog()}
+// newEnv starts a scenario's env; the caller closes it. On error what was
+// started is stopped again and the error says why; with TMPDIR out of
+// reach of the cluster's account (pgtest.ErrUnreachable) it says to set
+// TMPDIR.
+func newEnv(ctx context.Context, o options, cfg envConfig) (_ *env, err error) {
+	// e, not a named result: every "return nil, err" below sets the
+	// result to nil, and the cleanup must still see what was started.
+	e := &env{o: o, log: o.logger(), contents: newContentLog()}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -93,7 +99,7 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (e *env, err error) {
 
 	e.primaryCluster, err = pgtest.StartCluster(ctx, pgtest.Options{MaxConnections: 400})
 	if err != nil {
-		return nil, fmt.Errorf("start primary PostgreSQL: %w", err)
+		return nil, fmt.Errorf("start primary PostgreSQL (geochaos starts its own clusters, under TMPDIR): %w", err)
 	}
 	e.closers = append(e.closers, func() { e.primaryCluster.Stop() })
 	e.trackingCluster = e.primaryCluster

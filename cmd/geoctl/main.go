@@ -16,10 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -70,7 +68,13 @@ type app struct {
 }
 
 // run executes geoctl with args and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+//
+// Everything it prints goes through redactText: no password of a
+// connection string (or of a failure text that quotes one) is printed.
+func run(ctx context.Context, args []string, rawStdout, rawStderr io.Writer) int {
+	stdout, stderr := &redactWriter{w: rawStdout}, &redactWriter{w: rawStderr}
+	defer stderr.Flush()
+	defer stdout.Flush()
 	a := &app{out: stdout, errOut: stderr}
 	root := a.rootCmd()
 	root.SetArgs(args)
@@ -144,9 +148,13 @@ func (a *app) connect(ctx context.Context, what string) (*sqlx.DB, error) {
 		return nil, usagef("no database: pass --database-url or set %s to the %s database's URL "+
 			"(postgres://user:password@host:5432/dbname?sslmode=...)", envDatabaseURL, what)
 	}
+	shown, err := checkConn(u)
+	if err != nil {
+		return nil, usagef("the %s database's connection string (--database-url / %s) is %v", what, envDatabaseURL, err)
+	}
 	db, err := sqlx.Open("postgres", u)
 	if err != nil {
-		return nil, fmt.Errorf("open the %s database %s: %w (check --database-url / %s)", what, redact(u), err, envDatabaseURL)
+		return nil, fmt.Errorf("open the %s database %s: %w (check --database-url / %s)", what, shown, err, envDatabaseURL)
 	}
 	db.SetMaxOpenConns(8)
 	pctx, cancel := context.WithTimeout(ctx, a.timeout)
@@ -154,7 +162,7 @@ func (a *app) connect(ctx context.Context, what string) (*sqlx.DB, error) {
 	if err := db.PingContext(pctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect to the %s database %s: %w (check --database-url / %s, and that the server is up)",
-			what, redact(u), err, envDatabaseURL)
+			what, shown, err, envDatabaseURL)
 	}
 	a.db = db
 	return db, nil
@@ -184,21 +192,6 @@ func (a *app) tracking(ctx context.Context) (*registry.Store, error) {
 // opCtx bounds one database operation by --timeout.
 func (a *app) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.timeout)
-}
-
-// redact hides a URL's password for messages.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if strings.Contains(raw, "password=") {
-			return "(connection string)"
-		}
-		return raw
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }
 
 // isUndefined reports a PostgreSQL "relation does not exist" error.

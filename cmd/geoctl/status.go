@@ -61,9 +61,13 @@ Exit code 0 whatever the health; use -o json and .health in scripts.`,
 				primaryURL = os.Getenv(envPrimaryURL)
 			}
 			if primaryURL != "" {
+				shown, err := checkConn(primaryURL)
+				if err != nil {
+					return usagef("the primary database's connection string (--primary-database-url / %s) is %v", envPrimaryURL, err)
+				}
 				pdb, err := sqlx.Open("postgres", primaryURL)
 				if err != nil {
-					return fmt.Errorf("open the primary database %s: %w (check --primary-database-url / %s)", redact(primaryURL), err, envPrimaryURL)
+					return fmt.Errorf("open the primary database %s: %w (check --primary-database-url / %s)", shown, err, envPrimaryURL)
 				}
 				defer pdb.Close()
 				pdb.SetMaxOpenConns(2)

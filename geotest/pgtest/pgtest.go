@@ -52,6 +52,15 @@ import (
 // CREATEDB privilege: every test creates a database of its own.
 const EnvURL = "GEO_TEST_DATABASE_URL"
 
+// ErrUnreachable is returned (wrapped) by StartCluster and StartStandby
+// when the account the server runs as (the "postgres" user, when the
+// process runs as root) cannot reach a directory the server needs: the
+// cluster's directory under TMPDIR, or the PostgreSQL binaries. The
+// message names the directory, says why (its owner and mode), and what to
+// do (set TMPDIR to a directory that account can enter; a Server adds:
+// or set GEO_TEST_DATABASE_URL).
+var ErrUnreachable = errors.New("pgtest: the PostgreSQL server's account cannot reach a directory it needs")
+
 // Options tunes a throwaway cluster. The zero value is fit for tests.
 type Options struct {
 	// Durable keeps PostgreSQL's crash-safety settings (fsync,
@@ -119,6 +128,9 @@ func (s *Server) start(ctx context.Context) error {
 		s.adminURL = u
 	} else {
 		c, err := StartCluster(ctx, s.opts)
+		if errors.Is(err, ErrUnreachable) {
+			return fmt.Errorf("%w; or set %s to the URL of an existing server", err, EnvURL)
+		}
 		if err != nil {
 			return err
 		}
@@ -166,6 +178,9 @@ func (s *Server) require(tb TB) {
 			"fix: install the PostgreSQL server binaries (Debian: apt-get install postgresql) "+
 			"so initdb and pg_ctl are on PATH or under /usr/lib/postgresql/*/bin, "+
 			"or set %s to the URL of a server where the role may CREATE DATABASE", err, EnvURL)
+		if errors.Is(err, ErrUnreachable) {
+			msg = fmt.Sprintf("pgtest: no PostgreSQL server: %v", err) // the error says what to fix
+		}
 		if os.Getenv("CI") != "" {
 			tb.Fatal(msg)
 		}
@@ -259,6 +274,9 @@ func StartCluster(ctx context.Context, opts Options) (*Cluster, error) {
 				return nil, c.fail(fmt.Errorf("pgtest: chown %s: %w", p, err))
 			}
 		}
+	}
+	if err := c.checkReach(ctx); err != nil {
+		return nil, c.fail(err)
 	}
 	if out, err := c.command(ctx, "initdb", "-D", c.dataDir, "-U", "postgres",
 		"--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync").CombinedOutput(); err != nil {
@@ -373,6 +391,9 @@ func (c *Cluster) StartStandby(ctx context.Context) (*Cluster, error) {
 	if err := s.chownTree(dir); err != nil {
 		return nil, s.fail(err)
 	}
+	if err := s.checkReach(ctx); err != nil {
+		return nil, s.fail(err)
+	}
 	if out, err := s.command(ctx, "pg_basebackup", "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", "postgres",
 		"-D", s.dataDir, "-R", "-X", "stream", "--no-sync",
 		// Without a fast checkpoint, pg_basebackup waits for a spread one:
@@ -445,6 +466,91 @@ func (c *Cluster) command(ctx context.Context, name string, args ...string) *exe
 	}
 	cmd.SysProcAttr.Setpgid = true
 	return cmd
+}
+
+// checkReach makes sure the account the server runs as can reach what
+// the server needs before initdb or pg_basebackup try: it runs
+// "pg_ctl --version" as that account in the cluster's directory, which
+// fails when the binaries or the directory are out of its reach (the
+// kernel decides, ACLs included). On failure the error names the first
+// directory the account cannot enter by its owner and mode bits, and
+// wraps ErrUnreachable.
+func (c *Cluster) checkReach(ctx context.Context) error {
+	if c.runAs == nil {
+		return nil
+	}
+	out, err := c.command(ctx, "pg_ctl", "--version").CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("pgtest: run pg_ctl --version as %q: %w", c.runAs.Username, ctx.Err())
+	}
+	uid, _ := strconv.Atoi(c.runAs.Uid)
+	gids := map[int]bool{}
+	if g, err := strconv.Atoi(c.runAs.Gid); err == nil {
+		gids[g] = true
+	}
+	if ids, err := c.runAs.GroupIds(); err == nil {
+		for _, id := range ids {
+			if g, err := strconv.Atoi(id); err == nil {
+				gids[g] = true
+			}
+		}
+	}
+	for _, t := range []struct{ path, what, fix string }{
+		{c.binDir, "the PostgreSQL binaries",
+			"put initdb and pg_ctl where that user can reach them (Debian: apt-get install postgresql installs them under /usr/lib/postgresql)"},
+		{c.Dir, "the cluster's directory",
+			"set TMPDIR to a directory that user can enter (for example TMPDIR=/tmp)"},
+	} {
+		if blocked, why := firstUnreachable(t.path, uid, gids); blocked != "" {
+			return fmt.Errorf("%w: the server runs as the %q user (uid %d; PostgreSQL refuses to run as root), which cannot enter %s (%s) on the way to %s %s: %s",
+				ErrUnreachable, c.runAs.Username, uid, blocked, why, t.what, t.path, t.fix)
+		}
+	}
+	return fmt.Errorf("%w: the server runs as the %q user, which cannot run %s in %s: %v: %s (set TMPDIR to a directory that user can enter)",
+		ErrUnreachable, c.runAs.Username, filepath.Join(c.binDir, "pg_ctl"), c.Dir, err, strings.TrimSpace(string(out)))
+}
+
+// firstUnreachable returns the first of path's ancestors, or path itself,
+// that the account uid with groups gids may not search (enter) by its
+// owner, group and other execute bits, and why; "" when there is none.
+func firstUnreachable(path string, uid int, gids map[int]bool) (string, string) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", ""
+	}
+	p := string(filepath.Separator)
+	for _, part := range append([]string{""}, strings.Split(strings.TrimPrefix(abs, p), p)...) {
+		p = filepath.Join(p, part)
+		st, err := os.Stat(p)
+		if err != nil {
+			return p, err.Error()
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return "", ""
+		}
+		mode := st.Mode().Perm()
+		var can bool
+		switch {
+		case int(sys.Uid) == uid:
+			can = mode&0o100 != 0
+		case gids[int(sys.Gid)]:
+			can = mode&0o010 != 0
+		default:
+			can = mode&0o001 != 0
+		}
+		if !can {
+			owner := strconv.Itoa(int(sys.Uid))
+			if u, err := user.LookupId(owner); err == nil {
+				owner = u.Username
+			}
+			return p, fmt.Sprintf("mode %v, owner %s", st.Mode(), owner)
+		}
+	}
+	return "", ""
 }
 
 func (c *Cluster) chownTree(root string) error {
