@@ -166,6 +166,9 @@ func (a *App) Create(ctx context.Context, region int, data []byte) (int64, error
 		return 0, err
 	}
 	key := a.keyFor(id, 1, data)
+	if err := a.lockKey(ctx, tx, key); err != nil {
+		return 0, err
+	}
 	set, err := a.Type.stmt(ctx, tx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)))
 	if err != nil {
 		return 0, err
@@ -198,20 +201,46 @@ func (a *App) keyFor(id int64, version int, data []byte) string {
 
 // removeUnreferenced removes the bytes at key unless an item still names
 // it (content-addressed items share keys). It runs after the change that
-// dropped the reference committed; a concurrent Create of the same bytes
-// rewrites them.
+// dropped the reference committed, holding the key's lock (casLockSQL)
+// from the check to the removal; a Create or Update of content-addressed
+// bytes holds the same lock from its write until its row commits, so one
+// of them sees the other.
 func (a *App) removeUnreferenced(ctx context.Context, key string) error {
-	if a.ContentAddressed {
-		var n int
-		q := fmt.Sprintf(`SELECT count(*) FROM %s WHERE blob_key = $1`, pq.QuoteIdentifier(a.Type.Table))
-		if err := a.Type.DB.GetContext(ctx, &n, q, key); err != nil {
+	if !a.ContentAddressed {
+		return a.Storage.Remove(ctx, key)
+	}
+	tx, err := a.Type.DB.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, casLockSQL, key); err != nil {
+		return err
+	}
+	var n int
+	q := fmt.Sprintf(`SELECT count(*) FROM %s WHERE blob_key = $1`, pq.QuoteIdentifier(a.Type.Table))
+	if err := tx.GetContext(ctx, &n, q, key); err != nil {
+		return err
+	}
+	if n == 0 {
+		if err := a.Storage.Remove(ctx, key); err != nil {
 			return err
 		}
-		if n > 0 {
-			return nil
-		}
 	}
-	return a.Storage.Remove(ctx, key)
+	return tx.Commit()
+}
+
+// casLockSQL takes the transaction-level lock of a content-addressed key
+// on the primary.
+const casLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended('testtype_cas:' || $1, 0))`
+
+// lockKey takes key's lock in tx when items are content-addressed.
+func (a *App) lockKey(ctx context.Context, tx *sqlx.Tx, key string) error {
+	if !a.ContentAddressed {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, casLockSQL, key)
+	return err
 }
 
 func (a *App) write(ctx context.Context, key string, data []byte) error {
@@ -244,6 +273,9 @@ func (a *App) Update(ctx context.Context, id int64, data []byte) error {
 		return err
 	}
 	key := a.keyFor(id, version, data)
+	if err := a.lockKey(ctx, tx, key); err != nil {
+		return err
+	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE %s SET blob_key = $2 WHERE id = $1`, pq.QuoteIdentifier(a.Type.Table)), id, key); err != nil {
 		return err
 	}
