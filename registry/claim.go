@@ -58,15 +58,20 @@ type Claim struct {
 // Key returns the claimed row's key.
 func (c Claim) Key() Key { return Key{Replicable: c.Replicable, ModelID: c.ModelID} }
 
-// claimSQL claims, per type, up to n rows: pending rows in seq order
-// (FIFO), then failed rows whose retry is due, oldest retry_at first, then
-// started rows whose lease expired (R3). Each branch walks its own partial
-// index and skips rows other claimers hold; the outer LIMIT stops the
-// later branches once the earlier ones fill the quota. Paused types are
-// skipped.
+// claimSQL claims, per type, up to n rows: first started rows whose lease
+// expired (a dead worker's, R3: few, and waiting longest), then failed rows
+// whose retry is due up to a quarter of n (at least one when n >= 2), then
+// pending rows in seq order (FIFO). So however large the pending backlog
+// (a backfill of millions), a dead worker's rows and due retries are
+// reached by the next claim, and fresh pending work still gets most of
+// every claim (R5). When the pending rows do not fill the quota,
+// claimMoreDueSQL takes more due retries in a second statement. Each
+// branch walks its own partial index and skips rows other claimers hold;
+// the outer LIMIT stops the later branches once the earlier ones fill the
+// quota. Paused types are skipped.
 const claimSQL = `
 WITH lim AS (
-  SELECT t.replicable, t.n
+  SELECT t.replicable, t.n, CASE WHEN t.n >= 2 THEN greatest(1, t.n / 4) ELSE 0 END AS due
   FROM unnest($1::text[], $2::int[]) AS t(replicable, n)
   WHERE t.n > 0
     AND NOT EXISTS (SELECT 1 FROM geo_paused p WHERE p.replicable = t.replicable)
@@ -77,19 +82,37 @@ WITH lim AS (
     -- a sub-select; Append pulls the branches lazily, so the outer LIMIT
     -- stops them (and their locking) once the quota is met.
     SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
-      WHERE r.replicable = lim.replicable AND r.state = 0
-      ORDER BY r.seq LIMIT lim.n FOR UPDATE SKIP LOCKED) pending
+      WHERE r.replicable = lim.replicable AND r.state = 1 AND r.lease_expires_at < $3
+      ORDER BY r.lease_expires_at LIMIT lim.n FOR UPDATE SKIP LOCKED) expired
     UNION ALL
     SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
       WHERE r.replicable = lim.replicable AND r.state = 3 AND r.retry_at <= $3
-      ORDER BY r.retry_at LIMIT lim.n FOR UPDATE SKIP LOCKED) due
+      ORDER BY r.retry_at LIMIT lim.due FOR UPDATE SKIP LOCKED) due
     UNION ALL
     SELECT * FROM (SELECT r.replicable, r.model_id, r.state FROM geo_registry r
-      WHERE r.replicable = lim.replicable AND r.state = 1 AND r.lease_expires_at < $3
-      ORDER BY r.lease_expires_at LIMIT lim.n FOR UPDATE SKIP LOCKED) expired
+      WHERE r.replicable = lim.replicable AND r.state = 0
+      ORDER BY r.seq LIMIT lim.n FOR UPDATE SKIP LOCKED) pending
     LIMIT lim.n
   ) c
-)
+)` + claimUpdateSQL
+
+// claimMoreDueSQL claims, per type, up to n more failed rows whose retry
+// is due (oldest first), after claimSQL left room: rows claimSQL took are
+// started now and not seen again.
+const claimMoreDueSQL = `
+WITH picked AS (
+  SELECT c.replicable, c.model_id, c.state
+  FROM unnest($1::text[], $2::int[]) AS lim(replicable, n) CROSS JOIN LATERAL (
+    SELECT r.replicable, r.model_id, r.state FROM geo_registry r
+    WHERE r.replicable = lim.replicable AND r.state = 3 AND r.retry_at <= $3
+    ORDER BY r.retry_at LIMIT lim.n FOR UPDATE SKIP LOCKED
+  ) c
+  WHERE lim.n > 0
+)` + claimUpdateSQL
+
+// claimUpdateSQL leases the picked rows to owner $4 until $5 and returns
+// them, with the state each was claimed from.
+const claimUpdateSQL = `
 UPDATE geo_registry r
 SET state = 1, lease_owner = $4, lease_expires_at = $5, updated_at = $3
 FROM picked p
@@ -100,9 +123,12 @@ RETURNING r.replicable, r.model_id, r.seq, p.state AS prev_state, r.retry_count,
   r.last_synced_at, r.lease_expires_at`
 
 // Claim claims due rows for owner in one statement and leases them for
-// lease: for each type in limits, up to Limit rows, taking pending rows
-// first (FIFO by seq), then failed rows whose retry_at has passed (oldest
-// first), then started rows whose lease expired (a dead worker's, R3).
+// lease: for each type in limits, up to Limit rows, taking started rows
+// whose lease expired first (a dead worker's, R3), then failed rows whose
+// retry_at has passed (oldest first) up to a quarter of Limit (at least
+// one when Limit is 2 or more), then pending rows (FIFO by seq), then
+// more due retries. Whatever the pending backlog, a dead worker's rows and
+// due retries are claimed by the next claim.
 // Claimed rows become started, owned by owner until now+lease; retry_count
 // and the failure fields are left as they are (R4).
 //
@@ -124,7 +150,24 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 		if err != nil {
 			return err
 		}
-		return s.stmts.Check(claimSQL, st.SelectContext(ctx, &rows, args...))
+		if err := s.stmts.Check(claimSQL, st.SelectContext(ctx, &rows, args...)); err != nil {
+			return err
+		}
+		// Room left (no pending backlog): more due retries.
+		more, ok := moreDueArgs(args, rows)
+		if !ok {
+			return nil
+		}
+		st, err = s.prepared(ctx, tx, claimMoreDueSQL)
+		if err != nil {
+			return err
+		}
+		var extra []claimScan
+		if err := s.stmts.Check(claimMoreDueSQL, st.SelectContext(ctx, &extra, more...)); err != nil {
+			return err
+		}
+		rows = append(rows, extra...)
+		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("registry: claim: %w", err)
 	}
@@ -175,7 +218,31 @@ func (s *Store) claimArgs(owner string, lease time.Duration, limits []TypeLimit)
 		return nil, nil
 	}
 	now := s.now()
-	return []any{pq.Array(types), pq.Array(ns), now, owner, now.Add(lease)}, nil
+	return []any{pq.StringArray(types), pq.Int64Array(ns), now, owner, now.Add(lease)}, nil
+}
+
+// moreDueArgs returns claimMoreDueSQL's arguments for the room claimSQL
+// (run with args) left per type, and false when it left none.
+func moreDueArgs(args []any, got []claimScan) ([]any, bool) {
+	types := args[0].(pq.StringArray)
+	ns := args[1].(pq.Int64Array)
+	left := make(pq.Int64Array, len(ns))
+	copy(left, ns)
+	for _, r := range got {
+		for i, t := range types {
+			if t == r.Replicable {
+				left[i]--
+			}
+		}
+	}
+	room := false
+	for _, n := range left {
+		room = room || n > 0
+	}
+	if !room {
+		return nil, false
+	}
+	return []any{types, left, args[2], args[3], args[4]}, true
 }
 
 type claimScan struct {

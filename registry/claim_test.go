@@ -57,7 +57,7 @@ func TestClaimOrder(t *testing.T) {
 		}
 	}
 	if pending != 2 || failed != 1 {
-		t.Fatalf("claimed %d pending and %d failed rows, want the 2 pending first, then 1 due retry", pending, failed)
+		t.Fatalf("claimed %d pending and %d failed rows, want 1 due retry (a quarter of 3, at least one) and 2 pending", pending, failed)
 	}
 	if err := s.Release(ctx, "w", cs); err != nil {
 		t.Fatal(err)
@@ -80,6 +80,72 @@ func TestClaimOrder(t *testing.T) {
 	}
 	if per["a"] != 4 || per["b"] != 3 || len(per) != 2 {
 		t.Fatalf("claims per type = %v, want a:4 b:3", per)
+	}
+}
+
+// TestClaimOrderUnderBacklog: however large the pending backlog (100,000
+// rows here), one claim takes every started row whose lease expired (a
+// dead worker's) first, then due retries up to a quarter of its limit,
+// then pending rows in FIFO order; with no pending rows left, due retries
+// fill the whole claim. Before, the pending branch came first and took
+// every claim while the backlog lasted: a dead worker's rows waited hours
+// behind a backfill (issue 20, item 2).
+func TestClaimOrderUnderBacklog(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, db, clock := newStore(t, registry.Options{})
+	if _, err := db.ExecContext(ctx, `
+INSERT INTO geo_registry (replicable, model_id, created_at, updated_at)
+SELECT 'a', g, now(), now() FROM generate_series(1, 100000) g`); err != nil {
+		t.Fatal(err)
+	}
+	now := clock.Now()
+	// Rows 100001-100003 were claimed by a worker that died (leases
+	// expired); 100004-100053 failed and are due; 100054 failed, not due.
+	if _, err := db.ExecContext(ctx, `
+INSERT INTO geo_registry (replicable, model_id, created_at, updated_at, state, lease_owner, lease_expires_at, retry_count, retry_at)
+SELECT 'a', g, now(), now(),
+  CASE WHEN g <= 100003 THEN 1 ELSE 3 END,
+  CASE WHEN g <= 100003 THEN 'dead' END,
+  CASE WHEN g <= 100003 THEN $1::timestamptz - interval '1 second' END,
+  CASE WHEN g <= 100003 THEN 0 ELSE 1 END,
+  CASE WHEN g > 100003 AND g < 100054 THEN $1::timestamptz - (g - 100000) * interval '1 second'
+       WHEN g = 100054 THEN $1::timestamptz + interval '1 hour' END
+FROM generate_series(100001, 100054) g`, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `ANALYZE geo_registry`); err != nil {
+		t.Fatal(err)
+	}
+	byState := func(cs []registry.Claim) map[registry.State][]int64 {
+		out := map[registry.State][]int64{}
+		for _, c := range cs {
+			out[c.PrevState] = append(out[c.PrevState], c.ModelID)
+		}
+		for _, ids := range out {
+			slices.Sort(ids)
+		}
+		return out
+	}
+	got := byState(mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 32}))
+	if want := []int64{100001, 100002, 100003}; !slices.Equal(got[registry.StateStarted], want) {
+		t.Fatalf("expired leases claimed: got %v, want %v first", got[registry.StateStarted], want)
+	}
+	// The oldest due retries: retry_at falls with the id, so the largest ids.
+	if want := ids(100046, 100053); !slices.Equal(got[registry.StateFailed], want) {
+		t.Fatalf("due retries claimed: got %v, want the 8 oldest %v (a quarter of 32)", got[registry.StateFailed], want)
+	}
+	if want := ids(1, 21); !slices.Equal(got[registry.StatePending], want) {
+		t.Fatalf("pending claimed: got %v, want the first 21 in FIFO order %v", got[registry.StatePending], want)
+	}
+
+	// Without pending rows, due retries fill the claim, never the one not due.
+	if _, err := db.ExecContext(ctx, `DELETE FROM geo_registry WHERE state = 0`); err != nil {
+		t.Fatal(err)
+	}
+	got = byState(mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 100}))
+	if want := ids(100004, 100045); !slices.Equal(got[registry.StateFailed], want) || len(got) != 1 {
+		t.Fatalf("claim without pending rows: got %v, want the 42 remaining due retries %v", got, want)
 	}
 }
 

@@ -19,6 +19,7 @@
 //	event-lag  -rate 500 -duration 20s  p99 commit-to-synced latency (ms) at a steady create rate
 //	status     -n 1000000         one grouped Counts pass over N registry rows
 //	verify     -n 2000 -size 1MiB re-verification MB/s vs raw SHA-256 over the same files
+//	claim-order -n 1000000        ms from lease expiry / retry due to claim behind N pending rows
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //
 // Usage:
@@ -86,6 +87,8 @@ func scenarios() []scenario {
 			doc: "one grouped registry Counts pass over N rows (ms); target 100"},
 		{name: "verify", n: 2000, size: 1 << 20, run: runVerify,
 			doc: "re-verification of N blobs (MB/s) vs raw SHA-256 over the same files"},
+		{name: "claim-order", n: 1_000_000, run: runClaimOrder,
+			doc: "ms from a dead worker's lease expiry (and a retry falling due) to its claim behind N pending rows; target Lease + PollInterval"},
 		{name: "existence", n: 1_000_000, run: runExistence,
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
 	}
