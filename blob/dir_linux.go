@@ -4,6 +4,7 @@ package blob
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -99,4 +100,46 @@ func renameat(from *os.File, oldName string, to *os.File, newName string) error 
 		return err
 	}
 	return rerr
+}
+
+// removeIn unlinks the files names in directory dir (relative to root),
+// opened once through openRead (RESOLVE_BENEATH); a missing file, a
+// directory, or a directory that does not exist is skipped.
+func (d *Dir) removeIn(dir string, names []string) error {
+	f, err := d.openRead(dir)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("blob: remove in %q: %w", dir, err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var uerr error
+	var failed string
+	cerr := rc.Control(func(fd uintptr) {
+		for _, name := range names {
+			for {
+				err := syscall.Unlinkat(int(fd), name)
+				if errors.Is(err, syscall.EINTR) {
+					continue
+				}
+				if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EISDIR) {
+					uerr, failed = err, name
+					return
+				}
+				break
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	if uerr != nil {
+		return fmt.Errorf("blob: remove %q: %w", path.Join(dir, failed), uerr)
+	}
+	return nil
 }

@@ -3,8 +3,12 @@
 package blob
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path"
+	"syscall"
 )
 
 // createTemp creates the temporary file tmp (relative to root).
@@ -30,4 +34,34 @@ func (d *Dir) publish(_, tmp, key string) (renamed bool, err error) {
 // openRead opens name (relative to root) for reading.
 func (d *Dir) openRead(name string) (*os.File, error) {
 	return d.root.Open(name)
+}
+
+// removeIn removes the files names in directory dir (relative to root)
+// one by one, as Remove does but without the directory fsync.
+func (d *Dir) removeIn(dir string, names []string) error {
+	for _, name := range names {
+		if err := d.removeOne(path.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeOne is Remove without the directory fsync: a missing file or a
+// directory at key is skipped.
+func (d *Dir) removeOne(key string) error {
+	fi, err := d.root.Lstat(key)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	if fi.IsDir() {
+		return nil
+	}
+	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("blob: remove %q: %w", key, err)
+	}
+	return nil
 }

@@ -98,3 +98,17 @@ type Lister interface {
 	// be yielded. The first error ends the sequence.
 	Keys(ctx context.Context, after string) iter.Seq2[string, error]
 }
+
+// BatchRemover is implemented by storage that removes many blobs more
+// cheaply together than one Remove each (a directory is made durable once
+// for all the removals in it, instead of once per removal). The
+// consistency pass removes orphans with it.
+type BatchRemover interface {
+	// RemoveBatch removes the blobs at keys; keys with no blob are
+	// skipped. When it returns nil they are gone for every reader, but a
+	// crash of the machine before SyncRemoved may bring some back (never
+	// a partial blob). On error some of them may be gone.
+	RemoveBatch(ctx context.Context, keys []string) error
+	// SyncRemoved makes the removals of RemoveBatch at keys durable.
+	SyncRemoved(ctx context.Context, keys []string) error
+}

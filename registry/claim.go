@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -587,4 +588,79 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// deleteRowsSQL deletes the rows of replicable $1 among model ids $2 and
+// returns their keys. Run with deleteRowsPlanSQL: the primary key's index
+// scan visits (and so locks) the rows in model_id order, as every
+// statement locking several rows does, without a locking pass of its own
+// (a FOR UPDATE sub-select first cost 27 ms per 1,000 rows here, the
+// plain index scan 6 ms).
+const deleteRowsSQL = `
+DELETE FROM geo_registry
+WHERE replicable = $1 AND model_id = ANY($2::bigint[])
+RETURNING model_id, coalesce(blob_key, '') AS blob_key, coalesce(staged_key, '') AS staged_key`
+
+// deleteRowsPlanSQL makes deleteRowsSQL walk the primary key's index (a
+// bitmap scan would lock the rows in their physical order).
+const deleteRowsPlanSQL = `SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off`
+
+// DeleteRows is Delete for many rows of one type at once (the consistency
+// pass's orphans): in one transaction it deletes the rows of ids that
+// exist, waiting for settles in progress on them (R2), then calls remove
+// once with the keys those rows recorded or staged that no other registry
+// row names (R7), under the keys' locks, and commits. If remove fails the
+// transaction is rolled back, no row is deleted and the error is returned
+// wrapped. It returns the ids whose rows it deleted. It takes the bulk
+// lock (keyref.go) rather than a lock per key: meant for chunks of a few
+// hundred to a few thousand rows.
+func (s *Store) DeleteRows(ctx context.Context, replicable string, ids []int64, remove func(ctx context.Context, keys []string) error) ([]int64, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	var deleted []int64
+	err := s.inTxSet(ctx, deleteRowsPlanSQL, func(tx *sqlx.Tx) error {
+		var rows []struct {
+			ModelID int64  `db:"model_id"`
+			BlobKey string `db:"blob_key"`
+			Staged  string `db:"staged_key"`
+		}
+		if err := tx.SelectContext(ctx, &rows, deleteRowsSQL, replicable, pq.Array(sorted)); err != nil {
+			return err
+		}
+		var rels []release
+		var keys []string
+		for _, r := range rows {
+			deleted = append(deleted, r.ModelID)
+			for _, k := range releasedKeys("", r.BlobKey, r.Staged) {
+				rels = append(rels, release{key: k, rowKey: Key{Replicable: replicable, ModelID: r.ModelID}})
+				keys = append(keys, k)
+			}
+		}
+		free, err := checkReleased(ctx, tx, rels, true)
+		if err != nil {
+			return err
+		}
+		var gone []string
+		for _, k := range keys {
+			if free[k] {
+				gone = append(gone, k)
+				delete(free, k) // a key two rows released is removed once
+			}
+		}
+		if len(gone) == 0 || remove == nil {
+			return nil
+		}
+		if err := remove(ctx, gone); err != nil {
+			return fmt.Errorf("remove: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: delete rows %s: %w", replicable, err)
+	}
+	return deleted, nil
 }

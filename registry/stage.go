@@ -145,7 +145,7 @@ func (s *Store) StageKeys(ctx context.Context, owner string, stagings []Staging)
 		}
 		// R7: the new references commit only once no removal of these
 		// keys is under way (see keyref.go); the rows are locked first.
-		return lockKeys(ctx, tx, keys)
+		return lockKeys(ctx, tx, keys, true)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: stage keys: %w", err)

@@ -19,15 +19,17 @@ type blobReplicator struct {
 	s       strategy.BlobStrategy
 	storage blob.Storage
 	dl      *blob.Downloader
-	// onSkip counts downloads skipped because the bytes were present.
-	onSkip func(name string)
 }
 
 // NewBlobReplicator returns the Replicator the engines use for a blob type:
 // keys come from s (read on the primary's replica), bytes from the primary
 // through dl, and land in local storage.
 func NewBlobReplicator(s strategy.BlobStrategy, local blob.Storage, dl *blob.Downloader) Replicator {
-	return &blobReplicator{s: s, storage: local, dl: dl}
+	r := &blobReplicator{s: s, storage: local, dl: dl}
+	if br, ok := local.(blob.BatchRemover); ok {
+		return blobBatchRemover{r, br}
+	}
+	return r
 }
 
 func (r *blobReplicator) Name() string { return r.s.Name() }
@@ -134,9 +136,6 @@ func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Stag
 	if err != nil || sum != job.PrimaryChecksum {
 		return nil, false
 	}
-	if r.onSkip != nil {
-		r.onSkip(r.s.Name())
-	}
 	return &blobStaged{r: r, res: SyncResult{
 		Key: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
 	}}, true
@@ -156,6 +155,29 @@ func (r *blobReplicator) Remove(ctx context.Context, id int64, key string) error
 		return fmt.Errorf("remove %s/%d: %w", r.s.Name(), id, err)
 	}
 	return nil
+}
+
+// blobBatchRemover is a blob type's replicator over storage that removes
+// many blobs at once (blob.BatchRemover): it implements batchRemover.
+type blobBatchRemover struct {
+	*blobReplicator
+	br blob.BatchRemover
+}
+
+func (r blobBatchRemover) removeBatch(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := blob.ValidateKey(k); err != nil {
+			return fmt.Errorf("remove %s: %w", r.s.Name(), err)
+		}
+	}
+	if err := r.br.RemoveBatch(ctx, keys); err != nil {
+		return fmt.Errorf("remove %s: %w", r.s.Name(), err)
+	}
+	return nil
+}
+
+func (r blobBatchRemover) syncRemoved(ctx context.Context, keys []string) error {
+	return r.br.SyncRemoved(ctx, keys)
 }
 
 func (r *blobReplicator) Verify(ctx context.Context, id int64, key string, primaryChecksum string) (VerifyResult, error) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
@@ -44,14 +45,25 @@ type consistencyEngine struct {
 
 // Progress reports a type's consistency (backfill) pass.
 type Progress struct {
-	Replicable   string
-	Running      bool      // a pass is under way
-	PassStarted  time.Time // when the current (or last) pass started
-	Done         int64     // primary ids examined in the current pass
-	Total        int64     // primary ids in the last full pass (or Done when none finished yet); 0 when unknown
-	Inserted     int64     // registry rows created in the current pass
-	Removed      int64     // orphans removed in the current pass
-	Rate         float64   // ids per second in the current pass
+	Replicable  string
+	Running     bool      // a pass is under way
+	PassStarted time.Time // when the current (or last) pass started
+	// Done is the records examined in the current pass: the primary's
+	// ids listed and the registry's orphans checked, counted as each is
+	// handled (orphans as their rows are removed), so a pass that only
+	// removes orphans shows progress too.
+	Done int64
+	// Total estimates Done at the end of the pass: the larger of the
+	// records the last full pass examined and the registry's rows of the
+	// type when this pass started (or Done, when the pass outruns it); 0
+	// when unknown (a first pass over an empty registry).
+	Total int64
+	// Primary is the number of the primary's records (ids in scope) the
+	// last full pass listed; 0 before one finished.
+	Primary      int64
+	Inserted     int64   // registry rows created in the current pass
+	Removed      int64   // orphans removed in the current pass
+	Rate         float64 // records examined per second in the current pass
 	ETA          time.Duration
 	LastFinished time.Time // when the last full pass finished; zero if none
 	Passes       int64     // full passes completed by this process
@@ -132,13 +144,19 @@ func (c *consistencyEngine) waitForEvents(ctx context.Context) bool {
 			c.log.Info("consistency pass waits for the event consumer's start position", zap.Error(err))
 			logged = true
 		}
+		// The consumer saves its position within moments of starting:
+		// look often, not once per poll interval.
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(c.poll):
+		case <-time.After(min(c.poll, eventsReadyPoll)):
 		}
 	}
 }
+
+// eventsReadyPoll is how often the first pass looks for the event
+// consumer's starting position.
+const eventsReadyPoll = 50 * time.Millisecond
 
 func (c *consistencyEngine) setProgress(name string, f func(p *Progress)) {
 	c.mu.Lock()
@@ -155,6 +173,7 @@ func (c *consistencyEngine) setProgress(name string, f func(p *Progress)) {
 // primary's ids after the previous page's upTo and up to its own, and what
 // the registry lacks or has too many of in that range.
 type page struct {
+	after   int64 // the previous page's upTo
 	upTo    int64
 	listed  int64   // primary ids listed
 	missing []int64 // listed, not tracked (ascending)
@@ -176,8 +195,13 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 		return err
 	}
 	start := c.now()
+	var tracked int64
+	if counts, err := c.store.StatusCounts(ctx); err == nil {
+		tracked = counts[name].Total
+	}
 	c.setProgress(name, func(p *Progress) {
 		p.Running, p.PassStarted, p.Done, p.Inserted, p.Removed, p.Rate, p.ETA = true, start, 0, 0, 0, 0, 0
+		p.Total = max(p.Total, tracked)
 	})
 	defer c.setProgress(name, func(p *Progress) { p.Running = false })
 
@@ -193,7 +217,7 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 		<-listerDone
 	}()
 
-	var done int64
+	var done, removedBase, listedTotal int64
 	for {
 		var pg page
 		select {
@@ -204,10 +228,18 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 		if pg.err != nil {
 			return pg.err
 		}
-		inserted, removed, err := c.apply(ctx, name, s, pg)
+		examinedBefore := done
+		inserted, removed, err := c.apply(ctx, name, s, pg, func(examined, removedSoFar int64) {
+			c.setProgress(name, func(p *Progress) {
+				p.Removed = removedBase + removedSoFar
+				c.updateRate(p, examinedBefore+examined, start)
+			})
+		})
 		if err != nil {
 			return err
 		}
+		done += int64(len(pg.orphans))
+		removedBase += removed
 		if inserted > 0 && c.wakeSync != nil {
 			c.wakeSync()
 		}
@@ -219,31 +251,38 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 		if err := c.store.SaveConsistencyCursor(ctx, name, next); err != nil {
 			return err
 		}
-		elapsed := c.now().Sub(start).Seconds()
 		c.setProgress(name, func(p *Progress) {
-			p.Done = done
 			p.Inserted += inserted
-			p.Removed += removed
-			if elapsed > 0 {
-				p.Rate = float64(done) / elapsed
-			}
-			if p.Total > done && p.Rate > 0 {
-				p.ETA = time.Duration(float64(p.Total-done) / p.Rate * float64(time.Second))
-			} else {
-				p.ETA = 0
-			}
-			if p.Total < done {
-				p.Total = done
-			}
+			p.Removed = removedBase
+			c.updateRate(p, done, start)
 		})
+		listedTotal += pg.listed
 		if pg.last {
 			c.setProgress(name, func(p *Progress) {
-				p.Total, p.LastFinished, p.ETA = done, c.now(), 0
+				p.Total, p.Primary, p.LastFinished, p.ETA = done, listedTotal, c.now(), 0
 				p.Passes++
 			})
 			c.log.Debug("consistency pass finished", zap.String("replicable", name), zap.Int64("ids", done))
 			return nil
 		}
+	}
+}
+
+// updateRate sets p's Done to done (records examined: the primary's ids
+// listed and the registry's orphans) and its rate and ETA from the pass's
+// start; Total grows with Done while the pass outruns it.
+func (c *consistencyEngine) updateRate(p *Progress, done int64, start time.Time) {
+	p.Done = done
+	if elapsed := c.now().Sub(start).Seconds(); elapsed > 0 {
+		p.Rate = float64(done) / elapsed
+	}
+	if p.Total > done && p.Rate > 0 {
+		p.ETA = time.Duration(float64(p.Total-done) / p.Rate * float64(time.Second))
+	} else {
+		p.ETA = 0
+	}
+	if p.Total < done {
+		p.Total = done
 	}
 }
 
@@ -267,9 +306,12 @@ func (c *consistencyEngine) listPages(ctx context.Context, name string, s strate
 
 // listPage lists the primary's next batch of ids after after and compares
 // it with the registry's ids in the same range (both sides bounded,
-// DESIGN §11).
+// DESIGN §11). A page holds at most a batch of missing ids and a batch of
+// orphans: when the registry has a batch of orphans before the end of the
+// listed ids (the primary deleted many records), the page ends at the
+// last of them, and the next page lists again from there.
 func (c *consistencyEngine) listPage(ctx context.Context, name string, s strategy.BlobStrategy, after int64) page {
-	var pg page
+	pg := page{after: after}
 	ids, err := s.IDs(ctx, after, c.batch)
 	if err != nil {
 		pg.err = fmt.Errorf("consistency %s: list ids after %d: %w", name, after, err)
@@ -279,7 +321,6 @@ func (c *consistencyEngine) listPage(ctx context.Context, name string, s strateg
 		pg.err = fmt.Errorf("consistency %s: %w", name, err)
 		return pg
 	}
-	pg.listed = int64(len(ids))
 	pg.last = len(ids) < c.batch
 	pg.upTo = int64(math.MaxInt64)
 	if !pg.last {
@@ -316,9 +357,17 @@ func (c *consistencyEngine) listPage(ctx context.Context, name string, s strateg
 		if lastPage {
 			break
 		}
+		if len(pg.orphans) >= c.batch {
+			// Bounded: end the page at the last orphan; the ids listed
+			// after it are listed again by the next page.
+			pg.upTo, pg.last = pageEnd, false
+			pg.listed = int64(i)
+			return pg
+		}
 		cursor = pageEnd
 	}
 	pg.missing = append(pg.missing, ids[i:]...)
+	pg.listed = int64(len(ids))
 	return pg
 }
 
@@ -337,11 +386,11 @@ func checkAscending(ids []int64, after int64) error {
 // orphans. The page was listed while the page before was written (a
 // batch's write, or longer when it had many orphans to remove): a row the
 // event consumer made since is left untouched by InsertMissing (after a
-// failed COPY, by its INSERT), an orphan is re-checked on the primary by
-// removeOrphan, and a record deleted on the primary since it was listed
-// gets a pending row that its first sync removes (ErrGone), as for a
-// record deleted while one batch is compared.
-func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.BlobStrategy, pg page) (inserted, removed int64, err error) {
+// failed COPY, by its INSERT), and a record deleted on the primary since it
+// was listed gets a pending row that its first sync removes (ErrGone), as
+// for a record deleted while one batch is compared. progress reports the
+// orphans removed so far as they go.
+func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.BlobStrategy, pg page, progress func(examined, removed int64)) (inserted, removed int64, err error) {
 	if len(pg.missing) > 0 {
 		n, err := c.store.InsertMissing(ctx, name, pg.missing)
 		if err != nil {
@@ -349,33 +398,147 @@ func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.B
 		}
 		inserted = n
 	}
-	for _, id := range pg.orphans {
-		ok, err := c.removeOrphan(ctx, name, s, id)
-		if err != nil {
-			return inserted, removed, err
-		}
-		if ok {
-			removed++
-		}
+	if len(pg.orphans) == 0 {
+		return inserted, 0, nil
 	}
-	return inserted, removed, nil
+	orphans, err := c.confirmOrphans(ctx, name, s, pg)
+	if err != nil {
+		return inserted, 0, err
+	}
+	removed, err = c.removeOrphans(ctx, name, orphans, func(n int64) { progress(int64(len(pg.orphans))-int64(len(orphans))+n, n) })
+	return inserted, removed, err
 }
 
-// removeOrphan removes a tracked id the primary did not list, after
-// re-checking it on the replica: a record created after the listing (its
-// row made by an event) is not an orphan.
-func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s strategy.BlobStrategy, id int64) (bool, error) {
-	_, err := s.BlobKey(ctx, id)
-	if err == nil {
-		return false, nil
+// confirmOrphans lists the page's range on the primary again and returns
+// the page's orphans it still lacks: a record created after the page was
+// listed (its row made by its event, so committed on the replica before
+// the registry was read) is not an orphan. One listing per page (usually
+// one query), not a lookup per orphan.
+func (c *consistencyEngine) confirmOrphans(ctx context.Context, name string, s strategy.BlobStrategy, pg page) ([]int64, error) {
+	present := map[int64]bool{}
+	after := pg.after
+	for {
+		ids, err := s.IDs(ctx, after, c.batch)
+		if err != nil {
+			return nil, fmt.Errorf("consistency %s: check orphans after %d: %w", name, after, err)
+		}
+		for _, id := range ids {
+			if id <= pg.upTo {
+				present[id] = true
+			}
+		}
+		if len(ids) < c.batch || ids[len(ids)-1] >= pg.upTo {
+			break
+		}
+		after = ids[len(ids)-1]
 	}
-	if !errors.Is(err, strategy.ErrNotFound) {
-		return false, fmt.Errorf("consistency %s: check orphan %d: %w", name, id, err)
+	out := make([]int64, 0, len(pg.orphans))
+	for _, id := range pg.orphans {
+		if !present[id] {
+			out = append(out, id)
+		}
 	}
+	return out, nil
+}
+
+// orphanChunk is how many orphan rows one removal transaction deletes
+// (registry.Store.DeleteRows, one transaction each).
+const orphanChunk = 2500
+
+// removeOrphans removes orphan rows and the bytes at their keys that no
+// other row names (R7), a chunk of rows per transaction, and makes the
+// removals durable once per page (one fsync per directory, after the
+// chunks: a crash of the machine in between can leave an unreferenced
+// file, never a row without its bytes). A chunk whose removal fails (the
+// storage) is removed row by row instead, each failing row handed to the
+// sync engine (deleteOrHandOver), so the pass goes on. done reports the
+// rows removed so far.
+func (c *consistencyEngine) removeOrphans(ctx context.Context, name string, ids []int64, done func(n int64)) (int64, error) {
 	rep := c.reps[name]
-	// A failing removal is handed to the sync engine: failing the pass
-	// would retry this batch for ever while the storage fails, and nothing
-	// after it would be backfilled.
+	br, batched := rep.(batchRemover)
+	var (
+		mu          sync.Mutex
+		removedKeys []string
+		removed     int64
+	)
+	add := func(n int64) {
+		mu.Lock()
+		removed += n
+		r := removed
+		mu.Unlock()
+		done(r)
+	}
+	// Chunks are removed orphanWorkers at a time: each is a transaction
+	// of its own on its own connection, so one chunk's files are unlinked
+	// while another's rows are deleted (their rows are disjoint; a key two
+	// chunks share is locked by one, then seen by the other).
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(orphanWorkers)
+	for start := 0; start < len(ids); start += orphanChunk {
+		chunk := ids[start:min(start+orphanChunk, len(ids))]
+		g.Go(func() error {
+			if batched {
+				gone, err := c.store.DeleteRows(gctx, name, chunk, func(ctx context.Context, keys []string) error {
+					if err := br.removeBatch(ctx, keys); err != nil {
+						return &removeError{err}
+					}
+					mu.Lock()
+					removedKeys = append(removedKeys, keys...)
+					mu.Unlock()
+					return nil
+				})
+				var rerr *removeError
+				switch {
+				case err == nil:
+					add(int64(len(gone)))
+					return nil
+				case !errors.As(err, &rerr):
+					return fmt.Errorf("consistency %s: remove orphans: %w", name, err)
+				}
+			}
+			// No batch removal, or the storage failed: one by one.
+			for _, id := range chunk {
+				ok, err := c.removeOrphan(gctx, name, id)
+				if err != nil {
+					return err
+				}
+				if ok {
+					add(1)
+				}
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if batched && len(removedKeys) > 0 {
+		if serr := br.syncRemoved(ctx, removedKeys); serr != nil {
+			c.log.Warn("making orphan removals durable failed", zap.String("replicable", name), zap.Error(serr))
+		}
+	}
+	if removed > 0 {
+		c.log.Debug("orphans removed", zap.String("replicable", name), zap.Int64("rows", removed))
+	}
+	return removed, err
+}
+
+// orphanWorkers is how many chunks of orphans are removed at once.
+const orphanWorkers = 3
+
+// batchRemover is implemented by replicators whose data can be removed
+// many records at once (blob types over a blob.BatchRemover storage).
+type batchRemover interface {
+	// removeBatch removes the data at keys, not yet durably.
+	removeBatch(ctx context.Context, keys []string) error
+	// syncRemoved makes removeBatch's removals at keys durable.
+	syncRemoved(ctx context.Context, keys []string) error
+}
+
+// removeOrphan removes one orphan row and its bytes (the slow path, when
+// batch removal is not available or failed). A failing removal is handed
+// to the sync engine: failing the pass would retry this batch for ever
+// while the storage fails, and nothing after it would be backfilled.
+func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, id int64) (bool, error) {
+	rep := c.reps[name]
 	ok, handed, err := deleteOrHandOver(ctx, c.store, c.log, name, id, "", func(ctx context.Context, key string) error {
 		return rep.Remove(ctx, id, key)
 	})
@@ -387,9 +550,6 @@ func (c *consistencyEngine) removeOrphan(ctx context.Context, name string, s str
 	}
 	if err != nil {
 		return false, fmt.Errorf("consistency %s: remove orphan %d: %w", name, id, err)
-	}
-	if ok {
-		c.log.Debug("orphan removed", zap.String("replicable", name), zap.Int64("model_record_id", id))
 	}
 	return ok, nil
 }

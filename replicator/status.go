@@ -437,7 +437,7 @@ func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status,
 		ts.InFlight = inflight[ts.Replicable]
 		if p, ok := progress[ts.Replicable]; ok {
 			if !p.LastFinished.IsZero() {
-				ts.PrimaryRecords = p.Total
+				ts.PrimaryRecords = p.Primary
 			}
 			ts.Backfill = backfillStatus(p)
 		}
@@ -456,8 +456,9 @@ func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status,
 
 func backfillStatus(p Progress) *BackfillStatus {
 	b := &BackfillStatus{Running: p.Running, Done: p.Done, LastFinished: p.LastFinished}
-	if p.LastFinished.IsZero() {
-		// First pass: the primary's total is not known until it ends.
+	if p.LastFinished.IsZero() && p.Total <= p.Done {
+		// First pass with no estimate (the registry was empty): the
+		// primary's total is not known until it ends.
 		return b
 	}
 	b.Total = p.Total

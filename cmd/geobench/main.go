@@ -20,6 +20,7 @@
 //	status     -n 1000000         one grouped Counts pass over N registry rows
 //	verify     -n 2000 -size 1MiB re-verification MB/s vs raw SHA-256 over the same files
 //	claim-order -n 1000000        ms from lease expiry / retry due to claim behind N pending rows
+//	orphans    -n 100000          consistency pass removing N orphans with files vs raw DELETE + unlink
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //
 // Usage:
@@ -89,6 +90,8 @@ func scenarios() []scenario {
 			doc: "re-verification of N blobs (MB/s) vs raw SHA-256 over the same files"},
 		{name: "claim-order", n: 1_000_000, run: runClaimOrder,
 			doc: "ms from a dead worker's lease expiry (and a retry falling due) to its claim behind N pending rows; target Lease + PollInterval"},
+		{name: "orphans", n: 100_000, run: runOrphans,
+			doc: "consistency pass removing N orphan rows with 4 KiB files (rows/s) vs raw DELETE = ANY + unlink"},
 		{name: "existence", n: 1_000_000, run: runExistence,
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
 	}
