@@ -140,6 +140,11 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 		_, ok := scrape(t, reg)["geo_registry_rows{replicable=item,state=synced}"]
 		return ok, "no geo_registry_rows yet"
 	})
+	// While it runs, the process's own heartbeat counts it alive.
+	running := scrape(t, reg)
+	require.Equal(t, 1.0, running["geo_secondary_processes_alive"], "processes alive while running")
+	require.Equal(t, 0.0, running["geo_secondary_processes_dead"], "dead processes while running")
+	require.Equal(t, 1.0, running["geo_health"], "degraded (failures growing) while running")
 	cancel()
 	require.NoError(t, <-done)
 	require.NoError(t, r.Stop())
@@ -176,7 +181,9 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 		"geo_backfill_progress_ratio{replicable=item}":                       1,
 		"geo_backfill_running{replicable=item}":                              0,
 		"geo_new_failures{replicable=item}":                                  3,
-		"geo_health":                                                         1, // degraded: failures growing
+		"geo_health":                                                         2, // unhealthy: stopped, no process alive (and failures growing)
+		"geo_secondary_processes_alive":                                      0, // stopped gracefully: its row is gone
+		"geo_secondary_processes_dead":                                       0,
 		"geo_sync_attempts_total{replicable=item,result=synced}":             7,
 		"geo_sync_attempts_total{replicable=item,result=missing_on_primary}": 3,
 		"geo_sync_duration_seconds_count{replicable=item}":                   10,

@@ -234,6 +234,8 @@ var (
 	dActive       = desc("geo_event_consumer_active", "1 when this process's event consumer holds the lock and consumes.", nil)
 	dFellBehind   = desc("geo_event_fell_behind", "1 when retention pruned events the consumer had not read: they are lost; the consistency pass restores missed creates and deletes, not updates (run geoctl resync --all).", nil)
 	dHealth       = desc("geo_health", "Overall status verdict: 0 healthy, 1 degraded, 2 unhealthy (see Secondary.Status reasons).", nil)
+	dProcsAlive   = desc("geo_secondary_processes_alive", "Secondary processes sharing this tracking database whose heartbeat is less than 3 of their intervals old (0 makes geo_health unhealthy).", nil)
+	dProcsDead    = desc("geo_secondary_processes_dead", "Heartbeat rows of secondary processes that stopped without a graceful shutdown, kept 24h (replicator.DeadProcessRetention).", nil)
 	dRefreshAt    = desc("geo_metrics_refresh_timestamp_seconds", "Unix time of the last successful refresh of these gauges.", nil)
 	dRefreshTaken = desc("geo_metrics_refresh_duration_seconds", "Duration of the last successful refresh of these gauges.", nil)
 )
@@ -241,7 +243,7 @@ var (
 var secondaryDescs = []*prometheus.Desc{
 	dRows, dVerifyRows, dMismatch, dMissing, dPrimary, dPaused, dInFlight, dCapacity, dCapacityAll, dOldest,
 	dLastSynced, dNewFailures, dBackRatio, dBackETA, dBackRunning, dLagSeconds, dLagEvents, dCursorID, dCursorXID,
-	dActive, dFellBehind, dHealth, dRefreshAt, dRefreshTaken,
+	dActive, dFellBehind, dHealth, dProcsAlive, dProcsDead, dRefreshAt, dRefreshTaken,
 }
 
 func b2f(b bool) float64 {
@@ -314,6 +316,8 @@ func secondarySamples(st replicator.Status, perType, total int, at time.Time, to
 		health = 2
 	}
 	g(dHealth, health)
+	g(dProcsAlive, float64(st.ProcessesAlive))
+	g(dProcsDead, float64(len(st.Processes)-st.ProcessesAlive))
 	g(dRefreshAt, float64(at.UnixNano())/1e9)
 	g(dRefreshTaken, took.Seconds())
 	return out

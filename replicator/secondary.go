@@ -46,9 +46,16 @@ type SecondaryConfig struct {
 	// Observer receives metrics events; nil means none.
 	Observer Observer
 
-	// Owner names this process in registry leases; "" means
-	// hostname-pid-random.
+	// Owner names this process in registry leases and in its heartbeat
+	// row; "" means hostname-pid-random. Processes sharing a tracking
+	// database need distinct owners.
 	Owner string
+	// HeartbeatInterval is how often Run writes this process's heartbeat
+	// row (geo_processes): status reports call a process whose row is
+	// older than registry.ProcessDeadAfterBeats intervals dead, and none
+	// alive unhealthy. 0 means HeartbeatIntervalDefault (10s); minimum
+	// HeartbeatIntervalMin.
+	HeartbeatInterval time.Duration
 	// SyncCapacityPerType caps concurrent syncs per type; 0 means 32. A
 	// slot is cheap (a goroutine, a temporary file, a pooled buffer while
 	// bytes flow) and each sync holds it through claim, transfer and fsync,
@@ -145,6 +152,7 @@ func (c *SecondaryConfig) validate() error {
 		{"EventPollInterval", int64(c.EventPollInterval)}, {"ReverifyInterval", int64(c.ReverifyInterval)},
 		{"VerifyConcurrency", int64(c.VerifyConcurrency)}, {"VerifyBatch", int64(c.VerifyBatch)},
 		{"ChecksumWait", int64(c.ChecksumWait)}, {"ExistenceScanInterval", int64(c.ExistenceScanInterval)},
+		{"HeartbeatInterval", int64(c.HeartbeatInterval)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("replicator: SecondaryConfig.%s must not be negative", f.name)
@@ -181,11 +189,15 @@ func (c *SecondaryConfig) validate() error {
 	defD(&c.EventPollInterval, 250*time.Millisecond)
 	defD(&c.ReverifyInterval, 7*24*time.Hour)
 	defD(&c.ExistenceScanInterval, ExistenceScanIntervalDefault)
+	defD(&c.HeartbeatInterval, HeartbeatIntervalDefault)
 	def(&c.VerifyConcurrency, 4)
 	def(&c.VerifyBatch, 8*c.VerifyConcurrency)
 	defD(&c.ChecksumWait, min(time.Minute, c.ReverifyInterval))
 	if c.Lease < time.Second {
 		return fmt.Errorf("replicator: SecondaryConfig.Lease %v is below the 1s minimum", c.Lease)
+	}
+	if c.HeartbeatInterval < HeartbeatIntervalMin {
+		return fmt.Errorf("replicator: SecondaryConfig.HeartbeatInterval %v is below the %v minimum", c.HeartbeatInterval, HeartbeatIntervalMin)
 	}
 	if c.EventPollInterval > time.Second {
 		return fmt.Errorf("replicator: SecondaryConfig.EventPollInterval %v is above 1s", c.EventPollInterval)
@@ -216,6 +228,7 @@ type Secondary struct {
 	verify   *verifyEngine
 	exist    *existenceEngine // nil when the storage cannot list its keys
 	consumer *events.Consumer
+	hb       *heartbeat
 }
 
 // NewSecondary validates cfg (a bad field is an error naming it) and wires
@@ -283,6 +296,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
 	s.consumer = consumer
+	s.hb = newHeartbeat(s)
 	return s, nil
 }
 
@@ -295,11 +309,19 @@ func (s *Secondary) Owner() string { return s.cfg.Owner }
 // Run runs every engine until ctx ends, then shuts down gracefully:
 // in-flight syncs finish within ShutdownGrace or their rows are released,
 // so nothing stays claimed. It returns nil after a clean shutdown.
+//
+// While it runs, it writes this process's heartbeat row every
+// HeartbeatInterval, the first at once; when every engine has stopped it
+// deletes the row, so a process stopped gracefully leaves none, and one
+// killed leaves a row that turns dead (see Status).
 func (s *Secondary) Run(ctx context.Context) error {
+	s.hb.started = s.cfg.Now()
+	defer s.hb.remove()
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.hb.run(gctx); return nil })
 	g.Go(func() error { return s.sync.run(gctx) })
 	g.Go(func() error {
-		pglock.Run(gctx, s.cfg.Tracking, "consistency", s.cfg.PollInterval, s.cons.run, func(err error) {
+		pglock.Run(gctx, s.cfg.Tracking, "consistency", s.cfg.PollInterval, holding(&s.hb.consistency, s.cons.run), func(err error) {
 			s.cfg.Logger.Warn("consistency engine stopped", zap.Error(err))
 		})
 		return nil
@@ -308,7 +330,7 @@ func (s *Secondary) Run(ctx context.Context) error {
 	g.Go(func() error { return s.verify.run(gctx) })
 	if s.exist != nil {
 		g.Go(func() error {
-			pglock.Run(gctx, s.cfg.Tracking, "existence", s.cfg.PollInterval, s.exist.run, func(err error) {
+			pglock.Run(gctx, s.cfg.Tracking, "existence", s.cfg.PollInterval, holding(&s.hb.existence, s.exist.run), func(err error) {
 				s.cfg.Logger.Warn("existence scan stopped", zap.Error(err))
 			})
 			return nil

@@ -24,8 +24,8 @@ const (
 	// (failures growing, checksum mismatches, a paused type).
 	HealthDegraded Health = "degraded"
 	// HealthUnhealthy: replication is not keeping up or is stuck (no
-	// progress, event lag over the limit, the event cursor fell behind
-	// retention).
+	// secondary process alive, no progress, event lag over the limit, the
+	// event cursor fell behind retention).
 	HealthUnhealthy Health = "unhealthy"
 )
 
@@ -122,6 +122,96 @@ type Status struct {
 	Types []TypeStatus `json:"types"`
 	// Events is the event consumer's position and lag.
 	Events EventStatus `json:"events"`
+	// Processes lists the secondary processes' heartbeat rows: alive ones
+	// first (most recent heartbeat first), then dead ones not yet pruned
+	// (replicator.DeadProcessRetention). ProcessesAlive counts the alive
+	// ones; none alive makes the report unhealthy.
+	Processes      []ProcessStatus `json:"processes"`
+	ProcessesAlive int             `json:"processes_alive"`
+}
+
+// ProcessStatus is one secondary process as its heartbeat row shows it
+// (registry.Process).
+type ProcessStatus struct {
+	// Owner names the process (SecondaryConfig.Owner); Host, PID and
+	// Version say where it runs and which build.
+	Owner   string `json:"owner"`
+	Host    string `json:"host"`
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+	// StartedAt is when the process started; HeartbeatAt when it last
+	// wrote its row, HeartbeatAgeSeconds the report's time minus that.
+	StartedAt           time.Time `json:"started_at"`
+	HeartbeatAt         time.Time `json:"heartbeat_at"`
+	HeartbeatAgeSeconds float64   `json:"heartbeat_age_seconds"`
+	// HeartbeatIntervalSeconds is the process's HeartbeatInterval;
+	// DeadAfterSeconds registry.ProcessDeadAfterBeats of them.
+	HeartbeatIntervalSeconds float64 `json:"heartbeat_interval_seconds"`
+	DeadAfterSeconds         float64 `json:"dead_after_seconds"`
+	// Alive: the last heartbeat is younger than DeadAfterSeconds. A dead
+	// process was killed, crashed, hangs or cannot reach the tracking
+	// database; the figures below are its last.
+	Alive bool `json:"alive"`
+	// Types are the types the process registers; Roles the singleton
+	// loops it held (RoleConsumer, RoleConsistency, RoleExistence).
+	Types []string `json:"types"`
+	Roles []string `json:"roles"`
+	// InFlight is the syncs it ran per type; Backfill its consistency
+	// pass per type (types it never ran a pass of are absent).
+	InFlight map[string]int            `json:"in_flight"`
+	Backfill map[string]BackfillStatus `json:"backfill"`
+	// EventLag is its event consumer's lag; nil unless it held the
+	// consumer.
+	EventLag *ProcessEventLag `json:"event_lag,omitempty"`
+}
+
+// ProcessEventLag is the event lag a process holding the consumer
+// reported in its heartbeat.
+type ProcessEventLag struct {
+	Seconds    float64 `json:"seconds"`
+	Events     int64   `json:"events"`
+	FellBehind bool    `json:"fell_behind"`
+}
+
+// hasRole reports whether p held role at its last heartbeat.
+func (p ProcessStatus) hasRole(role string) bool {
+	for _, r := range p.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// processStatus turns a heartbeat row into its report at now.
+func processStatus(p registry.Process, now time.Time) ProcessStatus {
+	ps := ProcessStatus{
+		Owner: p.Owner, Host: p.Host, PID: p.PID, Version: p.Version, StartedAt: p.StartedAt,
+		HeartbeatAt: p.HeartbeatAt, HeartbeatAgeSeconds: max(now.Sub(p.HeartbeatAt).Seconds(), 0),
+		HeartbeatIntervalSeconds: p.Interval.Seconds(), DeadAfterSeconds: p.DeadAfter().Seconds(),
+		Alive: p.Alive(now), Types: p.Types, Roles: p.Roles, InFlight: p.InFlight,
+		Backfill: make(map[string]BackfillStatus, len(p.Backfill)),
+	}
+	if ps.Types == nil {
+		ps.Types = []string{}
+	}
+	if ps.Roles == nil {
+		ps.Roles = []string{}
+	}
+	if ps.InFlight == nil {
+		ps.InFlight = map[string]int{}
+	}
+	for name, b := range p.Backfill {
+		ps.Backfill[name] = *backfillStatus(Progress{
+			Replicable: name, Running: b.Running, PassStarted: b.PassStarted, Done: b.Done, Total: b.Total,
+			Inserted: b.Inserted, Removed: b.Removed, Rate: b.Rate,
+			ETA: time.Duration(b.ETASeconds * float64(time.Second)), LastFinished: b.LastFinished, Passes: b.Passes,
+		})
+	}
+	if l := p.EventLag; l != nil {
+		ps.EventLag = &ProcessEventLag{Seconds: l.Seconds, Events: l.Events, FellBehind: l.FellBehind}
+	}
+	return ps
 }
 
 // TypeStatus is one replicable type's part of a Status.
@@ -134,7 +224,8 @@ type TypeStatus struct {
 	// Counts are the registry rows by sync and verification state.
 	Counts registry.Counts `json:"counts"`
 	// PrimaryRecords is the number of the type's records on the primary as
-	// of the last consistency pass this process ran; 0 when unknown.
+	// of the last consistency pass this process ran (in ReadStatus: the
+	// live process holding the pass reported); 0 when unknown.
 	PrimaryRecords int64 `json:"primary_records"`
 	// SyncedPercent, VerifiedPercent and FailedPercent are synced,
 	// verified and failed rows as a percentage of the larger of the
@@ -158,11 +249,13 @@ type TypeStatus struct {
 	// StatusOptions.FailureWindow, up to StatusOptions.FailureSample.
 	NewFailures int64 `json:"new_failures"`
 	// InFlight is the number of syncs this process runs now (capacity in
-	// use); 0 in a report read from the database alone.
+	// use); in ReadStatus, the sum the live processes reported in their
+	// last heartbeats.
 	InFlight int `json:"in_flight"`
 	// Backfill is this process's consistency pass; nil when this process
-	// runs none (another process holds the singleton, or the report was
-	// read from the database alone).
+	// runs none (another process holds the singleton). In ReadStatus it is
+	// the pass the live process holding it reported in its last
+	// heartbeat; nil when no live process holds it.
 	Backfill *BackfillStatus `json:"backfill,omitempty"`
 }
 
@@ -190,6 +283,10 @@ const (
 	// EventSourcePrimary: the saved cursor, with the lag measured on the
 	// primary's outbox.
 	EventSourcePrimary = "primary"
+	// EventSourceHeartbeat: the saved cursor, with the lag the process
+	// holding the consumer reported in its last heartbeat (at most a
+	// HeartbeatInterval old); ReadStatus without StatusOptions.Primary.
+	EventSourceHeartbeat = "heartbeat"
 	// EventSourceCursor: the saved cursor only; the lag is unknown.
 	EventSourceCursor = "cursor"
 	// EventSourceNone: no cursor saved yet (the consumer never ran).
@@ -225,10 +322,17 @@ type EventStatus struct {
 // types the database knows (registry.Store.TrackedTypes). Types with rows
 // but not listed are reported too.
 //
+// What only a secondary process knows comes from the heartbeat rows of
+// the live processes (Status.Processes): syncs in flight are their sum,
+// backfill progress and the primary's record counts are those of the
+// process holding the consistency pass, and, without opts.Primary, the
+// event lag is the one the process holding the consumer reported
+// (EventSourceHeartbeat).
+//
 // Cost: the registry's maintained counts (registry.Store.StatusCounts,
 // independent of the number of rows) plus index lookups bounded by
-// FailureSample, run concurrently; at most six statements on separate
-// connections.
+// FailureSample and the heartbeat rows, run concurrently; at most seven
+// statements on separate connections.
 func ReadStatus(ctx context.Context, store *registry.Store, types []string, opts StatusOptions) (Status, error) {
 	opts.defaults()
 	st, newFailures, err := readStatus(ctx, store, types, opts)
@@ -238,8 +342,34 @@ func ReadStatus(ctx context.Context, store *registry.Store, types []string, opts
 	if err := readEventStatus(ctx, store, opts, &st.Events); err != nil {
 		return Status{}, err
 	}
+	st.fromHeartbeats()
 	st.evaluate(opts, newFailures)
 	return st, nil
+}
+
+// fromHeartbeats completes a report read from the database alone with
+// what the live processes reported in their heartbeats.
+func (st *Status) fromHeartbeats() {
+	for _, p := range st.Processes {
+		if !p.Alive {
+			continue
+		}
+		for i := range st.Types {
+			ts := &st.Types[i]
+			ts.InFlight += p.InFlight[ts.Replicable]
+			if b, ok := p.Backfill[ts.Replicable]; ok && p.hasRole(RoleConsistency) {
+				ts.Backfill = &b
+				if !b.LastFinished.IsZero() {
+					ts.PrimaryRecords = b.Total
+				}
+			}
+		}
+		if l := p.EventLag; l != nil && !st.Events.LagKnown && p.hasRole(RoleConsumer) {
+			ev := &st.Events
+			ev.Source, ev.LagKnown = EventSourceHeartbeat, true
+			ev.LagSeconds, ev.LagEvents, ev.FellBehind = l.Seconds, l.Events, l.FellBehind
+		}
+	}
 }
 
 // readStatus reads the database part of a report; health is left to
@@ -258,11 +388,13 @@ func readStatus(ctx context.Context, store *registry.Store, types []string, opts
 		oldest      map[string]time.Time
 		failures    map[string]registry.Failures
 		newFailures map[string]int64
+		procs       []registry.Process
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) { counts, err = store.StatusCounts(gctx); return err })
 	g.Go(func() (err error) { paused, err = store.PausedTypes(gctx); return err })
 	g.Go(func() (err error) { oldest, err = store.OldestPending(gctx, types); return err })
+	g.Go(func() (err error) { procs, err = store.Processes(gctx); return err })
 	if opts.TopFailures > 0 {
 		g.Go(func() (err error) {
 			failures, err = store.TopFailures(gctx, types, opts.TopFailures, opts.FailureSample)
@@ -308,6 +440,24 @@ func readStatus(ctx context.Context, store *registry.Store, types []string, opts
 		st.Types = append(st.Types, ts)
 	}
 	sort.Slice(st.Types, func(i, j int) bool { return st.Types[i].Replicable < st.Types[j].Replicable })
+	st.Processes = make([]ProcessStatus, 0, len(procs))
+	for _, p := range procs {
+		ps := processStatus(p, now)
+		if ps.Alive {
+			st.ProcessesAlive++
+		}
+		st.Processes = append(st.Processes, ps)
+	}
+	sort.SliceStable(st.Processes, func(i, j int) bool {
+		a, b := st.Processes[i], st.Processes[j]
+		if a.Alive != b.Alive {
+			return a.Alive
+		}
+		if !a.HeartbeatAt.Equal(b.HeartbeatAt) {
+			return a.HeartbeatAt.After(b.HeartbeatAt)
+		}
+		return a.Owner < b.Owner
+	})
 	return st, newFailures, nil
 }
 
@@ -361,6 +511,9 @@ func (st *Status) evaluate(opts StatusOptions, newFailures map[string]int64) {
 	if st.Reasons == nil {
 		st.Reasons = []string{}
 	}
+	if st.ProcessesAlive == 0 {
+		add(HealthUnhealthy, "%s", st.noProcessReason())
+	}
 	if st.Events.FellBehind {
 		add(HealthUnhealthy, "event cursor fell behind retention: events were pruned before this secondary read them and are lost; "+
 			"the consistency pass started for it restores missed creates and deletes but not missed updates: run geoctl resync --all")
@@ -402,6 +555,22 @@ func (st *Status) evaluate(opts StatusOptions, newFailures map[string]int64) {
 	}
 }
 
+// noProcessReason says that no secondary process is alive, since when,
+// and what waits.
+func (st *Status) noProcessReason() string {
+	var pending int64
+	for _, ts := range st.Types {
+		pending += ts.Counts.Pending
+	}
+	why := "no process has a heartbeat row: none ran since the last one stopped gracefully, or none ever ran"
+	if len(st.Processes) > 0 {
+		last := st.Processes[0] // dead ones, most recent heartbeat first
+		why = fmt.Sprintf("the last heartbeat was %s ago (%s on %s, pid %d; a process is dead after %s without one)",
+			roundDur(last.HeartbeatAgeSeconds), last.Owner, last.Host, last.PID, roundDur(last.DeadAfterSeconds))
+	}
+	return fmt.Sprintf("no secondary process alive: %s; nothing replicates until one runs (%d rows pending)", why, pending)
+}
+
 func roundDur(seconds float64) string {
 	return time.Duration(seconds * float64(time.Second)).Round(time.Second).String()
 }
@@ -418,8 +587,9 @@ func (s *Secondary) Status(ctx context.Context) (Status, error) {
 // process knows live: its backfill progress and ETA, the primary's record
 // counts, syncs in flight and its event consumer's lag. When another
 // process holds the consumer, the lag is measured on the primary from the
-// saved cursor. opts.Primary is ignored; opts.Now defaults to the
-// secondary's clock.
+// saved cursor. Processes lists every process's heartbeat row, this one's
+// included once Run wrote it (at its start). opts.Primary is ignored;
+// opts.Now defaults to the secondary's clock.
 func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status, error) {
 	if opts.Now == nil {
 		opts.Now = s.cfg.Now

@@ -123,8 +123,11 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	require.Len(t, item.SyncFailures, 1, "one distinct failure reason: %+v", item.SyncFailures)
 	require.Equal(t, int64(3), item.SyncFailures[0].Count)
 	require.Equal(t, int64(3), item.NewFailures, "rows failed for the first time in the window")
-	require.Equal(t, replicator.HealthDegraded, st.Health, "reasons %v", st.Reasons)
-	require.Contains(t, fmt.Sprint(st.Reasons), "item: failures growing: 3 rows")
+	// Stopped, the secondary is no process alive: unhealthy whatever else.
+	require.Equal(t, replicator.HealthUnhealthy, st.Health, "reasons %v", st.Reasons)
+	require.Len(t, st.Reasons, 2, "reasons %v", st.Reasons)
+	require.Contains(t, st.Reasons[0], "no secondary process alive")
+	require.Contains(t, st.Reasons[1], "item: failures growing: 3 rows")
 
 	// The same report from the database alone (what geoctl shows).
 	st2, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{Primary: f.PrimaryDB})
@@ -138,8 +141,9 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	st3, err := replicator.ReadStatus(ctx, store, nil, later)
 	require.NoError(t, err)
 	require.Equal(t, replicator.HealthUnhealthy, st3.Health, "reasons %v", st3.Reasons)
-	require.Len(t, st3.Reasons, 1, "reasons %v", st3.Reasons)
-	require.Contains(t, st3.Reasons[0], "item: no progress for 10m0s: 2 rows pending")
+	require.Len(t, st3.Reasons, 2, "reasons %v", st3.Reasons)
+	require.Contains(t, st3.Reasons[0], "no secondary process alive")
+	require.Contains(t, st3.Reasons[1], "item: no progress for 10m0s: 2 rows pending")
 
 	n, err = r.ResyncAll(ctx, "item", true)
 	require.NoError(t, err)

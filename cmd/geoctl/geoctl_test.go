@@ -153,7 +153,8 @@ WHERE replicable = 'item'`)
 	for _, ts := range st.Types {
 		require.Equal(t, counts[ts.Replicable], ts.Counts, "status -o json: %s counts", ts.Replicable)
 	}
-	require.Equal(t, replicator.HealthDegraded, st.Health, "reasons %v", st.Reasons)
+	// No secondary process runs against this database: unhealthy.
+	require.Equal(t, replicator.HealthUnhealthy, st.Health, "reasons %v", st.Reasons)
 	lines := strings.Split(strings.TrimSpace(g.ok("status", "-o", "json", "--watch", "--count", "2", "--interval", "10ms")), "\n")
 	require.Len(t, lines, 2, "status --watch --count 2 -o json: one object per line")
 	t.Logf("geoctl status:\n%s", out)

@@ -12,6 +12,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 
+	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 )
 
@@ -28,14 +29,16 @@ func (a *app) statusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "Show every type's replication progress and the overall health",
 		Long: `status shows, per type, the registry rows by state with a progress bar,
-verification, the oldest pending row and the most frequent failure reasons,
-then the event consumer's position and the overall health with its reasons.
+verification, backfill progress, the oldest pending row and the most
+frequent failure reasons, then the event consumer's position, the secondary
+processes with their heartbeats (alive or dead), and the overall health
+with its reasons. No secondary process alive is unhealthy.
 
 It reads the tracking database alone (one grouped pass over the registry
-plus index lookups). The event lag needs the primary's database (or a
-standby): pass --primary-database-url or set ` + envPrimaryURL + `; without it
-only the saved cursor is shown. Backfill progress and syncs in flight live
-in the secondary process: see its metrics or Secondary.Status.
+plus index lookups and the processes' heartbeat rows). Backfill progress
+and syncs in flight come from the live processes' heartbeats, and so does
+the event lag unless --primary-database-url (or ` + envPrimaryURL + `) names the
+primary's database or a standby, where it is measured afresh.
 
 Exit code 0 whatever the health; use -o json and .health in scripts.`,
 		Args: cobra.NoArgs,
@@ -160,7 +163,7 @@ func renderStatus(w io.Writer, st replicator.Status, lagMeasured bool) {
 		fmt.Fprintln(w, "no types tracked yet (the secondary has not run, or its registry is empty)")
 	} else {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "TYPE\tSYNCED\t\tROWS\tPENDING\tSTARTED\tFAILED\tVERIFIED\tMISMATCH\tOLDEST PENDING\tLAST PROGRESS\tSTATE")
+		fmt.Fprintln(tw, "TYPE\tSYNCED\t\tROWS\tPENDING\tSTARTED\tFAILED\tVERIFIED\tMISMATCH\tOLDEST PENDING\tLAST PROGRESS\tBACKFILL\tSTATE")
 		for _, t := range st.Types {
 			c := t.Counts
 			state := "active"
@@ -179,9 +182,9 @@ func renderStatus(w io.Writer, st replicator.Status, lagMeasured bool) {
 			if last != "-" {
 				last += " ago"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%5.1f%%\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n",
+			fmt.Fprintf(tw, "%s\t%s\t%5.1f%%\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n",
 				t.Replicable, bar(t.SyncedPercent), t.SyncedPercent, c.Total, c.Pending, c.Started, c.Failed,
-				verified, c.ChecksumMismatch, oldest, last, state)
+				verified, c.ChecksumMismatch, oldest, last, backfill(t.Backfill, st.At), state)
 		}
 		tw.Flush()
 	}
@@ -209,17 +212,75 @@ func renderStatus(w io.Writer, st replicator.Status, lagMeasured bool) {
 	case replicator.EventSourceNone:
 		fmt.Fprintln(w, "events: no cursor saved yet (the secondary's event consumer has not run)")
 	default:
-		fmt.Fprintf(w, "events: cursor xid %d id %d, saved %s ago", ev.CursorXID, ev.CursorID, ago(ev.CursorUpdatedAt, st.At))
+		if ev.CursorUpdatedAt.IsZero() { // the lag from a heartbeat, before the first cursor save
+			fmt.Fprint(w, "events: no cursor saved yet")
+		} else {
+			fmt.Fprintf(w, "events: cursor xid %d id %d, saved %s ago", ev.CursorXID, ev.CursorID, ago(ev.CursorUpdatedAt, st.At))
+		}
 		if ev.LagKnown {
 			fmt.Fprintf(w, "; lag %s, %d events", time.Duration(ev.LagSeconds*float64(time.Second)).Round(time.Millisecond), ev.LagEvents)
+			if ev.Source == replicator.EventSourceHeartbeat {
+				fmt.Fprint(w, " (the consumer's last heartbeat)")
+			}
 			if ev.FellBehind {
 				fmt.Fprint(w, "; FELL BEHIND RETENTION")
 			}
 			fmt.Fprintln(w)
 		} else if !lagMeasured {
-			fmt.Fprintln(w, "; lag unknown (pass --primary-database-url to measure it)")
+			fmt.Fprintln(w, "; lag unknown (no live consumer reports it: pass --primary-database-url to measure it)")
 		} else {
 			fmt.Fprintln(w)
 		}
 	}
+	renderProcesses(w, st)
+}
+
+// backfill describes a type's consistency pass in a few characters.
+func backfill(b *replicator.BackfillStatus, now time.Time) string {
+	switch {
+	case b == nil:
+		return "-"
+	case b.Running && b.Total == 0:
+		return fmt.Sprintf("first pass, %d done", b.Done)
+	case b.Running:
+		s := fmt.Sprintf("%.0f%%", 100*b.Ratio)
+		if b.ETASeconds > 0 {
+			s += " eta " + time.Duration(b.ETASeconds*float64(time.Second)).Round(time.Second).String()
+		}
+		return s
+	case !b.LastFinished.IsZero():
+		return "done " + ago(b.LastFinished, now) + " ago"
+	}
+	return "-"
+}
+
+// renderProcesses writes the secondary processes' heartbeats as a table.
+func renderProcesses(w io.Writer, st replicator.Status) {
+	fmt.Fprintln(w)
+	if len(st.Processes) == 0 {
+		fmt.Fprintln(w, "processes: none has a heartbeat row (no secondary ran since the last graceful stop, or none ever ran)")
+		return
+	}
+	fmt.Fprintf(w, "processes: %d alive, %d dead (dead: no heartbeat for %d intervals)\n",
+		st.ProcessesAlive, len(st.Processes)-st.ProcessesAlive, registry.ProcessDeadAfterBeats)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  OWNER\tHOST\tPID\tSTATE\tLAST HEARTBEAT\tSTARTED\tROLES\tIN FLIGHT\tVERSION")
+	for _, p := range st.Processes {
+		state := "alive"
+		if !p.Alive {
+			state = "DEAD"
+		}
+		roles := strings.Join(p.Roles, ",")
+		if roles == "" {
+			roles = "-"
+		}
+		inFlight := 0
+		for _, n := range p.InFlight {
+			inFlight += n
+		}
+		beat := time.Duration(p.HeartbeatAgeSeconds*float64(time.Second)).Round(time.Second).String() + " ago"
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s ago\t%s\t%d\t%s\n",
+			oneLine(p.Owner), oneLine(p.Host), p.PID, state, beat, ago(p.StartedAt, st.At), roles, inFlight, oneLine(p.Version))
+	}
+	tw.Flush()
 }
