@@ -17,7 +17,7 @@ demo:
 # raw limit measured in the same run; see docs/performance.md), then the Go
 # micro-benchmarks of the hot paths once each. BENCH_FLAGS adds flags to
 # every scenario, e.g. BENCH_FLAGS='-url postgres://...'.
-BENCH_SCENARIOS ?= backfill sync-small sync-large event-lag status verify claim-order existence orphans
+BENCH_SCENARIOS ?= backfill sync-small sync-large event-lag status verify claim-order existence orphans resync-all
 BENCH_FLAGS ?=
 
 bench:

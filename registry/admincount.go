@@ -24,15 +24,13 @@ func (s *Store) CountReverify(ctx context.Context, replicable string, ids []int6
 // onlyFailed) would change now (a dry run): synced rows whose
 // verification is not pending, or only those whose verification failed.
 func (s *Store) CountReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
-	cond := `verification_state <> 0`
-	if onlyFailed {
-		cond = `verification_state = 3`
-	}
-	var n int64
-	err := s.db.GetContext(ctx, &n,
-		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND state = 2 AND `+cond, replicable)
-	if err != nil {
-		return 0, fmt.Errorf("registry: count reverify all %s: %w", replicable, err)
-	}
-	return n, nil
+	return s.CountReverifyBatches(ctx, replicable, BatchOptions{OnlyFailed: onlyFailed})
+}
+
+// CountReverifyBatches returns how many rows ReverifyBatches(ctx,
+// replicable, opts) would change now (those after opts.After that it
+// selects), without changing any (a dry run), in one statement.
+// opts.Size, BatchTimeout and Progress are ignored.
+func (s *Store) CountReverifyBatches(ctx context.Context, replicable string, opts BatchOptions) (int64, error) {
+	return s.countAfter(ctx, "reverify", replicable, reverifyAllWhere(opts.OnlyFailed, false), opts.After)
 }

@@ -108,3 +108,14 @@ func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample i
 // LockKeysSQL is lockKeysSQL, for tests that hold a key's lock the way
 // StageKeys does.
 const LockKeysSQL = lockKeysSQL
+
+// BatchPlansSQL is batchPlansSQL, for plan tests.
+const BatchPlansSQL = batchPlansSQL
+
+// ResyncBatchSQL returns the statement of one batch of ResyncBatches,
+// for plan tests.
+func ResyncBatchSQL(onlyFailed bool) string { return resyncBatch(onlyFailed).query }
+
+// ReverifyBatchSQL returns the statement of one batch of
+// ReverifyBatches, for plan tests.
+func ReverifyBatchSQL(onlyFailed bool) string { return reverifyBatch(onlyFailed).query }

@@ -319,13 +319,18 @@ ORDER BY model_id LIMIT $4`, replicable, afterID, upToID, limit)
 	return ids, nil
 }
 
+// resyncSetSQL is what a resync sets ($2 is the time): pending with a new
+// seq, so the settle of a sync in flight matches no row (R1), no retry,
+// no lease, last_synced_at cleared.
+const resyncSetSQL = `
+  state = 0, seq = DEFAULT, retry_count = 0, retry_at = NULL, last_synced_at = NULL,
+  missing_on_primary = false, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2`
+
 // resyncSQL moves rows selected by the WHERE clause that follows to
 // pending with a new seq, locking them in model_id order (as MarkPending
 // does) to avoid deadlocks.
 const resyncSQL = `
-UPDATE geo_registry r SET
-  state = 0, seq = DEFAULT, retry_count = 0, retry_at = NULL, last_synced_at = NULL,
-  missing_on_primary = false, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+UPDATE geo_registry r SET` + resyncSetSQL + `
 FROM (SELECT replicable, model_id FROM geo_registry WHERE replicable = $1 AND %s
       ORDER BY model_id FOR UPDATE) sel
 WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`
@@ -346,34 +351,71 @@ func (s *Store) Resync(ctx context.Context, replicable string, ids []int64) (int
 	return rowsAffected(res)
 }
 
-func resyncAllWhere(onlyFailed bool) string {
+// resyncAllWhere selects the rows of a resync of all rows: every row not
+// pending, or only the failed ones; in a batch's statement with the
+// columns as batchTerm names them.
+func resyncAllWhere(onlyFailed, inBatch bool) string {
 	if onlyFailed {
-		return `state = 3`
+		return batchTerm("state", inBatch) + ` = 3`
 	}
-	return `state <> 0`
+	return batchTerm("state", inBatch) + ` <> 0`
+}
+
+// resyncBatch is the batch of ResyncBatches: every row not pending, or
+// only the failed ones.
+func resyncBatch(onlyFailed bool) batchAction {
+	op := "resync all"
+	if onlyFailed {
+		op = "resync failed"
+	}
+	return batchAction{op: op, query: fmt.Sprintf(batchSQL, resyncAllWhere(onlyFailed, true), resyncSetSQL)}
 }
 
 // ResyncAll makes every row of replicable that is not already pending
-// pending with a new seq (only failed rows when onlyFailed), in one
-// statement. It returns the number of rows changed.
+// pending with a new seq (only failed rows when onlyFailed). It is
+// ResyncBatches with the default batches, from the first row: it returns
+// the number of rows changed, and on an error the rows of the batches
+// committed before it stay changed.
 func (s *Store) ResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
-	res, err := s.db.ExecContext(ctx, fmt.Sprintf(resyncSQL, resyncAllWhere(onlyFailed)), replicable, s.now())
-	if err != nil {
-		return 0, fmt.Errorf("registry: resync all %s: %w", replicable, err)
-	}
-	return rowsAffected(res)
+	p, err := s.ResyncBatches(ctx, replicable, BatchOptions{OnlyFailed: onlyFailed})
+	return p.Changed, err
+}
+
+// ResyncBatches makes the rows of replicable that are not pending (only
+// the failed ones with opts.OnlyFailed) pending with a new seq, as Resync
+// does, walking the type's rows in model_id order after opts.After, in
+// batches of opts.Size rows, each batch its own short transaction that
+// locks the rows it changes in model_id order. A row started when its
+// batch runs gets a new seq like any other, so the settle of the sync in
+// flight is refused and the row is synced again (R1).
+//
+// The walk is not one snapshot: each batch sees the rows as they are when
+// it runs. A row whose id range a committed batch has passed is not
+// visited again, so a row that fails after that is not resynced by this
+// walk (nor is a row inserted there, which is pending anyway); run it
+// again for those. That is what an operator's "resync everything" needs,
+// and it keeps every transaction short at any registry size.
+//
+// It returns how far it got, with the rows changed by committed batches:
+// on an error (a batch failed or timed out, the context ended, or
+// opts.Progress returned an error), BatchOptions{After: p.After} resumes
+// exactly after the last committed batch.
+func (s *Store) ResyncBatches(ctx context.Context, replicable string, opts BatchOptions) (BatchProgress, error) {
+	return s.runBatches(ctx, resyncBatch(opts.OnlyFailed), replicable, opts)
 }
 
 // CountResyncAll returns how many rows ResyncAll(ctx, replicable,
 // onlyFailed) would change now, without changing any (a dry run).
 func (s *Store) CountResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
-	var n int64
-	err := s.db.GetContext(ctx, &n,
-		`SELECT count(*) FROM geo_registry WHERE replicable = $1 AND `+resyncAllWhere(onlyFailed), replicable)
-	if err != nil {
-		return 0, fmt.Errorf("registry: count resync %s: %w", replicable, err)
-	}
-	return n, nil
+	return s.CountResyncBatches(ctx, replicable, BatchOptions{OnlyFailed: onlyFailed})
+}
+
+// CountResyncBatches returns how many rows ResyncBatches(ctx, replicable,
+// opts) would change now (those after opts.After that it selects),
+// without changing any (a dry run), in one statement. opts.Size,
+// BatchTimeout and Progress are ignored.
+func (s *Store) CountResyncBatches(ctx context.Context, replicable string, opts BatchOptions) (int64, error) {
+	return s.countAfter(ctx, "resync", replicable, resyncAllWhere(opts.OnlyFailed, false), opts.After)
 }
 
 // CountResync returns how many of ids Resync(ctx, replicable, ids) would

@@ -3,6 +3,8 @@ package replicator
 import (
 	"context"
 	"fmt"
+
+	"github.com/geoframework/geo/registry"
 )
 
 // checkType returns an error matching ErrUnknownReplicable when replicable
@@ -31,18 +33,23 @@ func (s *Secondary) Resync(ctx context.Context, replicable string, ids []int64) 
 }
 
 // ResyncAll makes every row of replicable that is not pending pending
-// again (only the failed ones when onlyFailed). It returns the number of
-// rows changed, or an error matching ErrUnknownReplicable.
+// again (only the failed ones when onlyFailed), in batches of
+// registry.DefaultBatchSize rows, each its own transaction
+// (registry.Store.ResyncBatches), waking the sync engine after each, so
+// syncs start while the walk goes on. It returns the number of rows
+// changed, or an error matching ErrUnknownReplicable; on another error
+// the batches committed before it stay done. A row that fails after the
+// walk passed its id is not resynced by this call.
 func (s *Secondary) ResyncAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
 	if err := s.checkType("resync all", replicable); err != nil {
 		return 0, err
 	}
-	n, err := s.store.ResyncAll(ctx, replicable, onlyFailed)
+	p, err := s.store.ResyncBatches(ctx, replicable, registry.BatchOptions{OnlyFailed: onlyFailed,
+		Progress: func(registry.BatchProgress) error { s.sync.Wake(); return nil }})
 	if err != nil {
-		return 0, fmt.Errorf("replicator: %w", err)
+		return p.Changed, fmt.Errorf("replicator: %w", err)
 	}
-	s.sync.Wake()
-	return n, nil
+	return p.Changed, nil
 }
 
 // Pause stops new syncs of replicable in every process sharing the

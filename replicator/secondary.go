@@ -388,18 +388,22 @@ func (s *Secondary) Reverify(ctx context.Context, replicable string, ids []int64
 }
 
 // ReverifyAll makes every synced copy of replicable due for verification
-// now (only those whose verification failed when onlyFailed). It returns
-// the number of rows changed, or an error matching ErrUnknownReplicable.
+// now (only those whose verification failed when onlyFailed), in batches
+// of registry.DefaultBatchSize rows, each its own transaction
+// (registry.Store.ReverifyBatches), waking the verification engine after
+// each. It returns the number of rows changed, or an error matching
+// ErrUnknownReplicable; on another error the batches committed before it
+// stay done.
 func (s *Secondary) ReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
 	if err := s.checkType("reverify all", replicable); err != nil {
 		return 0, err
 	}
-	n, err := s.store.ReverifyAll(ctx, replicable, onlyFailed)
+	p, err := s.store.ReverifyBatches(ctx, replicable, registry.BatchOptions{OnlyFailed: onlyFailed,
+		Progress: func(registry.BatchProgress) error { s.verify.Wake(); return nil }})
 	if err != nil {
-		return 0, fmt.Errorf("replicator: %w", err)
+		return p.Changed, fmt.Errorf("replicator: %w", err)
 	}
-	s.verify.Wake()
-	return n, nil
+	return p.Changed, nil
 }
 
 // CheckStorage runs one existence scan now, as the engine does every

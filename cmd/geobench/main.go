@@ -22,6 +22,7 @@
 //	claim-order -n 1000000        ms from lease expiry / retry due to claim behind N pending rows
 //	orphans    -n 100000          consistency pass removing N orphans with files vs raw DELETE + unlink
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
+//	resync-all -n 1000000         batched resync of N synced rows (geoctl resync --all) vs raw batched UPDATE
 //
 // Usage:
 //
@@ -94,6 +95,8 @@ func scenarios() []scenario {
 			doc: "consistency pass removing N orphan rows with 4 KiB files (rows/s) vs raw DELETE = ANY + unlink"},
 		{name: "existence", n: 1_000_000, run: runExistence,
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
+		{name: "resync-all", n: 1_000_000, run: runResyncAll,
+			doc: "resync of N synced rows in batches, as geoctl resync --all (rows/s) vs raw batched UPDATE of the same columns; target 1,000,000 in 20 s"},
 	}
 }
 
@@ -128,7 +131,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rate, "rate", 500, "event-lag: records created per second")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "event-lag: how long records are created")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted; the warm-up then goes on at the rate until the secondary has caught up (a tenth of a second's records, or 10, or fewer unsynced; at most 10s more)")
-	fs.IntVar(&o.batch, "batch", 0, "backfill: keyset batch, geo and raw alike (0: geo's default, 10000)")
+	fs.IntVar(&o.batch, "batch", 0, "backfill, resync-all: keyset batch, geo and raw alike (0: geo's default, 10000)")
 	fs.StringVar(&o.dir, "dir", "", "directory for storage roots (empty: a temporary directory, removed at the end)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured geo phase to this file")
 	fs.BoolVar(&o.verbose, "v", false, "log the secondary's warnings to stderr")

@@ -121,7 +121,7 @@ Exit codes: 0 ok, 1 error, 2 usage error.`,
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.PersistentFlags().StringVar(&a.dbURL, "database-url", "",
 		"tracking database URL (the primary's for migrate --primary); default $"+envDatabaseURL)
-	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long")
+	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long (resync and reverify --all/--failed: on one batch)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	root.AddCommand(a.migrateCmd(), a.statusCmd(), a.resyncCmd(), a.reverifyCmd(),
 		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd())
