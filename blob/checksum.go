@@ -67,17 +67,3 @@ func SHA256File(ctx context.Context, path string) (sum string, n int64, err erro
 	defer f.Close()
 	return SHA256Reader(ctx, f)
 }
-
-// validChecksum reports whether s is a lowercase hex SHA-256 digest.
-func validChecksum(s string) bool {
-	if len(s) != sha256.Size*2 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}

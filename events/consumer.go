@@ -49,7 +49,7 @@ var ErrInvalidConfig = errors.New("invalid configuration")
 
 // ErrRunning is returned by Consumer.Run when the same Consumer is already
 // running.
-var ErrRunning = errors.New("events: consumer already running")
+var ErrRunning = errors.New("consumer already running")
 
 // Handler receives the events the Consumer reads.
 type Handler interface {
@@ -297,7 +297,7 @@ func (e *lockError) Unwrap() error { return e.err }
 // returns ErrRunning if this Consumer is already running.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
-		return ErrRunning
+		return fmt.Errorf("events: run: %w", ErrRunning)
 	}
 	defer c.running.Store(false)
 

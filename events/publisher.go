@@ -3,7 +3,6 @@ package events
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 
 	"github.com/lib/pq"
@@ -15,10 +14,6 @@ import (
 // (with an empty payload) when its transaction commits. It is a wake-up
 // hint for consumers, never the way events are delivered.
 const NotifyChannel = "geo_events"
-
-// ErrUnknownReplicable is returned (wrapped) when an event names a
-// replicable type that is not registered.
-var ErrUnknownReplicable = errors.New("unknown replicable")
 
 // Execer is the part of a database handle the Publisher needs. *sql.Tx,
 // *sqlx.Tx, *sql.DB and *sqlx.DB satisfy it. Pass the transaction that
@@ -78,7 +73,7 @@ func (p *Publisher) Known(replicable string) bool {
 
 func (p *Publisher) check(replicable string) error {
 	if !p.Known(replicable) {
-		return fmt.Errorf("events: publish %q: %w", replicable, ErrUnknownReplicable)
+		return fmt.Errorf("events: publish %q: %w", replicable, strategy.ErrUnknownReplicable)
 	}
 	return nil
 }
@@ -145,7 +140,7 @@ SELECT pg_notify('` + NotifyChannel + `', '')`
 // OpCreated and OpUpdated make its geo_checksums row pending with a new
 // generation and no checksum, OpDeleted removes the row.
 //
-// It returns an error matching ErrUnknownReplicable for a name the
+// It returns an error matching strategy.ErrUnknownReplicable for a name the
 // Publisher was not built with; an error matching strategy.ErrInvalidKey
 // when blobKey fails strategy.ValidateKey (the rule the secondary's
 // storage applies, so a key it would refuse is refused here, in the

@@ -66,8 +66,8 @@ func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy
 // (walked for extra and temporary files).
 type Sites struct {
 	Tracking         *sqlx.DB
-	PrimaryStorage   blob.Storage
-	SecondaryStorage blob.Storage
+	PrimaryStorage   *blob.Bucket
+	SecondaryStorage *blob.Bucket
 	SecondaryRoot    string
 }
 
@@ -188,7 +188,7 @@ func rowState(r registry.Row, err error) string {
 	return r.State.String()
 }
 
-func sha(ctx context.Context, s blob.Storage, key string) (string, int64, error) {
+func sha(ctx context.Context, s *blob.Bucket, key string) (string, int64, error) {
 	r, err := s.Open(ctx, key)
 	if err != nil {
 		return "", 0, err

@@ -35,7 +35,7 @@ import (
 // transaction as the application's own change.
 type App struct {
 	DB        *sqlx.DB
-	Storage   blob.Storage
+	Storage   *blob.Bucket
 	Publisher *events.Publisher
 }
 
@@ -382,7 +382,7 @@ func (s *suite) keysValidAndStable(c *clause) {
 		c.check(err, "create")
 		k1, err := st.BlobKey(c.ctx, id)
 		c.check(err, "BlobKey")
-		if err := blob.ValidateKey(k1); err != nil {
+		if err := strategy.ValidateKey(k1); err != nil {
 			c.failf("BlobKey(%d) = %q: got an invalid key (%v), want a relative slash-separated key", id, k1, err)
 		}
 		k2, err := st.BlobKey(c.ctx, id)

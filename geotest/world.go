@@ -16,9 +16,11 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest/pgtest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -64,15 +66,15 @@ type World struct {
 	// PrimaryDBURL is the primary database's URL.
 	PrimaryDBURL string
 
-	PrimaryStorage   *blob.Dir
-	SecondaryStorage *blob.Dir
+	PrimaryStorage   *blob.Bucket
+	SecondaryStorage *blob.Bucket
 	PrimaryRoot      string
 	SecondaryRoot    string
 
 	Strategies  *replicator.Set // the primary's
 	Primary     *replicator.Primary
 	HTTP        *httptest.Server
-	Credentials blob.Credentials
+	Credentials transfer.Credentials
 	Transfers   *TransferLog
 	Logger      *zap.Logger
 }
@@ -113,11 +115,11 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	w.PrimaryRoot = filepath.Join(dir, "primary")
 	w.SecondaryRoot = filepath.Join(dir, "secondary")
 	var err error
-	if w.PrimaryStorage, err = blob.NewDir(w.PrimaryRoot); err != nil {
+	if w.PrimaryStorage, err = dirblob.Open(w.PrimaryRoot); err != nil {
 		tb.Fatalf("geotest: primary storage: %v", err)
 	}
 	tb.Cleanup(func() { w.PrimaryStorage.Close() })
-	if w.SecondaryStorage, err = blob.NewDir(w.SecondaryRoot); err != nil {
+	if w.SecondaryStorage, err = dirblob.Open(w.SecondaryRoot); err != nil {
 		tb.Fatalf("geotest: secondary storage: %v", err)
 	}
 	tb.Cleanup(func() { w.SecondaryStorage.Close() })
@@ -130,10 +132,10 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	}
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
-	w.Credentials = blob.Credentials{Site: "secondary-1", AccessKey: "geotest-key", Secret: secret}
+	w.Credentials = transfer.Credentials{Site: "secondary-1", AccessKey: "geotest-key", Secret: secret}
 	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
 		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
-		Secrets: blob.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
+		Secrets: transfer.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
 		Observe:            w.Transfers.observe,
 		VerifyPollInterval: 50 * time.Millisecond,
 	})

@@ -88,7 +88,7 @@ func (p Process) Alive(now time.Time) bool { return now.Sub(p.HeartbeatAt) < p.D
 
 // ErrBadProcess is returned (wrapped) by Store.Heartbeat for a Process
 // without an Owner or without a positive Interval.
-var ErrBadProcess = errors.New("registry: heartbeat needs an owner and a positive interval")
+var ErrBadProcess = errors.New("heartbeat needs an owner and a positive interval")
 
 // heartbeatSQL upserts the writer's row and, in the same statement,
 // deletes other rows whose heartbeat is older than $14 (none when $14 is

@@ -30,7 +30,7 @@ const (
 // ErrNoSchema is returned (wrapped) by the migrations when the connection
 // has no current schema to create tables in (search_path names no existing
 // schema).
-var ErrNoSchema = errors.New("registry: no current schema")
+var ErrNoSchema = errors.New("no current schema")
 
 // MigrateTracking brings the secondary's tracking database up to date: it
 // applies every embedded "tracking" migration not yet recorded in

@@ -32,7 +32,7 @@ type reasonCase struct {
 }
 
 // reasonCases are the engine's own failure texts (what syncengine,
-// blobreplicator, the downloader, blob.Dir, the settle path and the
+// blobreplicator, the downloader, blob.Bucket, the settle path and the
 // verifiers store; captured from the replicator, geotest and geochaos
 // runs) for several records each. Cases of different causes must stay
 // distinct reasons: HTTP statuses, SQLSTATE codes, configured timeouts,

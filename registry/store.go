@@ -19,12 +19,12 @@ import (
 
 // ErrNotFound is returned (wrapped) by Get when no registry row exists for
 // the key.
-var ErrNotFound = errors.New("registry: row not found")
+var ErrNotFound = errors.New("row not found")
 
 // ErrChecksumMismatch is returned (wrapped) by SettleSynced when the local
 // checksum differs from a known primary checksum. Such a sync is a failure
 // (R6): the caller settles it with SettleFailed.
-var ErrChecksumMismatch = errors.New("registry: checksum mismatch")
+var ErrChecksumMismatch = errors.New("checksum mismatch")
 
 // DefaultMaxFailureLen is the default Options.MaxFailureLen.
 const DefaultMaxFailureLen = 255

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -17,19 +18,15 @@ import (
 // removes or verifies local copies.
 type blobReplicator struct {
 	s       strategy.BlobStrategy
-	storage blob.Storage
-	dl      *blob.Downloader
+	storage *blob.Bucket
+	dl      *transfer.Downloader
 }
 
 // NewBlobReplicator returns the Replicator the engines use for a blob type:
 // keys come from s (read on the primary's replica), bytes from the primary
 // through dl, and land in local storage.
-func NewBlobReplicator(s strategy.BlobStrategy, local blob.Storage, dl *blob.Downloader) Replicator {
-	r := &blobReplicator{s: s, storage: local, dl: dl}
-	if br, ok := local.(blob.BatchRemover); ok {
-		return blobBatchRemover{r, br}
-	}
-	return r
+func NewBlobReplicator(s strategy.BlobStrategy, local *blob.Bucket, dl *transfer.Downloader) Replicator {
+	return &blobReplicator{s: s, storage: local, dl: dl}
 }
 
 func (r *blobReplicator) Name() string { return r.s.Name() }
@@ -46,7 +43,7 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 		}
 		key = k
 	}
-	if err := blob.ValidateKey(key); err != nil {
+	if err := strategy.ValidateKey(key); err != nil {
 		return nil, fmt.Errorf("strategy %s returned a bad key for %d: %w", r.s.Name(), job.ModelID, err)
 	}
 	if !job.Redownload && job.PrimaryChecksum != "" {
@@ -55,13 +52,9 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 		}
 	}
 	res, err := r.dl.Fetch(ctx, r.s.Name(), job.ModelID, r.storage, key, job.PrimaryChecksum)
-	switch {
-	case err == nil:
-	case errors.Is(err, blob.ErrMissingOnPrimary):
-		return nil, fmt.Errorf("%w: %v", ErrMissingOnPrimary, err)
-	case errors.Is(err, blob.ErrChecksumMismatch):
-		return nil, fmt.Errorf("%w: %v", ErrChecksumMismatch, err)
-	default:
+	if err != nil {
+		// Matches transfer.ErrMissingOnPrimary or blob.ErrChecksumMismatch
+		// where those apply.
 		return nil, err
 	}
 	// Only the primary's stored checksum counts as verification: a checksum
@@ -114,7 +107,7 @@ func (r *blobReplicator) resolveKeys(ctx context.Context, ids []int64) map[int64
 	}
 	keys := make(map[int64]string, len(ids))
 	for _, id := range ids {
-		if k, ok := found[id]; ok && blob.ValidateKey(k) == nil {
+		if k, ok := found[id]; ok && strategy.ValidateKey(k) == nil {
 			keys[id] = k
 		}
 	}
@@ -148,7 +141,7 @@ func (r *blobReplicator) Remove(ctx context.Context, id int64, key string) error
 	if key == "" {
 		return nil
 	}
-	if err := blob.ValidateKey(key); err != nil {
+	if err := strategy.ValidateKey(key); err != nil {
 		return fmt.Errorf("remove %s/%d: %w", r.s.Name(), id, err)
 	}
 	if err := r.storage.Remove(ctx, key); err != nil {
@@ -157,31 +150,21 @@ func (r *blobReplicator) Remove(ctx context.Context, id int64, key string) error
 	return nil
 }
 
-// blobBatchRemover is a blob type's replicator over storage that removes
-// many blobs at once (blob.BatchRemover): it implements batchRemover.
-type blobBatchRemover struct {
-	*blobReplicator
-	br blob.BatchRemover
-}
-
-func (r blobBatchRemover) removeBatch(ctx context.Context, keys []string) error {
-	for _, k := range keys {
-		if err := blob.ValidateKey(k); err != nil {
-			return fmt.Errorf("remove %s: %w", r.s.Name(), err)
-		}
-	}
-	if err := r.br.RemoveBatch(ctx, keys); err != nil {
+// removeBatch implements batchRemover.
+func (r *blobReplicator) removeBatch(ctx context.Context, keys []string) error {
+	if err := r.storage.RemoveBatch(ctx, keys); err != nil {
 		return fmt.Errorf("remove %s: %w", r.s.Name(), err)
 	}
 	return nil
 }
 
-func (r blobBatchRemover) syncRemoved(ctx context.Context, keys []string) error {
-	return r.br.SyncRemoved(ctx, keys)
+// syncRemoved implements batchRemover.
+func (r *blobReplicator) syncRemoved(ctx context.Context, keys []string) error {
+	return r.storage.SyncRemoved(ctx, keys)
 }
 
 func (r *blobReplicator) Verify(ctx context.Context, id int64, key string, primaryChecksum string) (VerifyResult, error) {
-	if err := blob.ValidateKey(key); err != nil {
+	if err := strategy.ValidateKey(key); err != nil {
 		return VerifyResult{}, fmt.Errorf("verify %s/%d: %w", r.s.Name(), id, err)
 	}
 	rd, err := r.storage.Open(ctx, key)
@@ -201,7 +184,7 @@ func (r *blobReplicator) Verify(ctx context.Context, id int64, key string, prima
 
 type blobStaged struct {
 	r   *blobReplicator
-	w   blob.Writer // nil when the download was skipped
+	w   *blob.Writer // nil when the download was skipped
 	res SyncResult
 }
 

@@ -3,6 +3,7 @@ package replicator_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -12,42 +13,53 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/strategy"
 )
 
-// removeFails is a Storage whose Remove of one key fails (EIO) while
-// failing is set.
+// removeFails is a storage backend whose removal of one key fails (EIO)
+// while failing is set.
 type removeFails struct {
-	blob.Storage
+	*dirblob.Dir
 	key     string
 	failing atomic.Bool
 	tries   atomic.Int32
 }
 
-func (s *removeFails) Remove(ctx context.Context, key string) error {
+func (s *removeFails) Delete(ctx context.Context, key string) error {
 	if key == s.key && s.failing.Load() {
 		s.tries.Add(1)
 		return fmt.Errorf("remove %q: %w", key, syscall.EIO)
 	}
-	return s.Storage.Remove(ctx, key)
+	return s.Dir.Delete(ctx, key)
 }
 
-// startFaulty starts a secondary whose storage is made by wrap from a
-// blob.Dir on the secondary's root and record id's current key; mod
-// adjusts the configuration.
-func (f *fixture) startFaulty(t *testing.T, id int64, wrap func(dir *blob.Dir, key string) blob.Storage, mod func(*replicator.SecondaryConfig)) (*geotest.Running, strategy.BlobStrategy) {
+func (s *removeFails) DeleteBatch(ctx context.Context, keys []string) error {
+	if slices.Contains(keys, s.key) && s.failing.Load() {
+		s.tries.Add(1)
+		return fmt.Errorf("remove %q: %w", s.key, syscall.EIO)
+	}
+	return s.Dir.DeleteBatch(ctx, keys)
+}
+
+// startFaulty starts a secondary whose storage backend is made by wrap
+// from the directory backend on the secondary's root and record id's
+// current key; mod adjusts the configuration.
+func (f *fixture) startFaulty(t *testing.T, id int64, wrap func(dir *dirblob.Dir, key string) driver.Bucket, mod func(*replicator.SecondaryConfig)) (*geotest.Running, strategy.BlobStrategy) {
 	t.Helper()
 	key, err := f.items.BlobKey(context.Background(), id)
 	require.NoError(t, err)
-	dir, err := blob.NewDir(f.SecondaryRoot)
+	dir, err := dirblob.New(f.SecondaryRoot)
 	require.NoError(t, err)
-	t.Cleanup(func() { dir.Close() })
+	storage := blob.NewBucket(wrap(dir, key))
+	t.Cleanup(func() { storage.Close() })
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec)
-	cfg.Storage = wrap(dir, key)
+	cfg.Storage = storage
 	mod(&cfg)
 	return f.Start(cfg), sec
 }
@@ -58,8 +70,8 @@ func (f *fixture) startFaulty(t *testing.T, id int64, wrap func(dir *blob.Dir, k
 func (f *fixture) startRemoveFails(t *testing.T, id int64, mod func(*replicator.SecondaryConfig)) (*geotest.Running, *removeFails, strategy.BlobStrategy) {
 	t.Helper()
 	var storage *removeFails
-	r, sec := f.startFaulty(t, id, func(dir *blob.Dir, key string) blob.Storage {
-		storage = &removeFails{Storage: dir, key: key}
+	r, sec := f.startFaulty(t, id, func(dir *dirblob.Dir, key string) driver.Bucket {
+		storage = &removeFails{Dir: dir, key: key}
 		return storage
 	}, func(cfg *replicator.SecondaryConfig) {
 		cfg.Retry = fixedRetry(100 * time.Millisecond)
@@ -111,7 +123,7 @@ func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
 	// The deleted record's row is kept, with the failure recorded, and
 	// retried; its bytes are still there.
 	waitRemovalFailed(t, r, storage, a, 3)
-	_, err = storage.Stat(ctx, storage.key)
+	_, err = f.SecondaryStorage.Stat(ctx, storage.key)
 	require.NoError(t, err, "the bytes whose removal failed")
 
 	// Once the disk recovers, the row and the bytes go.

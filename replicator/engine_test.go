@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
@@ -263,7 +264,7 @@ func (a *attachments) setup(ctx context.Context) error {
 	return err
 }
 
-func (a *attachments) create(ctx context.Context, st blob.Storage, data []byte) (int64, error) {
+func (a *attachments) create(ctx context.Context, st *blob.Bucket, data []byte) (int64, error) {
 	var id int64
 	if err := a.db.GetContext(ctx, &id, `INSERT INTO attachments (digest) VALUES ($1) RETURNING id`, sha(data)); err != nil {
 		return 0, err
@@ -272,7 +273,7 @@ func (a *attachments) create(ctx context.Context, st blob.Storage, data []byte) 
 	if err != nil {
 		return 0, err
 	}
-	w, err := st.Create(ctx, key)
+	w, err := st.Create(ctx, key, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -336,15 +337,15 @@ func TestDeadWorkersClaimsAndTempFilesAreRecovered(t *testing.T) { // R3
 	claims, err := store.Claim(ctx, "dead-worker", 2*time.Second, []registry.TypeLimit{{Replicable: "item", Limit: 100}})
 	require.NoError(t, err)
 	require.Len(t, claims, 20)
-	deadDir, err := blob.NewDir(f.SecondaryRoot)
+	deadDir, err := dirblob.Open(f.SecondaryRoot)
 	require.NoError(t, err)
-	w, err := deadDir.Create(ctx, "items/0/partial")
+	w, err := deadDir.Create(ctx, "items/0/partial", nil)
 	require.NoError(t, err)
 	_, err = w.Write([]byte("half a file"))
 	require.NoError(t, err)
 	require.NoError(t, deadDir.Close()) // the process is gone: its lock is released, its temp file is not
 	// A new secondary process starts on the same root and tracking DB.
-	fresh, err := blob.NewDir(f.SecondaryRoot)
+	fresh, err := dirblob.Open(f.SecondaryRoot)
 	require.NoError(t, err)
 	t.Cleanup(func() { fresh.Close() })
 	sec := f.secondaryItems()
@@ -367,7 +368,7 @@ func TestTwoSecondariesShareTheWork(t *testing.T) { // scale-out
 	a.Owner = "secondary-a"
 	b := f.SecondaryConfig(f.secondaryItems())
 	b.Owner = "secondary-b"
-	second, err := blob.NewDir(f.SecondaryRoot)
+	second, err := dirblob.Open(f.SecondaryRoot)
 	require.NoError(t, err)
 	t.Cleanup(func() { second.Close() })
 	b.Storage = second

@@ -27,13 +27,13 @@ const localMissingReason = "local copy missing: the existence scan found no byte
 // stays synced without its bytes for longer than one interval plus one
 // scan (R7), far less than the re-verification interval. A scan walks the
 // registry's synced rows in key order (registry.Store.SyncedKeys) beside
-// the storage's key listing in the same order (blob.Lister): one pass over
+// the storage's key listing in the same order (blob.Bucket.Keys): one pass over
 // each, no Stat per row. Rows whose key the listing lacks are checked
 // again with a Stat before they are marked (a listing is not a
 // snapshot).
 type existenceEngine struct {
 	store    *registry.Store
-	storage  blob.Lister
+	storage  *blob.Bucket
 	stat     func(ctx context.Context, key string) error
 	interval time.Duration
 	log      *zap.Logger

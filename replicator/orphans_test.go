@@ -3,7 +3,6 @@ package replicator_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/strategy"
 )
@@ -98,17 +98,17 @@ func TestConsistencyPageOrphansBounded(t *testing.T) {
 	require.GreaterOrEqual(t, sec.ids.Load(), int64(20), "IDs calls")
 }
 
-// holdingRemover is the secondary's storage; its batch removals after the
-// first wait until released.
+// holdingRemover is the secondary's storage backend; its batch removals
+// after the first wait until released.
 type holdingRemover struct {
-	*blob.Dir
+	*dirblob.Dir
 	calls   atomic.Int64
 	held    chan struct{}
 	release chan struct{}
 	once    sync.Once
 }
 
-func (h *holdingRemover) RemoveBatch(ctx context.Context, keys []string) error {
+func (h *holdingRemover) DeleteBatch(ctx context.Context, keys []string) error {
 	if h.calls.Add(1) > 1 {
 		h.once.Do(func() { close(h.held) })
 		select {
@@ -117,7 +117,7 @@ func (h *holdingRemover) RemoveBatch(ctx context.Context, keys []string) error {
 			return ctx.Err()
 		}
 	}
-	return h.Dir.RemoveBatch(ctx, keys)
+	return h.Dir.DeleteBatch(ctx, keys)
 }
 
 // TestOrphanRemovalReportsProgress: while a pass removes orphans, its
@@ -128,11 +128,15 @@ func TestOrphanRemovalReportsProgress(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	f.syncedOrphans(t, 6000)
-	h := &holdingRemover{Dir: f.SecondaryStorage, held: make(chan struct{}), release: make(chan struct{})}
+	dir, err := dirblob.New(f.SecondaryRoot)
+	require.NoError(t, err)
+	h := &holdingRemover{Dir: dir, held: make(chan struct{}), release: make(chan struct{})}
+	storage := blob.NewBucket(h)
+	t.Cleanup(func() { storage.Close() })
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec)
 	cfg.ConsistencyInterval = time.Hour
-	cfg.Storage = h
+	cfg.Storage = storage
 	r := f.Start(cfg)
 	r.TriggerConsistency()
 	select {
@@ -147,5 +151,4 @@ func TestOrphanRemovalReportsProgress(t *testing.T) {
 	})
 	close(h.release)
 	f.waitConverged(t, 2*time.Minute, sec)
-	_ = filepath.Join
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -28,9 +29,9 @@ type PrimaryConfig struct {
 	DB *sqlx.DB
 	// Storage is where the primary's blobs live (required unless every
 	// strategy implements strategy.Opener).
-	Storage blob.Storage
+	Storage *blob.Bucket
 	// Secrets looks up secondaries' access keys (required).
-	Secrets blob.Secrets
+	Secrets transfer.Secrets
 	// Logger receives structured logs; nil means none.
 	Logger *zap.Logger
 	// Observe, when set, is called after every transfer the endpoint
@@ -177,7 +178,7 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 		}
 	}
 	p.verifier = &primaryVerifier{cs: cs, set: cfg.Strategies, storage: cfg.Storage, cfg: &p.cfg, log: cfg.Logger}
-	h, err := blob.NewHandler(blob.HandlerConfig{Resolve: p.resolve, Checksum: cs.Checksum,
+	h, err := transfer.NewHandler(transfer.HandlerConfig{Resolve: p.resolve, Checksum: cs.Checksum,
 		Secrets: cfg.Secrets, Logger: cfg.Logger, Observe: cfg.Observe})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
@@ -225,7 +226,7 @@ func (p *Primary) Checksums() *registry.ChecksumStore { return p.cs }
 // strategy's Opener, else from storage at its BlobKey. A gone record gives
 // an error matching strategy.ErrNotFound, missing bytes one matching
 // strategy.ErrBlobMissing.
-func openPrimary(ctx context.Context, s strategy.BlobStrategy, storage blob.Storage, id int64) (io.ReadSeekCloser, int64, error) {
+func openPrimary(ctx context.Context, s strategy.BlobStrategy, storage *blob.Bucket, id int64) (io.ReadSeekCloser, int64, error) {
 	rc, size, _, err := openPrimaryKey(ctx, s, s.BlobKey, storage, id)
 	return rc, size, err
 }
@@ -233,7 +234,7 @@ func openPrimary(ctx context.Context, s strategy.BlobStrategy, storage blob.Stor
 // openPrimaryKey is openPrimary that also returns the key the bytes were
 // opened at ("" for a strategy.Opener), asking keyOf (s.BlobKey or a
 // keyBatcher's key) for the key.
-func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, keyOf func(context.Context, int64) (string, error), storage blob.Storage, id int64) (io.ReadSeekCloser, int64, string, error) {
+func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, keyOf func(context.Context, int64) (string, error), storage *blob.Bucket, id int64) (io.ReadSeekCloser, int64, string, error) {
 	if o, ok := s.(strategy.Opener); ok {
 		rc, size, err := o.OpenBlob(ctx, id)
 		return rc, size, "", err
@@ -242,7 +243,7 @@ func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, keyOf func(con
 	if err != nil {
 		return nil, 0, "", err
 	}
-	if err := blob.ValidateKey(key); err != nil {
+	if err := strategy.ValidateKey(key); err != nil {
 		return nil, 0, "", fmt.Errorf("strategy %s: %w", s.Name(), err)
 	}
 	r, err := storage.Open(ctx, key)
@@ -267,10 +268,10 @@ func openPrimaryKey(ctx context.Context, s strategy.BlobStrategy, keyOf func(con
 // them once before serving them (a second read of the file, at about 1.4
 // GB/s per core, delaying the first byte by size/1.4 GB/s; the page cache
 // usually serves the second read).
-func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blob.Source, error) {
+func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (transfer.Source, error) {
 	s, ok := p.cfg.Strategies.Lookup(replicable)
 	if !ok {
-		return blob.Source{}, fmt.Errorf("%w: %q", blob.ErrUnknownReplicable, replicable)
+		return transfer.Source{}, fmt.Errorf("%w: %q", strategy.ErrUnknownReplicable, replicable)
 	}
 	keyOf := s.BlobKey
 	if b := p.keys[replicable]; b != nil {
@@ -278,10 +279,10 @@ func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (blo
 	}
 	rc, size, key, err := openPrimaryKey(ctx, s, keyOf, p.cfg.Storage, id)
 	if err != nil {
-		return blob.Source{}, err
+		return transfer.Source{}, err
 	}
-	src := blob.Source{Body: rc, Size: size, Key: key}
-	if r, ok := rc.(blob.Reader); ok {
+	src := transfer.Source{Body: rc, Size: size, Key: key}
+	if r, ok := rc.(*blob.Reader); ok {
 		src.ModTime = r.ModTime()
 	}
 	return src, nil

@@ -25,7 +25,7 @@ import (
 type primaryVerifier struct {
 	cs      *registry.ChecksumStore
 	set     *Set
-	storage blob.Storage
+	storage *blob.Bucket
 	cfg     *PrimaryConfig
 	log     *zap.Logger
 

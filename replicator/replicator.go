@@ -9,16 +9,7 @@ import (
 // ErrGone is returned (wrapped) by Replicator.Sync when the record no longer
 // exists or has left the secondary's scope. The sync engine then removes
 // the record's bytes and registry row (a row for it must not exist).
-var ErrGone = errors.New("replicator: record gone or out of scope")
-
-// ErrMissingOnPrimary is returned (wrapped) by Replicator.Sync when the
-// record exists on the primary but its data does not. The row fails with
-// the longer backoff cap.
-var ErrMissingOnPrimary = errors.New("replicator: missing on primary")
-
-// ErrChecksumMismatch is returned (wrapped) when data does not match the
-// primary's checksum, in transit or at rest.
-var ErrChecksumMismatch = errors.New("replicator: checksum mismatch")
+var ErrGone = errors.New("record gone or out of scope")
 
 // Replicator is what the engines drive for one registered type. The
 // framework builds one per registered strategy (see NewSecondary); a later
@@ -33,8 +24,8 @@ type Replicator interface {
 	// data only while holding the registry row with its claim still
 	// current, and aborts it otherwise: that is how an update (R1) or a
 	// delete (R2) racing the sync wins. On error nothing is staged; errors
-	// match ErrGone, ErrMissingOnPrimary or ErrChecksumMismatch where those
-	// apply.
+	// match ErrGone, transfer.ErrMissingOnPrimary (the row fails with the
+	// longer backoff cap) or blob.ErrChecksumMismatch where those apply.
 	Sync(ctx context.Context, job Job) (Staged, error)
 
 	// Remove deletes record id's data from the secondary. key is the
@@ -51,13 +42,13 @@ type Replicator interface {
 
 // ErrLocalMissing is returned (wrapped) by Replicator.Verify when the data
 // is not on the secondary.
-var ErrLocalMissing = errors.New("replicator: missing on secondary")
+var ErrLocalMissing = errors.New("missing on secondary")
 
 // errSkippedBytesGone is returned (wrapped) by a Staged's Commit when its
 // sync skipped the download because the data was present, and the data
 // was gone by the settle: the engine syncs the record again at once,
 // downloading (Job.Redownload).
-var errSkippedBytesGone = errors.New("replicator: data found at sync time was gone at settle")
+var errSkippedBytesGone = errors.New("data found at sync time was gone at settle")
 
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {

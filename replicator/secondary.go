@@ -19,6 +19,7 @@ import (
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/internal/pglock"
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -38,9 +39,9 @@ type SecondaryConfig struct {
 	// "https://primary.example.com" (required).
 	PrimaryURL string
 	// Credentials identify this secondary to the primary (required).
-	Credentials blob.Credentials
+	Credentials transfer.Credentials
 	// Storage is where this site keeps its copies (required).
-	Storage blob.Storage
+	Storage *blob.Bucket
 	// Logger receives structured logs; nil means none.
 	Logger *zap.Logger
 	// Observer receives metrics events; nil means none.
@@ -102,9 +103,7 @@ type SecondaryConfig struct {
 	// bytes are gone pending again (R7: a row never stays synced without
 	// its bytes for longer than this plus one scan; docs/operations.md
 	// gives a scan's time at 1,000,000 rows). 0 means
-	// ExistenceScanIntervalDefault. The scan needs a Storage that
-	// implements blob.Lister (blob.Dir does); with another storage it does
-	// not run and only re-verification finds missing bytes.
+	// ExistenceScanIntervalDefault.
 	ExistenceScanInterval time.Duration
 	// ReverifyInterval is how long a verified copy stays trusted before it
 	// is read and checked again; 0 means 7 days.
@@ -226,7 +225,7 @@ type Secondary struct {
 	sync     *syncEngine
 	cons     *consistencyEngine
 	verify   *verifyEngine
-	exist    *existenceEngine // nil when the storage cannot list its keys
+	exist    *existenceEngine
 	consumer *events.Consumer
 	hb       *heartbeat
 }
@@ -246,7 +245,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		burst := int(min(cfg.BandwidthLimit, 4<<20))
 		limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), burst)
 	}
-	dl, err := blob.NewDownloader(blob.DownloaderConfig{
+	dl, err := transfer.NewDownloader(transfer.DownloaderConfig{
 		BaseURL: cfg.PrimaryURL, Credentials: cfg.Credentials, Client: cfg.HTTPClient,
 		Timeout: cfg.TransferTimeout, Limiter: limiter, Concurrency: cfg.SyncCapacityTotal,
 	})
@@ -270,12 +269,10 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	s.sync.checksums = primarySums.Checksums
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
-	if l, ok := cfg.Storage.(blob.Lister); ok {
-		s.exist = &existenceEngine{
-			store: store, storage: l, interval: cfg.ExistenceScanInterval, log: cfg.Logger,
-			wakeSync: s.sync.Wake, obs: cfg.Observer, batch: existenceBatch,
-			stat: func(ctx context.Context, key string) error { _, err := cfg.Storage.Stat(ctx, key); return err },
-		}
+	s.exist = &existenceEngine{
+		store: store, storage: cfg.Storage, interval: cfg.ExistenceScanInterval, log: cfg.Logger,
+		wakeSync: s.sync.Wake, obs: cfg.Observer, batch: existenceBatch,
+		stat: func(ctx context.Context, key string) error { _, err := cfg.Storage.Stat(ctx, key); return err },
 	}
 	s.cons.eventsReady = func(ctx context.Context) (bool, error) {
 		cursors, err := store.EventCursors(ctx)
@@ -328,16 +325,12 @@ func (s *Secondary) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return s.consumer.Run(gctx) })
 	g.Go(func() error { return s.verify.run(gctx) })
-	if s.exist != nil {
-		g.Go(func() error {
-			pglock.Run(gctx, s.cfg.Tracking, "existence", s.cfg.PollInterval, holding(&s.hb.existence, s.exist.run), func(err error) {
-				s.cfg.Logger.Warn("existence scan stopped", zap.Error(err))
-			})
-			return nil
+	g.Go(func() error {
+		pglock.Run(gctx, s.cfg.Tracking, "existence", s.cfg.PollInterval, holding(&s.hb.existence, s.exist.run), func(err error) {
+			s.cfg.Logger.Warn("existence scan stopped", zap.Error(err))
 		})
-	} else {
-		s.cfg.Logger.Info("existence scan off: the storage cannot list its keys (blob.Lister); only re-verification finds missing bytes")
-	}
+		return nil
+	})
 	g.Go(func() error { s.foldCounts(gctx); return nil })
 	return g.Wait()
 }
@@ -374,7 +367,7 @@ func every(ctx context.Context, d time.Duration, log *zap.Logger, msg string, fn
 // Reverify makes the synced copies of records ids of replicable due for
 // verification now (an operator's request; rows not synced are verified
 // by their next sync anyway). It returns the number of rows changed, or an
-// error matching ErrUnknownReplicable.
+// error matching strategy.ErrUnknownReplicable.
 func (s *Secondary) Reverify(ctx context.Context, replicable string, ids []int64) (int64, error) {
 	if err := s.checkType("reverify", replicable); err != nil {
 		return 0, err
@@ -392,7 +385,7 @@ func (s *Secondary) Reverify(ctx context.Context, replicable string, ids []int64
 // of registry.DefaultBatchSize rows, each its own transaction
 // (registry.Store.ReverifyBatches), waking the verification engine after
 // each. It returns the number of rows changed, or an error matching
-// ErrUnknownReplicable; on another error the batches committed before it
+// strategy.ErrUnknownReplicable; on another error the batches committed before it
 // stay done.
 func (s *Secondary) ReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
 	if err := s.checkType("reverify all", replicable); err != nil {
@@ -410,22 +403,14 @@ func (s *Secondary) ReverifyAll(ctx context.Context, replicable string, onlyFail
 // ExistenceScanInterval: it lists the storage's keys beside the synced
 // rows, both in key order, and makes pending again the rows whose bytes
 // are gone, so they are downloaded again. It returns how many synced rows
-// it checked and how many it found missing, or an error matching
-// ErrNoLister when the storage cannot list its keys (blob.Lister).
+// it checked and how many it found missing.
 func (s *Secondary) CheckStorage(ctx context.Context) (checked, missing int64, err error) {
-	if s.exist == nil {
-		return 0, 0, ErrNoLister
-	}
 	checked, missing, err = s.exist.scan(ctx)
 	if err != nil {
 		return checked, missing, fmt.Errorf("replicator: check storage: %w", err)
 	}
 	return checked, missing, nil
 }
-
-// ErrNoLister is returned (wrapped) by Secondary.CheckStorage when the
-// site's storage does not implement blob.Lister.
-var ErrNoLister = errors.New("replicator: the storage cannot list its keys")
 
 // Progress returns each type's consistency (backfill) progress as seen by
 // this process (empty for types whose pass runs in another process).
@@ -478,7 +463,7 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 				continue
 			}
 			ev := ev
-			if err := blob.ValidateKey(ev.BlobKey); err != nil {
+			if err := strategy.ValidateKey(ev.BlobKey); err != nil {
 				// A hostile or broken key in an event never reaches the
 				// disk; the key recorded at sync time still does.
 				h.s.cfg.Logger.Warn("deleted event with an invalid blob key: removing only the recorded key",

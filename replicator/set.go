@@ -9,11 +9,7 @@ import (
 )
 
 // ErrDuplicate is returned by Set.Register for a name already registered.
-var ErrDuplicate = errors.New("replicator: replicable already registered")
-
-// ErrUnknownReplicable is returned (wrapped) for a replicable name that is
-// not in the set.
-var ErrUnknownReplicable = errors.New("replicator: unknown replicable")
+var ErrDuplicate = errors.New("replicable already registered")
 
 // Set is the explicit set of registered blob types of one site. It is an
 // ordinary value: build it at start-up, register every type, then hand it

@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
@@ -226,17 +228,17 @@ func TestSharedKeySkipsDownloadOnAnyAttempt(t *testing.T) {
 	require.Equal(t, registry.VerificationSucceeded, row.VerificationState)
 }
 
-// vanishing is the secondary's storage, where the bytes a sync found at a
-// key disappear right after it looked (another record's removal, racing
-// the sync's staging of the key), once.
+// vanishing is the secondary's storage backend, where the bytes a sync
+// found at a key disappear right after it looked (another record's
+// removal, racing the sync's staging of the key), once.
 type vanishing struct {
-	*blob.Dir
+	*dirblob.Dir
 	mu  sync.Mutex
 	key string
 }
 
-func (v *vanishing) Open(ctx context.Context, key string) (blob.Reader, error) {
-	rd, err := v.Dir.Open(ctx, key)
+func (v *vanishing) NewRangeReader(ctx context.Context, key string, offset, length int64) (driver.Reader, error) {
+	rd, err := v.Dir.NewRangeReader(ctx, key, offset, length)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err == nil && key == v.key {
@@ -282,9 +284,13 @@ func TestSkippedBytesGoneAtSettleAreDownloaded(t *testing.T) {
 		got, err := sums.Checksum(ctx, "item", b)
 		return err == nil && got == sha(same), fmt.Sprint(got, err)
 	})
-	v := &vanishing{Dir: f.SecondaryStorage, key: key}
+	dir, err := dirblob.New(f.SecondaryRoot)
+	require.NoError(t, err)
+	v := &vanishing{Dir: dir, key: key}
+	storage := blob.NewBucket(v)
+	t.Cleanup(func() { storage.Close() })
 	cfg = f.casConfig(sec)
-	cfg.Storage = v
+	cfg.Storage = storage
 	cfg.Observer = obs
 	r = f.Start(cfg)
 	f.waitHolds(t, r.Store(), b, same)

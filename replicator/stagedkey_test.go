@@ -11,7 +11,8 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
@@ -19,11 +20,11 @@ import (
 )
 
 // failAfterPublish is a Storage whose Commit for one key makes the bytes
-// visible and then fails, once: what blob.Dir reports when the directory
+// visible and then fails, once: what blob.Bucket reports when the directory
 // fsync after the rename fails, and what a crash between the publish and
 // the settle's commit leaves behind (bytes at a final key no row records).
 type failAfterPublish struct {
-	blob.Storage
+	*dirblob.Dir
 	mu   sync.Mutex
 	key  string
 	done bool
@@ -33,7 +34,7 @@ type failAfterPublish struct {
 	removed    bool
 }
 
-func (s *failAfterPublish) Remove(ctx context.Context, key string) error {
+func (s *failAfterPublish) Delete(ctx context.Context, key string) error {
 	s.mu.Lock()
 	fail := key != "" && key == s.removeFail && !s.removed
 	if fail {
@@ -43,7 +44,7 @@ func (s *failAfterPublish) Remove(ctx context.Context, key string) error {
 	if fail {
 		return fmt.Errorf("remove %q: %w", key, errors.New("injected EIO"))
 	}
-	return s.Storage.Remove(ctx, key)
+	return s.Dir.Delete(ctx, key)
 }
 
 func (s *failAfterPublish) failRemoveOnce(key string) {
@@ -58,8 +59,8 @@ func (s *failAfterPublish) removeFailed() bool {
 	return s.removed
 }
 
-func (s *failAfterPublish) Create(ctx context.Context, key string) (blob.Writer, error) {
-	w, err := s.Storage.Create(ctx, key)
+func (s *failAfterPublish) NewWriter(ctx context.Context, key string, opts *driver.WriterOptions) (driver.Writer, error) {
+	w, err := s.Dir.NewWriter(ctx, key, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +68,7 @@ func (s *failAfterPublish) Create(ctx context.Context, key string) (blob.Writer,
 }
 
 type failAfterPublishWriter struct {
-	blob.Writer
+	driver.Writer
 	s   *failAfterPublish
 	key string
 }
@@ -100,7 +101,7 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 	ctx := context.Background()
 	id, _, storage, sec := f.failedAfterPublish(t)
 	keyB := storage.key
-	_, err := storage.Stat(ctx, keyB)
+	_, err := f.SecondaryStorage.Stat(ctx, keyB)
 	require.NoError(t, err, "the failed publish left its bytes at %s", keyB)
 
 	// The record moves to a new key; its sync must clean up B.
@@ -117,8 +118,8 @@ func (f *fixture) failedAfterPublish(t *testing.T) (int64, *geotest.Running, *fa
 	id, err := f.app.Create(context.Background(), 0, payload(1, 1000))
 	require.NoError(t, err)
 	var storage *failAfterPublish
-	r, sec := f.startFaulty(t, id, func(dir *blob.Dir, key string) blob.Storage {
-		storage = &failAfterPublish{Storage: dir, key: key}
+	r, sec := f.startFaulty(t, id, func(dir *dirblob.Dir, key string) driver.Bucket {
+		storage = &failAfterPublish{Dir: dir, key: key}
 		return storage
 	}, func(cfg *replicator.SecondaryConfig) { cfg.Retry = fixedRetry(time.Hour) })
 	f.waitRowState(t, r.Store(), id, registry.StateFailed)
@@ -176,7 +177,7 @@ func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
 // its bytes fsynced (downloaded) and records, at the moment that key is
 // published, the staged key its registry row has committed.
 type publishWatch struct {
-	blob.Storage
+	*dirblob.Dir
 	db         *sqlx.DB
 	id         int64
 	key        string
@@ -184,8 +185,8 @@ type publishWatch struct {
 	published  chan string // the committed staged_key seen at publish
 }
 
-func (p *publishWatch) Create(ctx context.Context, key string) (blob.Writer, error) {
-	w, err := p.Storage.Create(ctx, key)
+func (p *publishWatch) NewWriter(ctx context.Context, key string, opts *driver.WriterOptions) (driver.Writer, error) {
+	w, err := p.Dir.NewWriter(ctx, key, opts)
 	if err != nil || key != p.key {
 		return w, err
 	}
@@ -193,12 +194,12 @@ func (p *publishWatch) Create(ctx context.Context, key string) (blob.Writer, err
 }
 
 type publishWatchWriter struct {
-	blob.Writer
+	driver.Writer
 	p *publishWatch
 }
 
 func (w *publishWatchWriter) Sync(ctx context.Context) error {
-	err := w.Writer.(blob.Syncer).Sync(ctx)
+	err := w.Writer.(driver.Syncer).Sync(ctx)
 	select {
 	case w.p.downloaded <- struct{}{}:
 	default:
@@ -266,8 +267,8 @@ CREATE TRIGGER test_hold_staging BEFORE UPDATE ON geo_registry
 
 	watch := &publishWatch{db: f.TrackingDB, id: id, key: key,
 		downloaded: make(chan struct{}, 1), published: make(chan string, 1)}
-	r, _ := f.startFaulty(t, id, func(dir *blob.Dir, _ string) blob.Storage {
-		watch.Storage = dir
+	r, _ := f.startFaulty(t, id, func(dir *dirblob.Dir, _ string) driver.Bucket {
+		watch.Dir = dir
 		return watch
 	}, func(*replicator.SecondaryConfig) {})
 	r.TriggerConsistency()

@@ -45,7 +45,7 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 	other := &attachments{db: f.PrimaryDB}
 	r := f.Start(f.SecondaryConfig(f.secondaryItems(), other))
 	require.NoError(t, r.Pause(ctx, "item"))
-	require.ErrorIs(t, r.Pause(ctx, "nope"), replicator.ErrUnknownReplicable)
+	require.ErrorIs(t, r.Pause(ctx, "nope"), strategy.ErrUnknownReplicable)
 	r.TriggerConsistency()
 
 	store := r.Store()
@@ -107,7 +107,7 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(2), n, "Resync: rows changed")
 	_, err = r.Resync(ctx, "nope", ids)
-	require.True(t, errors.Is(err, replicator.ErrUnknownReplicable), "Resync of an unknown type: %v", err)
+	require.True(t, errors.Is(err, strategy.ErrUnknownReplicable), "Resync of an unknown type: %v", err)
 
 	st, err := r.Status(ctx)
 	require.NoError(t, err)

@@ -10,6 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator/transfer"
+	"github.com/geoframework/geo/strategy"
 )
 
 // syncEngine claims due registry rows within one concurrency budget (per
@@ -523,7 +525,7 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 	defer cancelSettle()
 
 	if rep == nil {
-		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", ErrUnknownReplicable, c.Replicable), false, start)
+		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", strategy.ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
 	job := Job{ModelID: c.ModelID, Key: key, RecordedKey: c.BlobKey, PrimaryChecksum: primarySum}
@@ -575,7 +577,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 			log.Debug("record gone or out of scope: removed")
 			e.obs.SyncDone(c.Replicable, ResultRemoved, 0, time.Since(start))
 		default:
-			e.fail(settleCtx, log, c, err, errors.Is(err, ErrMissingOnPrimary), start)
+			e.fail(settleCtx, log, c, err, errors.Is(err, transfer.ErrMissingOnPrimary), start)
 		}
 		return false
 	}

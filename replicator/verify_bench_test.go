@@ -66,7 +66,7 @@ func benchVerify(b *testing.B, files, size int) {
 		data := payload(i, size)
 		s := sha256.Sum256(data)
 		sums[i] = hex.EncodeToString(s[:])
-		wr, err := w.SecondaryStorage.Create(ctx, keys[i])
+		wr, err := w.SecondaryStorage.Create(ctx, keys[i], nil)
 		require.NoError(b, err)
 		_, err = wr.Write(data)
 		require.NoError(b, err)

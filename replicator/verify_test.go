@@ -23,6 +23,7 @@ import (
 	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -36,7 +37,7 @@ func (f *fixture) runPrimary(t *testing.T, set *replicator.Set, mod func(*replic
 	}
 	cfg := replicator.PrimaryConfig{
 		Strategies: set, DB: f.PrimaryDB, Storage: f.PrimaryStorage,
-		Secrets: blob.NewStaticSecrets(f.Credentials), Logger: f.Logger.Named("primary-verify"),
+		Secrets: transfer.NewStaticSecrets(f.Credentials), Logger: f.Logger.Named("primary-verify"),
 		VerifyPollInterval: 50 * time.Millisecond,
 	}
 	if mod != nil {
@@ -264,7 +265,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 // one record after opening its current bytes, until released.
 type gatedOpener struct {
 	*testtype.Type
-	storage blob.Storage
+	storage *blob.Bucket
 	hold    int64
 	arrived chan struct{}
 	release chan struct{}
@@ -377,7 +378,7 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	_, fails, _ := obs.counts()
 	require.Equal(t, 2, fails, "verification failures reported to the Observer")
 	_, err = r.Reverify(ctx, "nope", []int64{1})
-	require.ErrorIs(t, err, replicator.ErrUnknownReplicable)
+	require.ErrorIs(t, err, strategy.ErrUnknownReplicable)
 }
 
 func TestPrimaryCorruptedAfterChecksumDoesNotOverwriteGoodCopies(t *testing.T) {
@@ -452,7 +453,7 @@ func TestSkipDownloadWhenPresentAndMatching(t *testing.T) {
 		}
 		key, err := f.items.BlobKey(ctx, id)
 		require.NoError(t, err)
-		w, err := f.SecondaryStorage.Create(ctx, key)
+		w, err := f.SecondaryStorage.Create(ctx, key, nil)
 		require.NoError(t, err)
 		_, err = w.Write(b)
 		require.NoError(t, err)

@@ -10,25 +10,20 @@ import (
 // accepts.
 const MaxKeyLen = 1024
 
-// ReservedKeyPrefix starts every key that storage backends keep for
-// themselves (blob.Dir keeps its temporary files under
-// "<root>/.geo-tmp/"). ValidateKey rejects keys that start with it.
-const ReservedKeyPrefix = ".geo-tmp"
-
 // ErrInvalidKey is returned (wrapped) by ValidateKey for a storage key
 // that is empty, too long, absolute, has an empty, "." or ".." segment, a
-// NUL byte or a backslash, or starts with ReservedKeyPrefix. Such a key
-// never touches a disk. blob.ErrInvalidKey is the same value, so
-// errors.Is matches either name.
+// NUL byte or a backslash. Such a key never touches a disk. blob.ErrInvalidKey
+// is the same value, so errors.Is matches either name.
 var ErrInvalidKey = errors.New("invalid blob key")
 
 // ValidateKey reports whether key can address a blob: the one rule shared
-// by the publisher (events), the storage backends and the transfer path
-// (blob) and the engines. A valid key is 1 to MaxKeyLen bytes of
+// by the publisher (events), the portable storage type (blob.Bucket), the
+// transfer path and the engines. A valid key is 1 to MaxKeyLen bytes of
 // slash-separated, non-empty segments, none of them "." or "..", with no
-// leading or trailing slash, no NUL byte, no backslash, and not starting
-// with ReservedKeyPrefix. For a valid key, filepath.Join(root, key) always
-// lies inside root and filepath.Clean(key) == key.
+// leading or trailing slash, no NUL byte and no backslash. For a valid key,
+// filepath.Join(root, key) always lies inside root and
+// filepath.Clean(key) == key. A backend may reserve some keys for itself
+// (blob/dirblob: those starting with ".geo-tmp") and refuse them.
 //
 // The error wraps ErrInvalidKey. It names the rule broken but never quotes
 // the key, which may be hostile.
@@ -52,8 +47,6 @@ func keyProblem(key string) string {
 		return "contains NUL"
 	case strings.IndexByte(key, '\\') >= 0:
 		return "contains a backslash"
-	case strings.HasPrefix(key, ReservedKeyPrefix):
-		return "reserved prefix " + ReservedKeyPrefix
 	}
 	for seg := range strings.SplitSeq(key, "/") {
 		switch seg {

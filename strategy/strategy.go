@@ -25,6 +25,12 @@ import (
 // row.
 var ErrNotFound = errors.New("record not found")
 
+// ErrUnknownReplicable is returned (wrapped) wherever a replicable name is
+// not registered: by the primary's transfer endpoint (and so the
+// secondary's download), by the event consumer for an outbox row of a type
+// this secondary does not know, and by the admin calls for an unknown type.
+var ErrUnknownReplicable = errors.New("unknown replicable")
+
 // ErrInvalidName is returned by ValidateName for a name that cannot be a
 // replicable name.
 var ErrInvalidName = errors.New("invalid replicable name")

@@ -1,23 +1,23 @@
-// Package storagetest is the contract test every blob.Storage backend must
-// pass. A backend's test wires it in a few lines:
+// Package storagetest is the conformance suite every storage backend (a
+// blob/driver.Bucket) must pass, run through the portable blob.Bucket as
+// geo uses it. A backend's test wires it in a few lines:
 //
-//	func TestDirContract(t *testing.T) {
-//		storagetest.RunStorageTests(t, func(t *testing.T) blob.Storage {
-//			d, err := blob.NewDir(t.TempDir())
+//	func TestConformance(t *testing.T) {
+//		storagetest.RunConformanceTests(t, func(t *testing.T) driver.Bucket {
+//			d, err := dirblob.New(t.TempDir())
 //			if err != nil {
 //				t.Fatal(err)
 //			}
-//			t.Cleanup(func() { d.Close() })
-//			return d
+//			return d // the suite closes it
 //		})
 //	}
 //
-// Each subtest is named after the clause of the blob.Storage contract it
-// checks and gets a fresh, empty storage from newStorage. Run it with -race.
-// The suite checks what any backend can be asked through blob.Storage;
-// backend-specific promises (for example that blob.Dir leaves no temporary
-// file behind) belong in the backend's own tests, for instance in a
-// t.Cleanup registered by newStorage.
+// Each subtest is named after the clause of the driver contract it checks
+// and gets a fresh, empty backend from newDriver. Run it with -race.
+// Optional interfaces (driver.Syncer, driver.BatchDeleter) are checked when
+// the backend implements them. Backend-specific promises (for example that
+// dirblob leaves no temporary file behind) belong in the backend's own
+// tests, for instance in a t.Cleanup registered by newDriver.
 //
 // storagetest is for tests only.
 package storagetest
@@ -30,15 +30,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/driver"
+	"github.com/geoframework/geo/strategy"
 )
 
-// HostileKeys returns keys every backend must reject with blob.ErrInvalidKey
-// before touching its storage (a fresh slice on each call).
+// HostileKeys returns keys the portable blob.Bucket rejects with
+// blob.ErrInvalidKey before they reach a backend (a fresh slice on each
+// call).
 func HostileKeys() []string {
 	return []string{
 		"",
@@ -56,16 +60,21 @@ func HostileKeys() []string {
 		"a\x00b",
 		"a\\b",
 		"..\\..\\windows",
-		".geo-tmp/x",
-		string(bytes.Repeat([]byte("k"), blob.MaxKeyLen+1)),
+		string(bytes.Repeat([]byte("k"), strategy.MaxKeyLen+1)),
 	}
 }
 
-// RunStorageTests runs the blob.Storage contract against the storages that
-// newStorage returns, one fresh storage per subtest. newStorage should
-// register any cleanup with t.Cleanup.
-func RunStorageTests(t *testing.T, newStorage func(t *testing.T) blob.Storage) {
+// RunConformanceTests runs the driver contract against the backends that
+// newDriver returns, one fresh backend per subtest, each through
+// blob.NewBucket (closed when the subtest ends). newDriver may register
+// other cleanups with t.Cleanup.
+func RunConformanceTests(t *testing.T, newDriver func(t *testing.T) driver.Bucket) {
 	t.Helper()
+	newStorage := func(t *testing.T) *blob.Bucket {
+		b := blob.NewBucket(newDriver(t))
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
 	t.Run("OpenMissingIsErrNotExist", func(t *testing.T) { testOpenMissing(t, newStorage(t)) })
 	t.Run("CommitMakesExactBytesVisible", func(t *testing.T) { testCommitVisible(t, newStorage(t)) })
 	t.Run("NothingVisibleBeforeCommit", func(t *testing.T) { testNothingBeforeCommit(t, newStorage(t)) })
@@ -79,22 +88,22 @@ func RunStorageTests(t *testing.T, newStorage func(t *testing.T) blob.Storage) {
 	t.Run("EmptyBlob", func(t *testing.T) { testEmpty(t, newStorage(t)) })
 	t.Run("ReaderSeeks", func(t *testing.T) { testSeek(t, newStorage(t)) })
 	t.Run("SyncerKeepsTheCommitContract", func(t *testing.T) { testSyncer(t, newStorage(t)) })
+	t.Run("ChecksumMismatchCommitsNothing", func(t *testing.T) { testChecksumMismatch(t, newStorage(t)) })
+	t.Run("ListInByteOrderAfterAKey", func(t *testing.T) { testList(t, newStorage(t)) })
+	t.Run("BatchRemoval", func(t *testing.T) { testBatchRemoval(t, newStorage(t)) })
+	t.Run("RangeReads", func(t *testing.T) { testRange(t, newStorage(t)) })
 }
 
 // testSyncer checks writers that implement blob.Syncer (it passes for
 // those that do not): Sync publishes nothing, bytes written after a Sync
 // are committed with the rest, and Sync after Commit or Abort fails.
-func testSyncer(t *testing.T, s blob.Storage) {
+func testSyncer(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
-	w, err := s.Create(ctx, "synced/blob")
+	w, err := s.Create(ctx, "synced/blob", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sy, ok := w.(blob.Syncer)
-	if !ok {
-		w.Abort()
-		return
-	}
+	sy := w
 	first, second := pattern(70_000, 5), pattern(30_000, 6)
 	if _, err := w.Write(first); err != nil {
 		t.Fatal(err)
@@ -114,19 +123,19 @@ func testSyncer(t *testing.T, s blob.Storage) {
 		t.Errorf("Sync after Commit = nil, want an error")
 	}
 
-	w, err = s.Create(ctx, "synced/aborted")
+	w, err = s.Create(ctx, "synced/aborted", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.Write(first)
-	if err := w.(blob.Syncer).Sync(ctx); err != nil {
+	if err := w.Sync(ctx); err != nil {
 		t.Fatalf("Sync: %v", err)
 	}
 	if err := w.Abort(); err != nil {
 		t.Fatalf("Abort: %v", err)
 	}
 	wantMissing(t, ctx, s, "synced/aborted")
-	if err := w.(blob.Syncer).Sync(ctx); err == nil {
+	if err := w.Sync(ctx); err == nil {
 		t.Errorf("Sync after Abort = nil, want an error")
 	}
 }
@@ -145,15 +154,15 @@ func sum(b []byte) string {
 }
 
 // put writes data at key in chunks and commits.
-func put(t *testing.T, ctx context.Context, s blob.Storage, key string, data []byte) {
+func put(t *testing.T, ctx context.Context, s *blob.Bucket, key string, data []byte) {
 	t.Helper()
 	if err := write(ctx, s, key, data); err != nil {
 		t.Fatalf("put %q: %v", key, err)
 	}
 }
 
-func write(ctx context.Context, s blob.Storage, key string, data []byte) error {
-	w, err := s.Create(ctx, key)
+func write(ctx context.Context, s *blob.Bucket, key string, data []byte) error {
+	w, err := s.Create(ctx, key, nil)
 	if err != nil {
 		return fmt.Errorf("Create: %w", err)
 	}
@@ -171,7 +180,7 @@ func write(ctx context.Context, s blob.Storage, key string, data []byte) error {
 	return nil
 }
 
-func read(ctx context.Context, s blob.Storage, key string) ([]byte, error) {
+func read(ctx context.Context, s *blob.Bucket, key string) ([]byte, error) {
 	r, err := s.Open(ctx, key)
 	if err != nil {
 		return nil, err
@@ -180,7 +189,7 @@ func read(ctx context.Context, s blob.Storage, key string) ([]byte, error) {
 	return io.ReadAll(r)
 }
 
-func wantMissing(t *testing.T, ctx context.Context, s blob.Storage, key string) {
+func wantMissing(t *testing.T, ctx context.Context, s *blob.Bucket, key string) {
 	t.Helper()
 	if r, err := s.Open(ctx, key); !errors.Is(err, blob.ErrNotExist) {
 		if err == nil {
@@ -193,7 +202,7 @@ func wantMissing(t *testing.T, ctx context.Context, s blob.Storage, key string) 
 	}
 }
 
-func wantContent(t *testing.T, ctx context.Context, s blob.Storage, key string, want []byte) {
+func wantContent(t *testing.T, ctx context.Context, s *blob.Bucket, key string, want []byte) {
 	t.Helper()
 	got, err := read(ctx, s, key)
 	if err != nil {
@@ -212,7 +221,7 @@ func pattern(n int, seed byte) []byte {
 	return b
 }
 
-func testOpenMissing(t *testing.T, s blob.Storage) {
+func testOpenMissing(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	wantMissing(t, ctx, s, "missing")
 	wantMissing(t, ctx, s, "no/such/dir/blob")
@@ -220,11 +229,11 @@ func testOpenMissing(t *testing.T, s blob.Storage) {
 	wantMissing(t, ctx, s, "file/below")
 }
 
-func testCommitVisible(t *testing.T, s blob.Storage) {
+func testCommitVisible(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	data := pattern(300_001, 1)
 	for _, key := range []string{"top", "a/b/c/nested.bin", "a/b/sibling"} {
-		w, err := s.Create(ctx, key)
+		w, err := s.Create(ctx, key, nil)
 		if err != nil {
 			t.Fatalf("Create(%q): %v", key, err)
 		}
@@ -261,9 +270,9 @@ func testCommitVisible(t *testing.T, s blob.Storage) {
 	}
 }
 
-func testNothingBeforeCommit(t *testing.T, s blob.Storage) {
+func testNothingBeforeCommit(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
-	w, err := s.Create(ctx, "k/new")
+	w, err := s.Create(ctx, "k/new", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +284,7 @@ func testNothingBeforeCommit(t *testing.T, s blob.Storage) {
 	wantContent(t, ctx, s, "k/new", []byte("new bytes"))
 
 	// An uncommitted overwrite leaves the old version in place.
-	w, err = s.Create(ctx, "k/new")
+	w, err = s.Create(ctx, "k/new", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,9 +296,9 @@ func testNothingBeforeCommit(t *testing.T, s blob.Storage) {
 	wantContent(t, ctx, s, "k/new", []byte("newer"))
 }
 
-func testAbort(t *testing.T, s blob.Storage) {
+func testAbort(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
-	w, err := s.Create(ctx, "aborted/blob")
+	w, err := s.Create(ctx, "aborted/blob", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +310,7 @@ func testAbort(t *testing.T, s blob.Storage) {
 
 	// Aborting an overwrite keeps the old version.
 	put(t, ctx, s, "kept", []byte("old"))
-	w, err = s.Create(ctx, "kept")
+	w, err = s.Create(ctx, "kept", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,9 +321,9 @@ func testAbort(t *testing.T, s blob.Storage) {
 	wantContent(t, ctx, s, "kept", []byte("old"))
 }
 
-func testOnce(t *testing.T, s blob.Storage) {
+func testOnce(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
-	w, err := s.Create(ctx, "once")
+	w, err := s.Create(ctx, "once", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +339,7 @@ func testOnce(t *testing.T, s blob.Storage) {
 	}
 	wantContent(t, ctx, s, "once", []byte("v1"))
 
-	w, err = s.Create(ctx, "never")
+	w, err = s.Create(ctx, "never", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,10 +354,10 @@ func testOnce(t *testing.T, s blob.Storage) {
 	wantMissing(t, ctx, s, "never")
 }
 
-func testCancelled(t *testing.T, s blob.Storage) {
+func testCancelled(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	cctx, cancel := context.WithCancel(ctx)
-	w, err := s.Create(cctx, "cancelled/blob")
+	w, err := s.Create(cctx, "cancelled/blob", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,14 +369,14 @@ func testCancelled(t *testing.T, s blob.Storage) {
 	wantMissing(t, ctx, s, "cancelled/blob")
 	w.Abort()
 
-	if w, err := s.Create(cctx, "cancelled/early"); err == nil {
+	if w, err := s.Create(cctx, "cancelled/early", nil); err == nil {
 		w.Abort()
 		t.Errorf("Create with a cancelled context = nil error, want one")
 	}
 	wantMissing(t, ctx, s, "cancelled/early")
 
 	// Cancelling the Commit context before Commit discards the bytes too.
-	w, err = s.Create(ctx, "cancelled/commit")
+	w, err = s.Create(ctx, "cancelled/commit", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +390,7 @@ func testCancelled(t *testing.T, s blob.Storage) {
 	wantMissing(t, ctx, s, "cancelled/commit")
 }
 
-func testOverwriteAtomic(t *testing.T, s blob.Storage) {
+func testOverwriteAtomic(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	versions := [][]byte{pattern(200_000, 'a'), pattern(333_333, 'b'), {}, pattern(1, 'c')}
 	valid := map[string]bool{}
@@ -424,7 +433,7 @@ func testOverwriteAtomic(t *testing.T, s blob.Storage) {
 	}
 }
 
-func testConcurrentWriters(t *testing.T, s blob.Storage) {
+func testConcurrentWriters(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	const writers = 8
 	valid := map[string]bool{}
@@ -457,7 +466,7 @@ func testConcurrentWriters(t *testing.T, s blob.Storage) {
 	}
 }
 
-func testRemove(t *testing.T, s blob.Storage) {
+func testRemove(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	if err := s.Remove(ctx, "never/there"); err != nil {
 		t.Errorf("Remove(missing) = %v, want nil", err)
@@ -475,7 +484,7 @@ func testRemove(t *testing.T, s blob.Storage) {
 	wantContent(t, ctx, s, "gone/soon", []byte("again"))
 }
 
-func testHostileKeys(t *testing.T, s blob.Storage) {
+func testHostileKeys(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	for _, key := range HostileKeys() {
 		if _, err := s.Open(ctx, key); !errors.Is(err, blob.ErrInvalidKey) {
@@ -484,7 +493,7 @@ func testHostileKeys(t *testing.T, s blob.Storage) {
 		if _, err := s.Stat(ctx, key); !errors.Is(err, blob.ErrInvalidKey) {
 			t.Errorf("Stat(%q) error = %v, want ErrInvalidKey", key, err)
 		}
-		w, err := s.Create(ctx, key)
+		w, err := s.Create(ctx, key, nil)
 		if !errors.Is(err, blob.ErrInvalidKey) {
 			t.Errorf("Create(%q) error = %v, want ErrInvalidKey", key, err)
 		}
@@ -497,9 +506,9 @@ func testHostileKeys(t *testing.T, s blob.Storage) {
 	}
 }
 
-func testEmpty(t *testing.T, s blob.Storage) {
+func testEmpty(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
-	w, err := s.Create(ctx, "empty")
+	w, err := s.Create(ctx, "empty", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,7 +524,7 @@ func testEmpty(t *testing.T, s blob.Storage) {
 	}
 }
 
-func testSeek(t *testing.T, s blob.Storage) {
+func testSeek(t *testing.T, s *blob.Bucket) {
 	ctx := testCtx(t)
 	data := pattern(10_000, 9)
 	put(t, ctx, s, "seek", data)
@@ -533,5 +542,138 @@ func testSeek(t *testing.T, s blob.Storage) {
 	}
 	if end, err := r.Seek(0, io.SeekEnd); err != nil || end != int64(len(data)) {
 		t.Errorf("Seek(0, End) = %d, %v, want %d", end, err, len(data))
+	}
+}
+
+// testChecksumMismatch: a write created with the checksum its bytes must
+// have commits nothing when they differ (blob.ErrChecksumMismatch), and
+// the old version stays; with the right checksum it commits.
+func testChecksumMismatch(t *testing.T, s *blob.Bucket) {
+	ctx := testCtx(t)
+	old, data := pattern(3000, 1), pattern(5000, 2)
+	put(t, ctx, s, "sum/blob", old)
+	w, err := s.Create(ctx, "sum/blob", &blob.WriteOptions{SHA256: sum(pattern(5000, 3)), Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx); !errors.Is(err, blob.ErrChecksumMismatch) {
+		t.Fatalf("Commit of bytes that differ from WriteOptions.SHA256 = %v, want an error matching ErrChecksumMismatch", err)
+	}
+	wantContent(t, ctx, s, "sum/blob", old)
+	w, err = s.Create(ctx, "sum/blob", &blob.WriteOptions{SHA256: sum(data), Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("Commit with the right checksum: %v", err)
+	}
+	wantContent(t, ctx, s, "sum/blob", data)
+}
+
+// testList: Keys yields every committed key, in byte order of whole keys
+// (as PostgreSQL's COLLATE "C" orders them), starting after any key,
+// without uncommitted writes; a consumer may stop early.
+func testList(t *testing.T, s *blob.Bucket) {
+	ctx := testCtx(t)
+	keys := []string{"a/c", "a-b", "a/b/z", "a.x", "b", "a/b-", "lfs/bb/63/bb63", "lfs/bb/6/x", "Z", "a/b/y", "é/x"}
+	for _, k := range keys {
+		put(t, ctx, s, k, []byte(k))
+	}
+	pending, err := s.Create(ctx, "pending/key", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pending.Abort()
+	pending.Write([]byte("x"))
+	want := append([]string(nil), keys...)
+	sort.Strings(want) // Go compares strings bytewise
+	list := func(after string) []string {
+		got := []string{}
+		for k, err := range s.Keys(ctx, after) {
+			if err != nil {
+				t.Fatalf("Keys(%q): %v", after, err)
+			}
+			got = append(got, k)
+		}
+		return got
+	}
+	if got := list(""); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Keys(\"\") = %q, want %q (byte order, no uncommitted key)", got, want)
+	}
+	for i, after := range want {
+		if got := list(after); fmt.Sprint(got) != fmt.Sprint(want[i+1:]) {
+			t.Fatalf("Keys(%q) = %q, want %q", after, got, want[i+1:])
+		}
+	}
+	for k := range s.Keys(ctx, "") {
+		if k != want[0] {
+			t.Fatalf("first key = %q, want %q", k, want[0])
+		}
+		break
+	}
+}
+
+// testBatchRemoval: RemoveBatch removes every key given (missing ones
+// skipped) and leaves the others; SyncRemoved then succeeds.
+func testBatchRemoval(t *testing.T, s *blob.Bucket) {
+	ctx := testCtx(t)
+	var gone []string
+	for i := range 20 {
+		k := fmt.Sprintf("batch/%d/%d", i%3, i)
+		put(t, ctx, s, k, pattern(100, byte(i)))
+		if i%2 == 0 {
+			gone = append(gone, k)
+		}
+	}
+	gone = append(gone, "batch/never/there")
+	if err := s.RemoveBatch(ctx, gone); err != nil {
+		t.Fatalf("RemoveBatch: %v", err)
+	}
+	if err := s.SyncRemoved(ctx, gone); err != nil {
+		t.Fatalf("SyncRemoved: %v", err)
+	}
+	for i := range 20 {
+		k := fmt.Sprintf("batch/%d/%d", i%3, i)
+		if i%2 == 0 {
+			wantMissing(t, ctx, s, k)
+		} else {
+			wantContent(t, ctx, s, k, pattern(100, byte(i)))
+		}
+	}
+}
+
+// testRange: a Reader positioned by Seek reads from there, as
+// http.ServeContent needs for Range requests, and WriteTo copies the rest.
+func testRange(t *testing.T, s *blob.Bucket) {
+	ctx := testCtx(t)
+	data := pattern(200_000, 9)
+	put(t, ctx, s, "range/blob", data)
+	r, err := s.Open(ctx, "range/blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Seek(150_000, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if n, err := r.WriteTo(&buf); err != nil || n != 50_000 || !bytes.Equal(buf.Bytes(), data[150_000:]) {
+		t.Fatalf("WriteTo after Seek(150000) = %d, %v, want the last 50,000 bytes", n, err)
+	}
+	if _, err := r.Seek(10, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 10)
+	if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, data[10:20]) {
+		t.Fatalf("read after Seek(10) = %v, %v", got, err)
+	}
+	if st, err := s.Stat(ctx, "range/blob"); err != nil || st.Size != int64(len(data)) {
+		t.Fatalf("Stat = %+v, %v, want size %d", st, err, len(data))
 	}
 }

@@ -21,11 +21,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/geotest/pgtest"
 	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // Names of the benchmark's blob type.
@@ -54,11 +56,11 @@ type bench struct {
 	removeDir     bool
 	primaryRoot   string
 	secondaryRoot string
-	primaryStore  *blob.Dir
-	secondStore   *blob.Dir
+	primaryStore  *blob.Bucket
+	secondStore   *blob.Bucket
 
 	typ     *testtype.Type
-	creds   blob.Credentials
+	creds   transfer.Credentials
 	primary *replicator.Primary
 	srv     *http.Server
 	baseURL string
@@ -123,10 +125,10 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (_ *bench, err e
 	}
 	b.primaryRoot = filepath.Join(b.dir, "primary")
 	b.secondaryRoot = filepath.Join(b.dir, "secondary")
-	if b.primaryStore, err = blob.NewDir(b.primaryRoot); err != nil {
+	if b.primaryStore, err = dirblob.Open(b.primaryRoot); err != nil {
 		return nil, err
 	}
-	if b.secondStore, err = blob.NewDir(b.secondaryRoot); err != nil {
+	if b.secondStore, err = dirblob.Open(b.secondaryRoot); err != nil {
 		return nil, err
 	}
 
@@ -137,9 +139,9 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (_ *bench, err e
 	}
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
-	b.creds = blob.Credentials{Site: "bench-secondary", AccessKey: "geobench", Secret: secret}
+	b.creds = transfer.Credentials{Site: "bench-secondary", AccessKey: "geobench", Secret: secret}
 	b.primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
-		Strategies: set, DB: b.primaryDB, Storage: b.primaryStore, Secrets: blob.NewStaticSecrets(b.creds),
+		Strategies: set, DB: b.primaryDB, Storage: b.primaryStore, Secrets: transfer.NewStaticSecrets(b.creds),
 	})
 	if err != nil {
 		return nil, err
@@ -208,7 +210,7 @@ func (b *bench) close() error {
 	if b.srv != nil {
 		errs = append(errs, b.srv.Close())
 	}
-	for _, st := range []*blob.Dir{b.primaryStore, b.secondStore} {
+	for _, st := range []*blob.Bucket{b.primaryStore, b.secondStore} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

@@ -21,7 +21,7 @@ import (
 //
 // geo's side is Replicator.Verify of the framework's blob replicator (what
 // re-verification calls per row: open the stored copy through
-// blob.Storage, hash it, compare with the primary's checksum). The two
+// *blob.Bucket, hash it, compare with the primary's checksum). The two
 // sides alternate for two rounds each, so page-cache and load effects hit
 // both alike; each side's figure is its total bytes over its total time.
 func runVerify(ctx context.Context, b *bench, res *result) error {

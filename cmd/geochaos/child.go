@@ -17,9 +17,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // runChild is the hidden `geochaos secondary` mode: one secondary site
@@ -67,7 +68,7 @@ func runChild(args []string, stderr io.Writer) error {
 		return fmt.Errorf("primary database: %w", err)
 	}
 	defer primaryDB.Close()
-	storage, err := blob.NewDir(*root)
+	storage, err := dirblob.Open(*root)
 	if err != nil {
 		return err
 	}
@@ -76,7 +77,7 @@ func runChild(args []string, stderr io.Writer) error {
 	set.MustRegister(&testtype.Type{TypeName: typeName, Table: typeTable, DB: primaryDB})
 	sec, err := replicator.NewSecondary(replicator.SecondaryConfig{
 		Strategies: set, Tracking: tracking, Primary: primaryDB, PrimaryURL: *primaryURL,
-		Credentials: blob.Credentials{Site: *site, AccessKey: *key, Secret: secret},
+		Credentials: transfer.Credentials{Site: *site, AccessKey: *key, Secret: secret},
 		Storage:     storage, Logger: log, Owner: *owner,
 		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
 		Lease: *lease, ShutdownGrace: 3 * time.Second, TransferTimeout: 5 * time.Second,

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest/pgtest"
 )
 
@@ -29,7 +29,7 @@ func runDBRestart(ctx context.Context, o options) error {
 		return err
 	}
 	defer e.close()
-	storage, err := blob.NewDir(e.SecondaryRoot)
+	storage, err := dirblob.Open(e.SecondaryRoot)
 	if err != nil {
 		return err
 	}

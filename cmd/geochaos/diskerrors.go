@@ -12,19 +12,25 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 )
 
-// faultyStorage wraps the secondary's storage and fails operations at
-// random the way a sick disk does: Create (EIO), Write (ENOSPC or EIO
-// after writing part of the buffer), the early fsync of checked bytes
-// (blob.Syncer, called by the Downloader: EIO), Commit before anything is visible
-// (the file's fsync fails: EIO), Commit after the rename (the directory's
-// fsync fails: the new bytes are visible but not known durable, which is
-// what blob.Dir itself reports in that case) and Remove (EIO). After every
-// Commit that made bytes visible it reads them back: the bytes at a final
-// key must be exactly those the primary wrote there, never a prefix.
+// faultyStorage wraps the secondary's storage backend (the directory
+// driver, under the portable blob.Bucket) and fails operations at random
+// the way a sick disk does: NewWriter (EIO), Write (ENOSPC or EIO after
+// writing part of the buffer), the early fsync of checked bytes
+// (driver.Syncer, which the Downloader reaches through Writer.Sync: EIO),
+// Commit before anything is visible (the file's fsync fails: EIO), Commit
+// after the rename (the directory's fsync fails: the new bytes are visible
+// but not known durable, which is what the directory backend itself
+// reports in that case) and Delete (EIO, and the batch deletes of the
+// consistency pass). After every Commit that made bytes visible it reads
+// them back: the bytes at a final key must be exactly those the primary
+// wrote there, never a prefix.
 type faultyStorage struct {
-	blob.Storage
+	*dirblob.Dir
+	bucket   *blob.Bucket // over the inner Dir, for read-backs
 	contents *contentLog
 
 	pCreate, pWrite, pSync, pCommitBefore, pCommitAfter, pRemove float64
@@ -36,9 +42,9 @@ type faultyStorage struct {
 	partial []string
 }
 
-func newFaultyStorage(inner blob.Storage, contents *contentLog, seed uint64) *faultyStorage {
+func newFaultyStorage(inner *dirblob.Dir, contents *contentLog, seed uint64) *faultyStorage {
 	return &faultyStorage{
-		Storage: inner, contents: contents,
+		Dir: inner, bucket: blob.NewBucket(inner), contents: contents,
 		pCreate: 0.03, pWrite: 0.03, pSync: 0.05, pCommitBefore: 0.08, pCommitAfter: 0.05, pRemove: 0.05,
 		r: mrand.New(mrand.NewPCG(seed, 13)), counts: map[string]int{},
 	}
@@ -61,27 +67,34 @@ func (s *faultyStorage) intn(n int) int {
 	return s.r.IntN(n)
 }
 
-func (s *faultyStorage) Create(ctx context.Context, key string) (blob.Writer, error) {
+func (s *faultyStorage) NewWriter(ctx context.Context, key string, opts *driver.WriterOptions) (driver.Writer, error) {
 	if s.roll(s.pCreate, "create-EIO") {
-		return nil, fmt.Errorf("blob: create %q: %w", key, &fs.PathError{Op: "open", Path: key, Err: syscall.EIO})
+		return nil, &fs.PathError{Op: "open", Path: key, Err: syscall.EIO}
 	}
-	w, err := s.Storage.Create(ctx, key)
+	w, err := s.Dir.NewWriter(ctx, key, opts)
 	if err != nil {
 		return nil, err
 	}
 	return &faultyWriter{Writer: w, s: s, key: key}, nil
 }
 
-func (s *faultyStorage) Remove(ctx context.Context, key string) error {
+func (s *faultyStorage) Delete(ctx context.Context, key string) error {
 	if s.roll(s.pRemove, "remove-EIO") {
-		return fmt.Errorf("blob: remove %q: %w", key, &fs.PathError{Op: "unlinkat", Path: key, Err: syscall.EIO})
+		return &fs.PathError{Op: "unlinkat", Path: key, Err: syscall.EIO}
 	}
-	return s.Storage.Remove(ctx, key)
+	return s.Dir.Delete(ctx, key)
+}
+
+func (s *faultyStorage) DeleteBatch(ctx context.Context, keys []string) error {
+	if s.roll(s.pRemove, "remove-EIO") {
+		return &fs.PathError{Op: "unlinkat", Path: keys[0], Err: syscall.EIO}
+	}
+	return s.Dir.DeleteBatch(ctx, keys)
 }
 
 // audit reads back the bytes just made visible at key.
 func (s *faultyStorage) audit(ctx context.Context, key string) {
-	got, _, err := shaOf(ctx, s.Storage, key)
+	got, _, err := shaOf(ctx, s.bucket, key)
 	want, known := s.contents.get(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -95,7 +108,7 @@ func (s *faultyStorage) audit(ctx context.Context, key string) {
 }
 
 type faultyWriter struct {
-	blob.Writer
+	driver.Writer
 	s   *faultyStorage
 	key string
 }
@@ -111,7 +124,7 @@ func (w *faultyWriter) Write(p []byte) (int, error) {
 		if w.s.intn(2) == 0 {
 			errno = syscall.EIO
 		}
-		return n, fmt.Errorf("blob: write %q: %w", w.key, &fs.PathError{Op: "write", Path: w.key, Err: errno})
+		return n, &fs.PathError{Op: "write", Path: w.key, Err: errno}
 	}
 	return w.Writer.Write(p)
 }
@@ -120,9 +133,9 @@ func (w *faultyWriter) Write(p []byte) (int, error) {
 // writer's, when it has one.
 func (w *faultyWriter) Sync(ctx context.Context) error {
 	if w.s.roll(w.s.pSync, "sync-EIO") {
-		return fmt.Errorf("blob: sync %q: %w", w.key, &fs.PathError{Op: "fsync", Path: w.key, Err: syscall.EIO})
+		return &fs.PathError{Op: "fsync", Path: w.key, Err: syscall.EIO}
 	}
-	if s, ok := w.Writer.(blob.Syncer); ok {
+	if s, ok := w.Writer.(driver.Syncer); ok {
 		return s.Sync(ctx)
 	}
 	return nil
@@ -131,7 +144,7 @@ func (w *faultyWriter) Sync(ctx context.Context) error {
 func (w *faultyWriter) Commit(ctx context.Context) error {
 	if w.s.roll(w.s.pCommitBefore, "fsync-EIO") {
 		w.Writer.Abort()
-		return fmt.Errorf("blob: commit %q: %w", w.key, &fs.PathError{Op: "fsync", Path: w.key, Err: syscall.EIO})
+		return &fs.PathError{Op: "fsync", Path: w.key, Err: syscall.EIO}
 	}
 	after := w.s.roll(w.s.pCommitAfter, "dir-fsync-EIO-after-rename")
 	if err := w.Writer.Commit(ctx); err != nil {
@@ -139,7 +152,7 @@ func (w *faultyWriter) Commit(ctx context.Context) error {
 	}
 	w.s.audit(ctx, w.key)
 	if after {
-		return fmt.Errorf("blob: commit %q: sync directory: %w", w.key, &fs.PathError{Op: "fsync", Path: path.Dir(w.key), Err: syscall.EIO})
+		return fmt.Errorf("sync directory: %w", &fs.PathError{Op: "fsync", Path: path.Dir(w.key), Err: syscall.EIO})
 	}
 	return nil
 }
@@ -158,13 +171,14 @@ func runDiskErrors(ctx context.Context, o options) error {
 		return err
 	}
 	defer e.close()
-	dir, err := blob.NewDir(e.SecondaryRoot)
+	dir, err := dirblob.New(e.SecondaryRoot)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
 	faulty := newFaultyStorage(dir, e.contents, o.seed)
-	sec, err := startSecondary(e.secondaryConfig(faulty))
+	storage := blob.NewBucket(faulty)
+	defer storage.Close()
+	sec, err := startSecondary(e.secondaryConfig(storage))
 	if err != nil {
 		return err
 	}

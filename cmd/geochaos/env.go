@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	mrand "math/rand/v2"
 	"net"
@@ -22,11 +23,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/geotest/pgtest"
 	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -65,13 +69,13 @@ type env struct {
 
 	Dir                        string
 	PrimaryRoot, SecondaryRoot string
-	PrimaryStorage             *blob.Dir
+	PrimaryStorage             *blob.Bucket
 
 	Type        *testtype.Type
 	App         *testtype.App
 	Primary     *replicator.Primary
 	PrimaryURL  string
-	Credentials blob.Credentials
+	Credentials transfer.Credentials
 	Transfers   *transferLog
 
 	contents *contentLog
@@ -136,7 +140,14 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (_ *env, err error) {
 
 	e.PrimaryRoot = filepath.Join(e.Dir, "primary")
 	e.SecondaryRoot = filepath.Join(e.Dir, "secondary")
-	if e.PrimaryStorage, err = blob.NewDir(e.PrimaryRoot); err != nil {
+	primaryDir, err := dirblob.New(e.PrimaryRoot)
+	if err != nil {
+		return nil, err
+	}
+	// Every blob the application commits is recorded (its SHA-256), for
+	// the read-backs of the disk-errors scenario.
+	e.PrimaryStorage = blob.NewBucket(&recordingStorage{Dir: primaryDir, log: e.contents})
+	if err != nil {
 		return nil, err
 	}
 	e.closers = append(e.closers, func() { e.PrimaryStorage.Close() })
@@ -153,11 +164,11 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (_ *env, err error) {
 	if _, err := rand.Read(secret); err != nil {
 		return nil, err
 	}
-	e.Credentials = blob.Credentials{Site: "chaos-secondary", AccessKey: "geochaos", Secret: secret}
+	e.Credentials = transfer.Credentials{Site: "chaos-secondary", AccessKey: "geochaos", Secret: secret}
 	e.Transfers = &transferLog{}
 	e.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
-		Strategies: set, DB: e.PrimaryDB, Storage: &recordingStorage{Storage: e.PrimaryStorage, log: e.contents},
-		Secrets: blob.NewStaticSecrets(e.Credentials), Logger: e.log.Named("primary"),
+		Strategies: set, DB: e.PrimaryDB, Storage: e.PrimaryStorage,
+		Secrets: transfer.NewStaticSecrets(e.Credentials), Logger: e.log.Named("primary"),
 		Observe: e.Transfers.observe, VerifyPollInterval: 200 * time.Millisecond,
 		VerifyBackfillInterval: 5 * time.Second,
 	})
@@ -184,7 +195,7 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (_ *env, err error) {
 	go func() { defer close(done); _ = e.Primary.Run(pctx) }()
 	e.closers = append(e.closers, func() { cancel(); <-done })
 
-	e.App = &testtype.App{Type: e.Type, Storage: &recordingStorage{Storage: e.PrimaryStorage, log: e.contents}, Publisher: e.Primary.Publisher()}
+	e.App = &testtype.App{Type: e.Type, Storage: e.PrimaryStorage, Publisher: e.Primary.Publisher()}
 	return e, nil
 }
 
@@ -235,7 +246,7 @@ func (e *env) secondaryStrategy() strategy.BlobStrategy {
 // secondaryConfig is an in-process secondary's configuration, tuned for
 // bounded campaigns: short lease, fast polling and a fast retry policy
 // (production defaults are 30s leases and 10s..1h backoff).
-func (e *env) secondaryConfig(storage blob.Storage) replicator.SecondaryConfig {
+func (e *env) secondaryConfig(storage *blob.Bucket) replicator.SecondaryConfig {
 	set := replicator.NewSet()
 	set.MustRegister(e.secondaryStrategy())
 	return replicator.SecondaryConfig{
@@ -287,7 +298,7 @@ func (r *running) stop() error {
 
 // sites is what geotest.CompareSites compares for this env.
 func (e *env) sites() (geotest.Sites, func(), error) {
-	sec, err := blob.NewDir(e.SecondaryRoot)
+	sec, err := dirblob.Open(e.SecondaryRoot)
 	if err != nil {
 		return geotest.Sites{}, nil, err
 	}
@@ -388,33 +399,39 @@ func (c *contentLog) get(key string) (string, bool) {
 	return s, ok
 }
 
-// recordingStorage is the primary's storage, noting the SHA-256 of every
-// committed blob in a contentLog.
+// recordingStorage is the primary's storage backend, noting the SHA-256
+// of every committed blob in a contentLog.
 type recordingStorage struct {
-	blob.Storage
+	*dirblob.Dir
 	log *contentLog
 }
 
-func (s *recordingStorage) Create(ctx context.Context, key string) (blob.Writer, error) {
-	w, err := s.Storage.Create(ctx, key)
+func (s *recordingStorage) NewWriter(ctx context.Context, key string, opts *driver.WriterOptions) (driver.Writer, error) {
+	w, err := s.Dir.NewWriter(ctx, key, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &recordingWriter{Writer: w, key: key, log: s.log}, nil
+	return &recordingWriter{Writer: w, key: key, log: s.log, h: sha256.New()}, nil
 }
 
 type recordingWriter struct {
-	blob.Writer
+	driver.Writer
 	key string
 	log *contentLog
+	h   hash.Hash
+}
+
+func (w *recordingWriter) Write(p []byte) (int, error) {
+	n, err := w.Writer.Write(p)
+	w.h.Write(p[:n])
+	return n, err
 }
 
 func (w *recordingWriter) Commit(ctx context.Context) error {
 	if err := w.Writer.Commit(ctx); err != nil {
 		return err
 	}
-	_, sum := w.Writer.Written()
-	w.log.set(w.key, sum)
+	w.log.set(w.key, hex.EncodeToString(w.h.Sum(nil)))
 	return nil
 }
 
@@ -500,11 +517,11 @@ func countReasons(m map[string]int) string {
 // record transferred twice at the same time.
 type transferLog struct {
 	mu   sync.Mutex
-	list []transfer
+	list []served
 }
 
-// transfer is one served transfer.
-type transfer struct {
+// served is one served transfer.
+type served struct {
 	ID         int64
 	Start, End time.Time
 	Bytes      int64
@@ -512,21 +529,21 @@ type transfer struct {
 
 func (l *transferLog) observe(_ string, id int64, start, end time.Time, n int64) {
 	l.mu.Lock()
-	l.list = append(l.list, transfer{id, start, end, n})
+	l.list = append(l.list, served{id, start, end, n})
 	l.mu.Unlock()
 }
 
 // all returns the transfers so far.
-func (l *transferLog) all() []transfer {
+func (l *transferLog) all() []served {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]transfer(nil), l.list...)
+	return append([]served(nil), l.list...)
 }
 
 // overlaps returns the ids of records that were served twice at once, and
 // how many transfers were looked at.
 func (l *transferLog) overlaps() (ids []int64, n int) {
-	by := map[int64][]transfer{}
+	by := map[int64][]served{}
 	all := l.all()
 	for _, t := range all {
 		by[t.ID] = append(by[t.ID], t)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // Faults the proxy injects.
@@ -143,7 +145,7 @@ func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case faultTruncSize:
 		// Both sizes agree with the short body: only the checksum can tell.
 		h.Set("Content-Length", strconv.Itoa(half))
-		h.Set(blob.HeaderSize, strconv.Itoa(half))
+		h.Set(transfer.HeaderSize, strconv.Itoa(half))
 		w.WriteHeader(http.StatusOK)
 		w.Write(body[:half])
 	case faultFlip:
@@ -198,7 +200,7 @@ func newSyncedChecker(e *env) *syncedChecker {
 // run polls every 50ms until ctx ends, then once more (with its own
 // deadline), so the settles that came just before the end are checked.
 func (c *syncedChecker) run(ctx context.Context) error {
-	sec, err := blob.NewDir(c.e.SecondaryRoot)
+	sec, err := dirblob.Open(c.e.SecondaryRoot)
 	if err != nil {
 		return err
 	}
@@ -232,7 +234,7 @@ func startChecker(ctx context.Context, e *env) (c *syncedChecker, stop func() er
 	}
 }
 
-func (c *syncedChecker) poll(ctx context.Context, sec blob.Storage) error {
+func (c *syncedChecker) poll(ctx context.Context, sec *blob.Bucket) error {
 	// Overlap the window by a few seconds: a settle's timestamp is taken
 	// before its transaction commits.
 	since := c.mark.Add(-5 * time.Second)
@@ -315,7 +317,7 @@ FROM geo_registry WHERE updated_at > $1 AND state IN (2, 3)`, since)
 
 // stillSyncedAt reports whether, for all of wait, record id's row stays
 // synced at key while no file is there.
-func (c *syncedChecker) stillSyncedAt(ctx context.Context, sec blob.Storage, id int64, key string, wait time.Duration) bool {
+func (c *syncedChecker) stillSyncedAt(ctx context.Context, sec *blob.Bucket, id int64, key string, wait time.Duration) bool {
 	deadline := time.Now().Add(wait)
 	for {
 		var still int
@@ -364,7 +366,7 @@ func classify(reason string) string {
 	return "other"
 }
 
-func shaOf(ctx context.Context, s blob.Storage, key string) (string, int64, error) {
+func shaOf(ctx context.Context, s *blob.Bucket, key string) (string, int64, error) {
 	r, err := s.Open(ctx, key)
 	if err != nil {
 		return "", 0, err
@@ -399,7 +401,7 @@ func runFlaky(ctx context.Context, o options) error {
 	go psrv.Serve(ln)
 	defer psrv.Close()
 
-	storage, err := blob.NewDir(e.SecondaryRoot)
+	storage, err := dirblob.Open(e.SecondaryRoot)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
@@ -215,7 +216,7 @@ type raceRun struct {
 	g     *gate
 	out   *outcomes
 	store *registry.Store
-	sec   blob.Storage
+	sec   *blob.Bucket
 
 	recreated atomic.Int64
 	versions  atomic.Int64
@@ -241,7 +242,7 @@ func runRaces(ctx context.Context, o options) error {
 		return err
 	}
 	defer e.close()
-	storage, err := blob.NewDir(e.SecondaryRoot)
+	storage, err := dirblob.Open(e.SecondaryRoot)
 	if err != nil {
 		return err
 	}
@@ -442,7 +443,7 @@ func racePayload(r *mrand.Rand) []byte {
 func (rr *raceRun) recreate(ctx context.Context, id int64, data []byte) (string, error) {
 	e := rr.e
 	key := fmt.Sprintf("%s/%d/%d-r%d", typeTable, id%100, id, rr.recreated.Add(1))
-	if err := e.App.Storage.(*recordingStorage).write(ctx, key, data); err != nil {
+	if err := writeBlob(ctx, e.App.Storage, key, data); err != nil {
 		return "", err
 	}
 	tx, err := e.PrimaryDB.BeginTxx(ctx, nil)
@@ -459,9 +460,9 @@ func (rr *raceRun) recreate(ctx context.Context, id int64, data []byte) (string,
 	return key, tx.Commit()
 }
 
-// write stores data at key.
-func (s *recordingStorage) write(ctx context.Context, key string, data []byte) error {
-	w, err := s.Create(ctx, key)
+// writeBlob stores data at key in b.
+func writeBlob(ctx context.Context, b *blob.Bucket, key string, data []byte) error {
+	w, err := b.Create(ctx, key, nil)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 )
 
 // sharedPoolSizes are the sizes of the shared-keys scenario's payloads,
@@ -181,7 +182,7 @@ func startSharedWatch(ctx context.Context, e *env) (*sharedWatch, func() error) 
 // run looks every 100ms until ctx ends, then settles the last suspects
 // (with a deadline of its own).
 func (s *sharedWatch) run(ctx context.Context) error {
-	sec, err := blob.NewDir(s.e.SecondaryRoot)
+	sec, err := dirblob.Open(s.e.SecondaryRoot)
 	if err != nil {
 		return err
 	}
@@ -203,7 +204,7 @@ func (s *sharedWatch) run(ctx context.Context) error {
 	return s.settle(last, time.Now())
 }
 
-func (s *sharedWatch) look(ctx context.Context, sec blob.Storage) error {
+func (s *sharedWatch) look(ctx context.Context, sec *blob.Bucket) error {
 	if err := s.settle(ctx, time.Now().Add(-sharedWatchSettle)); err != nil {
 		return err
 	}

@@ -30,12 +30,13 @@ import (
 	_ "github.com/lib/pq"
 	"go.uber.org/zap"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/examples/packagefile"
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/geotest/pgtest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 func main() {
@@ -114,13 +115,13 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	primaryStore, err := blob.NewDir(filepath.Join(dir, "primary"))
+	primaryStore, err := dirblob.Open(filepath.Join(dir, "primary"))
 	if err != nil {
 		return err
 	}
 	defer primaryStore.Close()
 	secondaryRoot := filepath.Join(dir, "secondary")
-	secondaryStore, err := blob.NewDir(secondaryRoot)
+	secondaryStore, err := dirblob.Open(secondaryRoot)
 	if err != nil {
 		return err
 	}
@@ -138,10 +139,10 @@ func run() error {
 	if _, err := rand.Read(secret); err != nil {
 		return err
 	}
-	creds := blob.Credentials{Site: "demo-secondary", AccessKey: "demo", Secret: secret}
+	creds := transfer.Credentials{Site: "demo-secondary", AccessKey: "demo", Secret: secret}
 	primary, err := replicator.NewPrimary(replicator.PrimaryConfig{
 		Strategies: pset, DB: primaryDB, Storage: primaryStore,
-		Secrets: blob.NewStaticSecrets(creds), Logger: logger.Named("primary"),
+		Secrets: transfer.NewStaticSecrets(creds), Logger: logger.Named("primary"),
 	})
 	if err != nil {
 		return err

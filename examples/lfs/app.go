@@ -82,7 +82,7 @@ const lockOID = `SELECT pg_advisory_xact_lock(hashtextextended('lfs_object:' || 
 // Objects is the application's LFS object service on the primary.
 type Objects struct {
 	DB        *sqlx.DB
-	Storage   blob.Storage
+	Storage   *blob.Bucket
 	Publisher *events.Publisher
 }
 
@@ -229,7 +229,7 @@ func (o Objects) ensure(ctx context.Context, tx *sqlx.Tx, oid string, size int64
 	if !errors.Is(err, blob.ErrNotExist) {
 		return false, fmt.Errorf("lfs: stat %s: %w", oid, err)
 	}
-	w, err := o.Storage.Create(ctx, key)
+	w, err := o.Storage.Create(ctx, key, nil)
 	if err != nil {
 		return false, fmt.Errorf("lfs: write %s: %w", oid, err)
 	}

@@ -40,7 +40,7 @@ func CreateSchema(ctx context.Context, db *sqlx.DB) error {
 // per change, inside the change's transaction.
 type App struct {
 	DB        *sqlx.DB
-	Storage   blob.Storage
+	Storage   *blob.Bucket
 	Publisher *events.Publisher
 	// Adapter gives the keys; its ProjectIDs must be nil (the primary sees all).
 	Adapter *Strategy
@@ -122,7 +122,7 @@ func (a *App) DeleteFile(ctx context.Context, id int64) error {
 }
 
 func (a *App) write(ctx context.Context, key string, data []byte) error {
-	w, err := a.Storage.Create(ctx, key)
+	w, err := a.Storage.Create(ctx, key, nil)
 	if err != nil {
 		return err
 	}

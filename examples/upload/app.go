@@ -92,13 +92,13 @@ func newSecret() string {
 // Uploads is the application's upload service on the primary.
 type Uploads struct {
 	DB        *sqlx.DB
-	Storage   blob.Storage
+	Storage   *blob.Bucket
 	Publisher *events.Publisher
 }
 
 // writeFile stores body at u.Key() and fills in u's size and checksum.
 func (s Uploads) writeFile(ctx context.Context, u *Upload, body io.Reader) error {
-	w, err := s.Storage.Create(ctx, u.Key())
+	w, err := s.Storage.Create(ctx, u.Key(), nil)
 	if err != nil {
 		return err
 	}

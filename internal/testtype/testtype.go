@@ -133,7 +133,7 @@ func (t *Type) BlobKeys(ctx context.Context, ids []int64) (map[int64]string, err
 // and publishes events in the same transaction.
 type App struct {
 	Type      *Type // unscoped
-	Storage   blob.Storage
+	Storage   *blob.Bucket
 	Publisher *events.Publisher
 	// ContentAddressed stores every item at a key derived from the
 	// SHA-256 of its bytes (prefix/cas/<2 hex>/<64 hex>), as LFS servers
@@ -244,7 +244,7 @@ func (a *App) lockKey(ctx context.Context, tx *sqlx.Tx, key string) error {
 }
 
 func (a *App) write(ctx context.Context, key string, data []byte) error {
-	w, err := a.Storage.Create(ctx, key)
+	w, err := a.Storage.Create(ctx, key, nil)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package blob
+package dirblob
 
 import (
 	"errors"
@@ -55,13 +55,13 @@ func (d *Dir) removeOne(key string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("blob: remove %q: %w", key, err)
+		return fmt.Errorf("dirblob: remove %q: %w", key, err)
 	}
 	if fi.IsDir() {
 		return nil
 	}
 	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("blob: remove %q: %w", key, err)
+		return fmt.Errorf("dirblob: remove %q: %w", key, err)
 	}
 	return nil
 }

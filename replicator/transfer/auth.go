@@ -1,4 +1,4 @@
-package blob
+package transfer
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 // ErrUnauthorized is returned (wrapped) when a transfer request's
 // credentials are missing, malformed, unknown, expired, forged or bound to
 // another record. Its messages never contain a secret or a token.
-var ErrUnauthorized = errors.New("blob: unauthorized")
+var ErrUnauthorized = errors.New("unauthorized")
 
 // Token timing limits. A secondary signs a fresh token for every request.
 const (
@@ -115,7 +115,7 @@ func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil
 // signed with HS256 and valid for MaxTokenLifetime.
 func (c Credentials) Authorization(replicable string, id int64, now time.Time) (string, error) {
 	if err := c.validate(); err != nil {
-		return "", fmt.Errorf("blob: sign token: %w", err)
+		return "", fmt.Errorf("transfer: sign token: %w", err)
 	}
 	claims := &tokenClaims{
 		Replicable: replicable,
@@ -126,7 +126,7 @@ func (c Credentials) Authorization(replicable string, id int64, now time.Time) (
 	}
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(c.Secret)
 	if err != nil {
-		return "", fmt.Errorf("blob: sign token: %w", errors.Unwrap(err))
+		return "", fmt.Errorf("transfer: sign token: %w", errors.Unwrap(err))
 	}
 	return AuthScheme + " " + c.AccessKey + ":" + tok, nil
 }
@@ -141,7 +141,7 @@ type Secrets interface {
 
 // ErrUnknownAccessKey is returned (wrapped) by StaticSecrets for an access
 // key it does not hold.
-var ErrUnknownAccessKey = errors.New("blob: unknown access key")
+var ErrUnknownAccessKey = errors.New("unknown access key")
 
 // StaticSecrets is a Secrets held in memory, keyed by access key. It must
 // not be modified while in use.

@@ -1,4 +1,4 @@
-package blob
+package transfer
 
 import (
 	"context"
@@ -13,22 +13,18 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/strategy"
 )
 
-// ErrUnknownReplicable means the primary has no replicable type of that
-// name. HandlerConfig.Resolve returns it (wrapped) for an unknown name; the
-// Downloader returns it (wrapped) on a 404 unknown_replicable answer.
-var ErrUnknownReplicable = errors.New("blob: unknown replicable")
-
 // ErrRecordNotFound is returned (wrapped) by the Downloader when the
 // primary has no such record. It matches strategy.ErrNotFound too.
-var ErrRecordNotFound = fmt.Errorf("blob: record not found on primary: %w", strategy.ErrNotFound)
+var ErrRecordNotFound = fmt.Errorf("record not found on primary: %w", strategy.ErrNotFound)
 
 // ErrMissingOnPrimary is returned (wrapped) by the Downloader when the
 // record exists on the primary but its bytes do not. It matches
 // strategy.ErrBlobMissing too.
-var ErrMissingOnPrimary = fmt.Errorf("blob: missing on primary: %w", strategy.ErrBlobMissing)
+var ErrMissingOnPrimary = fmt.Errorf("missing on primary: %w", strategy.ErrBlobMissing)
 
 // TransferPathPrefix is where the transfer endpoint lives on the primary:
 // GET and HEAD TransferPathPrefix + "{replicable}/{id}".
@@ -101,7 +97,7 @@ type Source struct {
 // HandlerConfig configures the primary's transfer endpoint.
 type HandlerConfig struct {
 	// Resolve opens record id of replicable. It returns an error matching
-	// ErrUnknownReplicable for an unknown name, strategy.ErrNotFound when
+	// strategy.ErrUnknownReplicable for an unknown name, strategy.ErrNotFound when
 	// there is no such record, strategy.ErrBlobMissing when the record
 	// exists but its bytes do not, and ErrInvalidKey when the record's
 	// storage key (from the primary's adapter) fails ValidateKey (a 500
@@ -144,10 +140,10 @@ type HandlerConfig struct {
 // resolving, so an unauthenticated client learns nothing about what exists.
 func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Resolve == nil {
-		return nil, errors.New("blob: NewHandler: HandlerConfig.Resolve is nil")
+		return nil, errors.New("transfer: NewHandler: HandlerConfig.Resolve is nil")
 	}
 	if cfg.Secrets == nil {
-		return nil, errors.New("blob: NewHandler: HandlerConfig.Secrets is nil")
+		return nil, errors.New("transfer: NewHandler: HandlerConfig.Secrets is nil")
 	}
 	h := &handler{cfg: cfg, log: cfg.Logger, verifier: Verifier{Secrets: cfg.Secrets, Now: cfg.Now}}
 	if h.log == nil {
@@ -229,13 +225,13 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 	src, err := h.cfg.Resolve(ctx, replicable, id)
 	if err != nil {
 		switch {
-		case errors.Is(err, ErrUnknownReplicable):
+		case errors.Is(err, strategy.ErrUnknownReplicable):
 			writeError(w, http.StatusNotFound, CodeUnknownReplicable, "unknown replicable")
 		case errors.Is(err, strategy.ErrBlobMissing):
 			writeError(w, http.StatusNotFound, CodeMissingOnPrimary, "the record's bytes are missing on the primary")
 		case errors.Is(err, strategy.ErrNotFound):
 			writeError(w, http.StatusNotFound, CodeRecordNotFound, "no such record")
-		case errors.Is(err, ErrInvalidKey):
+		case errors.Is(err, strategy.ErrInvalidKey):
 			// The error names the rule broken, never the key.
 			log.Error("blob transfer: the adapter returned an invalid storage key for the record", zap.Error(err))
 			writeError(w, http.StatusInternalServerError, CodeBadKey,
@@ -272,11 +268,25 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	start := h.now()
 	cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
-	var content io.ReadSeeker = src.Body
-	if fr, ok := src.Body.(*fileReader); ok {
-		content = fr.f // an *os.File lets the kernel send it (sendfile)
+	if r.Header.Get("Range") != "" || r.Header.Get("If-Range") != "" || r.Header.Get("If-None-Match") != "" ||
+		r.Header.Get("If-Modified-Since") != "" || r.Header.Get("If-Match") != "" || r.Header.Get("If-Unmodified-Since") != "" {
+		http.ServeContent(cw, r, "", src.ModTime, src.Body)
+	} else {
+		// The whole body: copied by the body's WriterTo, which for a
+		// file hands it to the response's ReaderFrom, so the kernel
+		// sends it (sendfile) instead of a copy through user space.
+		hdr.Set("Content-Length", strconv.FormatInt(src.Size, 10))
+		if !src.ModTime.IsZero() {
+			hdr.Set("Last-Modified", src.ModTime.UTC().Format(http.TimeFormat))
+		}
+		hdr.Set("Accept-Ranges", "bytes")
+		cw.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			if _, err := io.Copy(cw, src.Body); err != nil {
+				log.Info("blob transfer: copy ended early", zap.Error(err))
+			}
+		}
 	}
-	http.ServeContent(cw, r, "", src.ModTime, content)
 	end := h.now()
 	if h.cfg.Observe != nil {
 		h.cfg.Observe(replicable, id, start, end, cw.n)
@@ -301,7 +311,7 @@ func (h *handler) checksum(ctx context.Context, log *zap.Logger, replicable stri
 			return nil
 		}
 	}
-	sum, _, err := SHA256Reader(ctx, src.Body)
+	sum, _, err := blob.SHA256Reader(ctx, src.Body)
 	if err != nil {
 		return fmt.Errorf("checksum %s/%d: %w", replicable, id, err)
 	}

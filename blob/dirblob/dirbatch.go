@@ -1,4 +1,4 @@
-package blob
+package dirblob
 
 import (
 	"context"
@@ -10,18 +10,18 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// RemoveBatch implements BatchRemover: it unlinks the file at each key
-// (directories and missing files are skipped, as by Remove) without
-// fsyncing their directories; SyncRemoved does that, once per directory.
+// DeleteBatch implements driver.BatchDeleter: it unlinks the file at each
+// key (directories and missing files are skipped, as by Delete) without
+// fsyncing their directories; SyncDeletes does that, once per directory.
 // Keys are grouped by directory: on Linux each directory is opened once
 // (openat2 under RESOLVE_BENEATH) and its files unlinked relative to it,
 // a few directories at a time.
-func (d *Dir) RemoveBatch(ctx context.Context, keys []string) error {
+func (d *Dir) DeleteBatch(ctx context.Context, keys []string) error {
 	byDir := map[string][]string{}
 	var dirs []string
 	for _, key := range keys {
-		if err := ValidateKey(key); err != nil {
-			return fmt.Errorf("blob: remove: %w", err)
+		if reserved(key) {
+			return errReserved
 		}
 		dir := path.Dir(key)
 		if _, ok := byDir[dir]; !ok {
@@ -34,7 +34,7 @@ func (d *Dir) RemoveBatch(ctx context.Context, keys []string) error {
 	for _, dir := range dirs {
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
-				return fmt.Errorf("blob: remove in %q: %w", dir, err)
+				return fmt.Errorf("dirblob: remove in %q: %w", dir, err)
 			}
 			return d.removeIn(dir, byDir[dir])
 		})
@@ -42,12 +42,12 @@ func (d *Dir) RemoveBatch(ctx context.Context, keys []string) error {
 	return g.Wait()
 }
 
-// removeBatchWorkers is how many directories RemoveBatch works in at once.
+// removeBatchWorkers is how many directories DeleteBatch works in at once.
 const removeBatchWorkers = 4
 
-// SyncRemoved implements BatchRemover: it fsyncs each directory that held
-// one of keys once. A directory that no longer exists is skipped.
-func (d *Dir) SyncRemoved(ctx context.Context, keys []string) error {
+// SyncDeletes implements driver.BatchDeleter: it fsyncs each directory that
+// held one of keys once. A directory that no longer exists is skipped.
+func (d *Dir) SyncDeletes(ctx context.Context, keys []string) error {
 	done := map[string]bool{}
 	for _, key := range keys {
 		dir := path.Dir(key)
@@ -56,10 +56,10 @@ func (d *Dir) SyncRemoved(ctx context.Context, keys []string) error {
 		}
 		done[dir] = true
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("blob: sync removals: %w", err)
+			return fmt.Errorf("dirblob: sync removals: %w", err)
 		}
 		if err := d.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("blob: sync removals in %q: %w", dir, err)
+			return fmt.Errorf("dirblob: sync removals in %q: %w", dir, err)
 		}
 	}
 	return nil

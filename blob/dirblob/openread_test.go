@@ -1,12 +1,13 @@
-package blob
+package dirblob
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/geoframework/geo/blob/driver"
 )
 
 // TestOpenReadResolvesBeneathRoot runs Dir's reads both ways (openat2 where
@@ -23,7 +24,7 @@ func TestOpenReadResolvesBeneathRoot(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			root := t.TempDir()
-			d, err := NewDir(root)
+			d, err := New(root)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -31,7 +32,7 @@ func TestOpenReadResolvesBeneathRoot(t *testing.T) {
 			d.noOpenat2.Store(walk)
 			put := func(key, data string) {
 				t.Helper()
-				w, err := d.Create(ctx, key)
+				w, err := d.NewWriter(ctx, key, &driver.WriterOptions{Size: -1})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -43,7 +44,7 @@ func TestOpenReadResolvesBeneathRoot(t *testing.T) {
 				}
 			}
 			get := func(key string) (string, error) {
-				r, err := d.Open(ctx, key)
+				r, err := d.NewRangeReader(ctx, key, 0, -1)
 				if err != nil {
 					return "", err
 				}
@@ -71,17 +72,17 @@ func TestOpenReadResolvesBeneathRoot(t *testing.T) {
 			if got, err := get("escape/secret"); err == nil {
 				t.Errorf("Open through a link leading outside root = %q, want an error", got)
 			}
-			if _, err := get("real/dir/missing"); !errors.Is(err, ErrNotExist) {
+			if _, err := get("real/dir/missing"); d.ErrorCode(err) != driver.NotFound {
 				t.Errorf("Open of a missing key: got %v, want ErrNotExist", err)
 			}
 			put("real/dir/f", "again")
 			if got, err := get("real/dir/f"); err != nil || got != "again" {
 				t.Errorf("Open after a second commit = %q, %v; want \"again\"", got, err)
 			}
-			if err := d.Remove(ctx, "real/dir/f"); err != nil {
+			if err := d.Delete(ctx, "real/dir/f"); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := get("real/dir/f"); !errors.Is(err, ErrNotExist) {
+			if _, err := get("real/dir/f"); d.ErrorCode(err) != driver.NotFound {
 				t.Errorf("Open after Remove: got %v, want ErrNotExist", err)
 			}
 			if d.noOpenat2.Load() != walk {

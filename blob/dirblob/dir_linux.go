@@ -1,6 +1,6 @@
 //go:build linux
 
-package blob
+package dirblob
 
 import (
 	"errors"
@@ -111,7 +111,7 @@ func (d *Dir) removeIn(dir string, names []string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("blob: remove in %q: %w", dir, err)
+		return fmt.Errorf("dirblob: remove in %q: %w", dir, err)
 	}
 	defer f.Close()
 	rc, err := f.SyscallConn()
@@ -139,7 +139,7 @@ func (d *Dir) removeIn(dir string, names []string) error {
 		return cerr
 	}
 	if uerr != nil {
-		return fmt.Errorf("blob: remove %q: %w", path.Join(dir, failed), uerr)
+		return fmt.Errorf("dirblob: remove %q: %w", path.Join(dir, failed), uerr)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"context"
@@ -7,7 +7,8 @@ import (
 	"net/http/httptest"
 	"os"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -19,31 +20,31 @@ func ExampleDownloader_Fetch() {
 	secondaryDir, _ := os.MkdirTemp("", "secondary")
 	defer os.RemoveAll(primaryDir)
 	defer os.RemoveAll(secondaryDir)
-	primary, _ := blob.NewDir(primaryDir)
+	primary, _ := dirblob.Open(primaryDir)
 	defer primary.Close()
-	secondary, _ := blob.NewDir(secondaryDir)
+	secondary, _ := dirblob.Open(secondaryDir)
 	defer secondary.Close()
 
-	w, _ := primary.Create(ctx, "packages/1.tgz")
+	w, _ := primary.Create(ctx, "packages/1.tgz", nil)
 	w.Write([]byte("hello, geo"))
 	_, sum := w.Written()
 	w.Commit(ctx)
 
-	creds := blob.Credentials{Site: "eu-west", AccessKey: "AKEU1", Secret: []byte("0123456789abcdef0123456789abcdef")}
-	h, err := blob.NewHandler(blob.HandlerConfig{
-		Secrets: blob.NewStaticSecrets(creds),
-		Resolve: func(ctx context.Context, replicable string, id int64) (blob.Source, error) {
+	creds := transfer.Credentials{Site: "eu-west", AccessKey: "AKEU1", Secret: []byte("0123456789abcdef0123456789abcdef")}
+	h, err := transfer.NewHandler(transfer.HandlerConfig{
+		Secrets: transfer.NewStaticSecrets(creds),
+		Resolve: func(ctx context.Context, replicable string, id int64) (transfer.Source, error) {
 			if replicable != "package_file" {
-				return blob.Source{}, blob.ErrUnknownReplicable
+				return transfer.Source{}, strategy.ErrUnknownReplicable
 			}
 			if id != 1 {
-				return blob.Source{}, strategy.ErrNotFound
+				return transfer.Source{}, strategy.ErrNotFound
 			}
 			r, err := primary.Open(ctx, "packages/1.tgz")
 			if err != nil {
-				return blob.Source{}, strategy.ErrBlobMissing
+				return transfer.Source{}, strategy.ErrBlobMissing
 			}
-			return blob.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: sum}, nil
+			return transfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: sum}, nil
 		},
 	})
 	if err != nil {
@@ -52,7 +53,7 @@ func ExampleDownloader_Fetch() {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 
-	d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: creds})
+	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: creds})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -70,5 +71,5 @@ func ExampleDownloader_Fetch() {
 	fmt.Println(err)
 	// Output:
 	// 10 true
-	// blob: fetch package_file/2: blob: primary answered 404 record_not_found: no such record
+	// transfer: fetch package_file/2: primary answered 404 record_not_found: no such record
 }

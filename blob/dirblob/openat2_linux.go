@@ -1,6 +1,6 @@
 //go:build linux
 
-package blob
+package dirblob
 
 import (
 	"errors"
@@ -8,17 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-	"unsafe"
-)
 
-// openHow is the kernel's struct open_how for openat2(2).
-type openHow struct {
-	flags, mode, resolve uint64
-}
-
-const (
-	resolveNoMagiclinks = 0x02 // RESOLVE_NO_MAGICLINKS
-	resolveBeneath      = 0x08 // RESOLVE_BENEATH
+	"golang.org/x/sys/unix"
 )
 
 // openRead opens name (relative to root) for reading with one openat2
@@ -37,17 +28,13 @@ func (d *Dir) openRead(name string) (*os.File, error) {
 	if err != nil {
 		return d.root.Open(name)
 	}
-	p, err := syscall.BytePtrFromString(name)
-	if err != nil {
-		return nil, &fs.PathError{Op: "openat2", Path: name, Err: err}
-	}
-	how := openHow{flags: syscall.O_RDONLY | syscall.O_CLOEXEC, resolve: resolveBeneath | resolveNoMagiclinks}
-	fd, errno := -1, syscall.Errno(0)
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
+	fd, errno := -1, error(nil)
 	cerr := rc.Control(func(dfd uintptr) {
 		for {
-			r, _, e := syscall.Syscall6(sysOpenat2, dfd, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&how)), unsafe.Sizeof(how), 0, 0)
-			if e != syscall.EINTR {
-				fd, errno = int(r), e
+			r, e := unix.Openat2(int(dfd), name, &how)
+			if !errors.Is(e, unix.EINTR) {
+				fd, errno = r, e
 				return
 			}
 		}
@@ -55,7 +42,7 @@ func (d *Dir) openRead(name string) (*os.File, error) {
 	switch {
 	case cerr != nil:
 		return d.root.Open(name)
-	case errno == 0:
+	case errno == nil:
 		return os.NewFile(uintptr(fd), filepath.Join(d.path, filepath.FromSlash(name))), nil
 	case errors.Is(errno, syscall.ENOSYS), errors.Is(errno, syscall.EPERM):
 		d.noOpenat2.Store(true)

@@ -1,4 +1,4 @@
-package blob
+package transfer
 
 import (
 	"bytes"
@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/strategy"
 )
 
 // FuzzTransferPath sends arbitrary methods and paths to the transfer
@@ -43,7 +46,7 @@ func FuzzTransferPath(f *testing.F) {
 		Now:     func() time.Time { return now },
 		Resolve: func(ctx context.Context, replicable string, id int64) (Source, error) {
 			if replicable != "item" {
-				return Source{}, ErrUnknownReplicable
+				return Source{}, strategy.ErrUnknownReplicable
 			}
 			return Source{Body: nopSeekCloser{bytes.NewReader(body)}, Size: int64(len(body))}, nil
 		},
@@ -117,7 +120,7 @@ func FuzzFetchResponse(f *testing.F) {
 	f.Add(200, int64(len(good)), strconv.Itoa(len(good)), "", good, false)
 	f.Add(404, int64(-1), "", "", []byte(`{"code":"missing_on_primary","message":"x"}`), false)
 	f.Add(500, int64(-1), "", "", []byte("oops"), false)
-	dir, err := NewDir(f.TempDir())
+	dir, err := dirblob.Open(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}

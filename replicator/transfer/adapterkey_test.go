@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -34,15 +34,15 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 	d := p.downloader(t, nil)
 	for id, key := range hostile {
 		_, err := d.Fetch(t.Context(), testReplicable, id, sec, "records/1", "")
-		if !errors.Is(err, blob.ErrPrimaryAdapter) {
+		if !errors.Is(err, transfer.ErrPrimaryAdapter) {
 			t.Errorf("Fetch of a record with key %q on the primary = %v, want ErrPrimaryAdapter", key, err)
 		}
-		if errors.Is(err, blob.ErrInvalidKey) {
+		if errors.Is(err, strategy.ErrInvalidKey) {
 			t.Errorf("Fetch = %v matches ErrInvalidKey: the secondary's key is valid", err)
 		}
-		var se *blob.StatusError
-		if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != blob.CodeBadKey {
-			t.Errorf("Fetch = %#v, want a 500 StatusError with code %s", err, blob.CodeBadKey)
+		var se *transfer.StatusError
+		if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != transfer.CodeBadKey {
+			t.Errorf("Fetch = %#v, want a 500 StatusError with code %s", err, transfer.CodeBadKey)
 		}
 		if err != nil && !strings.Contains(err.Error(), "the primary's adapter returned an invalid storage key for the record") {
 			t.Errorf("Fetch error %q does not say the primary's adapter returned an invalid key", err)
@@ -52,9 +52,9 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 		}
 		wantNothingAt(t, sec, "records/1")
 
-		resp, body := p.get(t, http.MethodGet, blob.TransferPath(testReplicable, id), p.auth(t, testReplicable, id))
-		if resp.StatusCode != http.StatusInternalServerError || decodeError(t, body).Code != blob.CodeBadKey {
-			t.Errorf("GET record with key %q = %d %s, want 500 %s", key, resp.StatusCode, body, blob.CodeBadKey)
+		resp, body := p.get(t, http.MethodGet, transfer.TransferPath(testReplicable, id), p.auth(t, testReplicable, id))
+		if resp.StatusCode != http.StatusInternalServerError || decodeError(t, body).Code != transfer.CodeBadKey {
+			t.Errorf("GET record with key %q = %d %s, want 500 %s", key, resp.StatusCode, body, transfer.CodeBadKey)
 		}
 		if strings.Contains(string(body), key) {
 			t.Errorf("answer %s quotes the hostile key", body)
@@ -65,47 +65,47 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 	}
 
 	// Another failure is still internal, and not an adapter error.
-	h, err := blob.NewHandler(blob.HandlerConfig{
-		Resolve: func(context.Context, string, int64) (blob.Source, error) {
-			return blob.Source{}, errors.New("replica unreachable")
+	h, err := transfer.NewHandler(transfer.HandlerConfig{
+		Resolve: func(context.Context, string, int64) (transfer.Source, error) {
+			return transfer.Source{}, errors.New("replica unreachable")
 		},
-		Secrets: blob.NewStaticSecrets(p.creds),
+		Secrets: transfer.NewStaticSecrets(p.creds),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d2, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds, Timeout: 5 * time.Second})
+	d2, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = d2.Fetch(t.Context(), testReplicable, 1, sec, "records/1", "")
-	var se *blob.StatusError
-	if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != blob.CodeInternal {
-		t.Errorf("Fetch from a failing primary = %#v, want a 500 StatusError with code %s", err, blob.CodeInternal)
+	var se *transfer.StatusError
+	if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != transfer.CodeInternal {
+		t.Errorf("Fetch from a failing primary = %#v, want a 500 StatusError with code %s", err, transfer.CodeInternal)
 	}
-	if errors.Is(err, blob.ErrPrimaryAdapter) || strings.Contains(err.Error(), "adapter") {
+	if errors.Is(err, transfer.ErrPrimaryAdapter) || strings.Contains(err.Error(), "adapter") {
 		t.Errorf("Fetch from a failing primary = %v, want no adapter error", err)
 	}
 	// A bad key wrapped as the replicator's Primary wraps it is an adapter
 	// error too.
-	h, err = blob.NewHandler(blob.HandlerConfig{
-		Resolve: func(context.Context, string, int64) (blob.Source, error) {
-			return blob.Source{}, fmt.Errorf("strategy %s: %w", testReplicable, strategy.ValidateKey("a/../../b"))
+	h, err = transfer.NewHandler(transfer.HandlerConfig{
+		Resolve: func(context.Context, string, int64) (transfer.Source, error) {
+			return transfer.Source{}, fmt.Errorf("strategy %s: %w", testReplicable, strategy.ValidateKey("a/../../b"))
 		},
-		Secrets: blob.NewStaticSecrets(p.creds),
+		Secrets: transfer.NewStaticSecrets(p.creds),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv3 := httptest.NewServer(h)
 	t.Cleanup(srv3.Close)
-	d3, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv3.URL, Credentials: p.creds, Timeout: 5 * time.Second})
+	d3, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv3.URL, Credentials: p.creds, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d3.Fetch(t.Context(), testReplicable, 1, sec, "records/1", ""); !errors.Is(err, blob.ErrPrimaryAdapter) {
+	if _, err := d3.Fetch(t.Context(), testReplicable, 1, sec, "records/1", ""); !errors.Is(err, transfer.ErrPrimaryAdapter) {
 		t.Errorf("Fetch of a key strategy.ValidateKey refused on the primary = %v, want ErrPrimaryAdapter", err)
 	}
 }

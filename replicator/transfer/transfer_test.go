@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"context"
@@ -20,7 +20,10 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/blob/storagetest"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -115,7 +118,7 @@ func TestDownloadLargeStreamsInBoundedMemory(t *testing.T) {
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
 		t.Errorf("a %d MiB transfer allocated %d MiB: the blob is being held in memory", size>>20, grew>>20)
 	}
-	if _, n, err := blob.SHA256File(t.Context(), filepath.Join(sec.Root(), "large")); err != nil || n != size {
+	if _, n, err := blob.SHA256File(t.Context(), filepath.Join(rootOf(sec), "large")); err != nil || n != size {
 		t.Errorf("SHA256File = %d, %v", n, err)
 	}
 }
@@ -124,7 +127,7 @@ func TestDownloadCorruptedBody(t *testing.T) {
 	p := newPrimary(t)
 	sec := newDir(t)
 	p.add(1, randBytes(300_000))
-	p.wrap = func(s blob.Source) blob.Source {
+	p.wrap = func(s transfer.Source) transfer.Source {
 		s.Body = &flipReader{ReadSeekCloser: s.Body, at: 123_456}
 		return s
 	}
@@ -133,7 +136,7 @@ func TestDownloadCorruptedBody(t *testing.T) {
 		t.Fatalf("Fetch of a corrupted body = %v, want ErrChecksumMismatch", err)
 	}
 	wantNothingAt(t, sec, "k")
-	if files := tempFiles(t, sec.Root()); len(files) > 0 {
+	if files := tempFiles(t, rootOf(sec)); len(files) > 0 {
 		t.Errorf("temporary files left: %v", files)
 	}
 }
@@ -184,11 +187,11 @@ func TestDownloadWantChecksumMismatch(t *testing.T) {
 }
 
 // rawPrimary serves h, for transfers that go wrong at the HTTP level.
-func rawPrimary(t *testing.T, h http.HandlerFunc) (*blob.Downloader, *blob.Dir) {
+func rawPrimary(t *testing.T, h http.HandlerFunc) (*transfer.Downloader, *blob.Bucket) {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: 300 * time.Millisecond})
+	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +204,7 @@ func TestDownloadTruncatedBody(t *testing.T) {
 		w.Write(make([]byte, 50_000))
 	})
 	_, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
-	if !errors.Is(err, blob.ErrSizeMismatch) {
+	if !errors.Is(err, transfer.ErrSizeMismatch) {
 		t.Fatalf("Fetch of a truncated body = %v, want ErrSizeMismatch", err)
 	}
 	wantNothingAt(t, sec, "k")
@@ -209,12 +212,12 @@ func TestDownloadTruncatedBody(t *testing.T) {
 
 func TestDownloadSizeHeaderDisagrees(t *testing.T) {
 	d, sec := rawPrimary(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(blob.HeaderSize, "10")
+		w.Header().Set(transfer.HeaderSize, "10")
 		w.Write(make([]byte, 5)) // chunked: no Content-Length
 		w.(http.Flusher).Flush()
 	})
-	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", ""); !errors.Is(err, blob.ErrSizeMismatch) {
-		t.Fatalf("Fetch with %s above the body = %v, want ErrSizeMismatch", blob.HeaderSize, err)
+	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", ""); !errors.Is(err, transfer.ErrSizeMismatch) {
+		t.Fatalf("Fetch with %s above the body = %v, want ErrSizeMismatch", transfer.HeaderSize, err)
 	}
 	wantNothingAt(t, sec, "k")
 }
@@ -237,7 +240,7 @@ func TestDownloadConnectionReset(t *testing.T) {
 		t.Fatal("Fetch over a reset connection succeeded")
 	}
 	wantNothingAt(t, sec, "k")
-	if files := tempFiles(t, sec.Root()); len(files) > 0 {
+	if files := tempFiles(t, rootOf(sec)); len(files) > 0 {
 		t.Errorf("temporary files left: %v", files)
 	}
 }
@@ -261,7 +264,7 @@ func TestDownloadSlowServerTimesOut(t *testing.T) {
 			})
 			start := time.Now()
 			_, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
-			if !errors.Is(err, blob.ErrTimeout) || !errors.Is(err, os.ErrDeadlineExceeded) {
+			if !errors.Is(err, transfer.ErrTimeout) || !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("Fetch from a stalled server = %v, want ErrTimeout", err)
 			}
 			if took := time.Since(start); took > 5*time.Second {
@@ -304,7 +307,7 @@ func TestDownloadCancelMidTransfer(t *testing.T) {
 		t.Fatalf("Fetch cancelled mid-transfer = %v, want context.Canceled", err)
 	}
 	wantNothingAt(t, sec, "k")
-	if files := tempFiles(t, sec.Root()); len(files) > 0 {
+	if files := tempFiles(t, rootOf(sec)); len(files) > 0 {
 		t.Errorf("temporary files left: %v", files)
 	}
 }
@@ -321,9 +324,9 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 		want       []error
 		code       string
 	}{
-		{"MissingOnPrimary", testReplicable, 1, []error{blob.ErrMissingOnPrimary, strategy.ErrBlobMissing}, blob.CodeMissingOnPrimary},
-		{"RecordNotFound", testReplicable, 2, []error{blob.ErrRecordNotFound, strategy.ErrNotFound}, blob.CodeRecordNotFound},
-		{"UnknownReplicable", "no_such_type", 1, []error{blob.ErrUnknownReplicable}, blob.CodeUnknownReplicable},
+		{"MissingOnPrimary", testReplicable, 1, []error{transfer.ErrMissingOnPrimary, strategy.ErrBlobMissing}, transfer.CodeMissingOnPrimary},
+		{"RecordNotFound", testReplicable, 2, []error{transfer.ErrRecordNotFound, strategy.ErrNotFound}, transfer.CodeRecordNotFound},
+		{"UnknownReplicable", "no_such_type", 1, []error{strategy.ErrUnknownReplicable}, transfer.CodeUnknownReplicable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := d.Fetch(t.Context(), tc.replicable, tc.id, sec, "k", "")
@@ -332,7 +335,7 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 					t.Errorf("Fetch = %v, want it to match %v", err, want)
 				}
 			}
-			var se *blob.StatusError
+			var se *transfer.StatusError
 			if !errors.As(err, &se) || se.StatusCode != http.StatusNotFound || se.Code != tc.code {
 				t.Errorf("Fetch = %#v, want a 404 StatusError with code %s", err, tc.code)
 			}
@@ -340,14 +343,14 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 		})
 	}
 	// Different kinds are told apart.
-	if _, err := d.Fetch(t.Context(), testReplicable, 2, sec, "k", ""); errors.Is(err, blob.ErrMissingOnPrimary) {
+	if _, err := d.Fetch(t.Context(), testReplicable, 2, sec, "k", ""); errors.Is(err, transfer.ErrMissingOnPrimary) {
 		t.Errorf("a missing record matches ErrMissingOnPrimary")
 	}
 }
 
-func decodeError(t *testing.T, body []byte) blob.ErrorBody {
+func decodeError(t *testing.T, body []byte) transfer.ErrorBody {
 	t.Helper()
-	var e blob.ErrorBody
+	var e transfer.ErrorBody
 	if err := json.Unmarshal(body, &e); err != nil {
 		t.Fatalf("error body %q is not JSON: %v", body, err)
 	}
@@ -357,9 +360,9 @@ func decodeError(t *testing.T, body []byte) blob.ErrorBody {
 func TestHandlerBadID(t *testing.T) {
 	p := newPrimary(t)
 	for _, id := range []string{"abc", "-5", "+5", "1.5", "0x10", "99999999999999999999", "9223372036854775808", "%205", "1e3"} {
-		resp, body := p.get(t, "GET", blob.TransferPathPrefix+testReplicable+"/"+id, p.auth(t, testReplicable, 5))
-		if e := decodeError(t, body); resp.StatusCode != http.StatusBadRequest || e.Code != blob.CodeBadID {
-			t.Errorf("GET id %q = %d %+v, want 400 %s", id, resp.StatusCode, e, blob.CodeBadID)
+		resp, body := p.get(t, "GET", transfer.TransferPathPrefix+testReplicable+"/"+id, p.auth(t, testReplicable, 5))
+		if e := decodeError(t, body); resp.StatusCode != http.StatusBadRequest || e.Code != transfer.CodeBadID {
+			t.Errorf("GET id %q = %d %+v, want 400 %s", id, resp.StatusCode, e, transfer.CodeBadID)
 		}
 	}
 	if p.served.Load() != 0 {
@@ -371,37 +374,37 @@ func TestHandlerMethods(t *testing.T) {
 	p := newPrimary(t)
 	data := randBytes(1000)
 	sum := p.add(7, data)
-	path := blob.TransferPath(testReplicable, 7)
+	path := transfer.TransferPath(testReplicable, 7)
 	for _, m := range []string{"POST", "PUT", "DELETE", "PATCH"} {
 		resp, body := p.get(t, m, path, p.auth(t, testReplicable, 7))
-		if e := decodeError(t, body); resp.StatusCode != http.StatusMethodNotAllowed || e.Code != blob.CodeMethodNotAllowed {
+		if e := decodeError(t, body); resp.StatusCode != http.StatusMethodNotAllowed || e.Code != transfer.CodeMethodNotAllowed {
 			t.Errorf("%s = %d %+v, want 405", m, resp.StatusCode, e)
 		}
 	}
 
 	resp, body := p.get(t, "HEAD", path, p.auth(t, testReplicable, 7))
 	if resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength != 1000 ||
-		resp.Header.Get(blob.HeaderChecksum) != sum || resp.Header.Get(blob.HeaderSize) != "1000" {
+		resp.Header.Get(transfer.HeaderChecksum) != sum || resp.Header.Get(transfer.HeaderSize) != "1000" {
 		t.Errorf("HEAD = %d, %d body bytes, Content-Length %d, headers %v", resp.StatusCode, len(body), resp.ContentLength, resp.Header)
 	}
 
 	resp, body = p.get(t, "GET", path, p.auth(t, testReplicable, 7), "Range", "bytes=100-199")
 	if resp.StatusCode != http.StatusPartialContent || string(body) != string(data[100:200]) ||
-		resp.Header.Get(blob.HeaderSize) != "1000" || resp.Header.Get("Content-Range") != "bytes 100-199/1000" {
+		resp.Header.Get(transfer.HeaderSize) != "1000" || resp.Header.Get("Content-Range") != "bytes 100-199/1000" {
 		t.Errorf("ranged GET = %d, %d bytes, headers %v", resp.StatusCode, len(body), resp.Header)
 	}
 
 	resp, body = p.get(t, "GET", "/geo/v1/other", "")
-	if e := decodeError(t, body); resp.StatusCode != 404 || e.Code != blob.CodeNotFound {
+	if e := decodeError(t, body); resp.StatusCode != 404 || e.Code != transfer.CodeNotFound {
 		t.Errorf("GET elsewhere = %d %+v, want 404 not_found", resp.StatusCode, e)
 	}
 }
 
 func TestHandlerConfigValidation(t *testing.T) {
-	if _, err := blob.NewHandler(blob.HandlerConfig{Secrets: blob.StaticSecrets{}}); err == nil || !strings.Contains(err.Error(), "Resolve") {
+	if _, err := transfer.NewHandler(transfer.HandlerConfig{Secrets: transfer.StaticSecrets{}}); err == nil || !strings.Contains(err.Error(), "Resolve") {
 		t.Errorf("NewHandler without Resolve = %v, want an error naming Resolve", err)
 	}
-	if _, err := blob.NewHandler(blob.HandlerConfig{Resolve: func(context.Context, string, int64) (blob.Source, error) { return blob.Source{}, nil }}); err == nil || !strings.Contains(err.Error(), "Secrets") {
+	if _, err := transfer.NewHandler(transfer.HandlerConfig{Resolve: func(context.Context, string, int64) (transfer.Source, error) { return transfer.Source{}, nil }}); err == nil || !strings.Contains(err.Error(), "Secrets") {
 		t.Errorf("NewHandler without Secrets = %v, want an error naming Secrets", err)
 	}
 }
@@ -410,16 +413,16 @@ func TestDownloaderConfigValidation(t *testing.T) {
 	good := newCreds("s", "k")
 	for _, tc := range []struct {
 		field string
-		cfg   blob.DownloaderConfig
+		cfg   transfer.DownloaderConfig
 	}{
-		{"BaseURL", blob.DownloaderConfig{BaseURL: "ftp://x", Credentials: good}},
-		{"BaseURL", blob.DownloaderConfig{BaseURL: "", Credentials: good}},
-		{"Secret", blob.DownloaderConfig{BaseURL: "http://x", Credentials: blob.Credentials{Site: "s", AccessKey: "k", Secret: []byte("short-secret")}}},
-		{"AccessKey", blob.DownloaderConfig{BaseURL: "http://x", Credentials: blob.Credentials{Site: "s", AccessKey: "a:b", Secret: good.Secret}}},
-		{"Site", blob.DownloaderConfig{BaseURL: "http://x", Credentials: blob.Credentials{AccessKey: "k", Secret: good.Secret}}},
-		{"Limiter", blob.DownloaderConfig{BaseURL: "http://x", Credentials: good, Limiter: rate.NewLimiter(10, 0)}},
+		{"BaseURL", transfer.DownloaderConfig{BaseURL: "ftp://x", Credentials: good}},
+		{"BaseURL", transfer.DownloaderConfig{BaseURL: "", Credentials: good}},
+		{"Secret", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "k", Secret: []byte("short-secret")}}},
+		{"AccessKey", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "a:b", Secret: good.Secret}}},
+		{"Site", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{AccessKey: "k", Secret: good.Secret}}},
+		{"Limiter", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: good, Limiter: rate.NewLimiter(10, 0)}},
 	} {
-		_, err := blob.NewDownloader(tc.cfg)
+		_, err := transfer.NewDownloader(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("NewDownloader with a bad %s = %v, want an error naming it", tc.field, err)
 			continue
@@ -432,14 +435,14 @@ func TestDownloadHostileKeys(t *testing.T) {
 	p := newPrimary(t)
 	p.add(1, []byte("x"))
 	parent := t.TempDir()
-	sec, err := blob.NewDir(filepath.Join(parent, "root"))
+	sec, err := dirblob.Open(filepath.Join(parent, "root"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sec.Close()
 	d := p.downloader(t, nil)
 	for _, key := range append(storagetest.HostileKeys(), "../outside") {
-		if _, err := d.Download(t.Context(), testReplicable, 1, sec, key, ""); !errors.Is(err, blob.ErrInvalidKey) {
+		if _, err := d.Download(t.Context(), testReplicable, 1, sec, key, ""); !errors.Is(err, strategy.ErrInvalidKey) {
 			t.Errorf("Download to %q = %v, want ErrInvalidKey", key, err)
 		}
 	}
@@ -467,7 +470,7 @@ func TestRedirectDropsAuthorization(t *testing.T) {
 	defer first.Close()
 	sec := newDir(t)
 	for _, client := range []*http.Client{nil, {}} {
-		d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: first.URL, Credentials: newCreds("s", "k"), Client: client})
+		d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: first.URL, Credentials: newCreds("s", "k"), Client: client})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -491,7 +494,7 @@ func TestDownloadRateLimit(t *testing.T) {
 	p.add(1, randBytes(200_000))
 	// 1 MB/s with a 50 kB burst: 200 kB takes about 150 ms at least.
 	lim := rate.NewLimiter(1_000_000, 50_000)
-	d := p.downloader(t, func(c *blob.DownloaderConfig) { c.Limiter = lim })
+	d := p.downloader(t, func(c *transfer.DownloaderConfig) { c.Limiter = lim })
 	start := time.Now()
 	if _, err := d.Download(t.Context(), testReplicable, 1, sec, "k", ""); err != nil {
 		t.Fatal(err)
@@ -533,9 +536,9 @@ func TestHandlerChecksumSources(t *testing.T) {
 	var lookups atomic.Int64
 	var stored atomic.Value
 	stored.Store("")
-	h, err := blob.NewHandler(blob.HandlerConfig{
+	h, err := transfer.NewHandler(transfer.HandlerConfig{
 		Resolve: p.resolve,
-		Secrets: blob.NewStaticSecrets(p.creds),
+		Secrets: transfer.NewStaticSecrets(p.creds),
 		Checksum: func(ctx context.Context, replicable string, id int64) (string, error) {
 			lookups.Add(1)
 			if s := stored.Load().(string); s != "fail" {
@@ -549,12 +552,12 @@ func TestHandlerChecksumSources(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d, err := blob.NewDownloader(blob.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds})
+	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sec := newDir(t)
-	fetch := func(want string) (blob.Result, error) {
+	fetch := func(want string) (transfer.Result, error) {
 		t.Helper()
 		res, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", want)
 		if err == nil {
@@ -595,11 +598,11 @@ func TestHandlerChecksumSources(t *testing.T) {
 	// A malformed checksum from the client: 400 once authenticated, 401
 	// before.
 	req := func(auth string) *http.Response {
-		r, err := http.NewRequest(http.MethodGet, srv.URL+blob.TransferPath(testReplicable, 1), nil)
+		r, err := http.NewRequest(http.MethodGet, srv.URL+transfer.TransferPath(testReplicable, 1), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Header.Set(blob.HeaderChecksum, "not-hex")
+		r.Header.Set(transfer.HeaderChecksum, "not-hex")
 		if auth != "" {
 			r.Header.Set("Authorization", auth)
 		}
@@ -611,23 +614,23 @@ func TestHandlerChecksumSources(t *testing.T) {
 		return resp
 	}
 	if resp := req(p.auth(t, testReplicable, 1)); resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("malformed %s: status %d, want 400", blob.HeaderChecksum, resp.StatusCode)
+		t.Errorf("malformed %s: status %d, want 400", transfer.HeaderChecksum, resp.StatusCode)
 	}
 	if resp := req(""); resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("malformed %s without credentials: status %d, want 401", blob.HeaderChecksum, resp.StatusCode)
+		t.Errorf("malformed %s without credentials: status %d, want 401", transfer.HeaderChecksum, resp.StatusCode)
 	}
 }
 
-// syncCounting wraps a Storage; its writers count Sync calls and can fail
-// them, to show when Fetch makes bytes durable.
+// syncCounting wraps a storage backend; its writers count Sync calls and
+// can fail them, to show when Fetch makes bytes durable.
 type syncCounting struct {
-	blob.Storage
+	*dirblob.Dir
 	syncs   atomic.Int32
 	failErr error
 }
 
 type countingWriter struct {
-	blob.Writer
+	driver.Writer
 	s *syncCounting
 }
 
@@ -636,11 +639,11 @@ func (w countingWriter) Sync(ctx context.Context) error {
 	if w.s.failErr != nil {
 		return w.s.failErr
 	}
-	return w.Writer.(blob.Syncer).Sync(ctx)
+	return w.Writer.(driver.Syncer).Sync(ctx)
 }
 
-func (s *syncCounting) Create(ctx context.Context, key string) (blob.Writer, error) {
-	w, err := s.Storage.Create(ctx, key)
+func (s *syncCounting) NewWriter(ctx context.Context, key string, opts *driver.WriterOptions) (driver.Writer, error) {
+	w, err := s.Dir.NewWriter(ctx, key, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -653,12 +656,18 @@ func TestFetchSyncsCheckedBytes(t *testing.T) {
 	d := p.downloader(t, nil)
 	data := randBytes(10_000)
 	p.add(1, data)
-	sec := &syncCounting{Storage: dir}
+	inner, err := dirblob.New(rootOf(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	counting := &syncCounting{Dir: inner}
+	sec := blob.NewBucket(counting)
+	t.Cleanup(func() { sec.Close() })
 	res, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := sec.syncs.Load(); n != 1 {
+	if n := counting.syncs.Load(); n != 1 {
 		t.Errorf("Fetch called Sync %d times, want 1", n)
 	}
 	wantNothingAt(t, dir, "k")
@@ -670,17 +679,17 @@ func TestFetchSyncsCheckedBytes(t *testing.T) {
 	}
 
 	// Bytes that fail their check are never synced.
-	sec.syncs.Store(0)
+	counting.syncs.Store(0)
 	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "bad", sha([]byte("other"))); !errors.Is(err, blob.ErrChecksumMismatch) {
 		t.Fatalf("Fetch with a wrong checksum = %v, want ErrChecksumMismatch", err)
 	}
-	if n := sec.syncs.Load(); n != 0 {
+	if n := counting.syncs.Load(); n != 0 {
 		t.Errorf("Sync called %d times for rejected bytes, want 0", n)
 	}
 
 	// A failed Sync fails the Fetch and leaves nothing behind.
-	sec.failErr = errors.New("disk on fire")
-	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "failed", ""); !errors.Is(err, sec.failErr) {
+	counting.failErr = errors.New("disk on fire")
+	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "failed", ""); !errors.Is(err, counting.failErr) {
 		t.Fatalf("Fetch with a failing Sync = %v, want it to wrap the Sync error", err)
 	}
 	wantNothingAt(t, dir, "failed")

@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"errors"
@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // TestHeaderTimeoutOfTheClientIsErrTimeout is the regression test for a
@@ -27,21 +28,21 @@ func TestHeaderTimeoutOfTheClientIsErrTimeout(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	d, err := blob.NewDownloader(blob.DownloaderConfig{
+	d, err := transfer.NewDownloader(transfer.DownloaderConfig{
 		BaseURL: srv.URL, Timeout: 5 * time.Second,
 		Client:      &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 200 * time.Millisecond}},
-		Credentials: blob.Credentials{Site: "s1", AccessKey: "k1", Secret: make([]byte, 32)},
+		Credentials: transfer.Credentials{Site: "s1", AccessKey: "k1", Secret: make([]byte, 32)},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := blob.NewDir(t.TempDir())
+	dir, err := dirblob.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dir.Close()
 	_, err = d.Fetch(t.Context(), "item", 1, dir, "k", "")
-	if !errors.Is(err, blob.ErrTimeout) || !errors.Is(err, os.ErrDeadlineExceeded) {
+	if !errors.Is(err, transfer.ErrTimeout) || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Fetch from a server sending no headers = %v, want ErrTimeout", err)
 	}
 }

@@ -1,33 +1,49 @@
-package blob_test
+package dirblob_test
 
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/blob/storagetest"
 )
 
-// newDir returns a Dir in a fresh directory and checks, when the test
-// ends, that no temporary file was left behind.
-func newDir(t testing.TB) *blob.Dir {
+// newDir returns a Bucket over a Dir in a fresh directory and checks, when
+// the test ends, that no temporary file was left behind.
+func newDir(t testing.TB) *blob.Bucket {
 	t.Helper()
-	d, err := blob.NewDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := open(t, t.TempDir())
+	root := b.Driver().(*dirblob.Dir).Root()
 	t.Cleanup(func() {
-		if files := tempFiles(t, d.Root()); len(files) > 0 {
+		if files := tempFiles(t, root); len(files) > 0 {
 			t.Errorf("temporary files left behind: %v", files)
 		}
-		if err := d.Close(); err != nil {
+		if err := b.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return d
+	return b
+}
+
+// open opens root as a Bucket or fails the test.
+func open(t testing.TB, root string) *blob.Bucket {
+	t.Helper()
+	b, err := dirblob.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// cleanTemp runs the Dir's CleanTemp under b.
+func cleanTemp(ctx context.Context, b *blob.Bucket) (int, error) {
+	return b.Driver().(*dirblob.Dir).CleanTemp(ctx)
 }
 
 // tempFiles lists the files under root/.geo-tmp other than lock files.
@@ -43,19 +59,52 @@ func tempFiles(t testing.TB, root string) []string {
 	return files
 }
 
-func TestDirContract(t *testing.T) {
-	storagetest.RunStorageTests(t, func(t *testing.T) blob.Storage { return newDir(t) })
+func TestConformance(t *testing.T) {
+	storagetest.RunConformanceTests(t, func(t *testing.T) driver.Bucket {
+		d, err := dirblob.New(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := d.Root()
+		t.Cleanup(func() { // after the suite's Close
+			if files := tempFiles(t, root); len(files) > 0 {
+				t.Errorf("temporary files left behind: %v", files)
+			}
+		})
+		return d
+	})
+}
+
+// TestReservedKeysRefused: keys under the Dir's temporary directory pass
+// strategy.ValidateKey but are the Dir's own: refused, as ErrInvalidKey.
+func TestReservedKeysRefused(t *testing.T) {
+	b := newDir(t)
+	ctx := t.Context()
+	for _, key := range []string{".geo-tmp", ".geo-tmp/x", ".geo-tmpx/y"} {
+		if w, err := b.Create(ctx, key, nil); !errors.Is(err, blob.ErrInvalidKey) {
+			if err == nil {
+				w.Abort()
+			}
+			t.Errorf("Create(%q) = %v, want ErrInvalidKey", key, err)
+		}
+		if _, err := b.Open(ctx, key); !errors.Is(err, blob.ErrInvalidKey) {
+			t.Errorf("Open(%q) = %v, want ErrInvalidKey", key, err)
+		}
+		if err := b.Remove(ctx, key); !errors.Is(err, blob.ErrInvalidKey) {
+			t.Errorf("Remove(%q) = %v, want ErrInvalidKey", key, err)
+		}
+	}
 }
 
 func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
 	root := t.TempDir()
-	live, err := blob.NewDir(root)
+	live, err := dirblob.Open(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close()
 	ctx := t.Context()
-	w, err := live.Create(ctx, "in/flight")
+	w, err := live.Create(ctx, "in/flight", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +118,7 @@ func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	restarted, err := blob.NewDir(root) // runs CleanTemp
+	restarted, err := dirblob.Open(root) // runs CleanTemp
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +128,7 @@ func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
 			t.Errorf("%s after restart: %v, want removed", p, err)
 		}
 	}
-	if n, err := restarted.CleanTemp(ctx); err != nil || n != 0 {
+	if n, err := cleanTemp(ctx, restarted); err != nil || n != 0 {
 		t.Errorf("second CleanTemp = %d, %v, want 0, nil", n, err)
 	}
 	// The live Dir's in-flight write survived both cleanups.
@@ -94,7 +143,7 @@ func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
 
 	// Once the live Dir dies (here: closes), nothing of it remains.
 	live.Close()
-	restarted.CleanTemp(ctx)
+	cleanTemp(ctx, restarted)
 	if files := tempFiles(t, root); len(files) > 0 {
 		t.Errorf("temporary files after the owner went away: %v", files)
 	}
@@ -107,7 +156,7 @@ func TestDirCleanTempRemovesDeadOwnersOnly(t *testing.T) {
 func TestDirHostileKeysTouchNothingOutsideRoot(t *testing.T) {
 	parent := t.TempDir()
 	root := filepath.Join(parent, "root")
-	d, err := blob.NewDir(root)
+	d, err := dirblob.Open(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +168,7 @@ func TestDirHostileKeysTouchNothingOutsideRoot(t *testing.T) {
 	ctx := t.Context()
 	keys := append(storagetest.HostileKeys(), "../outside", "a/../../outside", "/"+parent+"/x")
 	for _, key := range keys {
-		if w, err := d.Create(ctx, key); err == nil {
+		if w, err := d.Create(ctx, key, nil); err == nil {
 			w.Write([]byte("pwned"))
 			w.Commit(ctx)
 			t.Errorf("Create(%q) succeeded", key)
@@ -127,7 +176,7 @@ func TestDirHostileKeysTouchNothingOutsideRoot(t *testing.T) {
 		d.Remove(ctx, key)
 	}
 	// A symbolic link inside root that points outside does not lead out.
-	if w, err := d.Create(ctx, "escape/pwned"); err == nil {
+	if w, err := d.Create(ctx, "escape/pwned", nil); err == nil {
 		w.Write([]byte("pwned"))
 		if err := w.Commit(ctx); err == nil {
 			t.Errorf("Commit through a symlink pointing outside root succeeded")
@@ -149,11 +198,11 @@ func TestDirHostileKeysTouchNothingOutsideRoot(t *testing.T) {
 
 func TestDirCloseRemovesUncommitted(t *testing.T) {
 	root := t.TempDir()
-	d, err := blob.NewDir(root)
+	d, err := dirblob.Open(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := d.Create(context.Background(), "k")
+	w, err := d.Create(context.Background(), "k", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,14 +218,11 @@ func TestDirCloseRemovesUncommitted(t *testing.T) {
 func TestDirWriterSyncThenCommit(t *testing.T) {
 	ctx := context.Background()
 	d := newDir(t)
-	w, err := d.Create(ctx, "a/k")
+	w, err := d.Create(ctx, "a/k", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, ok := w.(blob.Syncer)
-	if !ok {
-		t.Fatalf("Dir's writer %T does not implement blob.Syncer", w)
-	}
+	s := w
 	if _, err := w.Write([]byte("ab")); err != nil {
 		t.Fatal(err)
 	}
@@ -200,20 +246,20 @@ func TestDirWriterSyncThenCommit(t *testing.T) {
 
 	// A cancelled context fails the Sync; the writer is then aborted and
 	// leaves nothing (newDir checks the temporary directory).
-	w, err = d.Create(ctx, "b")
+	w, err = d.Create(ctx, "b", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.Write([]byte("x"))
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := w.(blob.Syncer).Sync(cctx); !errors.Is(err, context.Canceled) {
+	if err := w.Sync(cctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Sync with a cancelled context = %v, want context.Canceled", err)
 	}
 	if err := w.Abort(); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.(blob.Syncer).Sync(ctx); err == nil {
+	if err := w.Sync(ctx); err == nil {
 		t.Errorf("Sync after Abort = nil, want an error")
 	}
 	wantNothingAt(t, d, "b")
@@ -224,14 +270,14 @@ func TestDirWriterSyncThenCommit(t *testing.T) {
 // and leaves no temporary file; the bytes land where the key says.
 func TestDirCommitWhereTheDirectoryChanged(t *testing.T) {
 	root := t.TempDir()
-	d, err := blob.NewDir(root)
+	d, err := dirblob.Open(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	ctx := t.Context()
 	put := func(key, data string) error {
-		w, err := d.Create(ctx, key)
+		w, err := d.Create(ctx, key, nil)
 		if err != nil {
 			return err
 		}
@@ -261,4 +307,27 @@ func TestDirCommitWhereTheDirectoryChanged(t *testing.T) {
 	if files := tempFiles(t, root); len(files) > 0 {
 		t.Errorf("temporary files left behind: %v", files)
 	}
+}
+
+// wantNothingAt fails the test when a blob is stored at key.
+func wantNothingAt(t *testing.T, b *blob.Bucket, key string) {
+	t.Helper()
+	if _, err := b.Stat(t.Context(), key); !errors.Is(err, blob.ErrNotExist) {
+		t.Errorf("Stat(%q) = %v, want ErrNotExist", key, err)
+	}
+}
+
+// readAll reads the blob at key.
+func readAll(t *testing.T, b *blob.Bucket, key string) []byte {
+	t.Helper()
+	r, err := b.Open(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }

@@ -1,4 +1,4 @@
-package blob
+package dirblob
 
 import (
 	"context"
@@ -7,15 +7,17 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/geoframework/geo/strategy"
 )
 
-// Keys implements Lister: a depth-first walk of the directory tree that
-// yields regular files in ascending byte order of their keys. The reserved
-// temporary directory is skipped, and so are names that are not valid keys
-// (a file someone put there by hand, such as "a\\b"). Memory is one
-// directory's entries per level of the walk; subtrees whose keys all sort
-// at or before after are not read.
-func (d *Dir) Keys(ctx context.Context, after string) iter.Seq2[string, error] {
+// List implements driver.Bucket: a depth-first walk of the directory tree
+// that yields regular files in ascending byte order of their keys. The
+// reserved temporary directory is skipped, and so are names that are not
+// valid keys (a file someone put there by hand, such as "a\\b"). Memory is
+// one directory's entries per level of the walk; subtrees whose keys all
+// sort at or before after are not read.
+func (d *Dir) List(ctx context.Context, after string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		d.walkKeys(ctx, "", after, yield)
 	}
@@ -26,7 +28,7 @@ func (d *Dir) Keys(ctx context.Context, after string) iter.Seq2[string, error] {
 // stop or an error was yielded.
 func (d *Dir) walkKeys(ctx context.Context, dir, after string, yield func(string, error) bool) bool {
 	if err := ctx.Err(); err != nil {
-		yield("", fmt.Errorf("blob: list keys: %w", err))
+		yield("", fmt.Errorf("dirblob: list keys: %w", err))
 		return false
 	}
 	name := dir
@@ -39,13 +41,13 @@ func (d *Dir) walkKeys(ctx context.Context, dir, after string, yield func(string
 	// entry (most of a scan's time).
 	f, err := d.openRead(name)
 	if err != nil {
-		yield("", fmt.Errorf("blob: list keys in %q: %w", name, err))
+		yield("", fmt.Errorf("dirblob: list keys in %q: %w", name, err))
 		return false
 	}
 	entries, err := f.ReadDir(-1)
 	f.Close()
 	if err != nil {
-		yield("", fmt.Errorf("blob: list keys in %q: %w", name, err))
+		yield("", fmt.Errorf("dirblob: list keys in %q: %w", name, err))
 		return false
 	}
 	// A directory's keys all start with its name and "/": sorting each
@@ -81,7 +83,7 @@ func (d *Dir) walkKeys(ctx context.Context, dir, after string, yield func(string
 			}
 			continue
 		}
-		if e.key <= after || ValidateKey(e.key) != nil {
+		if e.key <= after || strategy.ValidateKey(e.key) != nil {
 			continue
 		}
 		if !yield(e.key, nil) {

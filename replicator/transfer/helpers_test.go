@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -37,23 +41,23 @@ type record struct {
 // of records, and the transfer handler in an httptest.Server.
 type testPrimary struct {
 	t       testing.TB
-	store   *blob.Dir
-	creds   blob.Credentials // the secondary's, known to the primary
+	store   *blob.Bucket
+	creds   transfer.Credentials // the secondary's, known to the primary
 	logs    *observer.ObservedLogs
 	srv     *httptest.Server
 	served  atomic.Int64 // requests that reached Resolve
 	mu      sync.Mutex
 	records map[int64]record
 	// wrap, when set, changes the Source served (to corrupt it, say).
-	wrap func(blob.Source) blob.Source
+	wrap func(transfer.Source) transfer.Source
 	// observed collects Observe calls.
 	observed []int64
 }
 
-func newCreds(site, key string) blob.Credentials {
+func newCreds(site, key string) transfer.Credentials {
 	secret := make([]byte, 32)
 	rand.Read(secret)
-	return blob.Credentials{Site: site, AccessKey: key, Secret: secret}
+	return transfer.Credentials{Site: site, AccessKey: key, Secret: secret}
 }
 
 func newPrimary(t testing.TB) *testPrimary {
@@ -61,9 +65,9 @@ func newPrimary(t testing.TB) *testPrimary {
 	p := &testPrimary{t: t, store: newDir(t), creds: newCreds("secondary-1", "AK1"), records: map[int64]record{}}
 	core, logs := observer.New(zap.DebugLevel)
 	p.logs = logs
-	h, err := blob.NewHandler(blob.HandlerConfig{
+	h, err := transfer.NewHandler(transfer.HandlerConfig{
 		Resolve: p.resolve,
-		Secrets: blob.NewStaticSecrets(p.creds),
+		Secrets: transfer.NewStaticSecrets(p.creds),
 		Logger:  zap.New(core),
 		Observe: func(_ string, _ int64, start, end time.Time, n int64) {
 			if end.Before(start) {
@@ -82,26 +86,26 @@ func newPrimary(t testing.TB) *testPrimary {
 	return p
 }
 
-func (p *testPrimary) resolve(ctx context.Context, replicable string, id int64) (blob.Source, error) {
+func (p *testPrimary) resolve(ctx context.Context, replicable string, id int64) (transfer.Source, error) {
 	p.served.Add(1)
 	if replicable != testReplicable {
-		return blob.Source{}, blob.ErrUnknownReplicable
+		return transfer.Source{}, strategy.ErrUnknownReplicable
 	}
 	p.mu.Lock()
 	rec, ok := p.records[id]
 	wrap := p.wrap
 	p.mu.Unlock()
 	if !ok {
-		return blob.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrNotFound)
+		return transfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrNotFound)
 	}
 	r, err := p.store.Open(ctx, rec.key)
 	if errors.Is(err, blob.ErrNotExist) {
-		return blob.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrBlobMissing)
+		return transfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrBlobMissing)
 	}
 	if err != nil {
-		return blob.Source{}, err
+		return transfer.Source{}, err
 	}
-	src := blob.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: rec.checksum}
+	src := transfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: rec.checksum}
 	if wrap != nil {
 		src = wrap(src)
 	}
@@ -121,7 +125,7 @@ func (p *testPrimary) addRecord(id int64, data []byte, announce string) {
 	p.t.Helper()
 	key := fmt.Sprintf("records/%d", id)
 	if data != nil {
-		w, err := p.store.Create(context.Background(), key)
+		w, err := p.store.Create(context.Background(), key, nil)
 		if err != nil {
 			p.t.Fatal(err)
 		}
@@ -140,7 +144,7 @@ func (p *testPrimary) addRecord(id int64, data []byte, announce string) {
 func (p *testPrimary) addLarge(id int64, size int64) string {
 	p.t.Helper()
 	key := fmt.Sprintf("records/%d", id)
-	w, err := p.store.Create(context.Background(), key)
+	w, err := p.store.Create(context.Background(), key, nil)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -160,13 +164,13 @@ func (p *testPrimary) addLarge(id int64, size int64) string {
 	return sum
 }
 
-func (p *testPrimary) downloader(t testing.TB, mod func(*blob.DownloaderConfig)) *blob.Downloader {
+func (p *testPrimary) downloader(t testing.TB, mod func(*transfer.DownloaderConfig)) *transfer.Downloader {
 	t.Helper()
-	cfg := blob.DownloaderConfig{BaseURL: p.srv.URL, Credentials: p.creds, Concurrency: 8, Timeout: 5 * time.Second}
+	cfg := transfer.DownloaderConfig{BaseURL: p.srv.URL, Credentials: p.creds, Concurrency: 8, Timeout: 5 * time.Second}
 	if mod != nil {
 		mod(&cfg)
 	}
-	d, err := blob.NewDownloader(cfg)
+	d, err := transfer.NewDownloader(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,14 +224,14 @@ func randBytes(n int) []byte {
 }
 
 // wantNothingAt checks that key holds no blob in d.
-func wantNothingAt(t *testing.T, d blob.Storage, key string) {
+func wantNothingAt(t *testing.T, d *blob.Bucket, key string) {
 	t.Helper()
 	if _, err := d.Stat(context.Background(), key); !errors.Is(err, blob.ErrNotExist) {
 		t.Errorf("Stat(%q) = %v, want ErrNotExist: nothing may be left at the key", key, err)
 	}
 }
 
-func readAll(t *testing.T, d blob.Storage, key string) []byte {
+func readAll(t *testing.T, d *blob.Bucket, key string) []byte {
 	t.Helper()
 	r, err := d.Open(context.Background(), key)
 	if err != nil {
@@ -261,4 +265,32 @@ func assertNoLeak(t *testing.T, where, s string, secret []byte, tokens ...string
 			t.Errorf("%s contains the token: %q", where, s)
 		}
 	}
+}
+
+// newDir returns a directory Bucket in a fresh directory, closed when the
+// test ends.
+func newDir(t testing.TB) *blob.Bucket {
+	t.Helper()
+	b, err := dirblob.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// rootOf is the directory of a Bucket opened by newDir or dirblob.Open.
+func rootOf(b *blob.Bucket) string { return b.Driver().(*dirblob.Dir).Root() }
+
+// tempFiles lists the files under root/.geo-tmp other than lock files.
+func tempFiles(t testing.TB, root string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(filepath.Join(root, dirblob.ReservedPrefix), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && e.Name() != "lock" {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files
 }

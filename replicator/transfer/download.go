@@ -1,4 +1,4 @@
-package blob
+package transfer
 
 import (
 	"context"
@@ -17,35 +17,32 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/strategy"
 )
-
-// ErrChecksumMismatch is returned (wrapped) when the bytes received do not
-// have the SHA-256 the primary announced or the caller expected.
-var ErrChecksumMismatch = errors.New("blob: checksum mismatch")
 
 // ErrSizeMismatch is returned (wrapped) when the body received is shorter
 // or longer than its announced size (Content-Length or HeaderSize), for
 // example a truncated transfer.
-var ErrSizeMismatch = errors.New("blob: size mismatch")
+var ErrSizeMismatch = errors.New("size mismatch")
 
 // ErrKeyChanged is returned (wrapped) by Fetch when the primary served the
 // record from another key than the one asked for: the record changed
 // between the caller's lookup and the transfer. Nothing is staged; a retry
 // after the change's event settles it.
-var ErrKeyChanged = errors.New("blob: record's key changed on the primary")
+var ErrKeyChanged = errors.New("record's key changed on the primary")
 
 // ErrPrimaryAdapter is returned (wrapped) by the Downloader when the
 // primary answered CodeBadKey: the primary's adapter returned an invalid
 // storage key for the record, so the primary cannot serve it. It is not an
 // outage of the primary, nor a problem of the secondary's key; it lasts
 // until the primary's adapter or record is fixed.
-var ErrPrimaryAdapter = errors.New("blob: the primary's adapter returned an invalid storage key for the record")
+var ErrPrimaryAdapter = errors.New("the primary's adapter returned an invalid storage key for the record")
 
 // ErrTimeout is returned (wrapped) when the primary sends no response
 // headers, or no body bytes, for DownloaderConfig.Timeout. It matches
 // os.ErrDeadlineExceeded too.
-var ErrTimeout = fmt.Errorf("blob: transfer stalled: %w", os.ErrDeadlineExceeded)
+var ErrTimeout = fmt.Errorf("transfer stalled: %w", os.ErrDeadlineExceeded)
 
 // Downloader defaults.
 const (
@@ -105,16 +102,16 @@ type Downloader struct {
 func NewDownloader(cfg DownloaderConfig) (*Downloader, error) {
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, errors.New("blob: NewDownloader: DownloaderConfig.BaseURL must be an http or https URL without query or fragment")
+		return nil, errors.New("transfer: NewDownloader: DownloaderConfig.BaseURL must be an http or https URL without query or fragment")
 	}
 	if err := cfg.Credentials.validate(); err != nil {
-		return nil, fmt.Errorf("blob: NewDownloader: DownloaderConfig.%w", err)
+		return nil, fmt.Errorf("transfer: NewDownloader: DownloaderConfig.%w", err)
 	}
 	if cfg.Concurrency < 0 || cfg.Timeout < 0 {
-		return nil, errors.New("blob: NewDownloader: DownloaderConfig.Concurrency and Timeout must not be negative")
+		return nil, errors.New("transfer: NewDownloader: DownloaderConfig.Concurrency and Timeout must not be negative")
 	}
 	if cfg.Limiter != nil && cfg.Limiter.Limit() != rate.Inf && cfg.Limiter.Burst() < 1 {
-		return nil, errors.New("blob: NewDownloader: DownloaderConfig.Limiter has a burst below 1")
+		return nil, errors.New("transfer: NewDownloader: DownloaderConfig.Limiter has a burst below 1")
 	}
 	d := &Downloader{
 		base:    strings.TrimRight(u.String(), "/"),
@@ -164,7 +161,7 @@ func NewDownloader(cfg DownloaderConfig) (*Downloader, error) {
 type Result struct {
 	// Writer holds the verified bytes, not yet committed: the caller must
 	// call Commit or Abort exactly once. (Download has committed it.)
-	Writer Writer
+	Writer *blob.Writer
 	// Size is the number of bytes received.
 	Size int64
 	// Checksum is the lowercase hex SHA-256 of the bytes received.
@@ -177,7 +174,7 @@ type Result struct {
 }
 
 // StatusError is a non-200 answer of the transfer endpoint. It unwraps to
-// ErrUnauthorized (401), ErrUnknownReplicable, ErrRecordNotFound or
+// ErrUnauthorized (401), strategy.ErrUnknownReplicable, ErrRecordNotFound or
 // ErrMissingOnPrimary (404 with the matching code), ErrPrimaryAdapter (500
 // adapter_bad_key), or nothing.
 type StatusError struct {
@@ -200,7 +197,8 @@ func (e *StatusError) Error() string {
 		// becomes the registry row's failure reason.
 		return ErrPrimaryAdapter.Error() + " (" + s + ")"
 	}
-	return "blob: " + s
+	// No package prefix: Fetch's error, which wraps this one, has it.
+	return s
 }
 
 // Unwrap returns the sentinel the answer stands for, if any.
@@ -217,7 +215,7 @@ func statusError(resp *http.Response) error {
 	case resp.StatusCode == http.StatusUnauthorized:
 		e.err = ErrUnauthorized
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeUnknownReplicable:
-		e.err = ErrUnknownReplicable
+		e.err = strategy.ErrUnknownReplicable
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeRecordNotFound:
 		e.err = ErrRecordNotFound
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeMissingOnPrimary:
@@ -243,18 +241,18 @@ var errStalled = errors.New("stalled")
 //
 // On failure nothing is left in dst (the Writer is aborted) and the error
 // matches ErrInvalidKey (key, the caller's, is invalid), ErrUnauthorized,
-// ErrUnknownReplicable, ErrRecordNotFound, ErrMissingOnPrimary,
+// strategy.ErrUnknownReplicable, ErrRecordNotFound, ErrMissingOnPrimary,
 // ErrPrimaryAdapter (the primary's own key for the record is invalid),
-// ErrChecksumMismatch, ErrSizeMismatch, ErrTimeout or ctx's error, or wraps
+// blob.ErrChecksumMismatch, ErrSizeMismatch, ErrTimeout or ctx's error, or wraps
 // a transport error.
 // Each request carries a fresh token; a redirect is followed without the
 // Authorization header.
-func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst Storage, key, wantChecksum string) (Result, error) {
+func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst *blob.Bucket, key, wantChecksum string) (Result, error) {
 	start := time.Now()
 	fail := func(err error) (Result, error) {
-		return Result{}, fmt.Errorf("blob: fetch %s/%d: %w", replicable, id, err)
+		return Result{}, fmt.Errorf("transfer: fetch %s/%d: %w", replicable, id, err)
 	}
-	if err := ValidateKey(key); err != nil {
+	if err := strategy.ValidateKey(key); err != nil {
 		return fail(err)
 	}
 	if err := strategy.ValidateName(replicable); err != nil {
@@ -325,7 +323,7 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		return fail(fmt.Errorf("primary sent a malformed %s header", HeaderChecksum))
 	}
 	if want != "" && primary != "" && want != primary {
-		return fail(fmt.Errorf("%w: primary announces %s, want %s", ErrChecksumMismatch, primary, want))
+		return fail(fmt.Errorf("%w: primary announces %s, want %s", blob.ErrChecksumMismatch, primary, want))
 	}
 	announced := resp.ContentLength
 	if s := resp.Header.Get(HeaderSize); s != "" {
@@ -339,7 +337,18 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		announced = n
 	}
 
-	w, err := dst.Create(ctx, key)
+	size := int64(0)
+	if announced > 0 {
+		size = announced
+	}
+	expect := want
+	if expect == "" {
+		expect = primary
+	}
+	// The portable writer checks the bytes against the checksum known
+	// before the transfer (ours, else the primary's announcement) at
+	// Commit; the backend may have its service check it too.
+	w, err := dst.Create(ctx, key, &blob.WriteOptions{SHA256: expect, Size: size})
 	if err != nil {
 		return fail(err)
 	}
@@ -352,17 +361,17 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		_, sum = w.Written()
 		switch {
 		case primary != "" && sum != primary:
-			err = fmt.Errorf("%w: received %s, primary announced %s", ErrChecksumMismatch, sum, primary)
+			err = fmt.Errorf("%w: received %s, primary announced %s", blob.ErrChecksumMismatch, sum, primary)
 		case want != "" && sum != want:
-			err = fmt.Errorf("%w: received %s, want %s", ErrChecksumMismatch, sum, want)
+			err = fmt.Errorf("%w: received %s, want %s", blob.ErrChecksumMismatch, sum, want)
 		}
 	} else {
 		err = transportErr(err)
 	}
-	if sy, ok := w.(Syncer); ok && err == nil {
+	if err == nil {
 		// The bytes are checked: make them durable now, in this sync's
 		// own time, so the Commit under the row lock only publishes.
-		err = sy.Sync(ctx)
+		err = w.Sync(ctx)
 	}
 	if err != nil {
 		w.Abort()
@@ -485,13 +494,13 @@ func (d *Downloader) copy(ctx context.Context, w io.Writer, body io.Reader, size
 // Download is Fetch followed by Commit: on success the bytes are durable
 // at key and Result.Writer is already committed. For tools, tests and
 // benchmarks; the sync engine uses Fetch to commit under its row lock.
-func (d *Downloader) Download(ctx context.Context, replicable string, id int64, dst Storage, key, wantChecksum string) (Result, error) {
+func (d *Downloader) Download(ctx context.Context, replicable string, id int64, dst *blob.Bucket, key, wantChecksum string) (Result, error) {
 	res, err := d.Fetch(ctx, replicable, id, dst, key, wantChecksum)
 	if err != nil {
 		return Result{}, err
 	}
 	if err := res.Writer.Commit(ctx); err != nil {
-		return Result{}, fmt.Errorf("blob: download %s/%d: %w", replicable, id, err)
+		return Result{}, fmt.Errorf("transfer: download %s/%d: %w", replicable, id, err)
 	}
 	return res, nil
 }

@@ -1,8 +1,10 @@
-package blob
+package dirblob
 
 import (
 	"context"
 	"testing"
+
+	"github.com/geoframework/geo/blob/driver"
 )
 
 // TestDirWriterSyncedFlag guards Commit's durability after an early Sync:
@@ -11,12 +13,12 @@ import (
 // available here; the flag is what decides).
 func TestDirWriterSyncedFlag(t *testing.T) {
 	ctx := context.Background()
-	d, err := NewDir(t.TempDir())
+	d, err := New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	w, err := d.Create(ctx, "k")
+	w, err := d.NewWriter(ctx, "k", &driver.WriterOptions{Size: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

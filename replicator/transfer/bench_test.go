@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // Run the geo and raw benchmarks in the same run and compare:
@@ -87,7 +87,7 @@ func rawDurableCopy(r io.Reader, dir, final string, buf []byte) (string, error) 
 func BenchmarkRawCopyLarge(b *testing.B) {
 	p := newPrimary(b)
 	p.addLarge(1, largeSize)
-	src := filepath.Join(p.store.Root(), "records/1")
+	src := filepath.Join(rootOf(p.store), "records/1")
 	dst := b.TempDir()
 	buf := make([]byte, 1<<20)
 	b.SetBytes(largeSize)
@@ -121,7 +121,7 @@ func rawServer(b *testing.B, root string) (*httptest.Server, *http.Client) {
 func BenchmarkRawHTTPCopyLarge(b *testing.B) {
 	p := newPrimary(b)
 	p.addLarge(1, largeSize)
-	srv, client := rawServer(b, p.store.Root())
+	srv, client := rawServer(b, rootOf(p.store))
 	dst := b.TempDir()
 	buf := make([]byte, 1<<20)
 	b.SetBytes(largeSize)
@@ -178,7 +178,7 @@ func BenchmarkTransferSmall(b *testing.B) {
 		p.add(id, randBytes(smallSize))
 	}
 	sec := newDir(b)
-	d := p.downloader(b, func(c *blob.DownloaderConfig) { c.Concurrency = smallConcurrent })
+	d := p.downloader(b, func(c *transfer.DownloaderConfig) { c.Concurrency = smallConcurrent })
 	ctx := context.Background()
 	b.SetBytes(smallSize)
 	b.ResetTimer()
@@ -195,7 +195,7 @@ func BenchmarkRawCopySmall(b *testing.B) {
 	for id := int64(1); id <= records; id++ {
 		p.add(id, randBytes(smallSize))
 	}
-	srv, client := rawServer(b, p.store.Root())
+	srv, client := rawServer(b, rootOf(p.store))
 	dst := b.TempDir()
 	for i := range 16 {
 		os.Mkdir(filepath.Join(dst, fmt.Sprint(i)), 0o755)

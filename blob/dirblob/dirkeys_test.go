@@ -1,4 +1,4 @@
-package blob_test
+package dirblob_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/dirblob"
 )
 
 // TestDirKeysInByteOrder: Dir.Keys yields every committed key, in the
@@ -23,18 +23,18 @@ func TestDirKeysInByteOrder(t *testing.T) {
 	d := newDir(t)
 	keys := []string{"a/c", "a-b", "a/b/z", "a.x", "b", "a/b-", "lfs/bb/63/bb63", "lfs/bb/6/x", "Z", "a/b/y"}
 	for _, k := range keys {
-		w, err := d.Create(ctx, k)
+		w, err := d.Create(ctx, k, nil)
 		require.NoError(t, err)
 		_, err = w.Write([]byte(k))
 		require.NoError(t, err)
 		require.NoError(t, w.Commit(ctx))
 	}
-	pending, err := d.Create(ctx, "pending/not/committed")
+	pending, err := d.Create(ctx, "pending/not/committed", nil)
 	require.NoError(t, err)
 	defer pending.Abort()
-	require.NoError(t, os.MkdirAll(filepath.Join(d.Root(), "empty", "dir"), 0o755))
-	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(d.Root(), "a", "link")))
-	require.NoError(t, os.WriteFile(filepath.Join(d.Root(), "a", "back\\slash"), nil, 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(d.Driver().(*dirblob.Dir).Root(), "empty", "dir"), 0o755))
+	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(d.Driver().(*dirblob.Dir).Root(), "a", "link")))
+	require.NoError(t, os.WriteFile(filepath.Join(d.Driver().(*dirblob.Dir).Root(), "a", "back\\slash"), nil, 0o644))
 
 	list := func(after string) []string {
 		got := []string{}
@@ -63,5 +63,4 @@ func TestDirKeysInByteOrder(t *testing.T) {
 		require.Equal(t, want[0], k)
 		break
 	}
-	var _ blob.Lister = d
 }

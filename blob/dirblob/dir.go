@@ -1,30 +1,48 @@
-package blob
+// Package dirblob is the directory backend of blob.Bucket: the blob at key
+// is the file root/key. Open returns the portable blob.Bucket over it; New
+// returns the driver itself, for wrappers (fault injection in tests).
+//
+// It implements driver.Bucket and its optional driver.Syncer (on its
+// Writers) and driver.BatchDeleter. Keys starting with ".geo-tmp" are its
+// own (its temporary files) and are refused with driver.InvalidKey.
+package dirblob
 
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/blob/driver"
 )
+
+// ReservedPrefix starts the names this backend keeps for itself under
+// root (its temporary files): keys starting with it are refused.
+const ReservedPrefix = ".geo-tmp"
+
+// errReserved is the error for a key under ReservedPrefix.
+var errReserved = errors.New("dirblob: keys starting with " + ReservedPrefix + " are reserved for temporary files")
+
+// reserved reports whether key starts with ReservedPrefix.
+func reserved(key string) bool { return strings.HasPrefix(key, ReservedPrefix) }
 
 // lockFileName is the file in each Dir's temporary subdirectory that its
 // owner holds an exclusive flock on for as long as the Dir is open.
 const lockFileName = "lock"
 
-// Dir is a Storage on a local filesystem directory: the blob at key lives in
+// Dir is the directory backend (a driver.Bucket): the blob at key lives in
 // the file root/key. It is safe for concurrent use, and several Dirs (in one
 // or several processes) may share a root.
 //
@@ -38,7 +56,7 @@ const lockFileName = "lock"
 // filesystem as the blobs (so the rename is atomic), and never next to their
 // key: cleaning up after a crash then costs O(temporary files) and never
 // walks the whole tree, which may hold millions of blobs. Keys starting with
-// ".geo-tmp" are reserved (ValidateKey rejects them). Each Dir owns a
+// ".geo-tmp" are reserved (refused with driver.InvalidKey). Each Dir owns a
 // subdirectory root/.geo-tmp/<random>/ and holds an exclusive flock on a lock
 // file inside it while open; CleanTemp (run by NewDir) removes every other
 // subdirectory whose lock it can take, that is, whose owner has died. So no
@@ -49,7 +67,7 @@ const lockFileName = "lock"
 // with RESOLVE_BENEATH (the same rule, resolved by the kernel in one call)
 // and system calls relative to directories opened that way, so even a
 // symbolic link planted under root cannot make Dir touch a file outside
-// it; invalid keys are rejected before any file system call.
+// it. Keys reach it validated by the portable blob.Bucket.
 type Dir struct {
 	root    *os.Root
 	path    string   // absolute path of root
@@ -63,37 +81,48 @@ type Dir struct {
 	closed    sync.Once
 }
 
-// NewDir opens (creating it if needed) the storage directory root, takes its
+// Open opens (creating it if needed) the storage directory root as a
+// portable blob.Bucket (see New). Close the Bucket when done.
+func Open(root string) (*blob.Bucket, error) {
+	d, err := New(root)
+	if err != nil {
+		return nil, err
+	}
+	return blob.NewBucket(d), nil
+}
+
+// New opens (creating it if needed) the storage directory root, takes its
 // own temporary subdirectory, and removes the temporary files of dead
-// owners (see CleanTemp). Call Close when done.
-func NewDir(root string) (*Dir, error) {
+// owners (see CleanTemp). Call Close when done (or Close the blob.Bucket
+// over it).
+func New(root string) (*Dir, error) {
 	if root == "" {
-		return nil, errors.New("blob: NewDir: root is empty")
+		return nil, errors.New("dirblob: New: root is empty")
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	r, err := os.OpenRoot(abs)
 	if err != nil {
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	d := &Dir{root: r, path: abs}
 	if d.rootDir, err = r.Open("."); err != nil {
 		r.Close()
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	if err := d.takeTemp(); err != nil {
 		d.rootDir.Close()
 		r.Close()
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	if _, err := d.CleanTemp(context.Background()); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("blob: NewDir: %w", err)
+		return nil, fmt.Errorf("dirblob: New: %w", err)
 	}
 	return d, nil
 }
@@ -152,21 +181,21 @@ func (d *Dir) Root() string { return d.path }
 // of root/.geo-tmp/ other than this Dir's own subdirectory, when it is a
 // plain file or a subdirectory whose lock CleanTemp can take. Subdirectories
 // of live Dirs (in this or another process) are left alone. It returns how
-// many entries it removed. NewDir runs it; call it again at will.
+// many entries it removed. New runs it; call it again at will.
 func (d *Dir) CleanTemp(ctx context.Context) (removed int, err error) {
 	f, err := d.root.Open(ReservedPrefix)
 	if err != nil {
-		return 0, fmt.Errorf("blob: clean temp: %w", err)
+		return 0, fmt.Errorf("dirblob: clean temp: %w", err)
 	}
 	entries, err := f.ReadDir(-1)
 	f.Close()
 	if err != nil {
-		return 0, fmt.Errorf("blob: clean temp: %w", err)
+		return 0, fmt.Errorf("dirblob: clean temp: %w", err)
 	}
 	var errs []error
 	for _, e := range entries {
 		if err := ctx.Err(); err != nil {
-			return removed, fmt.Errorf("blob: clean temp: %w", err)
+			return removed, fmt.Errorf("dirblob: clean temp: %w", err)
 		}
 		name := ReservedPrefix + "/" + e.Name()
 		if name == d.tmpName {
@@ -188,7 +217,7 @@ func (d *Dir) CleanTemp(ctx context.Context) (removed int, err error) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return removed, fmt.Errorf("blob: clean temp: %w", err)
+		return removed, fmt.Errorf("dirblob: clean temp: %w", err)
 	}
 	return removed, nil
 }
@@ -230,109 +259,123 @@ func (d *Dir) Close() error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("blob: close: %w", err)
+		return fmt.Errorf("dirblob: close: %w", err)
 	}
 	return nil
 }
 
-// notExist maps the errors of a missing path (including a file where a
-// directory segment is expected) to ErrNotExist.
-func notExist(op, key string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return fmt.Errorf("blob: %s %q: %w", op, key, ErrNotExist)
+// ErrorCode implements driver.Bucket.
+func (d *Dir) ErrorCode(err error) driver.Code {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR), errors.Is(err, errNotRegular):
+		return driver.NotFound
+	case errors.Is(err, errReserved):
+		return driver.InvalidKey
 	}
-	return fmt.Errorf("blob: %s %q: %w", op, key, err)
+	return driver.Unknown
 }
 
-// Open implements Storage. The Reader reads a stable snapshot: a later
-// Commit to the same key does not change what it reads.
-func (d *Dir) Open(ctx context.Context, key string) (Reader, error) {
-	if err := ValidateKey(key); err != nil {
-		return nil, fmt.Errorf("blob: open: %w", err)
+// errNotRegular is the error for a key that names something other than a
+// regular file (a directory): not a blob.
+var errNotRegular = errors.New("not a regular file")
+
+// NewRangeReader implements driver.Bucket. The Reader reads a stable
+// snapshot: a later Commit to the same key does not change what it reads.
+func (d *Dir) NewRangeReader(ctx context.Context, key string, offset, length int64) (driver.Reader, error) {
+	if reserved(key) {
+		return nil, errReserved
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("blob: open %q: %w", key, err)
+		return nil, err
 	}
 	f, err := d.openRead(key)
 	if err != nil {
-		return nil, notExist("open", key, err)
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("blob: open %q: %w", key, err)
+		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("blob: open %q: %w", key, ErrNotExist)
+		return nil, errNotRegular
 	}
-	return &fileReader{f: f, size: fi.Size(), mod: fi.ModTime()}, nil
+	r := &fileReader{f: f, attrs: driver.Attributes{Size: fi.Size(), ModTime: fi.ModTime()}, r: f}
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	if length >= 0 {
+		r.r = io.LimitReader(f, length)
+	}
+	return r, nil
 }
 
-// Stat implements Storage.
-func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
-	if err := ValidateKey(key); err != nil {
-		return Info{}, fmt.Errorf("blob: stat: %w", err)
+// Attributes implements driver.Bucket.
+func (d *Dir) Attributes(ctx context.Context, key string) (driver.Attributes, error) {
+	if reserved(key) {
+		return driver.Attributes{}, errReserved
 	}
 	if err := ctx.Err(); err != nil {
-		return Info{}, fmt.Errorf("blob: stat %q: %w", key, err)
+		return driver.Attributes{}, err
 	}
 	fi, err := d.root.Stat(key)
 	if err != nil {
-		return Info{}, notExist("stat", key, err)
+		return driver.Attributes{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return Info{}, fmt.Errorf("blob: stat %q: %w", key, ErrNotExist)
+		return driver.Attributes{}, errNotRegular
 	}
-	return Info{Size: fi.Size(), ModTime: fi.ModTime()}, nil
+	return driver.Attributes{Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
-// Remove implements Storage. It fsyncs the key's directory, so a removed
-// blob does not come back after a crash. A directory at key is not a blob:
-// Remove leaves it alone and returns nil. Emptied parent directories are
-// kept (removing them would race with a concurrent Create below them).
-func (d *Dir) Remove(ctx context.Context, key string) error {
-	if err := ValidateKey(key); err != nil {
-		return fmt.Errorf("blob: remove: %w", err)
+// Delete implements driver.Bucket. It fsyncs the key's directory, so a
+// removed blob does not come back after a crash. A directory at key is not
+// a blob: Delete leaves it alone and returns nil. Emptied parent
+// directories are kept (removing them would race with a concurrent
+// NewWriter below them).
+func (d *Dir) Delete(ctx context.Context, key string) error {
+	if reserved(key) {
+		return errReserved
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("blob: remove %q: %w", key, err)
+		return err
 	}
 	fi, err := d.root.Lstat(key)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			return nil
 		}
-		return fmt.Errorf("blob: remove %q: %w", key, err)
+		return err
 	}
 	if fi.IsDir() {
 		return nil
 	}
 	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("blob: remove %q: %w", key, err)
+		return err
 	}
-	if err := d.syncDir(path.Dir(key)); err != nil {
-		return fmt.Errorf("blob: remove %q: %w", key, err)
-	}
-	return nil
+	return d.syncDir(path.Dir(key))
 }
 
-// Create implements Storage. The temporary file is removed by Abort, by a
-// failed Commit, when ctx is done before Commit, and by Close.
-func (d *Dir) Create(ctx context.Context, key string) (Writer, error) {
-	if err := ValidateKey(key); err != nil {
-		return nil, fmt.Errorf("blob: create: %w", err)
+// NewWriter implements driver.Bucket. The temporary file is removed by
+// Abort, by a failed Commit, when ctx is done before Commit, and by Close.
+func (d *Dir) NewWriter(ctx context.Context, key string, _ *driver.WriterOptions) (driver.Writer, error) {
+	if reserved(key) {
+		return nil, errReserved
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("blob: create %q: %w", key, err)
+		return nil, err
 	}
 	tmpBase := "w-" + strconv.FormatUint(d.seq.Add(1), 10)
 	tmp := d.tmpName + "/" + tmpBase
 	f, err := d.createTemp(tmpBase, tmp)
 	if err != nil {
-		return nil, fmt.Errorf("blob: create %q: %w", key, err)
+		return nil, err
 	}
-	w := &dirWriter{d: d, ctx: ctx, key: key, tmp: tmp, tmpBase: tmpBase, f: f, h: sha256.New()}
+	w := &dirWriter{d: d, ctx: ctx, key: key, tmp: tmp, tmpBase: tmpBase, f: f}
 	w.stop = context.AfterFunc(ctx, func() { w.discard(context.Cause(ctx)) })
 	return w, nil
 }
@@ -377,23 +420,32 @@ func (d *Dir) ensureDir(rel string) error {
 	return d.syncDir(parent)
 }
 
-// fileReader is Dir's Reader.
+// fileReader is Dir's driver.Reader.
 type fileReader struct {
-	f    *os.File
-	size int64
-	mod  time.Time
+	f     *os.File
+	r     io.Reader // f, or f limited to a range
+	attrs driver.Attributes
 }
 
-func (r *fileReader) Read(p []byte) (int, error)                { return r.f.Read(p) }
-func (r *fileReader) ReadAt(p []byte, off int64) (int, error)   { return r.f.ReadAt(p, off) }
-func (r *fileReader) Seek(off int64, whence int) (int64, error) { return r.f.Seek(off, whence) }
-func (r *fileReader) WriteTo(w io.Writer) (int64, error)        { return r.f.WriteTo(w) }
-func (r *fileReader) Close() error                              { return r.f.Close() }
-func (r *fileReader) Size() int64                               { return r.size }
-func (r *fileReader) ModTime() time.Time                        { return r.mod }
+func (r *fileReader) Read(p []byte) (int, error)    { return r.r.Read(p) }
+func (r *fileReader) Close() error                  { return r.f.Close() }
+func (r *fileReader) Attributes() driver.Attributes { return r.attrs }
+
+// WriteTo copies the file with the kernel's help when it reads to the
+// end: to a writer that reads from files itself (an HTTP response: with
+// sendfile), or through the file's own WriteTo (splice).
+func (r *fileReader) WriteTo(w io.Writer) (int64, error) {
+	if r.r != io.Reader(r.f) {
+		return io.Copy(w, r.r)
+	}
+	if rf, ok := w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r.f)
+	}
+	return r.f.WriteTo(w)
+}
 
 // errWriterDone is returned by Write and Commit after Commit or Abort.
-var errWriterDone = errors.New("blob: writer already committed or aborted")
+var errWriterDone = errors.New("dirblob: writer already committed or aborted")
 
 // dirWriter is Dir's Writer. mu serializes Write, Commit and Abort with the
 // discard triggered by the Create context.
@@ -407,8 +459,6 @@ type dirWriter struct {
 
 	mu        sync.Mutex
 	f         *os.File
-	h         hash.Hash
-	n         int64
 	done      bool // committed or discarded
 	committed bool
 	synced    bool  // the file was fsynced and not written since (Sync)
@@ -422,21 +472,10 @@ func (w *dirWriter) Write(p []byte) (int, error) {
 		return 0, w.doneErr("write")
 	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	w.n += int64(n)
 	if n > 0 {
 		w.synced = false
 	}
-	if err != nil {
-		return n, fmt.Errorf("blob: write %q: %w", w.key, err)
-	}
-	return n, nil
-}
-
-func (w *dirWriter) Written() (int64, string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.n, hex.EncodeToString(w.h.Sum(nil))
+	return n, err
 }
 
 // discard removes the temporary file if the writer is still open; cause
@@ -454,7 +493,7 @@ func (w *dirWriter) discardLocked(cause error) error {
 	w.done, w.cause = true, cause
 	w.f.Close()
 	if err := w.d.root.Remove(w.tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("blob: abort %q: %w", w.key, err)
+		return err
 	}
 	return nil
 }
@@ -468,7 +507,7 @@ func (w *dirWriter) Abort() error {
 // discarded: why it was discarded, or errWriterDone. mu must be held.
 func (w *dirWriter) doneErr(op string) error {
 	if w.cause != nil {
-		return fmt.Errorf("blob: %s %q: %w", op, w.key, w.cause)
+		return fmt.Errorf("%s: %w", op, w.cause)
 	}
 	return errWriterDone
 }
@@ -482,10 +521,10 @@ func (w *dirWriter) Sync(ctx context.Context) error {
 		return w.doneErr("sync")
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("blob: sync %q: %w", w.key, err)
+		return err
 	}
 	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("blob: sync %q: %w", w.key, err)
+		return err
 	}
 	w.synced = true
 	return nil
@@ -500,7 +539,7 @@ func (w *dirWriter) Commit(ctx context.Context) error {
 	}
 	fail := func(err error) error {
 		w.discardLocked(err)
-		return fmt.Errorf("blob: commit %q: %w", w.key, err)
+		return err
 	}
 	// stop may have lost the race with the discard callback, which then
 	// waits for mu: check the Create context ourselves.
@@ -527,7 +566,7 @@ func (w *dirWriter) Commit(ctx context.Context) error {
 	// is left. If that fsync fails the blob stays (the old version is gone
 	// already) and the caller must not count it as durable.
 	if err != nil {
-		return fmt.Errorf("blob: commit %q: sync directory: %w", w.key, err)
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
 }

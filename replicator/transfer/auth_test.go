@@ -1,4 +1,4 @@
-package blob_test
+package transfer_test
 
 import (
 	"bytes"
@@ -18,8 +18,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // sign makes a token with arbitrary claims and method, for forging.
@@ -83,9 +83,9 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := p.logs.Len()
-			resp, body := p.get(t, "GET", blob.TransferPath(testReplicable, 7), tc.header)
+			resp, body := p.get(t, "GET", transfer.TransferPath(testReplicable, 7), tc.header)
 			e := decodeError(t, body)
-			if resp.StatusCode != http.StatusUnauthorized || e.Code != blob.CodeUnauthorized || e.Message != "unauthorized" {
+			if resp.StatusCode != http.StatusUnauthorized || e.Code != transfer.CodeUnauthorized || e.Message != "unauthorized" {
 				t.Errorf("GET = %d %+v, want 401 unauthorized (saying no more)", resp.StatusCode, e)
 			}
 			if strings.Contains(string(body), "secret record") {
@@ -94,8 +94,8 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 			token := tc.header[strings.LastIndex(tc.header, ":")+1:]
 			assertNoLeak(t, "response", string(body), secret, token)
 
-			_, err := blob.Verifier{Secrets: blob.NewStaticSecrets(c)}.Verify(t.Context(), tc.header, testReplicable, 7)
-			if !errors.Is(err, blob.ErrUnauthorized) {
+			_, err := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}.Verify(t.Context(), tc.header, testReplicable, 7)
+			if !errors.Is(err, transfer.ErrUnauthorized) {
 				t.Errorf("Verify = %v, want ErrUnauthorized", err)
 			} else {
 				assertNoLeak(t, "Verify error", err.Error(), secret, token)
@@ -111,7 +111,7 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 	}
 
 	// The genuine token is accepted, once for its record only.
-	resp, _ := p.get(t, "GET", blob.TransferPath(testReplicable, 7), "Geo AK1:"+good)
+	resp, _ := p.get(t, "GET", transfer.TransferPath(testReplicable, 7), "Geo AK1:"+good)
 	if resp.StatusCode != 200 {
 		t.Errorf("GET with a genuine token = %d, want 200", resp.StatusCode)
 	}
@@ -122,9 +122,9 @@ func TestDownloadWithWrongSecretIsUnauthorized(t *testing.T) {
 	p.add(1, []byte("x"))
 	sec := newDir(t)
 	wrong := newCreds(p.creds.Site, p.creds.AccessKey)
-	d := p.downloader(t, func(c *blob.DownloaderConfig) { c.Credentials = wrong })
+	d := p.downloader(t, func(c *transfer.DownloaderConfig) { c.Credentials = wrong })
 	_, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
-	if !errors.Is(err, blob.ErrUnauthorized) {
+	if !errors.Is(err, transfer.ErrUnauthorized) {
 		t.Fatalf("Fetch with a wrong secret = %v, want ErrUnauthorized", err)
 	}
 	assertNoLeak(t, "Fetch error", err.Error(), wrong.Secret)
@@ -134,7 +134,7 @@ func TestDownloadWithWrongSecretIsUnauthorized(t *testing.T) {
 
 func TestVerifierClockSkew(t *testing.T) {
 	c := newCreds("site", "AK")
-	v := blob.Verifier{Secrets: blob.NewStaticSecrets(c)}
+	v := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
 	for _, tc := range []struct {
 		name string
 		skew time.Duration // signer's clock minus verifier's
@@ -165,8 +165,8 @@ func TestCredentialsNeverPrintTheSecret(t *testing.T) {
 // must never panic and never accept one, since the fuzzer cannot forge an
 // HMAC. Seeds include genuine tokens for other records.
 func FuzzParseToken(f *testing.F) {
-	c := blob.Credentials{Site: "site", AccessKey: "AK", Secret: []byte(strings.Repeat("s", 32))}
-	v := blob.Verifier{Secrets: blob.NewStaticSecrets(c)}
+	c := transfer.Credentials{Site: "site", AccessKey: "AK", Secret: []byte(strings.Repeat("s", 32))}
+	v := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
 	now := time.Now()
 	other, _ := c.Authorization(testReplicable, 2, now)
 	otherType, _ := c.Authorization("upload", 1, now)
@@ -181,13 +181,13 @@ func FuzzParseToken(f *testing.F) {
 	f.Add("geo AK:a.b.c")
 	f.Add("Geo AK:" + strings.Repeat("A", 5000))
 	f.Fuzz(func(t *testing.T, header string) {
-		accessKey, token, err := blob.ParseAuthorization(header)
+		accessKey, token, err := transfer.ParseAuthorization(header)
 		if err == nil && (accessKey == "" || token == "") {
 			t.Fatalf("ParseAuthorization(%q) accepted an empty part", header)
 		}
 		if site, err := v.Verify(t.Context(), header, testReplicable, 1); err == nil {
 			t.Fatalf("Verify accepted %q (site %q)", header, site)
-		} else if !errors.Is(err, blob.ErrUnauthorized) {
+		} else if !errors.Is(err, transfer.ErrUnauthorized) {
 			t.Fatalf("Verify(%q) = %v, want ErrUnauthorized", header, err)
 		}
 	})
@@ -203,21 +203,21 @@ func TestCredentialsPrintNoSecret(t *testing.T) {
 	c := newCreds("printed-site", "AKPRINT")
 	type holder struct {
 		Name  string
-		Creds blob.Credentials
-		Ptr   *blob.Credentials
-		List  []blob.Credentials
+		Creds transfer.Credentials
+		Ptr   *transfer.Credentials
+		List  []transfer.Credentials
 	}
 	type embedding struct {
-		blob.Credentials
+		transfer.Credentials
 		Port int
 	}
 	configs := map[string]any{
 		"Credentials":                 c,
 		"*Credentials":                &c,
-		"holder":                      holder{Name: "cfg", Creds: c, Ptr: &c, List: []blob.Credentials{c}},
+		"holder":                      holder{Name: "cfg", Creds: c, Ptr: &c, List: []transfer.Credentials{c}},
 		"embedding":                   embedding{Credentials: c, Port: 1},
-		"StaticSecrets":               blob.NewStaticSecrets(c),
-		"blob.DownloaderConfig":       blob.DownloaderConfig{BaseURL: "http://127.0.0.1:1", Credentials: c},
+		"StaticSecrets":               transfer.NewStaticSecrets(c),
+		"transfer.DownloaderConfig":   transfer.DownloaderConfig{BaseURL: "http://127.0.0.1:1", Credentials: c},
 		"replicator.SecondaryConfig":  replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
 		"*replicator.SecondaryConfig": &replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
 	}

@@ -1,11 +1,11 @@
-package blob_test
+package transfer_test
 
 import (
 	"context"
 	"errors"
 	"testing"
 
-	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 )
 
 // A record updated between the secondary's key lookup and the transfer is
@@ -16,18 +16,18 @@ func TestFetchRejectsBytesServedFromAnotherKey(t *testing.T) {
 	p := newPrimary(t)
 	p.add(7, []byte("version two"))
 	p.mu.Lock()
-	p.wrap = func(s blob.Source) blob.Source { s.Key = "records/7-v2"; return s }
+	p.wrap = func(s transfer.Source) transfer.Source { s.Key = "records/7-v2"; return s }
 	p.mu.Unlock()
 	dst := newDir(t)
 	d := p.downloader(t, nil)
 	_, err := d.Fetch(context.Background(), testReplicable, 7, dst, "records/7-v1", "")
-	if !errors.Is(err, blob.ErrKeyChanged) {
+	if !errors.Is(err, transfer.ErrKeyChanged) {
 		t.Fatalf("Fetch of a record served from another key: err = %v, want ErrKeyChanged", err)
 	}
 	wantNothingAt(t, dst, "records/7-v1")
 
 	p.mu.Lock()
-	p.wrap = func(s blob.Source) blob.Source { s.Key = "records/7-v1"; return s }
+	p.wrap = func(s transfer.Source) transfer.Source { s.Key = "records/7-v1"; return s }
 	p.mu.Unlock()
 	res, err := d.Fetch(context.Background(), testReplicable, 7, dst, "records/7-v1", "")
 	if err != nil {
