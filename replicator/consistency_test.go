@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -189,25 +188,28 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	require.EqualValues(t, len(ids), rows)
 }
 
-// heldOrphanCheck is a strategy whose BlobKey for id, the first time it
-// is asked, signals entered and waits for release: it holds the
-// consistency pass's orphan check, and so the pass's write of that batch.
+// heldOrphanCheck is a strategy whose second listing of the page after
+// after, the pass's orphan check of that page (confirmOrphans lists the
+// page's range again), signals entered and waits for release: it holds
+// the pass's write of that page while the lister goes on.
 type heldOrphanCheck struct {
 	*failingIDs
-	id      int64
+	after   int64
+	listed  atomic.Int32 // listings starting at after
 	entered chan struct{}
 	release chan struct{}
-	once    sync.Once
 }
 
-func (h *heldOrphanCheck) BlobKey(ctx context.Context, id int64) (string, error) {
-	if id == h.id {
-		h.once.Do(func() {
-			close(h.entered)
-			<-h.release
-		})
+func (h *heldOrphanCheck) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	if after == h.after && h.listed.Add(1) == 2 {
+		close(h.entered)
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	return h.failingIDs.BlobKey(ctx, id)
+	return h.failingIDs.IDs(ctx, after, limit)
 }
 
 // TestRecordDeletedAfterListingIsNotResurrected (R2 against the listing
@@ -228,7 +230,7 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, f.app.Delete(ctx, orphan, false))
 
-	sec := &heldOrphanCheck{failingIDs: &failingIDs{BlobStrategy: f.secondaryItems()}, id: orphan,
+	sec := &heldOrphanCheck{failingIDs: &failingIDs{BlobStrategy: f.secondaryItems()}, after: 0,
 		entered: make(chan struct{}), release: make(chan struct{})}
 	released := false
 	defer func() {
@@ -239,8 +241,10 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 	cfg := f.SecondaryConfig(sec)
 	cfg.BackfillBatch = 10
 	r := f.Start(cfg)
-	<-sec.entered
-	geotest.WaitFor(t, 30*time.Second, "the second batch is listed while the first is written", func() (bool, string) {
+	waitClosed(t, sec.entered, "the orphan check of the first batch")
+	// The held check is not counted yet: two listings are the first
+	// batch's and the second's.
+	geotest.WaitFor(t, time.Minute, "the second batch is listed while the first is written", func() (bool, string) {
 		return sec.calls.Load() >= 2, fmt.Sprintf("IDs called %d times", sec.calls.Load())
 	})
 	gone := ids[15] // in the second batch, already listed
