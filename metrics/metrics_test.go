@@ -157,7 +157,7 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 
 	counts, err := store.Counts(ctx)
 	require.NoError(t, err)
-	c := counts["item"]
+	c := counts["item"].Counts
 	require.Equal(t, registry.Counts{Total: 10, Pending: 2, Synced: 5, Failed: 3, MissingOnPrimary: 3,
 		VerificationPending: c.VerificationPending, VerificationSucceeded: c.VerificationSucceeded,
 		VerificationFailed: c.VerificationFailed}, c, "the scenario's rows")
@@ -238,9 +238,9 @@ func TestPrimaryMetricsMatchTheDatabase(t *testing.T) {
 	m.ObserveTransfer("item", 1, time.Now(), time.Now(), 1234)
 	require.NoError(t, m.Refresh(ctx))
 	got := scrape(t, reg)
-	counts, err := registry.NewChecksumStore(w.PrimaryDB, registry.Options{})
+	counts, err := registry.NewChecksums(w.PrimaryDB)
 	require.NoError(t, err)
-	cc, err := counts.ChecksumCounts(ctx)
+	cc, err := counts.Counts(ctx)
 	require.NoError(t, err)
 	for _, typ := range []string{"alpha", "beta", "empty"} {
 		c := cc[typ]

@@ -39,7 +39,7 @@ type PrimaryOptions struct {
 // age, and the transfers served. It is safe for concurrent use.
 type Primary struct {
 	opts PrimaryOptions
-	cs   *registry.ChecksumStore
+	cs   *registry.Checksums
 
 	transfers  *prometheus.CounterVec
 	sent       *prometheus.CounterVec
@@ -82,7 +82,7 @@ func NewPrimary(reg prometheus.Registerer, opts PrimaryOptions) (*Primary, error
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	cs, err := registry.NewChecksumStore(opts.DB, registry.Options{})
+	cs, err := registry.NewChecksums(opts.DB)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -143,7 +143,7 @@ func (m *Primary) Run(ctx context.Context) error {
 // geo_checksums table (migrated before primary verification existed)
 // reports the outbox alone.
 func (m *Primary) Refresh(ctx context.Context) error {
-	counts, err := m.cs.ChecksumCounts(ctx)
+	counts, err := m.cs.Counts(ctx)
 	haveChecksums := true
 	if isUndefinedTable(err) {
 		counts, err, haveChecksums = nil, nil, false

@@ -12,6 +12,7 @@ import (
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -71,13 +72,14 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	var timeout string
 	require.NoError(t, db.Get(&timeout, `SHOW statement_timeout`))
 	require.Equal(t, "2s", timeout, "the connection's statement_timeout")
-	s, err := registry.NewStore(db, registry.Options{})
+	s, err := regstore.NewStore(db, regstore.Options{})
 	require.NoError(t, err)
 
 	var maxSeq int64
 	require.NoError(t, setup.Get(&maxSeq, `SELECT max(seq) FROM geo_registry`))
 	start := time.Now()
-	changed, err := s.ResyncAll(ctx, "a", false)
+	prog, err := s.ResyncBatches(ctx, "a", registry.BatchOptions{OnlyFailed: false})
+	changed := prog.Changed
 	var pe *pq.Error
 	if errors.As(err, &pe) && pe.Code == "57014" {
 		t.Fatalf("ResyncAll over %d rows was cancelled by the 2 s statement_timeout after %v: %v", n, time.Since(start), err)
@@ -103,7 +105,7 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 // order.
 func TestBatchPlans(t *testing.T) {
 	t.Parallel()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 100)
 	_, err := db.Exec(`UPDATE geo_registry SET state = 3, verification_state = 3 WHERE model_id % 10 = 0`)
 	require.NoError(t, err)
@@ -118,7 +120,7 @@ func TestBatchPlans(t *testing.T) {
 // requirePrimaryKeyWalk checks that batch statement q reaches
 // geo_registry through its primary key alone, with the cursor as the
 // start of the range.
-func requirePrimaryKeyWalk(t *testing.T, s *registry.Store, q string) {
+func requirePrimaryKeyWalk(t *testing.T, s *regstore.Store, q string) {
 	t.Helper()
 	plan, err := s.ExplainPrepared(context.Background(), registry.BatchPlansSQL, q, "a", time.Now(), int64(50), 10)
 	require.NoError(t, err)
@@ -143,7 +145,7 @@ var errStop = errors.New("stop here")
 func TestResyncBatchesResume(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 50)
 	seedSynced(t, db, "b", 20) // another type: never touched
 	_, err := db.Exec(`UPDATE geo_registry SET state = 0 WHERE replicable = 'a' AND model_id IN (7, 33)`)
@@ -210,12 +212,12 @@ func TestResyncBatchesResume(t *testing.T) {
 func TestResyncBatchesOnlyFailed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 100)
 	_, err := db.Exec(`UPDATE geo_registry SET state = 3, retry_count = 4, retry_at = now() + interval '1 hour'
 WHERE model_id IN (3, 57, 58, 99)`)
 	require.NoError(t, err)
-	n, err := s.CountResyncAll(ctx, "a", true)
+	n, err := s.CountResyncBatches(ctx, "a", registry.BatchOptions{OnlyFailed: true})
 	require.NoError(t, err)
 	require.Equal(t, int64(4), n)
 	n, err = s.CountResyncBatches(ctx, "a", registry.BatchOptions{OnlyFailed: true, After: 57})
@@ -226,7 +228,7 @@ WHERE model_id IN (3, 57, 58, 99)`)
 	require.Equal(t, registry.BatchProgress{After: 100, Walked: 100, Changed: 4, Batches: 5, Done: true}, p)
 	counts, err := s.Counts(ctx)
 	require.NoError(t, err)
-	require.Equal(t, registry.Counts{Total: 100, Pending: 4, Synced: 96, VerificationSucceeded: 100}, counts["a"])
+	require.Equal(t, registry.Counts{Total: 100, Pending: 4, Synced: 96, VerificationSucceeded: 100}, counts["a"].Counts)
 	r := mustGet(t, s, "a", 57)
 	require.Equal(t, registry.StatePending, r.State)
 	require.Zero(t, r.RetryCount, "retry_count after a resync")
@@ -242,22 +244,22 @@ WHERE model_id IN (3, 57, 58, 99)`)
 func TestResyncBatchesStartedDuringTheWalk(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 30)
 	_, err := db.Exec(`UPDATE geo_registry SET state = 0, seq = nextval('geo_registry_seq') WHERE model_id = 25`)
 	require.NoError(t, err)
-	var claims []registry.Claim
+	var claims []regstore.Claim
 	_, err = s.ResyncBatches(ctx, "a", registry.BatchOptions{Size: 10, Progress: func(p registry.BatchProgress) error {
 		if p.Batches == 1 {
 			// Rows 1-10 (just made pending) and 25 (not reached yet).
-			claims = mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 100})
+			claims = mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 100})
 		}
 		return nil
 	}})
 	require.NoError(t, err)
 	require.Len(t, claims, 11, "claims after the first batch")
 	for _, c := range claims {
-		ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: fmt.Sprintf("k/%d", c.ModelID)}, nil)
+		ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: fmt.Sprintf("k/%d", c.ModelID)}, nil)
 		require.NoError(t, err)
 		if c.ModelID == 25 {
 			require.False(t, ok, "settle of row 25, started before its batch resynced it (R1)")
@@ -277,7 +279,7 @@ func TestResyncBatchesStartedDuringTheWalk(t *testing.T) {
 func TestBatchTimeoutAndResume(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 30)
 	before := seqs(t, db, "a")
 	tx, err := db.Beginx()
@@ -317,14 +319,14 @@ func TestBatchTimeoutAndResume(t *testing.T) {
 func TestReverifyBatches(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	seedSynced(t, db, "a", 40)
 	_, err := db.Exec(`UPDATE geo_registry SET
   verification_state = CASE WHEN model_id IN (5, 25, 35) THEN 3 WHEN model_id = 6 THEN 0 ELSE verification_state END,
   verification_retry_count = 2, verification_retry_at = now() + interval '1 hour',
   state = CASE WHEN model_id IN (8, 35) THEN 3 ELSE state END`)
 	require.NoError(t, err)
-	n, err := s.CountReverifyAll(ctx, "a", true)
+	n, err := s.CountReverifyBatches(ctx, "a", registry.BatchOptions{OnlyFailed: true})
 	require.NoError(t, err)
 	require.Equal(t, int64(2), n, "synced rows whose verification failed")
 	n, err = s.CountReverifyBatches(ctx, "a", registry.BatchOptions{})
@@ -343,9 +345,9 @@ func TestReverifyBatches(t *testing.T) {
 	p, err = s.ReverifyBatches(ctx, "a", registry.BatchOptions{Size: 10, After: 20})
 	require.NoError(t, err)
 	require.Equal(t, int64(18), p.Changed, "rows 21-40 but 25 (pending now) and 35 (not synced)")
-	changed, err := s.ReverifyAll(ctx, "a", false)
+	p, err = s.ReverifyBatches(ctx, "a", registry.BatchOptions{OnlyFailed: false})
 	require.NoError(t, err)
-	require.Equal(t, int64(17), changed, "rows 1-20 but 5 and 6 (pending) and 8 (not synced)")
+	require.Equal(t, int64(17), p.Changed, "rows 1-20 but 5 and 6 (pending) and 8 (not synced)")
 	counts, err := s.Counts(ctx)
 	require.NoError(t, err)
 	require.Equal(t, int64(38), counts["a"].VerificationPending)

@@ -20,13 +20,6 @@ func (s *Store) CountReverify(ctx context.Context, replicable string, ids []int6
 	return n, nil
 }
 
-// CountReverifyAll returns how many rows ReverifyAll(ctx, replicable,
-// onlyFailed) would change now (a dry run): synced rows whose
-// verification is not pending, or only those whose verification failed.
-func (s *Store) CountReverifyAll(ctx context.Context, replicable string, onlyFailed bool) (int64, error) {
-	return s.CountReverifyBatches(ctx, replicable, BatchOptions{OnlyFailed: onlyFailed})
-}
-
 // CountReverifyBatches returns how many rows ReverifyBatches(ctx,
 // replicable, opts) would change now (those after opts.After that it
 // selects), without changing any (a dry run), in one statement.

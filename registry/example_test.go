@@ -7,6 +7,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -22,18 +23,18 @@ func Example() {
 	if err := registry.MigrateTracking(ctx, db); err != nil {
 		log.Fatal(err)
 	}
-	store, err := registry.NewStore(db, registry.Options{})
+	store, err := regstore.NewStore(db, regstore.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	owner := "host-a:1234:worker" // unique per live process
-	claims, err := store.Claim(ctx, owner, 30*time.Second, []registry.TypeLimit{{Replicable: "package_file", Limit: 100}})
+	claims, err := store.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: owner, Duration: 30*time.Second}, Limits: []regstore.TypeLimit{{Replicable: "package_file", Limit: 100}}})
 	if err != nil {
 		log.Fatal(err)
 	}
 	for _, c := range claims {
 		// ... download record c.ModelID into a staging file, hashing it ...
-		res := registry.SyncedResult{BlobKey: "packages/1/file.tgz", Size: 42, Checksum: "ab12..."}
+		res := regstore.SyncedResult{BlobKey: "packages/1/file.tgz", Size: 42, Checksum: "ab12..."}
 		ok, err := store.SettleSynced(ctx, owner, c, res, func(ctx context.Context) error {
 			return nil // rename the staging file to res.BlobKey and fsync
 		})

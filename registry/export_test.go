@@ -10,30 +10,8 @@ import (
 	"github.com/lib/pq"
 )
 
-// ExplainClaim returns the plan of the statement Claim would run (EXPLAIN
-// without ANALYZE: nothing is claimed). For tests.
-func (s *Store) ExplainClaim(ctx context.Context, owner string, lease time.Duration, limits []TypeLimit) (string, error) {
-	args, err := s.claimArgs(owner, lease, limits)
-	if err != nil {
-		return "", err
-	}
-	var lines []string
-	if err := s.db.SelectContext(ctx, &lines, `EXPLAIN (COSTS OFF) `+claimSQL, args...); err != nil {
-		return "", err
-	}
-	return strings.Join(lines, "\n"), nil
-}
-
 // The key-joined statements of claim and settle transactions, for plan
 // tests.
-const (
-	ClaimSQL       = claimSQL
-	LockHeldSQL    = lockHeldSQL
-	StageKeysSQL   = stageKeysSQL
-	SettleBatchSQL = settleBatchSQL
-	RenewLeasesSQL = renewLeasesSQL
-	ClearStagedSQL = clearStagedSQL
-)
 
 // ExplainPrepared returns the plan PostgreSQL uses for query when it is
 // prepared and executed with args in a transaction that first ran set
@@ -83,18 +61,6 @@ func (s *Store) ExplainPrepared(ctx context.Context, set, query string, args ...
 	return strings.Join(lines, "\n"), nil
 }
 
-// RowPlansSQL is rowPlansSQL, for plan tests.
-const RowPlansSQL = rowPlansSQL
-
-// CopyMissing writes ids with InsertMissing's COPY path only (no
-// fallback), for tests.
-func (s *Store) CopyMissing(ctx context.Context, replicable string, ids []int64) (int64, error) {
-	return s.copyMissing(ctx, replicable, ids)
-}
-
-// Copies returns how many InsertMissing batches were written by COPY.
-func (s *Store) Copies() int64 { return s.copies.Load() }
-
 // ExplainTopFailures returns the plan of TopFailures' statement (EXPLAIN
 // without ANALYZE). For tests.
 func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample int) (string, error) {
@@ -104,10 +70,6 @@ func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample i
 	}
 	return strings.Join(lines, "\n"), nil
 }
-
-// LockKeysSQL is lockKeysSQL, for tests that hold a key's lock the way
-// StageKeys does.
-const LockKeysSQL = lockKeysSQL
 
 // BatchPlansSQL is batchPlansSQL, for plan tests.
 const BatchPlansSQL = batchPlansSQL
@@ -119,3 +81,6 @@ func ResyncBatchSQL(onlyFailed bool) string { return resyncBatch(onlyFailed).que
 // ReverifyBatchSQL returns the statement of one batch of
 // ReverifyBatches, for plan tests.
 func ReverifyBatchSQL(onlyFailed bool) string { return reverifyBatch(onlyFailed).query }
+
+// NormalizeReason is normalizeReason, for tests.
+var NormalizeReason = normalizeReason

@@ -10,6 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -47,7 +48,11 @@ func (c *fakeClock) Set(t time.Time) {
 
 // newStore returns a store on a fresh, migrated database with a fake clock
 // (unless opts.Now is set).
-func newStore(tb testing.TB, opts registry.Options) (*registry.Store, *sqlx.DB, *fakeClock) {
+//
+// It is the engines' store (internal/regstore), which holds the public
+// registry.Store: the tests set rows up through claims and settles and
+// check the public reads and admin actions on them.
+func newStore(tb testing.TB, opts regstore.Options) (*regstore.Store, *sqlx.DB, *fakeClock) {
 	tb.Helper()
 	db := pg.NewDatabase(tb)
 	if err := registry.MigrateTracking(context.Background(), db); err != nil {
@@ -57,14 +62,14 @@ func newStore(tb testing.TB, opts registry.Options) (*registry.Store, *sqlx.DB, 
 	if opts.Now == nil {
 		opts.Now = clock.Now
 	}
-	s, err := registry.NewStore(db, opts)
+	s, err := regstore.NewStore(db, opts)
 	if err != nil {
 		tb.Fatalf("NewStore: %v", err)
 	}
 	return s, db, clock
 }
 
-func mustGet(t *testing.T, s *registry.Store, replicable string, id int64) registry.Row {
+func mustGet(t *testing.T, s *regstore.Store, replicable string, id int64) registry.Row {
 	t.Helper()
 	r, err := s.Get(context.Background(), replicable, id)
 	if err != nil {
@@ -73,16 +78,16 @@ func mustGet(t *testing.T, s *registry.Store, replicable string, id int64) regis
 	return r
 }
 
-func mustMarkPending(t *testing.T, s *registry.Store, replicable string, ids ...int64) {
+func mustMarkPending(t *testing.T, s *regstore.Store, replicable string, ids ...int64) {
 	t.Helper()
 	if _, err := s.MarkPending(context.Background(), replicable, ids); err != nil {
 		t.Fatalf("MarkPending(%s, %v): %v", replicable, ids, err)
 	}
 }
 
-func mustClaim(t *testing.T, s *registry.Store, owner string, lease time.Duration, limits ...registry.TypeLimit) []registry.Claim {
+func mustClaim(t *testing.T, s *regstore.Store, owner string, lease time.Duration, limits ...regstore.TypeLimit) []regstore.Claim {
 	t.Helper()
-	cs, err := s.Claim(context.Background(), owner, lease, limits)
+	cs, err := s.Claim(context.Background(), regstore.ClaimParams{Lease: regstore.Lease{Owner: owner, Duration: lease}, Limits: limits})
 	if err != nil {
 		t.Fatalf("Claim(%s, %v): %v", owner, limits, err)
 	}
@@ -90,9 +95,9 @@ func mustClaim(t *testing.T, s *registry.Store, owner string, lease time.Duratio
 }
 
 // claimOne claims exactly one row of replicable or fails the test.
-func claimOne(t *testing.T, s *registry.Store, owner, replicable string) registry.Claim {
+func claimOne(t *testing.T, s *regstore.Store, owner, replicable string) regstore.Claim {
 	t.Helper()
-	cs := mustClaim(t, s, owner, time.Minute, registry.TypeLimit{Replicable: replicable, Limit: 1})
+	cs := mustClaim(t, s, owner, time.Minute, regstore.TypeLimit{Replicable: replicable, Limit: 1})
 	if len(cs) != 1 {
 		t.Fatalf("Claim(%s, %s, 1) returned %d claims, want 1", owner, replicable, len(cs))
 	}

@@ -27,6 +27,25 @@ const (
 	SetPrimary = "primary"
 )
 
+// TrackingMigrations returns the tracking database's migrations as SQL
+// files named NNNN_name.sql, to be applied in version order, for teams
+// that apply migrations with their own tool instead of MigrateTracking.
+// Record each version the way that tool does; MigrateTracking keeps its
+// own record in geo_schema_migrations.
+func TrackingMigrations() fs.FS { return subFS(SetTracking) }
+
+// PrimaryMigrations returns the primary database's migrations, as
+// TrackingMigrations does the tracking database's.
+func PrimaryMigrations() fs.FS { return subFS(SetPrimary) }
+
+func subFS(set string) fs.FS {
+	sub, err := fs.Sub(migrationFS, path.Join("migrations", set))
+	if err != nil {
+		panic(err) // the embedded directories exist at build time
+	}
+	return sub
+}
+
 // ErrNoSchema is returned (wrapped) by the migrations when the connection
 // has no current schema to create tables in (search_path names no existing
 // schema).

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -154,7 +155,7 @@ func TestMigrateCustomSchema(t *testing.T) {
 				tc.schema); err != nil {
 				t.Fatalf("geo_registry not in schema %s: %v", tc.schema, err)
 			}
-			s, err := registry.NewStore(db, registry.Options{})
+			s, err := regstore.NewStore(db, regstore.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}

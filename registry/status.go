@@ -50,7 +50,7 @@ const foldAfter = 5000
 //
 // When it read more than a few thousand deltas it folds them before
 // returning (an error of that fold is ignored: the answer stands).
-func (s *Store) StatusCounts(ctx context.Context) (map[string]TypeCounts, error) {
+func (s *Store) Counts(ctx context.Context) (map[string]TypeCounts, error) {
 	rows, err := s.db.QueryContext(ctx, statusCountsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("registry: status counts: %w", err)
@@ -129,7 +129,7 @@ func (s *Store) StatusCounts(ctx context.Context) (map[string]TypeCounts, error)
 
 // FoldCounts folds the deltas of geo_registry_counts into one row per
 // group (groups whose count is zero and that carry no progress time
-// vanish), in one statement, so StatusCounts stays cheap. The secondary
+// vanish), in one statement, so Counts stays cheap. The secondary
 // runs it on an interval; it is safe at any time, concurrently with
 // writers (who only append) and with another FoldCounts (each folds the
 // rows it deleted; a row is deleted by one of them only).
@@ -171,35 +171,12 @@ FROM geo_registry GROUP BY 1, 2, 3, 4, 5`)
 	return nil
 }
 
-// OldestPending returns, for each of types that has pending rows, when
-// the first row of its FIFO (the lowest seq, the next to be claimed) was
-// marked pending. It reads one index entry and one row per type.
-func (s *Store) OldestPending(ctx context.Context, types []string) (map[string]time.Time, error) {
-	var got []struct {
-		Replicable string    `db:"replicable"`
-		Since      time.Time `db:"since"`
-	}
-	err := s.db.SelectContext(ctx, &got, `
-SELECT t.replicable, p.updated_at AS since
-FROM unnest($1::text[]) AS t(replicable)
-CROSS JOIN LATERAL (SELECT r.updated_at FROM geo_registry r
-  WHERE r.replicable = t.replicable AND r.state = 0 ORDER BY r.seq LIMIT 1) p`, pq.Array(types))
-	if err != nil {
-		return nil, fmt.Errorf("registry: oldest pending: %w", err)
-	}
-	out := make(map[string]time.Time, len(got))
-	for _, g := range got {
-		out[g.Replicable] = g.Since
-	}
-	return out, nil
-}
-
 // FailureReason is one kind of failure message and how many rows carry
 // it. Messages that differ only in what names the record are grouped
-// (see NormalizeReason), so that one cause affecting many records is one
+// (see normalizeReason), so that one cause affecting many records is one
 // reason.
 type FailureReason struct {
-	// Reason is the message normalized by NormalizeReason.
+	// Reason is the message normalized by normalizeReason.
 	Reason string `json:"reason"`
 	// Count is the number of rows whose message normalizes to Reason.
 	Count int64 `json:"count"`
@@ -216,7 +193,7 @@ type Failures struct {
 	Verification []FailureReason
 }
 
-// Placeholders of NormalizeReason.
+// Placeholders of normalizeReason.
 const (
 	// reasonNumber stands for a record id, a size, a count or an
 	// ephemeral port.
@@ -229,7 +206,7 @@ const (
 	reasonKeyTail = "*"
 )
 
-// reasonHexRunLen is the shortest run of hex digits NormalizeReason takes
+// reasonHexRunLen is the shortest run of hex digits normalizeReason takes
 // for a digest: shorter runs (error codes, short words) are kept.
 const reasonHexRunLen = 16
 
@@ -243,7 +220,7 @@ var (
 
 // numberNamesObject reports whether a number between the words prev and
 // next names a record or measures one object (a size, a count), so that
-// NormalizeReason folds it to N.
+// normalizeReason folds it to N.
 func numberNamesObject(prev, next string) bool {
 	switch contextWord(prev) {
 	case "than", "most", "least", "max", "limit", "over", "under":
@@ -259,7 +236,7 @@ func numberNamesObject(prev, next string) bool {
 	return false
 }
 
-// NormalizeReason folds what names one record or object in a failure
+// normalizeReason folds what names one record or object in a failure
 // message, so that messages differing only in that are one reason, while
 // messages of different causes stay distinct:
 //
@@ -283,7 +260,7 @@ func numberNamesObject(prev, next string) bool {
 //   - A message cut to MaxFailureLen ends with "…": the cut word before it
 //     is dropped, since where a message is cut depends on the lengths of
 //     the ids before it.
-func NormalizeReason(reason string) string {
+func normalizeReason(reason string) string {
 	toks := reasonTokens(reason)
 	if n := len(toks); n >= 2 && toks[n-1].text == "…" && toks[n-2].word {
 		toks = append(toks[:n-2], toks[n-1])
@@ -347,7 +324,7 @@ func reasonTokens(s string) []reasonToken {
 }
 
 // normalizeWord normalizes one word given its neighbours (see
-// NormalizeReason). A trailing colon or dot is punctuation, not part of
+// normalizeReason). A trailing colon or dot is punctuation, not part of
 // the word.
 func normalizeWord(w, prev, next string) string {
 	core := strings.TrimRight(w, ":.")
@@ -380,7 +357,7 @@ func contextWord(w string) string {
 }
 
 // normalizePath keeps a slashed word's segments up to the first that
-// names one object (see NormalizeReason).
+// names one object (see normalizeReason).
 func normalizePath(w string) string {
 	prefix, rest := "", w
 	if i := strings.Index(w, "://"); i > 0 {
@@ -459,7 +436,7 @@ func isDecimal(s string) bool {
 // topFailuresSQL samples, per type ($1), the sample ($2) most recent sync
 // failures (geo_registry_failed_due) and verification failures
 // (geo_registry_verify_failed), counted per exact reason; TopFailures
-// groups them by NormalizeReason.
+// groups them by normalizeReason.
 const topFailuresSQL = `
 SELECT t.replicable, 'sync' AS kind, f.reason, count(*) AS n
 FROM unnest($1::text[]) AS t(replicable)
@@ -497,7 +474,7 @@ func (s *Store) TopFailures(ctx context.Context, types []string, top, sample int
 	type group struct{ replicable, kind, reason string }
 	groups := map[group]*FailureReason{}
 	for _, g := range got {
-		k := group{g.Replicable, g.Kind, NormalizeReason(g.Reason)}
+		k := group{g.Replicable, g.Kind, normalizeReason(g.Reason)}
 		r := groups[k]
 		if r == nil {
 			r = &FailureReason{Reason: k.reason, Example: g.Reason}
@@ -538,36 +515,6 @@ func topReasons(rs []FailureReason, top int) []FailureReason {
 	return rs
 }
 
-// NewFailures counts, per type, rows that failed for the first time at or
-// after since (state failed, retry_count 1, updated since): the set of
-// failing records grew by that many. At most limit rows are counted per
-// type (limit must be positive), so the cost stays bounded when very
-// many rows fail.
-func (s *Store) NewFailures(ctx context.Context, types []string, since time.Time, limit int) (map[string]int64, error) {
-	if limit <= 0 {
-		return nil, fmt.Errorf("registry: new failures: limit = %d, want > 0", limit)
-	}
-	var got []struct {
-		Replicable string `db:"replicable"`
-		N          int64  `db:"n"`
-	}
-	err := s.db.SelectContext(ctx, &got, `
-SELECT t.replicable, f.n
-FROM unnest($1::text[]) AS t(replicable)
-CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM geo_registry r
-  WHERE r.replicable = t.replicable AND r.state = 3 AND r.retry_count = 1 AND r.updated_at >= $2
-  LIMIT $3) x) f
-WHERE f.n > 0`, pq.Array(types), since, limit)
-	if err != nil {
-		return nil, fmt.Errorf("registry: new failures: %w", err)
-	}
-	out := make(map[string]int64, len(got))
-	for _, g := range got {
-		out[g.Replicable] = g.N
-	}
-	return out, nil
-}
-
 // FailedQuery selects a page of Failed rows.
 type FailedQuery struct {
 	// Replicable narrows the list to one type; "" lists every type.
@@ -603,8 +550,8 @@ LIMIT $4`, q.Replicable, q.After.Replicable, q.After.ModelID, q.Limit)
 	return out, nil
 }
 
-// PausedTypes returns the paused types and when each was paused.
-func (s *Store) PausedTypes(ctx context.Context) (map[string]time.Time, error) {
+// Paused returns the paused types and when each was paused.
+func (s *Store) Paused(ctx context.Context) (map[string]time.Time, error) {
 	var got []struct {
 		Replicable string    `db:"replicable"`
 		PausedAt   time.Time `db:"paused_at"`
@@ -655,11 +602,11 @@ func (s *Store) EventCursors(ctx context.Context) ([]EventCursor, error) {
 	return out, nil
 }
 
-// TrackedTypes returns the names of the types that have registry rows, a
+// Types returns the names of the types that have registry rows, a
 // consistency cursor or a pause, sorted: what an admin tool can list
 // without the process's registered set. It walks the primary key's
 // distinct leading values (a skip scan), not every row.
-func (s *Store) TrackedTypes(ctx context.Context) ([]string, error) {
+func (s *Store) Types(ctx context.Context) ([]string, error) {
 	names := []string{}
 	err := s.db.SelectContext(ctx, &names, `
 WITH RECURSIVE t(name) AS (

@@ -65,7 +65,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 			require.NoError(t, err)
 			geotest.WaitFor(t, 30*time.Second, "the key of a record whose transfer is held is staged", func() (bool, string) {
 				var staged string
-				err := r.Store().DB().GetContext(ctx, &staged,
+				err := f.TrackingDB.GetContext(ctx, &staged,
 					`SELECT coalesce(staged_key, '') FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, held)
 				return err == nil && staged == key, fmt.Sprintf("staged %q, want %q (%v)", staged, key, err)
 			})
@@ -75,7 +75,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 			release()
 			geotest.WaitFor(t, 60*time.Second, "every row synced, staged keys cleared by the settles", func() (bool, string) {
 				var synced, staged int
-				err := r.Store().DB().QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state = 2),
+				err := f.TrackingDB.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state = 2),
 					count(*) FILTER (WHERE staged_key IS NOT NULL) FROM geo_registry`).Scan(&synced, &staged)
 				return err == nil && synced == len(ids) && staged == 0, fmt.Sprint(synced, staged, err)
 			})

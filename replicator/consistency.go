@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -23,7 +23,7 @@ import (
 // handed over, the one being listed) whatever the table sizes; a batch's
 // orphans are at most the registry's rows in its id range.
 type consistencyEngine struct {
-	store    *registry.Store
+	store    *regstore.Store
 	set      *Set
 	reps     map[string]Replicator
 	batch    int
@@ -69,7 +69,7 @@ type Progress struct {
 	Passes       int64     // full passes completed by this process
 }
 
-func newConsistencyEngine(store *registry.Store, set *Set, reps map[string]Replicator, cfg *SecondaryConfig, wakeSync func()) *consistencyEngine {
+func newConsistencyEngine(store *regstore.Store, set *Set, reps map[string]Replicator, cfg *SecondaryConfig, wakeSync func()) *consistencyEngine {
 	return &consistencyEngine{
 		store: store, set: set, reps: reps, batch: cfg.BackfillBatch, interval: cfg.ConsistencyInterval,
 		log: cfg.Logger, wakeSync: wakeSync, now: cfg.Now, poll: cfg.PollInterval,
@@ -196,7 +196,7 @@ func (c *consistencyEngine) passType(ctx context.Context, name string) error {
 	}
 	start := c.now()
 	var tracked int64
-	if counts, err := c.store.StatusCounts(ctx); err == nil {
+	if counts, err := c.store.Counts(ctx); err == nil {
 		tracked = counts[name].Total
 	}
 	c.setProgress(name, func(p *Progress) {

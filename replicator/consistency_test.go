@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
 )
@@ -37,13 +38,13 @@ func (s *failingIDs) IDs(ctx context.Context, after int64, limit int) ([]int64, 
 // pausedBacklog creates n items without events and returns their ids and
 // a store on the migrated tracking database with the item type paused, so
 // that only the consistency pass writes registry rows.
-func (f *fixture) pausedBacklog(t *testing.T, n int) ([]int64, *registry.Store) {
+func (f *fixture) pausedBacklog(t *testing.T, n int) ([]int64, *regstore.Store) {
 	t.Helper()
 	ctx := context.Background()
 	ids, err := f.app.BulkCreate(ctx, n, 0, func(i int) []byte { return payload(i, 10) })
 	require.NoError(t, err)
 	require.NoError(t, registry.MigrateTracking(ctx, f.TrackingDB))
-	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	store, err := regstore.NewStore(f.TrackingDB, regstore.Options{})
 	require.NoError(t, err)
 	require.NoError(t, store.Pause(ctx, "item"))
 	return ids, store

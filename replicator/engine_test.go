@@ -22,6 +22,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
 )
@@ -328,13 +329,13 @@ func TestDeadWorkersClaimsAndTempFilesAreRecovered(t *testing.T) { // R3
 	ctx := context.Background()
 	ids, err := f.app.BulkCreate(ctx, 20, 0, func(i int) []byte { return payload(i, 3000) })
 	require.NoError(t, err)
-	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	store, err := regstore.NewStore(f.TrackingDB, regstore.Options{})
 	require.NoError(t, err)
 	_, err = store.InsertMissing(ctx, "item", ids)
 	require.NoError(t, err)
 	// A worker in another process claims everything, starts writing, and
 	// dies: its claims stay started and its temporary file stays on disk.
-	claims, err := store.Claim(ctx, "dead-worker", 2*time.Second, []registry.TypeLimit{{Replicable: "item", Limit: 100}})
+	claims, err := store.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "dead-worker", Duration: 2 * time.Second}, Limits: []regstore.TypeLimit{{Replicable: "item", Limit: 100}}})
 	require.NoError(t, err)
 	require.Len(t, claims, 20)
 	deadDir, err := dirblob.Open(f.SecondaryRoot)
@@ -385,6 +386,14 @@ var _ = atomic.Int64{}
 
 func trackingStore(t *testing.T, f *fixture) *registry.Store {
 	s, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	return s
+}
+
+// engineStore is the engines' store over the fixture's tracking database,
+// for tests that drive rows as an engine would.
+func engineStore(t *testing.T, f *fixture) *regstore.Store {
+	s, err := regstore.NewStore(f.TrackingDB, regstore.Options{})
 	require.NoError(t, err)
 	return s
 }

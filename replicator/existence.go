@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/blob"
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 )
 
 // existenceBatch is how many synced rows the existence scan reads per
@@ -32,7 +32,7 @@ const localMissingReason = "local copy missing: the existence scan found no byte
 // again with a Stat before they are marked (a listing is not a
 // snapshot).
 type existenceEngine struct {
-	store    *registry.Store
+	store    *regstore.Store
 	storage  *blob.Bucket
 	stat     func(ctx context.Context, key string) error
 	interval time.Duration
@@ -73,13 +73,13 @@ func (e *existenceEngine) scan(ctx context.Context) (checked, missing int64, err
 	if err != nil {
 		return 0, 0, err
 	}
-	var after registry.KeyedRow
+	var after regstore.KeyedRow
 	for {
 		rows, err := e.store.SyncedKeys(ctx, after, e.batch)
 		if err != nil {
 			return checked, missing, err
 		}
-		var absent []registry.KeyedRow
+		var absent []regstore.KeyedRow
 		for _, r := range rows {
 			// Both sides are in byte order: advance the listing to the
 			// row's key (several rows may share one key).
@@ -116,8 +116,8 @@ func pull(next func() (string, error, bool)) (key string, ok bool, err error) {
 
 // markAbsent re-checks rows the listing lacked (a key committed while the
 // listing passed it is there after all) and makes the rest pending.
-func (e *existenceEngine) markAbsent(ctx context.Context, rows []registry.KeyedRow) (int64, error) {
-	var gone []registry.KeyedRow
+func (e *existenceEngine) markAbsent(ctx context.Context, rows []regstore.KeyedRow) (int64, error) {
+	var gone []regstore.KeyedRow
 	for _, r := range rows {
 		err := e.stat(ctx, r.BlobKey)
 		switch {

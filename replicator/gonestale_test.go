@@ -68,7 +68,7 @@ func TestGoneWithStaleClaimIsSuperseded(t *testing.T) {
 		t.Fatal("no sync of the record started")
 	}
 	// The row is marked pending again while the sync looks the record up.
-	_, err = r.Store().MarkPending(ctx, "item", []int64{id})
+	_, err = engineStore(t, f).MarkPending(ctx, "item", []int64{id})
 	require.NoError(t, err)
 	close(sec.release)
 	require.NoError(t, r.Stop())

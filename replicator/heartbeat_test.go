@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 )
@@ -29,11 +30,11 @@ func TestNoProcessAliveIsUnhealthy(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	store, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	store, err := regstore.NewStore(f.TrackingDB, regstore.Options{})
 	require.NoError(t, err)
 
 	// A tracking database no process ever used: nothing would replicate.
-	st, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{})
+	st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 	require.NoError(t, err)
 	require.Equal(t, replicator.HealthUnhealthy, st.Health, "reasons %v", st.Reasons)
 	require.True(t, hasReason(st, noProcess), "reasons %v", st.Reasons)
@@ -45,7 +46,7 @@ func TestNoProcessAliveIsUnhealthy(t *testing.T) {
 	_, err = store.InsertMissing(ctx, "item", ids)
 	require.NoError(t, err)
 
-	st, err = replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{})
+	st, err = replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 	require.NoError(t, err)
 	require.Equal(t, replicator.HealthUnhealthy, st.Health, "reasons %v", st.Reasons)
 	require.Len(t, st.Reasons, 1, "reasons %v", st.Reasons)
@@ -71,7 +72,7 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 	// A process killed 25 hours ago and one killed a minute ago.
 	beatAt := func(owner string, ago time.Duration) {
 		t.Helper()
-		s, err := registry.NewStore(f.TrackingDB, registry.Options{Now: func() time.Time { return time.Now().Add(-ago) }})
+		s, err := regstore.NewStore(f.TrackingDB, regstore.Options{Now: func() time.Time { return time.Now().Add(-ago) }})
 		require.NoError(t, err)
 		_, err = s.Heartbeat(ctx, registry.Process{Owner: owner, Host: "gone", PID: 7, StartedAt: time.Now().Add(-ago - time.Hour),
 			Interval: time.Second, Roles: []string{replicator.RoleConsumer}, InFlight: map[string]int{"item": 5},
@@ -84,11 +85,10 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 	cfg := f.SecondaryConfig(f.secondaryItems())
 	cfg.HeartbeatInterval = replicator.HeartbeatIntervalMin
 	r := f.Start(cfg)
-	store := r.Store()
 	f.waitConverged(t, 60*time.Second, f.secondaryItems())
 	var first time.Time
 	geotest.WaitFor(t, 60*time.Second, "the running secondary alive, holding consumer and consistency, its pass finished, nothing in flight, the old row pruned", func() (bool, string) {
-		st, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{})
+		st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -106,7 +106,7 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 				len(st.Types) == 1 && st.Types[0].InFlight == 0,
 			fmt.Sprintf("%+v", st.Processes)
 	})
-	st, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{})
+	st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 	require.NoError(t, err)
 	require.False(t, hasReason(st, noProcess), "reasons %v", st.Reasons)
 	self, dead := st.Processes[0], st.Processes[1]
@@ -134,7 +134,7 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 
 	// Graceful stop: the row goes; the killed process's row stays dead.
 	require.NoError(t, r.Stop())
-	st, err = replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{})
+	st, err = replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 	require.NoError(t, err)
 	require.Len(t, st.Processes, 1, "processes after a graceful stop: %+v", st.Processes)
 	require.Equal(t, "killed", st.Processes[0].Owner)
@@ -160,7 +160,7 @@ func TestProcessWithoutHeartbeatTurnsDead(t *testing.T) {
 	})
 	at := func(d time.Duration) replicator.Status {
 		t.Helper()
-		st, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{Now: func() time.Time { return time.Now().Add(d) }})
+		st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{Now: func() time.Time { return time.Now().Add(d) }})
 		require.NoError(t, err)
 		return st
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
@@ -131,7 +132,7 @@ type Primary struct {
 	cfg      PrimaryConfig
 	handler  http.Handler
 	pub      *events.Publisher
-	cs       *registry.ChecksumStore
+	cs       *regstore.ChecksumStore
 	verifier *primaryVerifier
 	// keys holds the endpoint's key batcher of each type implementing
 	// strategy.BatchKeyer (and not strategy.Opener); built once.
@@ -163,7 +164,7 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	cs, err := registry.NewChecksumStore(cfg.DB, registry.Options{Now: cfg.Now, Retry: cfg.Retry})
+	cs, err := regstore.NewChecksumStore(cfg.DB, regstore.Options{Now: cfg.Now, Retry: cfg.Retry})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
@@ -219,8 +220,9 @@ func (p *Primary) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// Checksums returns the primary's checksum table, for admin tools and tests.
-func (p *Primary) Checksums() *registry.ChecksumStore { return p.cs }
+// Checksums returns a reader of the primary's checksum table, for admin
+// tools and tests.
+func (p *Primary) Checksums() *registry.Checksums { return p.cs.Checksums }
 
 // openPrimary opens record id's bytes on the primary: through the
 // strategy's Opener, else from storage at its BlobKey. A gone record gives

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/geoframework/geo/blob"
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -23,7 +23,7 @@ import (
 // change meanwhile, records missing or unreadable files as failures with
 // growing backoff, and re-verifies succeeded rows after ReverifyInterval.
 type primaryVerifier struct {
-	cs      *registry.ChecksumStore
+	cs      *regstore.ChecksumStore
 	set     *Set
 	storage *blob.Bucket
 	cfg     *PrimaryConfig
@@ -64,7 +64,7 @@ func (v *primaryVerifier) run(ctx context.Context) error {
 
 func (v *primaryVerifier) renewLoop(ctx context.Context) {
 	every(ctx, v.cfg.VerifyLease/3, v.log, "checksum lease renewal failed", func(ctx context.Context) error {
-		return v.cs.RenewChecksumLeases(ctx, v.cfg.Owner, v.cfg.VerifyLease)
+		return v.cs.RenewChecksums(ctx, regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.VerifyLease})
 	})
 }
 
@@ -119,7 +119,9 @@ func (v *primaryVerifier) backfill(ctx context.Context, name string) error {
 func (v *primaryVerifier) round(ctx context.Context) (int, error) {
 	total := 0
 	for _, name := range v.set.Names() {
-		claims, err := v.cs.ClaimChecksums(ctx, v.cfg.Owner, v.cfg.VerifyLease, name, v.cfg.VerifyBatch, v.cfg.ReverifyInterval)
+		claims, err := v.cs.ClaimChecksums(ctx, regstore.ChecksumClaimParams{
+			Lease: regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.VerifyLease}, Replicable: name,
+			Limit: v.cfg.VerifyBatch, ReverifyInterval: v.cfg.ReverifyInterval})
 		if err != nil {
 			return total, err
 		}
@@ -135,7 +137,7 @@ func (v *primaryVerifier) round(ctx context.Context) (int, error) {
 }
 
 // process checksums one claimed row and settles it.
-func (v *primaryVerifier) process(ctx context.Context, c registry.ChecksumClaim) {
+func (v *primaryVerifier) process(ctx context.Context, c regstore.ChecksumClaim) {
 	log := v.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
 	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -144,7 +146,7 @@ func (v *primaryVerifier) process(ctx context.Context, c registry.ChecksumClaim)
 	sum, size, err := v.checksum(ctx, s, c.ModelID)
 	switch {
 	case ctx.Err() != nil:
-		if rerr := v.cs.ReleaseChecksums(settleCtx, v.cfg.Owner, []registry.ChecksumClaim{c}); rerr != nil {
+		if rerr := v.cs.ReleaseChecksums(settleCtx, v.cfg.Owner, []regstore.ChecksumClaim{c}); rerr != nil {
 			log.Warn("releasing a checksum claim failed", zap.Error(rerr))
 		}
 	case errors.Is(err, strategy.ErrNotFound):
@@ -166,10 +168,10 @@ func (v *primaryVerifier) process(ctx context.Context, c registry.ChecksumClaim)
 		switch {
 		case serr != nil:
 			log.Warn("storing a checksum failed", zap.Error(serr))
-		case out == registry.ChecksumChanged:
+		case out == regstore.ChecksumChanged:
 			log.Error("primary file changed at rest: checksum differs from the stored good one",
 				zap.String("stored", c.Checksum), zap.String("now", sum), zap.Int("retry_count", c.RetryCount+1))
-		case out == registry.ChecksumStale:
+		case out == regstore.ChecksumStale:
 			log.Debug("record changed while checksumming: discarded, pending again")
 		default:
 			log.Debug("checksum stored", zap.Int64("bytes", size), zap.Duration("duration", time.Since(start)))

@@ -18,6 +18,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/internal/pglock"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
@@ -220,7 +221,7 @@ const ExistenceScanIntervalDefault = 10 * time.Minute
 // row by row, and singleton loops run under advisory locks.
 type Secondary struct {
 	cfg      SecondaryConfig
-	store    *registry.Store
+	store    *regstore.Store
 	reps     map[string]Replicator
 	sync     *syncEngine
 	cons     *consistencyEngine
@@ -236,7 +237,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	store, err := registry.NewStore(cfg.Tracking, registry.Options{Now: cfg.Now, Retry: cfg.Retry})
+	store, err := regstore.NewStore(cfg.Tracking, regstore.Options{Now: cfg.Now, Retry: cfg.Retry})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
@@ -262,11 +263,11 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	// compared with them (R6), a never-attempted row whose bytes are
 	// already present and match skips the download, and verification
 	// compares local copies with them.
-	primarySums, err := registry.NewChecksumStore(cfg.Primary, registry.Options{Now: cfg.Now})
+	primarySums, err := regstore.NewChecksumStore(cfg.Primary, regstore.Options{Now: cfg.Now})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
-	s.sync.checksums = primarySums.Checksums
+	s.sync.checksums = primarySums.ChecksumsOf
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
 	s.exist = &existenceEngine{
@@ -298,7 +299,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 }
 
 // Store returns the tracking store, for admin tools and tests.
-func (s *Secondary) Store() *registry.Store { return s.store }
+func (s *Secondary) Store() *registry.Store { return s.store.Store }
 
 // Owner returns the name this process uses in leases.
 func (s *Secondary) Owner() string { return s.cfg.Owner }
@@ -501,7 +502,7 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 // row and retries it with backoff. This is what deleted events and the
 // consistency pass's orphans do, so that one failing removal holds back
 // neither the events after it nor the rest of a pass.
-func deleteOrHandOver(ctx context.Context, store *registry.Store, log *zap.Logger, replicable string, id int64, key string,
+func deleteOrHandOver(ctx context.Context, store *regstore.Store, log *zap.Logger, replicable string, id int64, key string,
 	remove func(ctx context.Context, key string) error) (existed, handedOver bool, err error) {
 	existed, err = store.Delete(ctx, replicable, id, key, func(ctx context.Context, key string) error {
 		if err := remove(ctx, key); err != nil {

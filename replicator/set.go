@@ -36,7 +36,7 @@ func (set *Set) Register(s strategy.BlobStrategy) error {
 		return fmt.Errorf("replicator: register: %w", err)
 	}
 	if _, dup := set.byName[name]; dup {
-		return fmt.Errorf("%w: %q", ErrDuplicate, name)
+		return fmt.Errorf("replicator: %w: %q", ErrDuplicate, name)
 	}
 	set.byName[name] = s
 	set.names = append(set.names, name)

@@ -194,7 +194,7 @@ func TestSharedKeySkipsDownloadOnAnyAttempt(t *testing.T) {
 	same := payload(3, 5000)
 	b, err := f.app.Create(ctx, 0, same)
 	require.NoError(t, err)
-	sums, err := registry.NewChecksumStore(f.PrimaryDB, registry.Options{})
+	sums, err := registry.NewChecksums(f.PrimaryDB)
 	require.NoError(t, err)
 	geotest.WaitFor(t, time.Minute, "the primary's checksum of b", func() (bool, string) {
 		got, err := sums.Checksum(ctx, "item", b)
@@ -278,7 +278,7 @@ func TestSkippedBytesGoneAtSettleAreDownloaded(t *testing.T) {
 	// at b's key matching, and sees them vanish once it has read them.
 	b, err := f.app.Create(ctx, 0, same)
 	require.NoError(t, err)
-	sums, err := registry.NewChecksumStore(f.PrimaryDB, registry.Options{})
+	sums, err := registry.NewChecksums(f.PrimaryDB)
 	require.NoError(t, err)
 	geotest.WaitFor(t, time.Minute, "the primary's checksum of b", func() (bool, string) {
 		got, err := sums.Checksum(ctx, "item", b)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -329,12 +330,16 @@ type EventStatus struct {
 // event lag is the one the process holding the consumer reported
 // (EventSourceHeartbeat).
 //
-// Cost: the registry's maintained counts (registry.Store.StatusCounts,
+// Cost: the registry's maintained counts (registry.Store.Counts,
 // independent of the number of rows) plus index lookups bounded by
 // FailureSample and the heartbeat rows, run concurrently; at most seven
 // statements on separate connections.
-func ReadStatus(ctx context.Context, store *registry.Store, types []string, opts StatusOptions) (Status, error) {
+func ReadStatus(ctx context.Context, tracking *sqlx.DB, types []string, opts StatusOptions) (Status, error) {
 	opts.defaults()
+	store, err := regstore.NewStore(tracking, regstore.Options{Now: opts.Now})
+	if err != nil {
+		return Status{}, fmt.Errorf("replicator: status: %w", err)
+	}
 	st, newFailures, err := readStatus(ctx, store, types, opts)
 	if err != nil {
 		return Status{}, err
@@ -374,11 +379,11 @@ func (st *Status) fromHeartbeats() {
 
 // readStatus reads the database part of a report; health is left to
 // evaluate.
-func readStatus(ctx context.Context, store *registry.Store, types []string, opts StatusOptions) (Status, map[string]int64, error) {
+func readStatus(ctx context.Context, store *regstore.Store, types []string, opts StatusOptions) (Status, map[string]int64, error) {
 	now := opts.Now()
 	if types == nil {
 		var err error
-		if types, err = store.TrackedTypes(ctx); err != nil {
+		if types, err = store.Types(ctx); err != nil {
 			return Status{}, nil, fmt.Errorf("replicator: status: %w", err)
 		}
 	}
@@ -391,8 +396,8 @@ func readStatus(ctx context.Context, store *registry.Store, types []string, opts
 		procs       []registry.Process
 	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) { counts, err = store.StatusCounts(gctx); return err })
-	g.Go(func() (err error) { paused, err = store.PausedTypes(gctx); return err })
+	g.Go(func() (err error) { counts, err = store.Counts(gctx); return err })
+	g.Go(func() (err error) { paused, err = store.Paused(gctx); return err })
 	g.Go(func() (err error) { oldest, err = store.OldestPending(gctx, types); return err })
 	g.Go(func() (err error) { procs, err = store.Processes(gctx); return err })
 	if opts.TopFailures > 0 {
@@ -463,7 +468,7 @@ func readStatus(ctx context.Context, store *registry.Store, types []string, opts
 
 // readEventStatus fills ev from the saved cursor and, when opts.Primary is
 // set, the lag measured on the primary's outbox.
-func readEventStatus(ctx context.Context, store *registry.Store, opts StatusOptions, ev *EventStatus) error {
+func readEventStatus(ctx context.Context, store *regstore.Store, opts StatusOptions, ev *EventStatus) error {
 	cursors, err := store.EventCursors(ctx)
 	if err != nil {
 		return fmt.Errorf("replicator: status: %w", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/internal/testtype"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
@@ -130,7 +131,7 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	require.Contains(t, st.Reasons[1], "item: failures growing: 3 rows")
 
 	// The same report from the database alone (what geoctl shows).
-	st2, err := replicator.ReadStatus(ctx, store, nil, replicator.StatusOptions{Primary: f.PrimaryDB})
+	st2, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{Primary: f.PrimaryDB})
 	require.NoError(t, err)
 	require.Equal(t, item.Counts, typeStatus(t, st2, "item").Counts)
 	require.Equal(t, st.Reasons, st2.Reasons)
@@ -138,7 +139,7 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	// Twenty minutes later with nothing running: no progress, and the
 	// failures are no longer new.
 	later := replicator.StatusOptions{Now: func() time.Time { return time.Now().Add(20 * time.Minute) }}
-	st3, err := replicator.ReadStatus(ctx, store, nil, later)
+	st3, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, later)
 	require.NoError(t, err)
 	require.Equal(t, replicator.HealthUnhealthy, st3.Health, "reasons %v", st3.Reasons)
 	require.Len(t, st3.Reasons, 2, "reasons %v", st3.Reasons)
@@ -172,7 +173,8 @@ func BenchmarkStatus(b *testing.B) {
 	})
 	sec, err := replicator.NewSecondary(w.SecondaryConfig(items, &attachments{db: w.PrimaryDB}))
 	require.NoError(b, err)
-	store := sec.Store()
+	store, err := regstore.NewStore(w.TrackingDB, regstore.Options{})
+	require.NoError(b, err)
 	ids := make([]int64, batch)
 	for start := 0; start < rows; start += batch {
 		name := "item"

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
@@ -19,7 +20,7 @@ import (
 // each type's Replicator, renews leases while work goes on (R3) and settles
 // rows by the registry's rules (R1, R2, R4, R6).
 type syncEngine struct {
-	store   *registry.Store
+	store   *regstore.Store
 	reps    map[string]Replicator
 	names   []string
 	owner   string
@@ -46,14 +47,14 @@ type syncEngine struct {
 }
 
 type task struct {
-	claim  registry.Claim
+	claim  regstore.Claim
 	cancel context.CancelFunc
 	// release frees the task's budget slot, once: when its bytes are
 	// handed to the group commit, or when it ends.
 	release func()
 }
 
-func newSyncEngine(store *registry.Store, reps map[string]Replicator, names []string, owner string, cfg *SecondaryConfig, obs Observer) *syncEngine {
+func newSyncEngine(store *regstore.Store, reps map[string]Replicator, names []string, owner string, cfg *SecondaryConfig, obs Observer) *syncEngine {
 	return &syncEngine{
 		store: store, reps: reps, names: names, owner: owner,
 		perType: cfg.SyncCapacityPerType, total: cfg.SyncCapacityTotal,
@@ -89,7 +90,7 @@ func (e *syncEngine) InFlight() map[string]int {
 // at a rotating type, skipping types known to have no due work. The
 // capacity it hands out is reserved (counted in flight) until the claim
 // returns: unreserve gives back what the claim did not fill.
-func (e *syncEngine) allocate(dry map[string]bool) []registry.TypeLimit {
+func (e *syncEngine) allocate(dry map[string]bool) []regstore.TypeLimit {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	used := 0
@@ -132,10 +133,10 @@ func (e *syncEngine) allocate(dry map[string]bool) []registry.TypeLimit {
 			break
 		}
 	}
-	var limits []registry.TypeLimit
+	var limits []regstore.TypeLimit
 	for _, j := range order {
 		if want[j] > 0 {
-			limits = append(limits, registry.TypeLimit{Replicable: e.names[j], Limit: want[j]})
+			limits = append(limits, regstore.TypeLimit{Replicable: e.names[j], Limit: want[j]})
 			e.inflight[e.names[j]] += want[j]
 		}
 	}
@@ -155,7 +156,7 @@ func (e *syncEngine) minClaim() int {
 
 // unreserve gives back the capacity allocate reserved for limits that the
 // claim did not fill (got rows per type).
-func (e *syncEngine) unreserve(limits []registry.TypeLimit, got map[string]int) {
+func (e *syncEngine) unreserve(limits []regstore.TypeLimit, got map[string]int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, l := range limits {
@@ -170,8 +171,8 @@ const claimPipeline = 2
 
 // claimed is the outcome of one claim: what was asked and what was got.
 type claimed struct {
-	limits []registry.TypeLimit
-	claims []registry.Claim
+	limits []regstore.TypeLimit
+	claims []regstore.Claim
 	sums   map[registry.Key]string
 	// keys are the storage keys resolved for the claimed records (by
 	// replicators implementing keyResolver), and staging records them as
@@ -191,10 +192,10 @@ type claimed struct {
 // would leave rows claimed that this process never learns of (held until
 // their lease ends). What it claims runs under workCtx and finishes or is
 // released.
-func (e *syncEngine) claim(ctx, workCtx context.Context, limits []registry.TypeLimit) claimed {
+func (e *syncEngine) claim(ctx, workCtx context.Context, limits []regstore.TypeLimit) claimed {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	claims, err := e.store.Claim(cctx, e.owner, e.lease, limits)
+	claims, err := e.store.Claim(cctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: e.owner, Duration: e.lease}, Limits: limits})
 	if err != nil {
 		return claimed{limits: limits, err: err}
 	}
@@ -222,7 +223,7 @@ type keyResolver interface {
 // resolveClaimed resolves the keys of the claimed records whose
 // replicator can (keyResolver): the syncs then look up no key. A record
 // left out is looked up by its sync.
-func (e *syncEngine) resolveClaimed(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
+func (e *syncEngine) resolveClaimed(ctx context.Context, claims []regstore.Claim) map[registry.Key]string {
 	return byType(claims, func(name string, ids []int64) map[int64]string {
 		if r, ok := e.reps[name].(keyResolver); ok {
 			return r.resolveKeys(ctx, ids)
@@ -233,7 +234,7 @@ func (e *syncEngine) resolveClaimed(ctx context.Context, claims []registry.Claim
 
 // byType calls lookup once per type with the claimed ids of that type and
 // gathers its answers by row key (nil when there are none).
-func byType(claims []registry.Claim, lookup func(name string, ids []int64) map[int64]string) map[registry.Key]string {
+func byType(claims []regstore.Claim, lookup func(name string, ids []int64) map[int64]string) map[registry.Key]string {
 	ids := map[string][]int64{}
 	for _, c := range claims {
 		ids[c.Replicable] = append(ids[c.Replicable], c.ModelID)
@@ -282,12 +283,12 @@ func (s *staging) wait(k registry.Key) bool {
 // its sync removes those first (ClearStagedKey) and stages at settle. A
 // failed staging is logged and changes nothing: the settles stage those
 // keys themselves, as for any replicator.
-func (e *syncEngine) stageClaimed(workCtx context.Context, claims []registry.Claim, keys map[registry.Key]string) *staging {
-	var stagings []registry.Staging
+func (e *syncEngine) stageClaimed(workCtx context.Context, claims []regstore.Claim, keys map[registry.Key]string) *staging {
+	var stagings []regstore.Staging
 	for _, c := range claims {
 		key := keys[c.Key()]
 		if key != "" && (c.StagedKey == "" || c.StagedKey == key) {
-			stagings = append(stagings, registry.Staging{Claim: c, Key: key})
+			stagings = append(stagings, regstore.Staging{Claim: c, Key: key})
 		}
 	}
 	if len(stagings) == 0 {
@@ -412,7 +413,7 @@ func (e *syncEngine) run(ctx context.Context) error {
 // records, one statement per type. A failed lookup is logged and leaves
 // the checksums unknown: the download then proves only the transfer, and
 // the row stays verification pending (as with a record never checksummed).
-func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Claim) map[registry.Key]string {
+func (e *syncEngine) primaryChecksums(ctx context.Context, claims []regstore.Claim) map[registry.Key]string {
 	if e.checksums == nil {
 		return nil
 	}
@@ -428,7 +429,7 @@ func (e *syncEngine) primaryChecksums(ctx context.Context, claims []registry.Cla
 	})
 }
 
-func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c registry.Claim, primarySum, key string, stg *staging) {
+func (e *syncEngine) start(workCtx context.Context, wg *sync.WaitGroup, c regstore.Claim, primarySum, key string, stg *staging) {
 	tctx, cancel := context.WithCancel(workCtx)
 	k := registry.Key{Replicable: c.Replicable, ModelID: c.ModelID}
 	t := &task{claim: c, cancel: cancel}
@@ -483,7 +484,7 @@ func (e *syncEngine) renewLoop(ctx context.Context) {
 // work of those no longer held.
 func (e *syncEngine) renew(ctx context.Context) error {
 	e.mu.Lock()
-	claims := make([]registry.Claim, 0, len(e.active))
+	claims := make([]regstore.Claim, 0, len(e.active))
 	for _, tk := range e.active {
 		claims = append(claims, tk.claim)
 	}
@@ -491,7 +492,7 @@ func (e *syncEngine) renew(ctx context.Context) error {
 	if len(claims) == 0 {
 		return nil
 	}
-	lost, err := e.store.RenewLeases(ctx, e.owner, e.lease, claims)
+	lost, err := e.store.RenewLeases(ctx, regstore.Lease{Owner: e.owner, Duration: e.lease}, claims)
 	if err != nil {
 		return err
 	}
@@ -552,7 +553,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 		switch {
 		case workCtx.Err() != nil:
 			// Shutting down: not a failure of the record.
-			if rerr := e.store.Release(settleCtx, e.owner, []registry.Claim{c}); rerr != nil {
+			if rerr := e.store.Release(settleCtx, e.owner, []regstore.Claim{c}); rerr != nil {
 				log.Warn("release failed", zap.Error(rerr))
 			}
 			e.obs.SyncDone(c.Replicable, ResultReleased, 0, time.Since(start))
@@ -613,7 +614,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 		t.claim.StagedKey = key
 		e.mu.Unlock()
 	}
-	ok, err := e.settle(t, registry.SyncedResult{
+	ok, err := e.settle(t, regstore.SyncedResult{
 		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
 	}, staged.Commit, func(ctx context.Context, key string) error { return rep.Remove(ctx, c.ModelID, key) })
 	if err != nil || !ok {
@@ -652,8 +653,8 @@ const maxSettleBatch = 256
 
 // settleReq asks a settler to settle one successful sync.
 type settleReq struct {
-	item  registry.SettleItem
-	reply chan registry.SettleOutcome
+	item  regstore.SettleItem
+	reply chan regstore.SettleOutcome
 }
 
 // settle settles one successful sync through the settlers and returns
@@ -669,12 +670,12 @@ type settleReq struct {
 // the load. Syncs waiting to be taken keep their slots, so the syncs past
 // their transfer are bounded by the budget plus what the settlers hold
 // (settlerCount * maxSettleBatch).
-func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(context.Context) error, remove func(context.Context, string) error) (bool, error) {
-	reply := make(chan registry.SettleOutcome, 1)
+func (e *syncEngine) settle(t *task, r regstore.SyncedResult, publish func(context.Context) error, remove func(context.Context, string) error) (bool, error) {
+	reply := make(chan regstore.SettleOutcome, 1)
 	e.mu.Lock() // renewals read the task's claim
 	c := t.claim
 	e.mu.Unlock()
-	e.settles <- settleReq{item: registry.SettleItem{Claim: c, Result: r, Publish: publish, Remove: remove}, reply: reply}
+	e.settles <- settleReq{item: regstore.SettleItem{Claim: c, Result: r, Publish: publish, Remove: remove}, reply: reply}
 	t.release()
 	out := <-reply
 	return out.Settled, out.Err
@@ -685,8 +686,8 @@ func (e *syncEngine) settle(t *task, r registry.SyncedResult, publish func(conte
 // maxSettleBatch) and settles them in one transaction.
 func (e *syncEngine) settleLoop(ctx context.Context) {
 	batch := make([]settleReq, 0, maxSettleBatch)
-	items := make([]registry.SettleItem, 0, maxSettleBatch)
-	stagings := make([]registry.Staging, 0, maxSettleBatch)
+	items := make([]regstore.SettleItem, 0, maxSettleBatch)
+	stagings := make([]regstore.Staging, 0, maxSettleBatch)
 	for req := range e.settles {
 		batch = append(batch[:0], req)
 	more:
@@ -712,12 +713,12 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 		stagings = stagings[:0]
 		for _, it := range items {
 			if it.Publish != nil {
-				stagings = append(stagings, registry.Staging{Claim: it.Claim, Key: it.Result.BlobKey})
+				stagings = append(stagings, regstore.Staging{Claim: it.Claim, Key: it.Result.BlobKey})
 			}
 		}
-		var outs []registry.SettleOutcome
+		var outs []regstore.SettleOutcome
 		if _, err := e.store.StageKeys(sctx, e.owner, stagings); err != nil {
-			outs = make([]registry.SettleOutcome, len(items))
+			outs = make([]regstore.SettleOutcome, len(items))
 			for i := range outs {
 				outs[i].Err = err
 			}
@@ -734,7 +735,7 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 	}
 }
 
-func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c registry.Claim, cause error, missing bool, start time.Time) {
+func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c regstore.Claim, cause error, missing bool, start time.Time) {
 	current, err := e.store.SettleFailed(ctx, e.owner, c, cause.Error(), missing)
 	if err != nil {
 		log.Warn("recording sync failure failed", zap.Error(err), zap.NamedError("cause", cause))

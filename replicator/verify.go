@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 )
 
 // verifyEngine is the secondary's verification engine. It claims synced
@@ -32,8 +32,8 @@ import (
 // Settles apply only while the row is still synced with the claimed seq:
 // an event that made it pending meanwhile wins.
 type verifyEngine struct {
-	store    *registry.Store
-	cs       *registry.ChecksumStore // the primary's, through the replica
+	store    *regstore.Store
+	cs       *regstore.ChecksumStore // the primary's, through the replica
 	reps     map[string]Replicator
 	names    []string
 	cfg      *SecondaryConfig
@@ -41,7 +41,7 @@ type verifyEngine struct {
 	wakeSync func()
 }
 
-func newVerifyEngine(store *registry.Store, cs *registry.ChecksumStore, reps map[string]Replicator, names []string, cfg *SecondaryConfig, wakeSync func()) *verifyEngine {
+func newVerifyEngine(store *regstore.Store, cs *regstore.ChecksumStore, reps map[string]Replicator, names []string, cfg *SecondaryConfig, wakeSync func()) *verifyEngine {
 	return &verifyEngine{store: store, cs: cs, reps: reps, names: names, cfg: cfg,
 		wake: make(chan struct{}, 1), wakeSync: wakeSync}
 }
@@ -77,7 +77,7 @@ func (e *verifyEngine) run(ctx context.Context) error {
 
 func (e *verifyEngine) renewLoop(ctx context.Context) {
 	every(ctx, e.cfg.Lease/3, e.cfg.Logger, "verification lease renewal failed", func(ctx context.Context) error {
-		return e.store.RenewVerificationLeases(ctx, e.cfg.Owner, e.cfg.Lease)
+		return e.store.RenewVerification(ctx, regstore.Lease{Owner: e.cfg.Owner, Duration: e.cfg.Lease})
 	})
 }
 
@@ -92,7 +92,9 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 		// Claim with a context shutdown cannot cut: a cancelled statement
 		// the server had committed would leave rows claimed unknown to us.
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		claims, err := e.store.ClaimVerification(cctx, e.cfg.Owner, e.cfg.Lease, name, e.cfg.VerifyBatch, e.cfg.ReverifyInterval)
+		claims, err := e.store.ClaimVerification(cctx, regstore.VerifyClaimParams{
+			Lease: regstore.Lease{Owner: e.cfg.Owner, Duration: e.cfg.Lease}, Replicable: name,
+			Limit: e.cfg.VerifyBatch, ReverifyInterval: e.cfg.ReverifyInterval})
 		ccancel()
 		if err != nil {
 			return total, err
@@ -105,7 +107,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 		for i, c := range claims {
 			ids[i] = c.ModelID
 		}
-		sums, err := e.cs.Checksums(ctx, name, ids)
+		sums, err := e.cs.ChecksumsOf(ctx, name, ids)
 		if err != nil {
 			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			if rerr := e.store.ReleaseVerification(relCtx, e.cfg.Owner, claims); rerr != nil {
@@ -117,7 +119,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 		// Rows the primary has no checksum for yet wait for one, all in
 		// one statement (records synced right after they were written
 		// usually arrive before the primary checksummed them).
-		var waiting, ready []registry.VerifyClaim
+		var waiting, ready []regstore.VerifyClaim
 		for _, c := range claims {
 			if sums[c.ModelID] == "" {
 				waiting = append(waiting, c)
@@ -157,7 +159,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 // process verifies one claimed row against primary (the primary's
 // checksum, known) and settles it. It reports whether the row was
 // sent back for a resync.
-func (e *verifyEngine) process(ctx context.Context, c registry.VerifyClaim, primary string) bool {
+func (e *verifyEngine) process(ctx context.Context, c regstore.VerifyClaim, primary string) bool {
 	log := e.cfg.Logger.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
 	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -165,19 +167,19 @@ func (e *verifyEngine) process(ctx context.Context, c registry.VerifyClaim, prim
 	start := time.Now()
 	res, err := rep.Verify(ctx, c.ModelID, c.BlobKey, primary)
 	d := time.Since(start)
-	var f registry.VerifyFailure
+	var f regstore.VerifyFailure
 	switch {
 	case ctx.Err() != nil:
-		if rerr := e.store.ReleaseVerification(settleCtx, e.cfg.Owner, []registry.VerifyClaim{c}); rerr != nil {
+		if rerr := e.store.ReleaseVerification(settleCtx, e.cfg.Owner, []regstore.VerifyClaim{c}); rerr != nil {
 			log.Warn("releasing a verification claim failed", zap.Error(rerr))
 		}
 		return false
 	case errors.Is(err, ErrLocalMissing):
-		f = registry.VerifyFailure{Reason: "missing on the secondary: " + err.Error(), PrimaryChecksum: primary, Resync: true}
+		f = regstore.VerifyFailure{Reason: "missing on the secondary: " + err.Error(), PrimaryChecksum: primary, Resync: true}
 	case err != nil:
-		f = registry.VerifyFailure{Reason: err.Error(), PrimaryChecksum: primary}
+		f = regstore.VerifyFailure{Reason: err.Error(), PrimaryChecksum: primary}
 	case !res.Match:
-		f = registry.VerifyFailure{
+		f = regstore.VerifyFailure{
 			Reason:        fmt.Sprintf("checksum mismatch: local %s, primary %s", res.Checksum, primary),
 			LocalChecksum: res.Checksum, PrimaryChecksum: primary, Mismatch: true, Resync: true,
 		}

@@ -56,12 +56,12 @@ func (f *fixture) runPrimary(t *testing.T, set *replicator.Set, mod func(*replic
 }
 
 // waitChecksum waits until record id's checksum row satisfies cond.
-func waitChecksum(t *testing.T, cs *registry.ChecksumStore, name string, id int64, what string, cond func(r registry.ChecksumRow) bool) registry.ChecksumRow {
+func waitChecksum(t *testing.T, cs *registry.Checksums, name string, id int64, what string, cond func(r registry.ChecksumRow) bool) registry.ChecksumRow {
 	t.Helper()
 	var row registry.ChecksumRow
 	geotest.WaitFor(t, 20*time.Second, what, func() (bool, string) {
 		var err error
-		row, err = cs.GetChecksum(context.Background(), name, id)
+		row, err = cs.Get(context.Background(), name, id)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -248,7 +248,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	// without the clock moving.
 	require.NoError(t, f.app.Delete(ctx, ids[0], true))
 	geotest.WaitFor(t, 20*time.Second, "deleted event removes the checksum row", func() (bool, string) {
-		_, err := cs.GetChecksum(ctx, "item", ids[0])
+		_, err := cs.Get(ctx, "item", ids[0])
 		return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)
 	})
 	require.NoError(t, f.app.Delete(ctx, silentlyGone, false))
@@ -256,7 +256,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	// before this delete (seen in CI under load): make the next one due.
 	clock.Add(15*time.Minute + time.Second) // the default VerifyBackfillInterval
 	geotest.WaitFor(t, 20*time.Second, "backfill removes the row of a record gone without an event", func() (bool, string) {
-		_, err := cs.GetChecksum(ctx, "item", silentlyGone)
+		_, err := cs.Get(ctx, "item", silentlyGone)
 		return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)
 	})
 }
@@ -312,7 +312,7 @@ func TestPrimaryUpdateDuringChecksumKeepsNoStaleChecksum(t *testing.T) {
 	p := f.runPrimary(t, set, nil)
 	waitClosed(t, g.arrived, "checksum of the old bytes in progress")
 	require.NoError(t, f.app.Update(ctx, id, newBytes))
-	row, err := p.Checksums().GetChecksum(ctx, "item", id)
+	row, err := p.Checksums().Get(ctx, "item", id)
 	require.NoError(t, err)
 	require.Equal(t, registry.VerificationPending, row.State, "an update during checksumming makes the row pending")
 	close(g.release)

@@ -17,7 +17,7 @@ import (
 
 	"github.com/lib/pq"
 
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 )
 
 // defaultSyncCapacity is replicator.SecondaryConfig.SyncCapacityPerType's
@@ -109,7 +109,7 @@ SELECT $1, k.id, 2, k.sum, $4, now() FROM unnest($2::bigint[], $3::text[]) AS k(
 
 // pendingRows creates pending registry rows for items 1..n.
 func (b *bench) pendingRows(ctx context.Context, n int) error {
-	store, err := registry.NewStore(b.trackingDB, registry.Options{})
+	store, err := regstore.NewStore(b.trackingDB, regstore.Options{})
 	if err != nil {
 		return err
 	}

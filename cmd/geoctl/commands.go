@@ -133,7 +133,7 @@ func (s *selection) validate(cmd *cobra.Command) error {
 // database) or every tracked type; with --resume, from the resumed type
 // on.
 func (s *selection) types(ctx context.Context, store *registry.Store) ([]string, error) {
-	known, err := store.TrackedTypes(ctx)
+	known, err := store.Types(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -381,7 +381,7 @@ func (a *app) pauseCmd(verb string) *cobra.Command {
 			ctx, cancel := a.opCtx(cmd.Context())
 			defer cancel()
 			if !force {
-				known, err := store.TrackedTypes(ctx)
+				known, err := store.Types(ctx)
 				if err != nil {
 					return err
 				}

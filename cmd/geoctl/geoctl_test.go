@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/geoframework/geo/geotest/pgtest"
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/replicator"
 )
 
@@ -119,7 +121,7 @@ func TestGeoctl(t *testing.T) {
 	tracking, err := sqlx.Open("postgres", trackingURL)
 	require.NoError(t, err)
 	defer tracking.Close()
-	store, err := registry.NewStore(tracking, registry.Options{})
+	store, err := regstore.NewStore(tracking, regstore.Options{})
 	require.NoError(t, err)
 	ids := make([]int64, 3000)
 	for i := range ids {
@@ -151,7 +153,7 @@ WHERE replicable = 'item'`)
 	require.NoError(t, err)
 	require.Len(t, st.Types, 2)
 	for _, ts := range st.Types {
-		require.Equal(t, counts[ts.Replicable], ts.Counts, "status -o json: %s counts", ts.Replicable)
+		require.Equal(t, counts[ts.Replicable].Counts, ts.Counts, "status -o json: %s counts", ts.Replicable)
 	}
 	// No secondary process runs against this database: unhealthy.
 	require.Equal(t, replicator.HealthUnhealthy, st.Health, "reasons %v", st.Reasons)
@@ -187,7 +189,7 @@ WHERE replicable = 'item'`)
 	require.Contains(t, g.ok("pause", "--type", "doc"), "doc: paused")
 	paused, err := store.Paused(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []string{"doc"}, paused)
+	require.Equal(t, []string{"doc"}, slices.Sorted(maps.Keys(paused)))
 	require.Contains(t, g.ok("status"), "PAUSED")
 	_, errOut, code = g.run("pause", "--type", "new")
 	require.Equal(t, 1, code)

@@ -170,6 +170,16 @@ func (a *app) connect(ctx context.Context, what string) (*sqlx.DB, error) {
 
 // tracking connects to the tracking database and checks it is migrated.
 func (a *app) tracking(ctx context.Context) (*registry.Store, error) {
+	db, err := a.trackingDB(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return registry.NewStore(db, registry.Options{})
+}
+
+// trackingDB connects to the tracking database and checks that it holds
+// geo's tables.
+func (a *app) trackingDB(ctx context.Context) (*sqlx.DB, error) {
 	db, err := a.connect(ctx, "tracking")
 	if err != nil {
 		return nil, err
@@ -182,11 +192,7 @@ func (a *app) tracking(ctx context.Context) (*registry.Store, error) {
 		return nil, errors.New("the tracking database has no geo tables (geo_registry): run `geoctl migrate` against it first, " +
 			"or check that --database-url names the secondary's tracking database")
 	}
-	store, err := registry.NewStore(db, registry.Options{})
-	if err != nil {
-		return nil, err
-	}
-	return store, nil
+	return db, nil
 }
 
 // opCtx bounds one database operation by --timeout.

@@ -10,7 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
-	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/internal/regstore"
 )
 
 // pwForms are the ways a password can appear in a message: raw and
@@ -183,7 +183,7 @@ func TestGeoctlNeverPrintsPasswords(t *testing.T) {
 	db, err := sqlx.Open("postgres", trackingURL)
 	require.NoError(t, err)
 	defer db.Close()
-	store, err := registry.NewStore(db, registry.Options{})
+	store, err := regstore.NewStore(db, regstore.Options{})
 	require.NoError(t, err)
 	_, err = store.InsertMissing(ctx, "item", []int64{1, 2})
 	require.NoError(t, err)

@@ -52,7 +52,7 @@ Exit code 0 whatever the health; use -o json and .health in scripts.`,
 			if count < 0 {
 				return usagef("--count %d: want >= 0", count)
 			}
-			store, err := a.tracking(cmd.Context())
+			tracking, err := a.trackingDB(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -79,7 +79,7 @@ Exit code 0 whatever the health; use -o json and .health in scripts.`,
 			tty := isTerminal(a.out)
 			for i := 0; ; i++ {
 				ctx, cancel := a.opCtx(cmd.Context())
-				st, err := replicator.ReadStatus(ctx, store, nil, opts)
+				st, err := replicator.ReadStatus(ctx, tracking, nil, opts)
 				cancel()
 				if err != nil {
 					if cmd.Context().Err() != nil && i > 0 {

@@ -9,6 +9,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 )
@@ -27,7 +28,7 @@ func TestStatusShowsProcesses(t *testing.T) {
 	tracking, err := sqlx.Open("postgres", trackingURL)
 	require.NoError(t, err)
 	defer tracking.Close()
-	store, err := registry.NewStore(tracking, registry.Options{})
+	store, err := regstore.NewStore(tracking, regstore.Options{})
 	require.NoError(t, err)
 	ids := make([]int64, 1000)
 	for i := range ids {
@@ -70,7 +71,7 @@ func TestStatusShowsProcesses(t *testing.T) {
 		EventLag: &registry.ProcessEventLag{Seconds: 1.25, Events: 3},
 	}, 0)
 	require.NoError(t, err)
-	old, err := registry.NewStore(tracking, registry.Options{Now: func() time.Time { return time.Now().Add(-time.Hour) }})
+	old, err := regstore.NewStore(tracking, regstore.Options{Now: func() time.Time { return time.Now().Add(-time.Hour) }})
 	require.NoError(t, err)
 	_, err = old.Heartbeat(ctx, registry.Process{Owner: "sec-b", Host: "host-b", PID: 43, StartedAt: started, Interval: 10 * time.Second}, 0)
 	require.NoError(t, err)

@@ -1,4 +1,4 @@
-package registry
+package regstore
 
 import (
 	"cmp"
@@ -10,6 +10,8 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
+
+	"github.com/geoframework/geo/blob"
 )
 
 // SettleItem is one successful sync for SettleSyncedBatch: the claim, what
@@ -30,7 +32,7 @@ type SettleItem struct {
 // SettleOutcome is SettleSyncedBatch's answer for one item, with the
 // meaning of SettleSynced's results: Settled false and Err nil means the
 // claim was no longer current (the caller discards its staged bytes); an
-// Err (matching ErrChecksumMismatch, or wrapping a publish or database
+// Err (matching blob.ErrChecksumMismatch, or wrapping a publish or database
 // error) means the caller settles the claim with SettleFailed.
 type SettleOutcome struct {
 	Settled bool
@@ -78,7 +80,7 @@ WHERE r.replicable = k.replicable AND r.model_id = k.model_id AND r.seq = k.seq
 // Items whose claim is no longer current get Settled false and Err nil,
 // and their Publish is not called: the caller discards the staged bytes.
 // A known primary checksum that differs from the local one is
-// ErrChecksumMismatch for that item, without touching its row (R6). A
+// blob.ErrChecksumMismatch for that item, without touching its row (R6). A
 // failed Publish or removal leaves that item's row started and is
 // reported in its Err (the caller settles it with SettleFailed); the
 // other items are not affected. If the transaction itself fails, every
@@ -114,7 +116,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		if r.PrimaryChecksum != "" {
 			if !strings.EqualFold(r.PrimaryChecksum, r.Checksum) {
 				out[i].Err = fmt.Errorf("registry: settle synced %s/%d: %w: local %q, primary %q",
-					c.Replicable, c.ModelID, ErrChecksumMismatch, r.Checksum, r.PrimaryChecksum)
+					c.Replicable, c.ModelID, blob.ErrChecksumMismatch, r.Checksum, r.PrimaryChecksum)
 				continue
 			}
 			vstate = VerificationSucceeded

@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -15,13 +15,15 @@ import (
 
 	"github.com/lib/pq"
 
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
 func TestClaimOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 
 	// FIFO by seq, not by id.
 	mustMarkPending(t, s, "a", 50)
@@ -40,7 +42,7 @@ func TestClaimOrder(t *testing.T) {
 	clock.Advance(time.Hour)
 	mustMarkPending(t, s, "a", 7)
 	mustMarkPending(t, s, "a", 6)
-	cs := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 3})
+	cs := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 3})
 	if len(cs) != 3 {
 		t.Fatalf("claimed %d, want 3", len(cs))
 	}
@@ -66,11 +68,11 @@ func TestClaimOrder(t *testing.T) {
 	// Per-type limits, several types in one statement.
 	mustMarkPending(t, s, "b", ids(1, 10)...)
 	cs = mustClaim(t, s, "w", time.Minute,
-		registry.TypeLimit{Replicable: "a", Limit: 4},
-		registry.TypeLimit{Replicable: "b", Limit: 2},
-		registry.TypeLimit{Replicable: "b", Limit: 1},
-		registry.TypeLimit{Replicable: "c", Limit: 5},
-		registry.TypeLimit{Replicable: "d", Limit: 0})
+		regstore.TypeLimit{Replicable: "a", Limit: 4},
+		regstore.TypeLimit{Replicable: "b", Limit: 2},
+		regstore.TypeLimit{Replicable: "b", Limit: 1},
+		regstore.TypeLimit{Replicable: "c", Limit: 5},
+		regstore.TypeLimit{Replicable: "d", Limit: 0})
 	per := map[string]int{}
 	for _, c := range cs {
 		per[c.Replicable]++
@@ -93,7 +95,7 @@ func TestClaimOrder(t *testing.T) {
 func TestClaimOrderUnderBacklog(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, clock := newStore(t, registry.Options{})
+	s, db, clock := newStore(t, regstore.Options{})
 	if _, err := db.ExecContext(ctx, `
 INSERT INTO geo_registry (replicable, model_id, created_at, updated_at)
 SELECT 'a', g, now(), now() FROM generate_series(1, 100000) g`); err != nil {
@@ -117,7 +119,7 @@ FROM generate_series(100001, 100054) g`, now); err != nil {
 	if _, err := db.ExecContext(ctx, `ANALYZE geo_registry`); err != nil {
 		t.Fatal(err)
 	}
-	byState := func(cs []registry.Claim) map[registry.State][]int64 {
+	byState := func(cs []regstore.Claim) map[registry.State][]int64 {
 		out := map[registry.State][]int64{}
 		for _, c := range cs {
 			out[c.PrevState] = append(out[c.PrevState], c.ModelID)
@@ -127,7 +129,7 @@ FROM generate_series(100001, 100054) g`, now); err != nil {
 		}
 		return out
 	}
-	got := byState(mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 32}))
+	got := byState(mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 32}))
 	if want := []int64{100001, 100002, 100003}; !slices.Equal(got[registry.StateStarted], want) {
 		t.Fatalf("expired leases claimed: got %v, want %v first", got[registry.StateStarted], want)
 	}
@@ -143,7 +145,7 @@ FROM generate_series(100001, 100054) g`, now); err != nil {
 	if _, err := db.ExecContext(ctx, `DELETE FROM geo_registry WHERE state = 0`); err != nil {
 		t.Fatal(err)
 	}
-	got = byState(mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 100}))
+	got = byState(mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 100}))
 	if want := ids(100004, 100045); !slices.Equal(got[registry.StateFailed], want) || len(got) != 1 {
 		t.Fatalf("claim without pending rows: got %v, want the 42 remaining due retries %v", got, want)
 	}
@@ -155,7 +157,7 @@ FROM generate_series(100001, 100054) g`, now); err != nil {
 func TestClaimersNeverShareRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	const perType = 1200
 	if _, err := s.InsertMissing(ctx, "a", ids(1, perType)); err != nil {
 		t.Fatal(err)
@@ -163,7 +165,7 @@ func TestClaimersNeverShareRows(t *testing.T) {
 	if _, err := s.InsertMissing(ctx, "b", ids(1, perType)); err != nil {
 		t.Fatal(err)
 	}
-	limits := []registry.TypeLimit{{Replicable: "a", Limit: 10}, {Replicable: "b", Limit: 7}}
+	limits := []regstore.TypeLimit{{Replicable: "a", Limit: 10}, {Replicable: "b", Limit: 7}}
 
 	var mu sync.Mutex
 	seen := map[registry.Key]string{}
@@ -181,7 +183,7 @@ func TestClaimersNeverShareRows(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				cs, err := s.Claim(ctx, owner, time.Hour, limits)
+				cs, err := s.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: owner, Duration: time.Hour}, Limits: limits})
 				if err != nil {
 					report(err)
 					return
@@ -203,7 +205,7 @@ func TestClaimersNeverShareRows(t *testing.T) {
 					report(fmt.Errorf("one claim took %v, want at most a:10 b:7", per))
 				}
 				for _, c := range cs {
-					if ok, err := s.SettleSynced(ctx, owner, c, registry.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
+					if ok, err := s.SettleSynced(ctx, owner, c, regstore.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
 						report(fmt.Errorf("SettleSynced(%v) = %v, %v", c.Key(), ok, err))
 						return
 					}
@@ -234,31 +236,31 @@ func TestClaimersNeverShareRows(t *testing.T) {
 func TestExpiredLeaseReclaimed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1)
 	lease := 30 * time.Second
-	old := mustClaim(t, s, "old", lease, registry.TypeLimit{Replicable: "a", Limit: 1})[0]
+	old := mustClaim(t, s, "old", lease, regstore.TypeLimit{Replicable: "a", Limit: 1})[0]
 
 	clock.Advance(20 * time.Second)
-	if lost, err := s.RenewLeases(ctx, "old", lease, []registry.Claim{old}); err != nil || len(lost) != 0 {
+	if lost, err := s.RenewLeases(ctx, regstore.Lease{Owner: "old", Duration: lease}, []regstore.Claim{old}); err != nil || len(lost) != 0 {
 		t.Fatalf("RenewLeases by the holder = %v, %v; want nothing lost", lost, err)
 	}
 	if r := mustGet(t, s, "a", 1); !r.LeaseExpiresAt.Equal(clock.Now().Add(lease)) {
 		t.Fatalf("renewed lease expires at %v, want %v", r.LeaseExpiresAt, clock.Now().Add(lease))
 	}
 	clock.Advance(lease) // exactly at expiry: not yet reclaimable
-	if cs := mustClaim(t, s, "new", lease, registry.TypeLimit{Replicable: "a", Limit: 1}); len(cs) != 0 {
+	if cs := mustClaim(t, s, "new", lease, regstore.TypeLimit{Replicable: "a", Limit: 1}); len(cs) != 0 {
 		t.Fatalf("claimed a row whose lease has not expired: %+v", cs)
 	}
 	clock.Advance(time.Millisecond)
-	cs := mustClaim(t, s, "new", lease, registry.TypeLimit{Replicable: "a", Limit: 1})
+	cs := mustClaim(t, s, "new", lease, regstore.TypeLimit{Replicable: "a", Limit: 1})
 	if len(cs) != 1 || cs[0].PrevState != registry.StateStarted || cs[0].Seq != old.Seq {
 		t.Fatalf("claim after expiry = %+v, want the row, from started", cs)
 	}
-	if lost, err := s.RenewLeases(ctx, "old", lease, []registry.Claim{old}); err != nil || len(lost) != 1 || lost[0] != old.Key() {
+	if lost, err := s.RenewLeases(ctx, regstore.Lease{Owner: "old", Duration: lease}, []regstore.Claim{old}); err != nil || len(lost) != 1 || lost[0] != old.Key() {
 		t.Fatalf("RenewLeases by the old owner = %v, %v; want [%v] lost", lost, err, old.Key())
 	}
-	if ok, err := s.SettleSynced(ctx, "old", old, registry.SyncedResult{BlobKey: "k"}, func(context.Context) error {
+	if ok, err := s.SettleSynced(ctx, "old", old, regstore.SyncedResult{BlobKey: "k"}, func(context.Context) error {
 		t.Error("publish called for a lost claim")
 		return nil
 	}); ok || err != nil {
@@ -273,7 +275,7 @@ func TestExpiredLeaseReclaimed(t *testing.T) {
 	}); ok || err != nil {
 		t.Fatalf("DeleteIfClaim by the old owner = %v, %v; want false, nil", ok, err)
 	}
-	if ok, err := s.SettleSynced(ctx, "new", cs[0], registry.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
+	if ok, err := s.SettleSynced(ctx, "new", cs[0], regstore.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
 		t.Fatalf("SettleSynced by the new owner = %v, %v; want true, nil", ok, err)
 	}
 }
@@ -281,14 +283,14 @@ func TestExpiredLeaseReclaimed(t *testing.T) {
 func TestRelease(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1, 2)
 	c1 := claimOne(t, s, "w", "a")
 	if ok, err := s.SettleFailed(ctx, "w", c1, "x", false); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	clock.Advance(time.Hour)
-	cs := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 2})
+	cs := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 2})
 	if len(cs) != 2 {
 		t.Fatalf("claimed %d, want 2", len(cs))
 	}
@@ -308,7 +310,7 @@ func TestRelease(t *testing.T) {
 	if r2.State != registry.StatePending || r2.LeaseOwner != "" || !r2.LeaseExpiresAt.IsZero() {
 		t.Errorf("released pending row = %+v, want pending, no lease", r2)
 	}
-	if cs := mustClaim(t, s, "w2", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 5}); len(cs) != 2 {
+	if cs := mustClaim(t, s, "w2", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 5}); len(cs) != 2 {
 		t.Errorf("claims after Release = %d, want both rows claimable", len(cs))
 	}
 }
@@ -316,11 +318,11 @@ func TestRelease(t *testing.T) {
 func TestSettleSyncedVerification(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1, 2, 3)
 
 	c := claimOne(t, s, "w", "a")
-	if ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k1", Size: 9, Checksum: "aa", PrimaryChecksum: "aa"}, nil); !ok || err != nil {
+	if ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k1", Size: 9, Checksum: "aa", PrimaryChecksum: "aa"}, nil); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	r := mustGet(t, s, "a", 1)
@@ -330,7 +332,7 @@ func TestSettleSyncedVerification(t *testing.T) {
 	}
 
 	c = claimOne(t, s, "w", "a")
-	if ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k2", Checksum: "bb"}, nil); !ok || err != nil {
+	if ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k2", Checksum: "bb"}, nil); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	if r := mustGet(t, s, "a", 2); r.VerificationState != registry.VerificationPending || !r.VerifiedAt.IsZero() || r.VerificationChecksum != "bb" {
@@ -339,9 +341,9 @@ func TestSettleSyncedVerification(t *testing.T) {
 
 	// R6: a mismatch is never a success.
 	c = claimOne(t, s, "w", "a")
-	ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k3", Checksum: "cc", PrimaryChecksum: "dd"},
+	ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k3", Checksum: "cc", PrimaryChecksum: "dd"},
 		func(context.Context) error { t.Error("publish called on a checksum mismatch"); return nil })
-	if ok || !errors.Is(err, registry.ErrChecksumMismatch) {
+	if ok || !errors.Is(err, blob.ErrChecksumMismatch) {
 		t.Fatalf("SettleSynced with a mismatch = %v, %v; want false, ErrChecksumMismatch", ok, err)
 	}
 	if r := mustGet(t, s, "a", 3); r.State != registry.StateStarted {
@@ -350,7 +352,7 @@ func TestSettleSyncedVerification(t *testing.T) {
 
 	// A publish error rolls back: the row stays started and can be failed.
 	errDisk := errors.New("disk full")
-	ok, err = s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k3"}, func(context.Context) error { return errDisk })
+	ok, err = s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k3"}, func(context.Context) error { return errDisk })
 	if ok || !errors.Is(err, errDisk) {
 		t.Fatalf("SettleSynced with a failing publish = %v, %v; want false and the publish error", ok, err)
 	}
@@ -365,10 +367,10 @@ func TestSettleSyncedVerification(t *testing.T) {
 func TestDelete(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1, 2)
 	c := claimOne(t, s, "w", "a")
-	if ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "key-1"}, nil); !ok || err != nil {
+	if ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "key-1"}, nil); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 
@@ -420,13 +422,13 @@ func TestDelete(t *testing.T) {
 func TestR1StaleSettleAfterMarkPending(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1)
 	c := claimOne(t, s, "w", "a")
 	mustMarkPending(t, s, "a", 1)
 	stale := func(step string) {
 		t.Helper()
-		if ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k"}, func(context.Context) error {
+		if ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k"}, func(context.Context) error {
 			t.Errorf("%s: publish called for a stale claim", step)
 			return nil
 		}); ok || err != nil {
@@ -449,7 +451,7 @@ func TestR1StaleSettleAfterMarkPending(t *testing.T) {
 	if r := mustGet(t, s, "a", 1); r.State != registry.StateStarted || r.Seq != c2.Seq {
 		t.Fatalf("row = %+v, want started by the new claim (seq %d)", r, c2.Seq)
 	}
-	if lost, err := s.RenewLeases(ctx, "w", time.Minute, []registry.Claim{c, c2}); err != nil || len(lost) != 1 || lost[0] != c.Key() {
+	if lost, err := s.RenewLeases(ctx, regstore.Lease{Owner: "w", Duration: time.Minute}, []regstore.Claim{c, c2}); err != nil || len(lost) != 1 || lost[0] != c.Key() {
 		t.Fatalf("RenewLeases(stale, current) = %v, %v; want only the stale claim lost", lost, err)
 	}
 }
@@ -462,7 +464,7 @@ func TestR1StaleSettleAfterMarkPending(t *testing.T) {
 func TestR1ConcurrentMarkPending(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	const iterations = 200
 	settledFirst, eventFirst := 0, 0
 	for i := int64(1); i <= iterations; i++ {
@@ -473,7 +475,7 @@ func TestR1ConcurrentMarkPending(t *testing.T) {
 		}
 		start := make(chan struct{})
 		type result struct {
-			claims []registry.Claim
+			claims []regstore.Claim
 			err    error
 		}
 		done := make(chan result, 1)
@@ -495,7 +497,7 @@ func TestR1ConcurrentMarkPending(t *testing.T) {
 					ended = true
 				default:
 				}
-				cs, err := s.Claim(ctx, "w", time.Minute, []registry.TypeLimit{{Replicable: "a", Limit: 1}})
+				cs, err := s.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "w", Duration: time.Minute}, Limits: []regstore.TypeLimit{{Replicable: "a", Limit: 1}}})
 				if err != nil || len(cs) > 0 || ended {
 					done <- result{cs, err}
 					return
@@ -503,7 +505,7 @@ func TestR1ConcurrentMarkPending(t *testing.T) {
 			}
 		}()
 		close(start)
-		ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: "k"}, func(context.Context) error {
+		ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: "k"}, func(context.Context) error {
 			runtime.Gosched()
 			return nil
 		})
@@ -528,7 +530,7 @@ func TestR1ConcurrentMarkPending(t *testing.T) {
 			t.Fatalf("iteration %d (stale settle returned %v): row state %v seq %d, want started by the re-claim (seq %d): an update was lost",
 				i, ok, r.State, r.Seq, res.claims[0].Seq)
 		}
-		if ok, err := s.SettleSynced(ctx, "w", res.claims[0], registry.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
+		if ok, err := s.SettleSynced(ctx, "w", res.claims[0], regstore.SyncedResult{BlobKey: "k"}, nil); !ok || err != nil {
 			t.Fatalf("iteration %d: settling the re-claim = %v, %v; want true", i, ok, err)
 		}
 	}
@@ -541,7 +543,7 @@ func TestR1ConcurrentMarkPending(t *testing.T) {
 func TestR2SettleRacingDelete(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	dir := t.TempDir()
 	const iterations = 150
 	published := 0
@@ -564,7 +566,7 @@ func TestR2SettleRacingDelete(t *testing.T) {
 			delErr <- err
 		}()
 		close(start)
-		ok, err := s.SettleSynced(ctx, "w", c, registry.SyncedResult{BlobKey: fmt.Sprint(i)}, func(context.Context) error {
+		ok, err := s.SettleSynced(ctx, "w", c, regstore.SyncedResult{BlobKey: fmt.Sprint(i)}, func(context.Context) error {
 			tmp := path + ".tmp"
 			if err := os.WriteFile(tmp, []byte("bytes"), 0o644); err != nil {
 				return err
@@ -593,10 +595,10 @@ func TestR2SettleRacingDelete(t *testing.T) {
 // analyzedRegistry returns a store whose registry holds rows 1..50000 of
 // type "a", shaped by update (an UPDATE of geo_registry) and analyzed, for
 // plan tests.
-func analyzedRegistry(t *testing.T, update string) *registry.Store {
+func analyzedRegistry(t *testing.T, update string) *regstore.Store {
 	t.Helper()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	if _, err := s.InsertMissing(ctx, "a", ids(1, 50000)); err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +618,7 @@ func TestClaimUsesPartialIndexes(t *testing.T) {
 	s := analyzedRegistry(t, `
 UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 3 WHEN model_id % 100 = 1 THEN 1 WHEN model_id % 100 = 2 THEN 0 ELSE 2 END,
   retry_at = now(), lease_expires_at = now()`)
-	plan, err := s.ExplainClaim(ctx, "w", time.Minute, []registry.TypeLimit{{Replicable: "a", Limit: 100}})
+	plan, err := s.ExplainClaim(ctx, "w", time.Minute, []regstore.TypeLimit{{Replicable: "a", Limit: 100}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -630,35 +632,6 @@ UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 3 WHEN model_i
 	}
 }
 
-// TestTopFailuresUsesPartialIndexes checks with EXPLAIN that the status
-// report's failure sample reads only failed rows, through their partial
-// indexes, on a settled registry where a percent of the rows is synced but
-// not yet verified: a plan that reached verification failures through
-// geo_registry_verify_due would read every unverified row from the heap
-// (141 ms at 1,000,000 rows).
-func TestTopFailuresUsesPartialIndexes(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	s := analyzedRegistry(t, `
-UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 0 WHEN model_id % 100 = 1 THEN 3 ELSE 2 END,
-  verification_state = CASE WHEN model_id % 100 IN (0, 1, 2) THEN 0 WHEN model_id % 1000 = 5 THEN 3 ELSE 2 END,
-  retry_at = now(), verification_retry_at = now()`)
-	plan, err := s.ExplainTopFailures(ctx, []string{"a"}, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, idx := range []string{"geo_registry_failed_due", "geo_registry_verify_failed"} {
-		if !strings.Contains(plan, idx) {
-			t.Errorf("top failures plan does not use %s:\n%s", idx, plan)
-		}
-	}
-	for _, bad := range []string{"Seq Scan on geo_registry", "geo_registry_verify_due"} {
-		if strings.Contains(plan, bad) {
-			t.Errorf("top failures plan uses %s:\n%s", bad, plan)
-		}
-	}
-}
-
 // TestKeyJoinedStatementsUseIndexes checks the plans of the statements that
 // join a batch of keys to geo_registry, as the Store runs them (prepared,
 // in a transaction with rowPlansSQL), on a registry of 20,000 rows: at
@@ -668,7 +641,7 @@ UPDATE geo_registry SET state = CASE WHEN model_id % 100 = 0 THEN 0 WHEN model_i
 func TestKeyJoinedStatementsUseIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	if _, err := s.InsertMissing(ctx, "a", ids(1, 20000)); err != nil {
 		t.Fatal(err)
 	}
@@ -684,16 +657,16 @@ func TestKeyJoinedStatementsUseIndexes(t *testing.T) {
 		name, query string
 		args        []any
 	}{
-		{"claim", registry.ClaimSQL, []any{pq.Array([]string{"a"}), pq.Array([]int64{3}), now, "w", now.Add(time.Minute)}},
-		{"lock held", registry.LockHeldSQL, keys},
-		{"clear staged key", registry.ClearStagedSQL, keys},
-		{"stage keys", registry.StageKeysSQL, append(slices.Clone(keys), pq.Array([]string{"k/1", "k/2"}))},
-		{"renew leases", registry.RenewLeasesSQL, append(slices.Clone(keys), now, now)},
-		{"settle batch", registry.SettleBatchSQL, []any{"w", now, pq.Array([]string{"a"}), pq.Array([]int64{1}), pq.Array([]int64{1}),
+		{"claim", regstore.ClaimSQL, []any{pq.Array([]string{"a"}), pq.Array([]int64{3}), now, "w", now.Add(time.Minute)}},
+		{"lock held", regstore.LockHeldSQL, keys},
+		{"clear staged key", regstore.ClearStagedSQL, keys},
+		{"stage keys", regstore.StageKeysSQL, append(slices.Clone(keys), pq.Array([]string{"k/1", "k/2"}))},
+		{"renew leases", regstore.RenewLeasesSQL, append(slices.Clone(keys), now, now)},
+		{"settle batch", regstore.SettleBatchSQL, []any{"w", now, pq.Array([]string{"a"}), pq.Array([]int64{1}), pq.Array([]int64{1}),
 			pq.Array([]string{"k/1"}), pq.Array([]int64{4}), pq.Array([]int16{2}), pq.Array([]string{"00"})}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			plan, err := s.ExplainPrepared(ctx, registry.RowPlansSQL, tc.query, tc.args...)
+			plan, err := s.ExplainPrepared(ctx, regstore.RowPlansSQL, tc.query, tc.args...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/lib/pq"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -50,7 +51,7 @@ func BenchmarkUpsertPendingBatch(b *testing.B) {
 	for _, mode := range paramModes {
 		b.Run(mode.name, func(b *testing.B) {
 			ctx := context.Background()
-			s, err := registry.NewStore(benchDB(b, mode.binary), registry.Options{})
+			s, err := regstore.NewStore(benchDB(b, mode.binary), regstore.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -105,7 +106,7 @@ func BenchmarkClaim(b *testing.B) {
 			b.Run(name, func(b *testing.B) {
 				ctx := context.Background()
 				db := benchDB(b, mode.binary)
-				s, err := registry.NewStore(db, registry.Options{})
+				s, err := regstore.NewStore(db, regstore.Options{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -121,10 +122,10 @@ func BenchmarkClaim(b *testing.B) {
 				if _, err := db.ExecContext(ctx, `VACUUM ANALYZE geo_registry`); err != nil {
 					b.Fatal(err)
 				}
-				limits := []registry.TypeLimit{{Replicable: "package_file", Limit: batch}}
+				limits := []regstore.TypeLimit{{Replicable: "package_file", Limit: batch}}
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					cs, err := s.Claim(ctx, "bench", time.Minute, limits)
+					cs, err := s.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "bench", Duration: time.Minute}, Limits: limits})
 					if err != nil || len(cs) != batch {
 						b.Fatalf("Claim = %d rows, %v; want %d", len(cs), err, batch)
 					}
@@ -135,7 +136,7 @@ func BenchmarkClaim(b *testing.B) {
 					g.SetLimit(8)
 					for _, c := range cs {
 						g.Go(func() error {
-							_, err := s.SettleSynced(ctx, "bench", c, registry.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}, nil)
+							_, err := s.SettleSynced(ctx, "bench", c, regstore.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}, nil)
 							return err
 						})
 					}
@@ -151,7 +152,7 @@ func BenchmarkClaim(b *testing.B) {
 
 // claimedRows inserts n pending rows behind 50,000 synced ones and claims
 // the n pending ones for owner "bench" in claims of batch rows each.
-func claimedRows(b *testing.B, s *registry.Store, db *sqlx.DB, n, batch int) [][]registry.Claim {
+func claimedRows(b *testing.B, s *regstore.Store, db *sqlx.DB, n, batch int) [][]regstore.Claim {
 	b.Helper()
 	ctx := context.Background()
 	if _, err := s.InsertMissing(ctx, "package_file", ids(1, int64(n+50000))); err != nil {
@@ -163,10 +164,10 @@ func claimedRows(b *testing.B, s *registry.Store, db *sqlx.DB, n, batch int) [][
 	if _, err := db.ExecContext(ctx, `VACUUM ANALYZE geo_registry`); err != nil {
 		b.Fatal(err)
 	}
-	var all [][]registry.Claim
-	limits := []registry.TypeLimit{{Replicable: "package_file", Limit: batch}}
+	var all [][]regstore.Claim
+	limits := []regstore.TypeLimit{{Replicable: "package_file", Limit: batch}}
 	for got := 0; got < n; {
-		cs, err := s.Claim(ctx, "bench", time.Hour, limits)
+		cs, err := s.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "bench", Duration: time.Hour}, Limits: limits})
 		if err != nil || len(cs) == 0 {
 			b.Fatalf("Claim = %d rows, %v", len(cs), err)
 		}
@@ -182,12 +183,12 @@ func claimedRows(b *testing.B, s *registry.Store, db *sqlx.DB, n, batch int) [][
 // per transaction, the sync engine's group commit.
 func BenchmarkSettle(b *testing.B) {
 	const batch = 100
-	res := registry.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}
+	res := regstore.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab", PrimaryChecksum: "ab"}
 	for _, mode := range paramModes {
 		b.Run(mode.name+"/one-by-one", func(b *testing.B) {
 			ctx := context.Background()
 			db := benchDB(b, mode.binary)
-			s, err := registry.NewStore(db, registry.Options{})
+			s, err := regstore.NewStore(db, regstore.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -214,16 +215,16 @@ func BenchmarkSettle(b *testing.B) {
 		b.Run(mode.name+"/batch", func(b *testing.B) {
 			ctx := context.Background()
 			db := benchDB(b, mode.binary)
-			s, err := registry.NewStore(db, registry.Options{})
+			s, err := regstore.NewStore(db, regstore.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
 			claims := claimedRows(b, s, db, b.N*batch, batch)
 			b.ResetTimer()
 			for _, cs := range claims {
-				items := make([]registry.SettleItem, len(cs))
+				items := make([]regstore.SettleItem, len(cs))
 				for i, c := range cs {
-					items[i] = registry.SettleItem{Claim: c, Result: res}
+					items[i] = regstore.SettleItem{Claim: c, Result: res}
 				}
 				for _, o := range s.SettleSyncedBatch(ctx, "bench", items) {
 					if o.Err != nil || !o.Settled {

@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -16,16 +17,16 @@ import (
 // staged key is returned by the next claim, cleared by a settle, and
 // removed by a delete of a row that still has it.
 func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
-	store, _, _ := newStore(t, registry.Options{})
+	store, _, _ := newStore(t, regstore.Options{})
 	ctx := context.Background()
 	_, err := store.MarkPending(ctx, "item", []int64{1, 2})
 	require.NoError(t, err)
-	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 2}})
+	claims, err := store.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "w1", Duration: time.Minute}, Limits: []regstore.TypeLimit{{Replicable: "item", Limit: 2}}})
 	require.NoError(t, err)
 	require.Len(t, claims, 2)
-	var stagings []registry.Staging
+	var stagings []regstore.Staging
 	for _, c := range claims {
-		stagings = append(stagings, registry.Staging{Claim: c, Key: "k/new"})
+		stagings = append(stagings, regstore.Staging{Claim: c, Key: "k/new"})
 	}
 	got, err := store.StageKeys(ctx, "w1", stagings)
 	require.NoError(t, err)
@@ -35,7 +36,7 @@ func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
 	if c2.ModelID != 2 {
 		c2 = claims[1]
 	}
-	ok, err := store.SettleSynced(ctx, "w1", c2, registry.SyncedResult{BlobKey: "k/new"}, nil)
+	ok, err := store.SettleSynced(ctx, "w1", c2, regstore.SyncedResult{BlobKey: "k/new"}, nil)
 	require.NoError(t, err)
 	require.True(t, ok)
 	var staged []struct {
@@ -67,15 +68,15 @@ func TestStageKeysRecordsAndDeleteRemovesIt(t *testing.T) {
 // claim no longer held removes nothing; StageKeys refuses to record a new
 // staged key over a different one that was not cleared.
 func TestClearStagedKey(t *testing.T) {
-	store, _, _ := newStore(t, registry.Options{})
+	store, _, _ := newStore(t, regstore.Options{})
 	ctx := context.Background()
 	stagedKey := func() string {
 		var k string
 		require.NoError(t, store.DB().GetContext(ctx, &k, `SELECT coalesce(staged_key, '') FROM geo_registry WHERE model_id = 1`))
 		return k
 	}
-	claim := func() registry.Claim {
-		claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 1}})
+	claim := func() regstore.Claim {
+		claims, err := store.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "w1", Duration: time.Minute}, Limits: []regstore.TypeLimit{{Replicable: "item", Limit: 1}}})
 		require.NoError(t, err)
 		require.Len(t, claims, 1)
 		return claims[0]
@@ -83,8 +84,8 @@ func TestClearStagedKey(t *testing.T) {
 	_, err := store.MarkPending(ctx, "item", []int64{1})
 	require.NoError(t, err)
 	c := claim()
-	stage := func(c registry.Claim, key string) (map[registry.Key]bool, error) {
-		return store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c, Key: key}})
+	stage := func(c regstore.Claim, key string) (map[registry.Key]bool, error) {
+		return store.StageKeys(ctx, "w1", []regstore.Staging{{Claim: c, Key: key}})
 	}
 	staged, err := stage(c, "k/b")
 	require.NoError(t, err)
@@ -139,7 +140,7 @@ func TestClearStagedKey(t *testing.T) {
 	_, err = store.MarkPending(ctx, "item", []int64{1})
 	require.NoError(t, err)
 	c.StagedKey = ""
-	staged, err = store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c, Key: "k/d"}})
+	staged, err = store.StageKeys(ctx, "w1", []regstore.Staging{{Claim: c, Key: "k/d"}})
 	require.NoError(t, err)
 	require.Empty(t, staged)
 	require.Equal(t, "k/c", stagedKey())
@@ -150,7 +151,7 @@ func TestClearStagedKey(t *testing.T) {
 // key when the row names no other; a claim in flight is made stale; a
 // failed row keeps its backoff.
 func TestRequeueRemoval(t *testing.T) {
-	store, _, _ := newStore(t, registry.Options{})
+	store, _, _ := newStore(t, regstore.Options{})
 	ctx := context.Background()
 	type rowState struct {
 		State registry.State `db:"state"`
@@ -179,14 +180,14 @@ func TestRequeueRemoval(t *testing.T) {
 	// recorded key is removed anyway).
 	_, err := store.MarkPending(ctx, "item", []int64{2, 3, 5})
 	require.NoError(t, err)
-	claims, err := store.Claim(ctx, "w1", time.Minute, []registry.TypeLimit{{Replicable: "item", Limit: 4}})
+	claims, err := store.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "w1", Duration: time.Minute}, Limits: []regstore.TypeLimit{{Replicable: "item", Limit: 4}}})
 	require.NoError(t, err)
 	require.Len(t, claims, 4)
-	byID := map[int64]registry.Claim{}
+	byID := map[int64]regstore.Claim{}
 	for _, c := range claims {
 		byID[c.ModelID] = c
 	}
-	ok, err := store.SettleSynced(ctx, "w1", byID[2], registry.SyncedResult{BlobKey: "k/2"}, nil)
+	ok, err := store.SettleSynced(ctx, "w1", byID[2], regstore.SyncedResult{BlobKey: "k/2"}, nil)
 	require.NoError(t, err)
 	require.True(t, ok)
 	requeue(2, "k/2", true)
@@ -198,13 +199,13 @@ func TestRequeueRemoval(t *testing.T) {
 	// staged key is kept rather than overwritten (reported: the event's
 	// key is not recorded).
 	c3 := byID[3]
-	_, err = store.StageKeys(ctx, "w1", []registry.Staging{{Claim: c3, Key: "k/3-staged"}})
+	_, err = store.StageKeys(ctx, "w1", []regstore.Staging{{Claim: c3, Key: "k/3-staged"}})
 	require.NoError(t, err)
 	requeue(3, "k/3-event", false)
 	r3 := get(3)
 	require.Equal(t, registry.StatePending, r3.State)
 	require.Equal(t, "k/3-staged", r3.Key)
-	ok, err = store.SettleSynced(ctx, "w1", c3, registry.SyncedResult{BlobKey: "k/3-staged"}, nil)
+	ok, err = store.SettleSynced(ctx, "w1", c3, regstore.SyncedResult{BlobKey: "k/3-staged"}, nil)
 	require.NoError(t, err)
 	require.False(t, ok, "the claim from before the requeue is stale")
 

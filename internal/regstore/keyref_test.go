@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -35,12 +36,12 @@ func (r *removals) got() []string {
 }
 
 // syncedAt makes row id of replicable synced at key.
-func syncedAt(t *testing.T, s *registry.Store, replicable string, id int64, key string) {
+func syncedAt(t *testing.T, s *regstore.Store, replicable string, id int64, key string) {
 	t.Helper()
 	mustMarkPending(t, s, replicable, id)
 	c := claimOne(t, s, "w", replicable)
 	require.Equal(t, id, c.ModelID)
-	ok, err := s.SettleSynced(context.Background(), "w", c, registry.SyncedResult{BlobKey: key}, nil)
+	ok, err := s.SettleSynced(context.Background(), "w", c, regstore.SyncedResult{BlobKey: key}, nil)
 	require.NoError(t, err)
 	require.True(t, ok)
 }
@@ -53,7 +54,7 @@ func syncedAt(t *testing.T, s *registry.Store, replicable string, id int64, key 
 func TestDeleteKeepsSharedKeys(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	syncedAt(t, s, "lfs", 1, "lfs/aa/X")
 	syncedAt(t, s, "lfs", 2, "lfs/aa/X")
 	syncedAt(t, s, "other", 7, "lfs/aa/X") // another type, same storage
@@ -66,7 +67,7 @@ func TestDeleteKeepsSharedKeys(t *testing.T) {
 	// A staged key is a reference too.
 	mustMarkPending(t, s, "lfs", 3)
 	c := claimOne(t, s, "w", "lfs")
-	_, err = s.StageKeys(ctx, "w", []registry.Staging{{Claim: c, Key: "lfs/bb/Y"}})
+	_, err = s.StageKeys(ctx, "w", []regstore.Staging{{Claim: c, Key: "lfs/bb/Y"}})
 	require.NoError(t, err)
 	_, err = s.Delete(ctx, "lfs", 9, "lfs/bb/Y", r.remove) // no row, the event's key only
 	require.NoError(t, err)
@@ -82,15 +83,15 @@ func TestDeleteKeepsSharedKeys(t *testing.T) {
 	// DeleteIfClaim (record gone on the primary) follows the same rule.
 	syncedAt(t, s, "lfs", 4, "lfs/cc/Z")
 	mustMarkPending(t, s, "lfs", 4, 5)
-	var c4, c5 registry.Claim
-	for _, c := range mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "lfs", Limit: 2}) {
+	var c4, c5 regstore.Claim
+	for _, c := range mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "lfs", Limit: 2}) {
 		if c.ModelID == 4 {
 			c4 = c
 		} else {
 			c5 = c
 		}
 	}
-	_, err = s.StageKeys(ctx, "w", []registry.Staging{{Claim: c5, Key: "lfs/cc/Z"}})
+	_, err = s.StageKeys(ctx, "w", []regstore.Staging{{Claim: c5, Key: "lfs/cc/Z"}})
 	require.NoError(t, err)
 	r = removals{}
 	ok, err := s.DeleteIfClaim(ctx, "w", c4, r.remove)
@@ -107,27 +108,27 @@ func TestDeleteKeepsSharedKeys(t *testing.T) {
 func TestSettleReleasesKeysByReference(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	syncedAt(t, s, "a", 1, "X")
 	syncedAt(t, s, "a", 2, "Y")
 	syncedAt(t, s, "a", 3, "W")
 	syncedAt(t, s, "a", 4, "W")
 	syncedAt(t, s, "b", 5, "V")
 	mustMarkPending(t, s, "a", 1, 2, 3, 4)
-	claims := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 4})
+	claims := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 4})
 	require.Len(t, claims, 4)
 	newKey := map[int64]string{1: "Y", 2: "X", 3: "V", 4: "U"} // 1 and 2 swap; 3 and 4 leave W
-	var stagings []registry.Staging
+	var stagings []regstore.Staging
 	for _, c := range claims {
-		stagings = append(stagings, registry.Staging{Claim: c, Key: newKey[c.ModelID]})
+		stagings = append(stagings, regstore.Staging{Claim: c, Key: newKey[c.ModelID]})
 	}
 	_, err := s.StageKeys(ctx, "w", stagings)
 	require.NoError(t, err)
 	var r removals
-	var items []registry.SettleItem
+	var items []regstore.SettleItem
 	for _, c := range claims {
 		c.StagedKey = newKey[c.ModelID]
-		items = append(items, registry.SettleItem{Claim: c, Result: registry.SyncedResult{BlobKey: newKey[c.ModelID]}, Remove: r.remove})
+		items = append(items, regstore.SettleItem{Claim: c, Result: regstore.SyncedResult{BlobKey: newKey[c.ModelID]}, Remove: r.remove})
 	}
 	for i, o := range s.SettleSyncedBatch(ctx, "w", items) {
 		require.NoError(t, o.Err, "item %d", i)
@@ -139,7 +140,7 @@ func TestSettleReleasesKeysByReference(t *testing.T) {
 	// key, for a retry.
 	mustMarkPending(t, s, "a", 4)
 	c := claimOne(t, s, "w", "a")
-	out := s.SettleSyncedBatch(ctx, "w", []registry.SettleItem{{Claim: c, Result: registry.SyncedResult{BlobKey: "T"},
+	out := s.SettleSyncedBatch(ctx, "w", []regstore.SettleItem{{Claim: c, Result: regstore.SyncedResult{BlobKey: "T"},
 		Remove: func(context.Context, string) error { return errors.New("EIO") }}})
 	require.ErrorContains(t, out[0].Err, "EIO")
 	row := mustGet(t, s, "a", 4)
@@ -155,7 +156,7 @@ func TestSettleReleasesKeysByReference(t *testing.T) {
 func TestKeyRemovalAndStagingAreAtomic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
+	s, db, _ := newStore(t, regstore.Options{})
 	syncedAt(t, s, "a", 1, "K")
 	mustMarkPending(t, s, "a", 2)
 	c2 := claimOne(t, s, "w", "a")
@@ -174,7 +175,7 @@ func TestKeyRemovalAndStagingAreAtomic(t *testing.T) {
 	<-inRemove
 	staged := make(chan error, 1)
 	go func() {
-		_, err := s.StageKeys(ctx, "w", []registry.Staging{{Claim: c2, Key: "K"}})
+		_, err := s.StageKeys(ctx, "w", []regstore.Staging{{Claim: c2, Key: "K"}})
 		staged <- err
 	}()
 	waitAdvisoryWaiter(t, db)
@@ -195,7 +196,7 @@ func TestKeyRemovalAndStagingAreAtomic(t *testing.T) {
 	defer tx.Rollback()
 	_, err = tx.ExecContext(ctx, `INSERT INTO geo_registry (replicable, model_id, created_at, updated_at, staged_key) VALUES ('a', 3, now(), now(), 'K2')`)
 	require.NoError(t, err)
-	_, err = tx.ExecContext(ctx, registry.LockKeysSQL, `{K2}`)
+	_, err = tx.ExecContext(ctx, regstore.LockKeysSQL, `{K2}`)
 	require.NoError(t, err)
 	var r removals
 	done := make(chan error, 1)

@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -18,21 +19,21 @@ func TestPreparedStatementRecoversFromSchemaChange(t *testing.T) {
 	db := pg.NewDatabase(t)
 	require.NoError(t, registry.MigratePrimary(ctx, db))
 	db.SetMaxOpenConns(1) // one connection: the one the statement is prepared on
-	cs, err := registry.NewChecksumStore(db, registry.Options{})
+	cs, err := regstore.NewChecksumStore(db, regstore.Options{})
 	require.NoError(t, err)
 	_, err = db.ExecContext(ctx, `INSERT INTO geo_checksums (replicable, model_id, state, checksum) VALUES ('x', 1, 2, 'ab')`)
 	require.NoError(t, err)
-	got, err := cs.Checksums(ctx, "x", []int64{1})
+	got, err := cs.ChecksumsOf(ctx, "x", []int64{1})
 	require.NoError(t, err)
 	require.Equal(t, map[int64]string{1: "ab"}, got)
 
 	_, err = db.ExecContext(ctx, `ALTER TABLE geo_checksums ALTER COLUMN checksum TYPE varchar(100)`)
 	require.NoError(t, err)
 	// The cached plan's result type changed: PostgreSQL may refuse it once.
-	if _, err := cs.Checksums(ctx, "x", []int64{1}); err != nil {
+	if _, err := cs.ChecksumsOf(ctx, "x", []int64{1}); err != nil {
 		require.ErrorContains(t, err, "cached plan must not change result type")
 	}
-	got, err = cs.Checksums(ctx, "x", []int64{1})
+	got, err = cs.ChecksumsOf(ctx, "x", []int64{1})
 	require.NoError(t, err, "the statement is prepared again after the refusal")
 	require.Equal(t, map[int64]string{1: "ab"}, got)
 }

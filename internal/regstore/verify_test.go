@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -7,19 +7,20 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
 // syncedRows makes ids of replicable synced with verification pending.
-func syncedRows(t *testing.T, s *registry.Store, replicable string, ids ...int64) {
+func syncedRows(t *testing.T, s *regstore.Store, replicable string, ids ...int64) {
 	t.Helper()
 	ctx := context.Background()
 	mustMarkPending(t, s, replicable, ids...)
-	claims, err := s.Claim(ctx, "syncer", time.Minute, []registry.TypeLimit{{Replicable: replicable, Limit: len(ids)}})
+	claims, err := s.Claim(ctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: "syncer", Duration: time.Minute}, Limits: []regstore.TypeLimit{{Replicable: replicable, Limit: len(ids)}}})
 	require.NoError(t, err)
 	require.Len(t, claims, len(ids))
 	for _, c := range claims {
-		ok, err := s.SettleSynced(ctx, "syncer", c, registry.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab"}, nil)
+		ok, err := s.SettleSynced(ctx, "syncer", c, regstore.SyncedResult{BlobKey: "k", Size: 1, Checksum: "ab"}, nil)
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
@@ -29,10 +30,10 @@ func syncedRows(t *testing.T, s *registry.Store, replicable string, ids ...int64
 // verification pending until retryAt, in one call; a claim lost meanwhile
 // (the row was updated and marked pending) is left alone.
 func TestSettleVerifyPendingOnlyHeldClaims(t *testing.T) {
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	ctx := context.Background()
 	syncedRows(t, s, "alpha", 1, 2, 3)
-	vcs, err := s.ClaimVerification(ctx, "verifier", time.Minute, "alpha", 10, time.Hour)
+	vcs, err := s.ClaimVerification(ctx, regstore.VerifyClaimParams{Lease: regstore.Lease{Owner: "verifier", Duration: time.Minute}, Replicable: "alpha", Limit: 10, ReverifyInterval: time.Hour})
 	require.NoError(t, err)
 	require.Len(t, vcs, 3)
 	mustMarkPending(t, s, "alpha", 2) // an update: the claim on 2 is stale

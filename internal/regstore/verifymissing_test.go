@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -21,17 +22,17 @@ import (
 func TestMissingCopyIsNotAMismatch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	syncedRows(t, s, "a", 1, 2)
-	vcs, err := s.ClaimVerification(ctx, "verifier", time.Minute, "a", 10, time.Hour)
+	vcs, err := s.ClaimVerification(ctx, regstore.VerifyClaimParams{Lease: regstore.Lease{Owner: "verifier", Duration: time.Minute}, Replicable: "a", Limit: 10, ReverifyInterval: time.Hour})
 	if err != nil || len(vcs) != 2 {
 		t.Fatalf("ClaimVerification = %d claims, %v; want 2", len(vcs), err)
 	}
 	local, primary := strings.Repeat("1", 64), strings.Repeat("2", 64)
 	for _, vc := range vcs {
-		f := registry.VerifyFailure{Reason: "missing on the secondary: replicator: missing on secondary: k", PrimaryChecksum: primary, Resync: true}
+		f := regstore.VerifyFailure{Reason: "missing on the secondary: replicator: missing on secondary: k", PrimaryChecksum: primary, Resync: true}
 		if vc.ModelID == 2 {
-			f = registry.VerifyFailure{Reason: "checksum mismatch: local " + local + ", primary " + primary,
+			f = regstore.VerifyFailure{Reason: "checksum mismatch: local " + local + ", primary " + primary,
 				LocalChecksum: local, PrimaryChecksum: primary, Mismatch: true, Resync: true}
 		}
 		if ok, err := s.SettleVerifyFailed(ctx, "verifier", vc, f); !ok || err != nil {

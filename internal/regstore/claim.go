@@ -1,4 +1,4 @@
-package registry
+package regstore
 
 import (
 	"context"
@@ -140,8 +140,8 @@ RETURNING r.replicable, r.model_id, r.seq, p.state AS prev_state, r.retry_count,
 // returned claims are in no particular order. A row another transaction
 // holds locked at that moment (a settle, an event) is skipped and left for
 // a later call, so an empty result does not prove there is no due work.
-func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, limits []TypeLimit) ([]Claim, error) {
-	args, err := s.claimArgs(owner, lease, limits)
+func (s *Store) Claim(ctx context.Context, p ClaimParams) ([]Claim, error) {
+	args, err := s.claimArgs(p)
 	if err != nil || args == nil {
 		return nil, err
 	}
@@ -193,13 +193,11 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, li
 
 // claimArgs validates Claim's arguments and returns claimSQL's arguments,
 // or nil when there is nothing to claim.
-func (s *Store) claimArgs(owner string, lease time.Duration, limits []TypeLimit) ([]any, error) {
-	if owner == "" {
-		return nil, errors.New("registry: claim: empty owner")
+func (s *Store) claimArgs(p ClaimParams) ([]any, error) {
+	if err := p.Lease.validate("claim"); err != nil {
+		return nil, err
 	}
-	if lease <= 0 {
-		return nil, fmt.Errorf("registry: claim: lease = %v, want > 0", lease)
-	}
+	limits := p.Limits
 	var types []string
 	var ns []int64
 	index := map[string]int{}
@@ -219,7 +217,7 @@ func (s *Store) claimArgs(owner string, lease time.Duration, limits []TypeLimit)
 		return nil, nil
 	}
 	now := s.now()
-	return []any{pq.StringArray(types), pq.Int64Array(ns), now, owner, now.Add(lease)}, nil
+	return []any{pq.StringArray(types), pq.Int64Array(ns), now, p.Lease.Owner, now.Add(p.Lease.Duration)}, nil
 }
 
 // moreDueArgs returns claimMoreDueSQL's arguments for the room claimSQL
@@ -299,13 +297,14 @@ RETURNING r.replicable, r.model_id, r.seq`
 // even if a newer one is held), deleted, or reclaimed by another owner
 // after expiry. The caller should
 // abandon work on a lost key; its settle would return false anyway.
-func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Duration, claims []Claim) ([]Key, error) {
+func (s *Store) RenewLeases(ctx context.Context, lease Lease, claims []Claim) ([]Key, error) {
 	if len(claims) == 0 {
 		return nil, nil
 	}
-	if lease <= 0 {
-		return nil, fmt.Errorf("registry: renew leases: lease = %v, want > 0", lease)
+	if err := lease.validate("renew leases"); err != nil {
+		return nil, err
 	}
+	owner := lease.Owner
 	types, ids, seqs, _ := claimArrays(claims)
 	now := s.now()
 	var renewed []struct {
@@ -318,7 +317,7 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 		if err != nil {
 			return err
 		}
-		return s.stmts.Check(renewLeasesSQL, st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease), now))
+		return s.stmts.Check(renewLeasesSQL, st.SelectContext(ctx, &renewed, owner, pq.Array(types), pq.Array(ids), pq.Array(seqs), now.Add(lease.Duration), now))
 	}); err != nil {
 		return nil, fmt.Errorf("registry: renew leases: %w", err)
 	}

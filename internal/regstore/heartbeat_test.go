@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -18,7 +19,7 @@ import (
 func TestHeartbeatRowRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	started := clock.Now().Add(-time.Hour)
 	p := registry.Process{
 		Owner: "host-1-ab", Host: "host", PID: 1, Version: "geo v1 go1.24", StartedAt: started,
@@ -71,9 +72,9 @@ func TestHeartbeatRowRoundTrip(t *testing.T) {
 	require.Empty(t, got)
 
 	_, err = s.Heartbeat(ctx, registry.Process{Owner: "x"}, 0)
-	require.True(t, errors.Is(err, registry.ErrBadProcess), "no interval: %v", err)
+	require.True(t, errors.Is(err, regstore.ErrBadProcess), "no interval: %v", err)
 	_, err = s.Heartbeat(ctx, registry.Process{Interval: time.Second}, 0)
-	require.True(t, errors.Is(err, registry.ErrBadProcess), "no owner: %v", err)
+	require.True(t, errors.Is(err, regstore.ErrBadProcess), "no owner: %v", err)
 }
 
 // A heartbeat with pruneAfter deletes other processes' rows older than
@@ -81,7 +82,7 @@ func TestHeartbeatRowRoundTrip(t *testing.T) {
 func TestHeartbeatPrunesOldDeadRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, clock := newStore(t, registry.Options{})
+	s, _, clock := newStore(t, regstore.Options{})
 	beat := func(owner string) int64 {
 		t.Helper()
 		n, err := s.Heartbeat(ctx, registry.Process{Owner: owner, StartedAt: clock.Now(), Interval: time.Second}, 24*time.Hour)

@@ -1,4 +1,4 @@
-package registry_test
+package regstore_test
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/registry"
 )
 
@@ -20,8 +22,8 @@ import (
 func TestSettleSyncedBatchSameRowsAsSettleSynced(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, db, _ := newStore(t, registry.Options{})
-	results := []registry.SyncedResult{
+	s, db, _ := newStore(t, regstore.Options{})
+	results := []regstore.SyncedResult{
 		{BlobKey: "k/1", Size: 9, Checksum: "AA", PrimaryChecksum: "aa"}, // verified
 		{BlobKey: "k/2", Size: 0, Checksum: "bb"},                        // no primary checksum yet
 		{BlobKey: "", Size: 3, Checksum: ""},                             // nothing recorded
@@ -33,24 +35,24 @@ func TestSettleSyncedBatchSameRowsAsSettleSynced(t *testing.T) {
   missing_on_primary = true, verification_failure = 'y', checksum_mismatch = true, verification_retry_count = 2`); err != nil {
 		t.Fatal(err)
 	}
-	one := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "one", Limit: 3})
-	batch := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "batch", Limit: 3})
-	byID := func(cs []registry.Claim, id int64) registry.Claim {
+	one := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "one", Limit: 3})
+	batch := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "batch", Limit: 3})
+	byID := func(cs []regstore.Claim, id int64) regstore.Claim {
 		for _, c := range cs {
 			if c.ModelID == id {
 				return c
 			}
 		}
 		t.Fatalf("no claim for %d", id)
-		return registry.Claim{}
+		return regstore.Claim{}
 	}
-	var items []registry.SettleItem
+	var items []regstore.SettleItem
 	for i, r := range results {
 		id := int64(i + 1)
 		if ok, err := s.SettleSynced(ctx, "w", byID(one, id), r, nil); !ok || err != nil {
 			t.Fatalf("SettleSynced(%d) = %v, %v", id, ok, err)
 		}
-		items = append(items, registry.SettleItem{Claim: byID(batch, id), Result: r})
+		items = append(items, regstore.SettleItem{Claim: byID(batch, id), Result: r})
 	}
 	for i, o := range s.SettleSyncedBatch(ctx, "w", items) {
 		if !o.Settled || o.Err != nil {
@@ -72,10 +74,10 @@ func TestSettleSyncedBatchSameRowsAsSettleSynced(t *testing.T) {
 func TestSettleSyncedBatchOutcomes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	mustMarkPending(t, s, "a", 1, 2, 3, 4, 5, 6)
-	cs := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: 6})
-	claim := map[int64]registry.Claim{}
+	cs := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: 6})
+	claim := map[int64]regstore.Claim{}
 	for _, c := range cs {
 		claim[c.ModelID] = c
 	}
@@ -94,12 +96,12 @@ func TestSettleSyncedBatchOutcomes(t *testing.T) {
 			return err
 		}
 	}
-	ok := registry.SyncedResult{BlobKey: "k", Checksum: "aa", PrimaryChecksum: "aa"}
-	items := []registry.SettleItem{
+	ok := regstore.SyncedResult{BlobKey: "k", Checksum: "aa", PrimaryChecksum: "aa"}
+	items := []regstore.SettleItem{
 		{Claim: claim[6], Result: ok, Publish: publish(6, nil)},
 		{Claim: claim[2], Result: ok, Publish: publish(2, nil)},
 		{Claim: claim[3], Result: ok, Publish: publish(3, nil)},
-		{Claim: claim[4], Result: registry.SyncedResult{Checksum: "bb", PrimaryChecksum: "cc"}, Publish: publish(4, nil)},
+		{Claim: claim[4], Result: regstore.SyncedResult{Checksum: "bb", PrimaryChecksum: "cc"}, Publish: publish(4, nil)},
 		{Claim: claim[5], Result: ok, Publish: publish(5, errDisk)},
 		{Claim: claim[1], Result: ok, Publish: publish(1, nil)},
 		{Claim: claim[1], Result: ok}, // repeated
@@ -115,7 +117,7 @@ func TestSettleSyncedBatchOutcomes(t *testing.T) {
 	check(0, true, nil)
 	check(1, false, nil)
 	check(2, false, nil)
-	check(3, false, registry.ErrChecksumMismatch)
+	check(3, false, blob.ErrChecksumMismatch)
 	check(4, false, errDisk)
 	check(5, true, nil)
 	if out[6].Err == nil || out[6].Settled {
@@ -141,7 +143,7 @@ func TestSettleSyncedBatchOutcomes(t *testing.T) {
 func TestR2SettleBatchRacingDelete(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, _, _ := newStore(t, registry.Options{})
+	s, _, _ := newStore(t, regstore.Options{})
 	dir := t.TempDir()
 	const rounds, per = 30, 8
 	next := int64(1)
@@ -149,11 +151,11 @@ func TestR2SettleBatchRacingDelete(t *testing.T) {
 		first := next
 		mustMarkPending(t, s, "a", ids(first, first+per-1)...)
 		next += per
-		cs := mustClaim(t, s, "w", time.Minute, registry.TypeLimit{Replicable: "a", Limit: per})
+		cs := mustClaim(t, s, "w", time.Minute, regstore.TypeLimit{Replicable: "a", Limit: per})
 		path := func(id int64) string { return filepath.Join(dir, fmt.Sprint(id)) }
-		var items []registry.SettleItem
+		var items []regstore.SettleItem
 		for _, c := range cs {
-			items = append(items, registry.SettleItem{Claim: c, Result: registry.SyncedResult{BlobKey: fmt.Sprint(c.ModelID)},
+			items = append(items, regstore.SettleItem{Claim: c, Result: regstore.SyncedResult{BlobKey: fmt.Sprint(c.ModelID)},
 				Publish: func(context.Context) error {
 					tmp := path(c.ModelID) + ".tmp"
 					if err := os.WriteFile(tmp, []byte("bytes"), 0o644); err != nil {
