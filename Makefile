@@ -21,7 +21,7 @@ BENCH_SCENARIOS ?= backfill sync-small sync-large event-lag status verify claim-
 BENCH_FLAGS ?=
 
 bench:
-	@for s in $(BENCH_SCENARIOS); do $(GO) run ./cmd/geobench $$s $(BENCH_FLAGS) || exit 1; done
+	@for s in $(BENCH_SCENARIOS); do $(GO) run ./internal/cmd/geobench $$s $(BENCH_FLAGS) || exit 1; done
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 # Reliability campaigns (docs/reliability.md): every scenario at full size;
@@ -30,7 +30,7 @@ CHAOS ?= all
 CHAOS_FLAGS ?=
 
 chaos:
-	$(GO) build -o $${TMPDIR:-/tmp}/geochaos ./cmd/geochaos
+	$(GO) build -o $${TMPDIR:-/tmp}/geochaos ./internal/cmd/geochaos
 	$${TMPDIR:-/tmp}/geochaos $(CHAOS) $(CHAOS_FLAGS)
 
 # Every fuzz target for FUZZTIME each (a duration, or a count such as 1000x,

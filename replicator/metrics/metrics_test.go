@@ -21,9 +21,9 @@ import (
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/geotest/pgtest"
 	"github.com/geoframework/geo/internal/testtype"
-	"github.com/geoframework/geo/metrics"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/replicator/metrics"
 	"github.com/geoframework/geo/strategy"
 )
 

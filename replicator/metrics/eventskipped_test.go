@@ -11,7 +11,7 @@ import (
 
 	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/internal/testtype"
-	"github.com/geoframework/geo/metrics"
+	"github.com/geoframework/geo/replicator/metrics"
 )
 
 // TestEventsSkippedAreCounted: outbox rows a secondary's consumer cannot

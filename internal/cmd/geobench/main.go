@@ -26,7 +26,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/geobench SCENARIO [flags]
+//	go run ./internal/cmd/geobench SCENARIO [flags]
 //
 // geobench is a measuring tool for geo's developers, not part of the
 // library's API.

@@ -9,9 +9,9 @@
 //
 // Usage:
 //
-//	go run ./cmd/geochaos SCENARIO [flags]   # crash flaky-primary db-restart races disk-errors scale-out shared-keys
-//	go run ./cmd/geochaos all [flags]        # every scenario in turn
-//	go run ./cmd/geochaos all -quick         # small sizes, for CI
+//	go run ./internal/cmd/geochaos SCENARIO [flags]   # crash flaky-primary db-restart races disk-errors scale-out shared-keys
+//	go run ./internal/cmd/geochaos all [flags]        # every scenario in turn
+//	go run ./internal/cmd/geochaos all -quick         # small sizes, for CI
 //
 // Every scenario is bounded in time and stops by itself; it exits non-zero
 // if the secondary is not an exact copy or an invariant broke on the way.
