@@ -1,0 +1,266 @@
+package gitrepo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrInvalidURL is returned (wrapped) by Fetch for an endpoint that is not
+// an absolute http or https URL, or that carries user information
+// (credentials belong in FetchParams.Authorization, which never reaches a
+// command line). The error never quotes the URL.
+var ErrInvalidURL = errors.New("gitrepo: invalid repository URL")
+
+// ErrInvalidAuthorization is returned (wrapped) by Fetch for an
+// Authorization value with a CR, LF or NUL byte. The error never quotes
+// the value.
+var ErrInvalidAuthorization = errors.New("gitrepo: invalid Authorization value")
+
+// FetchParams say what Fetch fetches and how.
+type FetchParams struct {
+	// RelPath is the repository's path under the Store's root: the
+	// record's path, checked like a storage key (strategy.ValidateKey).
+	RelPath string
+	// URL is the repository's endpoint on the primary (a Server's
+	// handler): git appends /info/refs?service=git-upload-pack and
+	// /git-upload-pack. http or https, with no user information. It
+	// appears in git's error messages, so it must hold no secret.
+	URL string
+	// Authorization, when not empty, is sent as the Authorization header
+	// of every request ("Bearer <token>"). It reaches git only through
+	// its environment (GIT_CONFIG_COUNT, http.extraHeader), never a
+	// command line that other users may read in /proc, and never appears
+	// in an error.
+	Authorization string
+}
+
+// fetchConfig is the configuration of every command that talks to the
+// primary: http(s) only, no redirects (the Authorization header must not
+// follow one), no credential helper, packs kept as received (so a commit
+// moves a few pack files, not many loose objects), no housekeeping in the
+// stage.
+var fetchConfig = []ConfigEntry{
+	{"protocol.allow", "never"},
+	{"protocol.http.allow", "always"},
+	{"protocol.https.allow", "always"},
+	{"http.followRedirects", "false"},
+	{"credential.helper", ""},
+	{"fetch.unpackLimit", "1"},
+	{"transfer.unpackLimit", "1"},
+	{"fetch.writeCommitGraph", "false"},
+	{"gc.auto", "0"},
+	{"maintenance.auto", "false"},
+}
+
+// mirrorRefspec fetches every ref under refs/ to the same name, forcing
+// non-fast-forward updates (history rewritten on the primary).
+const mirrorRefspec = "+refs/*:refs/*"
+
+// Stage is a fetched repository not yet visible at its path. Exactly one
+// of Commit or Abort makes it go away; a Stage is not safe for concurrent
+// use.
+type Stage struct {
+	s       *Store
+	relPath string
+	live    string // absolute path of the live copy
+	dir     string // absolute path of the staging repository
+	isNew   bool   // no live copy when the fetch started
+	liveID  os.FileInfo
+	oldRefs []Ref  // the live copy's refs when the fetch started
+	newRefs []Ref  // the stage's refs: the primary's
+	oldHead string // the live copy's HEAD target ("" when not symbolic)
+	head    string // the primary's HEAD target ("" when unknown)
+	done    bool
+}
+
+// Fetch fetches the repository p.RelPath from p.URL into a new stage and
+// returns it; nothing is written at p.RelPath. Every ref under refs/ is
+// fetched to the same name, refs the primary no longer has are left out
+// (prune), and the primary's HEAD is recorded.
+//
+// When a live copy exists, the stage is an empty bare repository that
+// borrows the copy's objects (objects/info/alternates): git negotiates
+// with the copy's refs, so only objects the copy lacks travel, and they
+// land in the stage only. The copy's refs are recorded as the values a
+// commit will expect. Without a live copy the stage is a mirror clone in
+// the Store's temporary directory.
+//
+// When ctx ends, git's whole process group is killed, the stage is
+// removed, and the error wraps ctx.Err(). Other errors wrap ErrInvalidPath,
+// ErrInvalidURL, ErrInvalidAuthorization, ErrRemoteNotFound (404),
+// ErrRemoteDenied (401, 403) or git's own failure, with the tail of its
+// standard error; none quotes the Authorization value.
+func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
+	live, err := within(s.root, p.RelPath)
+	if err != nil {
+		return nil, fmt.Errorf("gitrepo: fetch: %w", err)
+	}
+	if err := validURL(p.URL); err != nil {
+		return nil, fmt.Errorf("gitrepo: fetch: %w", err)
+	}
+	if strings.ContainsAny(p.Authorization, "\r\n\x00") {
+		return nil, fmt.Errorf("gitrepo: fetch: %w", ErrInvalidAuthorization)
+	}
+	config := append([]ConfigEntry(nil), fetchConfig...)
+	if p.Authorization != "" {
+		config = append(config, ConfigEntry{"http.extraHeader", "Authorization: " + p.Authorization})
+	}
+	st := &Stage{s: s, relPath: p.RelPath, live: live}
+	st.dir, _ = s.tempName("stage")
+	switch err := bareRepository(live); {
+	case errors.Is(err, ErrNotRepository):
+		st.isNew = true
+	case err != nil:
+		return nil, fmt.Errorf("gitrepo: fetch: live copy: %w", err)
+	}
+	if st.isNew {
+		err = st.clone(ctx, p, config)
+	} else {
+		err = st.fetch(ctx, p, config)
+	}
+	if err == nil {
+		st.newRefs, err = listRefs(ctx, s.git, st.dir)
+	}
+	if err != nil {
+		os.RemoveAll(st.dir)
+		return nil, fmt.Errorf("gitrepo: fetch: %w", err)
+	}
+	return st, nil
+}
+
+// clone makes a mirror clone of the primary in st.dir, then drops the
+// remote's configuration (it would name the primary's endpoint forever).
+func (st *Stage) clone(ctx context.Context, p FetchParams, config []ConfigEntry) error {
+	g := st.s.git
+	err := g.run(ctx, cmd{
+		args:   []string{"clone", "--mirror", "--quiet", "--no-hardlinks", "--template=", "--", p.URL, st.dir},
+		config: config, secret: p.Authorization,
+	})
+	if err != nil {
+		return err
+	}
+	if err := g.run(ctx, cmd{dir: st.dir, args: []string{"config", "--remove-section", "remote.origin"}}); err != nil {
+		return err
+	}
+	st.head, err = readHead(st.dir)
+	return err
+}
+
+// fetch fills an empty stage borrowing the live copy's objects.
+func (st *Stage) fetch(ctx context.Context, p FetchParams, config []ConfigEntry) error {
+	g := st.s.git
+	var err error
+	if st.liveID, err = os.Lstat(st.live); err != nil {
+		return fmt.Errorf("live copy: %w", err)
+	}
+	if st.oldHead, err = readHead(st.live); err != nil {
+		return fmt.Errorf("live copy: %w", err)
+	}
+	if st.oldRefs, err = listRefs(ctx, g, st.live); err != nil {
+		return fmt.Errorf("live copy: %w", err)
+	}
+	format, err := g.output(ctx, cmd{dir: st.live, args: []string{"rev-parse", "--show-object-format"}})
+	if err != nil {
+		return fmt.Errorf("live copy: %w", err)
+	}
+	if err := g.run(ctx, cmd{args: []string{"init", "--bare", "--quiet", "--template=",
+		"--object-format=" + strings.TrimSpace(string(format)), st.dir}}); err != nil {
+		return err
+	}
+	info := filepath.Join(st.dir, "objects", "info")
+	if err := os.MkdirAll(info, 0o755); err != nil {
+		return err
+	}
+	alt := filepath.Join(st.live, "objects") + "\n"
+	if err := os.WriteFile(filepath.Join(info, "alternates"), []byte(alt), 0o644); err != nil {
+		return err
+	}
+	err = g.run(ctx, cmd{dir: st.dir, args: []string{"fetch", "--prune", "--quiet", "--no-write-fetch-head",
+		"--no-auto-maintenance", "--no-recurse-submodules", "--", p.URL, mirrorRefspec},
+		config: config, secret: p.Authorization})
+	if err != nil {
+		return err
+	}
+	st.head, err = remoteHead(ctx, g, st.dir, p, config)
+	return err
+}
+
+// remoteHead asks the primary which branch its HEAD names ("" when HEAD
+// is detached or the repository is empty).
+func remoteHead(ctx context.Context, g *Git, dir string, p FetchParams, config []ConfigEntry) (string, error) {
+	out, err := g.output(ctx, cmd{dir: dir, args: []string{"ls-remote", "--symref", "--", p.URL, "HEAD"},
+		config: config, secret: p.Authorization})
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if target, ok := strings.CutPrefix(line, "ref: "); ok {
+			if target, ok = strings.CutSuffix(target, "\tHEAD"); ok {
+				return target, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// readHead returns the branch the HEAD file of the repository at dir
+// names, or "" when HEAD is detached (the files ref backend's format,
+// gitrepository-layout(5)).
+func readHead(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "HEAD"))
+	if err != nil {
+		return "", err
+	}
+	if target, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ref: "); ok {
+		return target, nil
+	}
+	return "", nil
+}
+
+func validURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: does not parse", ErrInvalidURL)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%w: scheme must be http or https", ErrInvalidURL)
+	case u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("%w: no host", ErrInvalidURL)
+	case u.User != nil:
+		return fmt.Errorf("%w: user information in the URL (use Authorization)", ErrInvalidURL)
+	case u.Fragment != "" || strings.ContainsAny(raw, "\r\n\x00 "):
+		return fmt.Errorf("%w: fragment, space or control character", ErrInvalidURL)
+	}
+	return nil
+}
+
+// RelPath returns the repository path the stage is for.
+func (st *Stage) RelPath() string { return st.relPath }
+
+// IsNew reports whether the stage is a new repository (there was no live
+// copy when the fetch started): Commit renames it into place.
+func (st *Stage) IsNew() bool { return st.isNew }
+
+// Refs returns the staged refs (the primary's at fetch time), sorted by
+// name.
+func (st *Stage) Refs() []Ref { return append([]Ref(nil), st.newRefs...) }
+
+// Checksum returns the refs checksum of the staged refs. The engine
+// compares it with the primary's stored checksum before committing: a
+// mismatch is a failure (the primary moved on, or the transfer lied),
+// never a success.
+func (st *Stage) Checksum() string { return ChecksumRefs(st.newRefs) }
+
+// Changed reports whether committing the stage would change the live
+// copy: a new repository, a ref to create, move or delete, or a new HEAD.
+func (st *Stage) Changed() bool {
+	if st.isNew {
+		return true
+	}
+	return len(diffRefs(st.oldRefs, st.newRefs)) > 0 || (st.head != "" && st.head != st.oldHead)
+}
