@@ -96,7 +96,7 @@ type primary struct {
 	root    string
 	server  *Server
 	http    *httptest.Server
-	token   string      // the one Authorization value the endpoint accepts
+	token   string       // the one Authorization value the endpoint accepts
 	served  atomic.Int64 // response bytes of upload-pack POSTs (the packs)
 	headers sync.Map     // request header "Git-Protocol" values seen -> true
 	chunked atomic.Int64 // requests that arrived without a length
