@@ -51,9 +51,9 @@
 // receive-pack) answers 403 before git runs, and git is also configured
 // with http.receivepack=false. Only Content-Type, Content-Encoding and
 // Git-Protocol reach git (GIT_PROTOCOL, for protocol v2); the request's
-// Authorization and cookies do not. Request bodies sent chunked (git does
-// for large negotiations) are spooled to an unlinked file, because CGI
-// needs a length.
+// Authorization and cookies do not. A body sent chunked (git does for
+// large negotiations), which net/http/cgi refuses, is passed on without a
+// length, and git http-backend reads it to its end.
 //
 // Server.Checksum gives the refs checksum the primary's verification
 // stores: SHA-256 over the sorted "refname object-id" lines of every ref

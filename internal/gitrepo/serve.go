@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/cgi"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 )
@@ -22,14 +21,11 @@ const DefaultMaxRequestBody = 64 << 20
 // ServerOptions configure NewServer. The zero value (or nil) means every
 // default.
 type ServerOptions struct {
-	// MaxRequestBody bounds the body of an upload-pack request, in bytes;
-	// a larger one is refused with 413. 0 means DefaultMaxRequestBody.
+	// MaxRequestBody bounds the body of an upload-pack request, in bytes:
+	// one announced larger is refused with 413; one sent chunked (no
+	// length) is cut there, and git then fails the request. 0 means
+	// DefaultMaxRequestBody.
 	MaxRequestBody int64
-	// SpoolDir holds request bodies sent without a length (git sends
-	// large ones chunked, which CGI cannot pass on) while they are
-	// spooled to give git http-backend a length. The files are unlinked
-	// as soon as they are created. Empty means os.TempDir().
-	SpoolDir string
 	// ErrorLog receives what git http-backend writes on its standard
 	// error (the tail of it, one entry per request) and CGI errors. Nil
 	// discards them; the response's status still says what failed.
@@ -67,9 +63,6 @@ func NewServer(g *Git, root string, opts *ServerOptions) (*Server, error) {
 	}
 	if o.MaxRequestBody < 0 {
 		return nil, fmt.Errorf("gitrepo: NewServer: ServerOptions.MaxRequestBody %d is negative", o.MaxRequestBody)
-	}
-	if o.SpoolDir == "" {
-		o.SpoolDir = os.TempDir()
 	}
 	if o.ErrorLog == nil {
 		o.ErrorLog = log.New(io.Discard, "", 0)
@@ -185,16 +178,17 @@ var gitProtocolRE = regexp.MustCompile(`^[A-Za-z0-9._=:-]{1,256}$`)
 // from Serve's checks so tests can show that, even with a repository
 // removed between the check and the run, git never opens a sibling.
 func (s *Server) serveCGI(w http.ResponseWriter, r *http.Request, dir, pathInfo, query string) {
-	body, n, status, err := s.requestBody(r)
-	if err != nil {
-		if status == http.StatusInternalServerError {
-			s.opts.ErrorLog.Printf("gitrepo: serve: %v", err)
-		}
-		http.Error(w, "gitrepo: "+http.StatusText(status), status)
+	body, n := r.Body, r.ContentLength
+	switch {
+	case n > s.opts.MaxRequestBody:
+		http.Error(w, "gitrepo: request body too large", http.StatusRequestEntityTooLarge)
 		return
-	}
-	if body != nil {
-		defer body.Close()
+	case n == 0 || body == nil:
+		body, n = nil, 0
+	case n < 0:
+		// Chunked: no length for CGI, so none for git, which then reads
+		// to the end of the body, cut at the limit.
+		body = io.NopCloser(&limitedBody{r: r.Body, left: s.opts.MaxRequestBody})
 	}
 	// A request of our own: only the headers git needs, our path and query.
 	cr := (&http.Request{
@@ -211,7 +205,7 @@ func (s *Server) serveCGI(w http.ResponseWriter, r *http.Request, dir, pathInfo,
 		TLS:           r.TLS,
 	}).WithContext(r.Context())
 	if body != nil {
-		cr.Body = body
+		cr.Body = body // read by CGI when ContentLength != 0
 	}
 	for _, h := range []string{"Content-Type", "Content-Encoding"} {
 		if v := r.Header.Get(h); v != "" {
@@ -234,7 +228,7 @@ func (s *Server) serveCGI(w http.ResponseWriter, r *http.Request, dir, pathInfo,
 	h := &cgi.Handler{
 		Path: s.git.path,
 		Args: []string{"http-backend"},
-		Dir:  dir,
+		Dir:  s.root, // git http-backend works from GIT_PROJECT_ROOT, not its cwd
 		Env: s.git.gitEnv(cmd{env: vars, config: []ConfigEntry{
 			{"http.receivepack", "false"},
 			{"http.getanyfile", "false"},
@@ -249,37 +243,22 @@ func (s *Server) serveCGI(w http.ResponseWriter, r *http.Request, dir, pathInfo,
 	}
 }
 
-// requestBody returns the body to give git and its length. A body of
-// unknown length (chunked) is spooled to an unlinked file first, because
-// CGI needs a length. Bodies over MaxRequestBody answer 413.
-func (s *Server) requestBody(r *http.Request) (io.ReadCloser, int64, int, error) {
-	limit := s.opts.MaxRequestBody
-	switch {
-	case r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody:
-		return nil, 0, 0, nil
-	case r.ContentLength > limit:
-		return nil, 0, http.StatusRequestEntityTooLarge, errors.New("request body too large")
-	case r.ContentLength > 0:
-		return io.NopCloser(io.LimitReader(r.Body, r.ContentLength)), r.ContentLength, 0, nil
+// limitedBody reads at most left bytes of r, then fails.
+type limitedBody struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errors.New("request body too large")
 	}
-	f, err := os.CreateTemp(s.opts.SpoolDir, "geo-git-body-*")
-	if err != nil {
-		return nil, 0, http.StatusInternalServerError, fmt.Errorf("spool request body: %w", err)
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
 	}
-	_ = os.Remove(f.Name()) // unlinked: nothing survives a crash
-	n, err := io.Copy(f, io.LimitReader(r.Body, limit+1))
-	if err == nil && n > limit {
-		f.Close()
-		return nil, 0, http.StatusRequestEntityTooLarge, errors.New("request body too large")
-	}
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		f.Close()
-		return nil, 0, http.StatusBadRequest, fmt.Errorf("read request body: %w", err)
-	}
-	return f, n, 0, nil
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 // Checksum returns the checksum of the repository at relPath (see
