@@ -101,7 +101,7 @@ type primary struct {
 	headers sync.Map     // request header "Git-Protocol" values seen -> true
 	chunked atomic.Int64 // requests that arrived without a length
 	// hold, when set, is called before a git-upload-pack POST is served.
-	hold atomic.Pointer[func()]
+	hold atomic.Pointer[func(*http.Request)]
 }
 
 func newPrimary(t testing.TB, g *Git) *primary {
@@ -133,7 +133,7 @@ func newPrimary(t testing.TB, g *Git) *primary {
 		}
 		if strings.HasSuffix(r.URL.Path, "/git-upload-pack") {
 			if h := p.hold.Load(); h != nil {
-				(*h)()
+				(*h)(r)
 			}
 			cw := &countingWriter{ResponseWriter: w}
 			p.server.Serve(cw, r, rel)
@@ -294,6 +294,82 @@ func assertSame(t testing.TB, ctx context.Context, p *primary, s *Store, rel str
 	if ph != ch {
 		t.Fatalf("HEAD: copy %q, primary %q", ch, ph)
 	}
+}
+
+// holdFetches makes every git-upload-pack POST wait until release is
+// called (or its client goes away), and returns a channel that receives
+// once per request reaching the hold.
+func (p *primary) holdFetches() (reached <-chan struct{}, release func()) {
+	ch := make(chan struct{}, 16)
+	done := make(chan struct{})
+	f := func(r *http.Request) {
+		ch <- struct{}{}
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	}
+	p.hold.Store(&f)
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			p.hold.Store(nil)
+			close(done)
+		})
+	}
+	p.t.Cleanup(release)
+	return ch, release
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// processesWith returns the pids of live processes whose command line
+// contains s.
+func processesWith(s string) []string {
+	var pids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(b), s) {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}
+
+// snapshot lists every file under dir with its size and modification
+// time, to show a directory was not written.
+func snapshot(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		m[p] = fmt.Sprintf("%v %d %d", fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 func isErr(err, target error) bool { return errors.Is(err, target) }
