@@ -298,7 +298,8 @@ func moveObjects(from, to string) error {
 			if !isHex(o.Name()) {
 				continue // tmp_obj_* and the like
 			}
-			if err := os.MkdirAll(filepath.Join(to, d.Name()), 0o755); err != nil {
+			// Mkdir, not MkdirAll: never create the object directory itself.
+			if err := os.Mkdir(filepath.Join(to, d.Name()), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 				return err
 			}
 			m, err := moveFile(filepath.Join(from, d.Name(), o.Name()), filepath.Join(to, d.Name(), o.Name()))

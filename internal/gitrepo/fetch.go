@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -92,7 +93,8 @@ type Stage struct {
 //
 // When ctx ends, git's whole process group is killed, the stage is
 // removed, and the error wraps ctx.Err(). Other errors wrap ErrInvalidPath,
-// ErrInvalidURL, ErrInvalidAuthorization, ErrRemoteNotFound (404),
+// ErrNotRepository (something other than a bare repository is at the
+// path), ErrInvalidURL, ErrInvalidAuthorization, ErrRemoteNotFound (404),
 // ErrRemoteDenied (401, 403) or git's own failure, with the tail of its
 // standard error; none quotes the Authorization value.
 func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
@@ -112,11 +114,12 @@ func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
 	}
 	st := &Stage{s: s, relPath: p.RelPath, live: live}
 	st.dir, _ = s.tempName("stage")
-	switch err := bareRepository(live); {
-	case errors.Is(err, ErrNotRepository):
+	if _, err := os.Lstat(live); errors.Is(err, fs.ErrNotExist) {
 		st.isNew = true
-	case err != nil:
-		return nil, fmt.Errorf("gitrepo: fetch: live copy: %w", err)
+	} else if err := bareRepository(live); err != nil {
+		// Not geo's doing (its renames leave a whole repository or
+		// nothing): an operator must look.
+		return nil, fmt.Errorf("gitrepo: fetch: something other than a bare repository is at the path: %w", err)
 	}
 	if st.isNew {
 		err = st.clone(ctx, p, config)
