@@ -122,3 +122,34 @@ func countObjects(t testing.TB, dir string) int {
 	}
 	return n
 }
+
+// TestSHA256Repository syncs a repository in the SHA-256 object format,
+// new and incremental: the stage that borrows the copy must be created
+// in the copy's format.
+func TestSHA256Repository(t *testing.T) {
+	t.Parallel()
+	g := requireGit(t)
+	ctx := testCtx(t)
+	p := newPrimary(t, g)
+	s := newStore(t, g)
+	const rel = "sha256.git"
+	bare := filepath.Join(p.root, rel)
+	sh(t, "", "init", "--bare", "--quiet", "--object-format=sha256", bare)
+	w := &work{t: t, dir: t.TempDir(), bare: bare}
+	sh(t, w.dir, "init", "--quiet", "--object-format=sha256", ".")
+	sh(t, w.dir, "remote", "add", "origin", bare)
+	w.commit(3, 100)
+	w.git("push", "--quiet", "origin", "main")
+	p.sync(ctx, s, rel)
+	assertSame(t, ctx, p, s, rel)
+	w.commit(2, 100)
+	w.git("push", "--quiet", "origin", "main")
+	st := p.sync(ctx, s, rel)
+	if st.IsNew() {
+		t.Fatal("the second sync was not incremental")
+	}
+	assertSame(t, ctx, p, s, rel)
+	if f := sh(t, filepath.Join(s.root, rel), "rev-parse", "--show-object-format"); f != "sha256" {
+		t.Fatalf("copy's object format %s, want sha256", f)
+	}
+}
