@@ -329,3 +329,66 @@ func TestFetchRefusesSomethingElseAtThePath(t *testing.T) {
 		t.Fatalf("the non-repository was touched: %q, %v", b, err)
 	}
 }
+
+// TestDeleteDuringHeldFetch is issue 26's R2 shape at this level: a fetch
+// is held mid-transfer, the repository is removed (under the row lock),
+// the fetch is released. For a live copy, the fetch or its commit fails
+// (the borrowed objects are gone: ErrStale at the latest) and nothing is
+// left; for a new repository the engine, finding no row, aborts the
+// stage, and nothing is left either.
+func TestDeleteDuringHeldFetch(t *testing.T) {
+	t.Parallel()
+	g := requireGit(t)
+	ctx := testCtx(t)
+	p := newPrimary(t, g)
+	s := newStore(t, g)
+	const rel = "held/gone.git"
+	w := p.create(rel)
+	w.commit(3, 1000)
+	w.git("push", "--quiet", "origin", "main")
+
+	for _, existing := range []bool{true, false} {
+		if existing {
+			p.sync(ctx, s, rel)
+			w.commit(2, 1000)
+			w.git("push", "--quiet", "origin", "main")
+		}
+		reached, release := p.holdFetches()
+		type result struct {
+			st  *Stage
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			st, err := s.Fetch(ctx, FetchParams{RelPath: rel, URL: p.url(rel), Authorization: p.token})
+			done <- result{st, err}
+		}()
+		<-reached
+		if err := s.Remove(ctx, rel); err != nil {
+			t.Fatal(err)
+		}
+		release()
+		r := <-done
+		switch {
+		case r.err != nil && existing:
+			t.Logf("live copy: the fetch failed (its stage is gone already): %v", r.err)
+		case r.err != nil:
+			t.Fatalf("new repository: fetch: %v", r.err)
+		case existing:
+			t.Logf("live copy: the fetch succeeded; commit")
+			if err := r.st.Commit(ctx); !errors.Is(err, ErrStale) {
+				t.Fatalf("commit after a delete during the fetch: %v, want ErrStale", err)
+			}
+		default:
+			if err := r.st.Abort(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(s.root, rel)); !os.IsNotExist(err) {
+			t.Fatalf("existing=%v: a repository directory is left: %v", existing, err)
+		}
+		if es := tempEntries(t, s); len(es) != 0 {
+			t.Fatalf("existing=%v: left %v in the temporary directory", existing, es)
+		}
+	}
+}
