@@ -61,6 +61,11 @@ func listRefs(ctx context.Context, g *Git, dir string) ([]Ref, error) {
 // objects, because equal refs name equal histories and listing refs is
 // cheap). A repository without refs has the checksum of no lines,
 // SHA-256 of the empty string. refs need not be sorted.
+//
+// HEAD is not a line (it is a pointer to a ref, replicated by Commit but
+// not checksummed). The primary's repositories must not hide refs from
+// upload-pack (uploadpack.hideRefs, transfer.hideRefs): a copy cannot
+// fetch a hidden ref, so its checksum would never match.
 func ChecksumRefs(refs []Ref) string {
 	sorted := slices.Clone(refs)
 	slices.SortFunc(sorted, func(a, b Ref) int { return strings.Compare(a.Name, b.Name) })

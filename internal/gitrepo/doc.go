@@ -125,10 +125,12 @@
 //     process removes dead owners' temporary directories (flock-based, the
 //     protocol blob.Dir uses, so both may share a root).
 //   - During Commit of a live copy, while moving objects: the copy has
-//     extra, unreferenced objects (a pack's files move index last, so git
+//     extra, unreferenced objects. A pack's files move index last, so git
 //     sees a pack whole or not at all; a crash between its files leaves a
-//     pack without index, which git ignores). Refs are unchanged, so the
-//     copy still equals what it was and the next sync fetches less.
+//     pack without index, which git ignores (packs are named by the hash
+//     of their content, so if a later commit brings the same pack, its
+//     index completes it). Refs are unchanged, so the copy still equals
+//     what it was, and the next sync converges.
 //   - During the ref transaction: git's files backend locks every ref
 //     (prepare) and then renames the lock files into place one by one
 //     (commit). A crash in between can leave some refs new and some old,
@@ -145,7 +147,16 @@
 //     parent directories after).
 //   - During Remove: the rename out of the path is atomic and fsynced;
 //     after it the trash is in the temporary directory, removed by this
-//     process or, after a crash, by the next OpenStore.
+//     process or, after a crash, by the next OpenStore. If the process
+//     dies after the rename but before the engine's delete of the row
+//     commits, the row outlives its copy: the deleted event is consumed
+//     again (or the orphan pass finds the record gone) and Remove of a
+//     missing repository succeeds; a verification meanwhile reports
+//     ErrNotRepository.
+//   - After Commit returns and before the engine's settle commits: the
+//     copy is new, the row is not synced; its lease expires, the next
+//     fetch brings nothing, the stage is unchanged (Stage.Changed is
+//     false) and the settle goes through.
 //
 // # The seam the engines need
 //
@@ -162,7 +173,14 @@
 //	           Store.Verify(ctx, relPath, primarySum, VerifyFull)
 //	                                         re-verification; mismatch → resync
 //
-// Not here yet: housekeeping. Every commit adds a pack and loose refs to a
-// copy; a periodic `git pack-refs` and a repack that never drops objects
-// a stage may still rely on are for the engine to schedule later.
+// Repository paths are the record's, checked like storage keys; two
+// records must not have nested paths (one repository inside another's
+// directory).
+//
+// Not here yet: housekeeping. Every commit that changes something adds a
+// pack (and loose refs) to a copy. A periodic `git pack-refs --all` and
+// `git repack -d -l` (without -a's dropping of unreachable objects, or
+// with git gc's expiry, far longer than any fetch) are for the engine to
+// schedule under the row lock: a stage relies on the copy's objects for
+// as long as its fetch runs.
 package gitrepo

@@ -119,7 +119,7 @@ func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
 	} else if err := bareRepository(live); err != nil {
 		// Not geo's doing (its renames leave a whole repository or
 		// nothing): an operator must look.
-		return nil, fmt.Errorf("gitrepo: fetch: something other than a bare repository is at the path: %w", err)
+		return nil, fmt.Errorf("gitrepo: fetch: the path holds no bare repository: %w", err)
 	}
 	if st.isNew {
 		err = st.clone(ctx, p, config)
@@ -141,7 +141,7 @@ func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
 func (st *Stage) clone(ctx context.Context, p FetchParams, config []ConfigEntry) error {
 	g := st.s.git
 	err := g.run(ctx, cmd{
-		args:   []string{"clone", "--mirror", "--quiet", "--no-hardlinks", "--template=", "--", p.URL, st.dir},
+		args:   []string{"clone", "--mirror", "--quiet", "--template=", "--", p.URL, st.dir},
 		config: config, secret: p.Authorization,
 	})
 	if err != nil {
