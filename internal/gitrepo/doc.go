@@ -68,11 +68,14 @@
 // repository (+refs/*:refs/*, so force-pushes and deletions are mirrored;
 // refs the primary no longer has are left out) into a stage in the
 // Store's temporary directory, root/.geo-tmp/<owner>/:
-//   - With a live copy, the stage is an empty bare repository that
-//     borrows the copy's objects (objects/info/alternates). git offers the
-//     copy's ref tips as "haves", so only objects the copy lacks travel,
-//     and they are written into the stage alone: the live copy is never
-//     written during a fetch. The copy's refs at that moment are recorded.
+//   - With a live copy, the stage is a new bare repository that borrows
+//     the copy's objects (objects/info/alternates) and starts with the
+//     copy's refs (a packed-refs file, so that only changed refs are
+//     written: with 10,000 refs, 0.75 s a sync instead of 2.7 s). git
+//     offers those refs as "haves", so only objects the copy lacks
+//     travel, and they are written into the stage alone: the live copy
+//     is never written during a fetch. The copy's refs at that moment are
+//     recorded; the primary's HEAD is asked for beside the fetch.
 //   - Without one, the stage is a mirror clone (git clone --mirror), with
 //     the remote's configuration removed afterwards.
 //

@@ -153,3 +153,43 @@ func TestSHA256Repository(t *testing.T) {
 		t.Fatalf("copy's object format %s, want sha256", f)
 	}
 }
+
+// TestIncrementalFetchWritesOnlyChangedRefs checks that the stage starts
+// with the copy's refs (a packed-refs file), so that an incremental fetch
+// writes the refs that changed, not every ref as a new loose file: with
+// 10,000 refs that was 2.7 s against 0.75 s on this machine (raw git
+// fetch: 0.5 s).
+func TestIncrementalFetchWritesOnlyChangedRefs(t *testing.T) {
+	t.Parallel()
+	g := requireGit(t)
+	ctx := testCtx(t)
+	p := newPrimary(t, g)
+	s := newStore(t, g)
+	const rel = "refs.git"
+	if err := MakeRepo(ctx, g, filepath.Join(p.root, rel), RepoShape{Commits: 5, FileSize: 100, Branches: 300}); err != nil {
+		t.Fatal(err)
+	}
+	p.sync(ctx, s, rel)
+	if err := AddCommit(ctx, g, filepath.Join(p.root, rel), "refs/heads/main", 100); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, filepath.Join(p.root, rel), "update-ref", "-d", "refs/heads/b00007")
+	st, err := s.Fetch(ctx, FetchParams{RelPath: rel, URL: p.url(rel), Authorization: p.token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loose := 0
+	filepath.WalkDir(filepath.Join(st.dir, "refs"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			loose++
+		}
+		return nil
+	})
+	if loose > 1 {
+		t.Fatalf("the stage holds %d loose refs after a fetch that moved one ref: it did not start from the copy's refs", loose)
+	}
+	if err := st.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, ctx, p, s, rel)
+}
