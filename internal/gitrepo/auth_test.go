@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -129,8 +132,8 @@ func TestAuthorizationInEnvironmentNotArgv(t *testing.T) {
 			}
 		}
 	}
-	if inEnv < 3 { // clone, fetch, ls-remote
-		t.Errorf("the token is in the environment of %d git commands, want the clone, fetch and ls-remote (%d calls)", inEnv, len(argvs))
+	if inEnv < 2 { // clone, fetch
+		t.Errorf("the token is in the environment of %d git commands, want the clone's and the fetch's (%d calls)", inEnv, len(argvs))
 	}
 	argvs, envs = invocations(t, serverLog)
 	if len(argvs) == 0 {
@@ -217,5 +220,40 @@ func TestNewWithoutGit(t *testing.T) {
 	_, err = New(context.Background(), &Options{Path: old})
 	if !errors.Is(err, ErrGitTooOld) {
 		t.Fatalf("git 2.20.1: %v, want ErrGitTooOld", err)
+	}
+}
+
+// TestRedirectsAreNotFollowed points a fetch at an endpoint that
+// redirects every request elsewhere: the fetch fails, and the other
+// server never sees the Authorization value (git's requests and the HEAD
+// request alike).
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	t.Parallel()
+	g := requireGit(t)
+	ctx := testCtx(t)
+	var leaked atomic.Int64
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Add(1)
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(elsewhere.Close)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+r.URL.RequestURI(), http.StatusFound)
+	}))
+	t.Cleanup(redirector.Close)
+	s := newStore(t, g)
+	for _, rel := range []string{"new.git", "existing.git"} {
+		if rel == "existing.git" {
+			sh(t, "", "init", "--bare", "--quiet", filepath.Join(s.root, rel))
+		}
+		_, err := s.Fetch(ctx, FetchParams{RelPath: rel, URL: redirector.URL + "/r/" + rel, Authorization: "Bearer s3cret"})
+		if err == nil {
+			t.Fatalf("%s: a fetch through a redirect succeeded", rel)
+		}
+	}
+	if n := leaked.Load(); n > 0 {
+		t.Fatalf("%d requests carried the Authorization value to the redirect's target", n)
 	}
 }

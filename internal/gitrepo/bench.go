@@ -219,7 +219,7 @@ func Bench(ctx context.Context, g *Git, p BenchParams) (BenchResult, error) {
 		return nil
 	}
 	ours := func(round int) error {
-		store, err := OpenStore(ctx, g, filepath.Join(p.Dir, "secondary-"+strconv.Itoa(round)))
+		store, err := OpenStore(ctx, g, filepath.Join(p.Dir, "secondary-"+strconv.Itoa(round)), nil)
 		if err != nil {
 			return err
 		}
@@ -270,7 +270,7 @@ func Bench(ctx context.Context, g *Git, p BenchParams) (BenchResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("gitrepo: Bench: raw fetch: %w", err)
 	}
-	store, err := OpenStore(ctx, g, filepath.Join(p.Dir, "secondary-"+last))
+	store, err := OpenStore(ctx, g, filepath.Join(p.Dir, "secondary-"+last), nil)
 	if err != nil {
 		return res, err
 	}

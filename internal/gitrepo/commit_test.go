@@ -257,7 +257,7 @@ func TestOpenStoreCleansDeadOwners(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dead, lockFileName), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	live, err := OpenStore(context.Background(), g, root)
+	live, err := OpenStore(context.Background(), g, root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestOpenStoreCleansDeadOwners(t *testing.T) {
 	if _, err := os.Lstat(dead); !os.IsNotExist(err) {
 		t.Fatalf("a dead owner's directory survived OpenStore: %v", err)
 	}
-	other, err := OpenStore(context.Background(), g, root)
+	other, err := OpenStore(context.Background(), g, root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,8 @@
 //
 // Server.Serve answers git's smart HTTP protocol for ONE repository,
 // upload-pack only (clone and fetch), through git http-backend via
-// net/http/cgi. The caller authenticates the request (the engine's token,
+// net/http/cgi, and GET .../HEAD (which branch is the default) from the
+// HEAD file without running git. The caller authenticates the request (the engine's token,
 // bound to a replicable and a record id), resolves the record to its
 // repository path, and passes that path: the request's URL only selects
 // the protocol step (info/refs or git-upload-pack) from its last segments,
@@ -75,14 +76,18 @@
 //     offers those refs as "haves", so only objects the copy lacks
 //     travel, and they are written into the stage alone: the live copy
 //     is never written during a fetch. The copy's refs at that moment are
-//     recorded; the primary's HEAD is asked for beside the fetch.
+//     recorded; the primary's HEAD is asked for beside the fetch, with
+//     one in-process GET (git ls-remote --symref cost two requests and
+//     four git processes on the primary: with it an incremental sync of
+//     a small repository took twice a raw git fetch).
 //   - Without one, the stage is a mirror clone (git clone --mirror), with
 //     the remote's configuration removed afterwards.
 //
 // The Authorization value (the engine's token) reaches git as
 // http.extraHeader through GIT_CONFIG_KEY_n / GIT_CONFIG_VALUE_n, never
-// argv, which any user can read in /proc; it is redacted from error
-// messages, and redirects are not followed so it never goes elsewhere.
+// argv, which any user can read in /proc (the HEAD request carries it
+// in-process); it is redacted from error messages, and redirects are not
+// followed, by git or by the HEAD request, so it never goes elsewhere.
 // Cancelling the context kills git's process group and removes the stage.
 //
 // Stage.Checksum is the staged refs' checksum, to compare with the

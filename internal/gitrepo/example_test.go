@@ -39,7 +39,7 @@ func ExampleStore_Fetch() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	store, err := gitrepo.OpenStore(ctx, g, "/srv/secondary/repositories")
+	store, err := gitrepo.OpenStore(ctx, g, "/srv/secondary/repositories", nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -230,7 +230,7 @@ func randHex(n int) string {
 
 func newStore(t testing.TB, g *Git) *Store {
 	t.Helper()
-	s, err := OpenStore(context.Background(), g, t.TempDir())
+	s, err := OpenStore(context.Background(), g, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,7 @@ func (s *Server) Handler(relPath string) http.Handler {
 const (
 	infoRefsSuffix   = "/info/refs"
 	uploadPackSuffix = "/git-upload-pack"
+	headSuffix       = "/HEAD"
 	uploadPack       = "git-upload-pack"
 )
 
@@ -101,11 +102,14 @@ const (
 //   - GET .../info/refs?service=git-upload-pack: the ref advertisement
 //     (protocol v2's capabilities when the client sends Git-Protocol:
 //     version=2, passed to git as GIT_PROTOCOL);
-//   - POST .../git-upload-pack: the negotiation and the pack.
+//   - POST .../git-upload-pack: the negotiation and the pack;
+//   - GET .../HEAD: the HEAD file (which branch is the default), read
+//     without running git, for Store.Fetch.
 //
 // Anything naming receive-pack (push), in the path or the query, is
 // refused with 403, whatever the method; dumb HTTP (info/refs without a
-// service) with 403 too; other paths with 404, wrong methods with 405. A
+// service) with 403 too; other paths (objects, config, ...) with 404,
+// wrong methods with 405. A
 // relPath that breaks the key rule answers 500 (the caller's bug, not the
 // client's); one with no bare repository 404. Only the request's
 // Content-Type, Content-Encoding and Git-Protocol headers reach git (never
@@ -138,6 +142,13 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, relPath string) {
 			return
 		}
 		pathInfo = uploadPackSuffix
+	case strings.HasSuffix(p, headSuffix):
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			http.Error(w, "gitrepo: method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		pathInfo = headSuffix
 	default:
 		http.NotFound(w, r)
 		return
@@ -157,7 +168,30 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, relPath string) {
 		http.Error(w, "gitrepo: repository unreadable", http.StatusInternalServerError)
 		return
 	}
+	if pathInfo == headSuffix {
+		s.serveHead(w, dir)
+		return
+	}
 	s.serveCGI(w, r, dir, pathInfo, query)
+}
+
+// serveHead answers the repository's HEAD file, as the dumb protocol
+// would, without running git: "ref: refs/heads/main\n", or an object id.
+func (s *Server) serveHead(w http.ResponseWriter, dir string) {
+	b, err := readHeadFile(dir)
+	if err == nil {
+		if _, ok := parseHead(b); !ok {
+			err = errors.New("HEAD file holds neither a ref nor an object id")
+		}
+	}
+	if err != nil {
+		s.opts.ErrorLog.Printf("gitrepo: serve HEAD: %v", err)
+		http.Error(w, "gitrepo: HEAD unreadable", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(b)
 }
 
 // mentionsReceivePack reports whether any segment of the path or any

@@ -263,3 +263,29 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += n
 	return n, err
 }
+
+// TestParseHead checks what a HEAD (file or response) may hold.
+func TestParseHead(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in     string
+		target string
+		ok     bool
+	}{
+		{"ref: refs/heads/main\n", "refs/heads/main", true},
+		{"ref: refs/heads/main", "refs/heads/main", true},
+		{strings.Repeat("a", 40) + "\n", "", true},
+		{strings.Repeat("b", 64), "", true},
+		{"ref: HEAD\n", "", false},
+		{"ref: refs/heads/a b\n", "", false},
+		{"ref: refs/heads/x\nmore\n", "", false},
+		{"<html>", "", false},
+		{"", "", false},
+		{"ref: refs/" + strings.Repeat("x", maxHeadSize), "", false},
+	} {
+		target, ok := parseHead([]byte(c.in))
+		if target != c.target || ok != c.ok {
+			t.Errorf("parseHead(%q) = %q, %v; want %q, %v", c.in, target, ok, c.target, c.ok)
+		}
+	}
+}

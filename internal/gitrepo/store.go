@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -43,6 +44,7 @@ const lockFileName = "lock"
 // below it.
 type Store struct {
 	git     *Git
+	client  *http.Client
 	root    string   // absolute, symbolic links resolved
 	r       *os.Root // root
 	tmpRel  string   // ".geo-tmp/<owner>", relative to root
@@ -51,13 +53,31 @@ type Store struct {
 	closeMu sync.Once
 }
 
+// StoreOptions configure OpenStore. The zero value (or nil) means every
+// default.
+type StoreOptions struct {
+	// Client makes the one request of a sync that is not git's own: the
+	// primary's HEAD (GET <URL>/HEAD, which Server.Serve answers without
+	// running git), with the same Authorization. It must trust the
+	// primary as git does (git's TLS settings go in Options.Config).
+	// Redirects are never followed, whatever its CheckRedirect says. Nil
+	// means a client over http.DefaultTransport.
+	Client *http.Client
+}
+
 // OpenStore opens (creating it if needed) the repository root, takes its
 // own temporary subdirectory, and removes the stages and trash of dead
 // owners (see CleanTemp). Call Close when done.
-func OpenStore(ctx context.Context, g *Git, root string) (*Store, error) {
+func OpenStore(ctx context.Context, g *Git, root string, opts *StoreOptions) (*Store, error) {
 	if g == nil {
 		return nil, errors.New("gitrepo: OpenStore: nil Git")
 	}
+	client := &http.Client{}
+	if opts != nil && opts.Client != nil {
+		c := *opts.Client
+		client = &c
+	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	abs, err := resolveRoot(root, true)
 	if err != nil {
 		return nil, fmt.Errorf("gitrepo: OpenStore: root: %w", err)
@@ -66,7 +86,7 @@ func OpenStore(ctx context.Context, g *Git, root string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gitrepo: OpenStore: %w", err)
 	}
-	s := &Store{git: g, root: abs, r: r}
+	s := &Store{git: g, client: client, root: abs, r: r}
 	if err := s.takeTemp(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("gitrepo: OpenStore: %w", err)
