@@ -74,7 +74,10 @@ func diffRefs(old, new []Ref) []refChange {
 //     error wraps ErrStale and no ref changes). Ref files are fsynced.
 //  3. points HEAD at the primary's HEAD branch, if that changed.
 //
-// Errors other than ErrStale and ErrCommitted are failures to write.
+// Errors other than ErrStale and ErrCommitted are failures to write. ctx
+// ending during a commit kills git mid-transaction, which is a crash (see
+// the package doc's crash safety: the next sync repairs it); the engine
+// should cancel a commit only when shutting down.
 func (st *Stage) Commit(ctx context.Context) error {
 	if st.done {
 		return fmt.Errorf("gitrepo: commit: %w", ErrCommitted)

@@ -109,9 +109,9 @@ const (
 // Anything naming receive-pack (push), in the path or the query, is
 // refused with 403, whatever the method; dumb HTTP (info/refs without a
 // service) with 403 too; other paths (objects, config, ...) with 404,
-// wrong methods with 405. A
-// relPath that breaks the key rule answers 500 (the caller's bug, not the
-// client's); one with no bare repository 404. Only the request's
+// wrong methods with 405. A relPath that breaks the key rule answers 500
+// (the caller's bug, not the client's); one with no bare repository 404.
+// Only the request's
 // Content-Type, Content-Encoding and Git-Protocol headers reach git (never
 // its Authorization or cookies), and git http-backend sees the repository
 // itself as its project root, so no part of the request can make it open
@@ -295,8 +295,8 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Checksum returns the checksum of the repository at relPath (see
-// Checksum); the error wraps ErrInvalidPath or ErrNotRepository when
+// Checksum returns the refs checksum of the repository at relPath (see
+// ChecksumRefs); the error wraps ErrInvalidPath or ErrNotRepository when
 // there is no repository to checksum.
 func (s *Server) Checksum(ctx context.Context, relPath string) (string, error) {
 	dir, err := within(s.root, relPath)
