@@ -22,10 +22,14 @@ var ErrInvalidPath = errors.New("gitrepo: invalid repository path")
 // than a bare git repository, lives at a repository path.
 var ErrNotRepository = errors.New("gitrepo: no repository at the path")
 
-// validPath checks relPath against the key rule.
+// validPath checks relPath against the key rule and keeps it out of the
+// Store's temporary directory.
 func validPath(relPath string) error {
 	if err := strategy.ValidateKey(relPath); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidPath, err)
+	}
+	if strings.HasPrefix(relPath, tempDirName) {
+		return fmt.Errorf("%w: under the reserved %s", ErrInvalidPath, tempDirName)
 	}
 	return nil
 }

@@ -14,17 +14,19 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/geoframework/geo/strategy"
+	"github.com/geoframework/geo/blob/dirblob"
 )
 
 // tempDirName is the directory under a Store's root that holds its stages
-// and trash: blob.Dir's temporary directory (strategy.ReservedKeyPrefix),
-// whose names ValidateKey rejects, so no repository path can reach it.
-const tempDirName = strategy.ReservedKeyPrefix
+// and trash: the directory backend's temporary directory
+// (dirblob.ReservedPrefix), whose names it refuses as keys and the
+// repository path rule (validRelPath) rejects, so no repository path can
+// reach it.
+const tempDirName = dirblob.ReservedPrefix
 
 // lockFileName is the file in each owner's temporary subdirectory that the
-// owner holds an exclusive flock on while it is open (blob.Dir's name and
-// protocol, so a Store and a blob.Dir may share a root).
+// owner holds an exclusive flock on while it is open (dirblob's name and
+// protocol, so a Store and a dirblob bucket may share a root).
 const lockFileName = "lock"
 
 // Store holds the repositories under one root, on a secondary: it fetches
