@@ -44,13 +44,19 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 		require.NoError(t, err)
 	}
 	other := &attachments{db: f.PrimaryDB}
+	// Paused before the secondary starts, so that its first pass and
+	// claims cannot come first on a loaded machine; Pause through the
+	// running secondary again (a no-op) checks the call.
+	pre, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	require.NoError(t, pre.Pause(ctx, "item"))
 	r := f.Start(f.SecondaryConfig(f.secondaryItems(), other))
 	require.NoError(t, r.Pause(ctx, "item"))
 	require.ErrorIs(t, r.Pause(ctx, "nope"), strategy.ErrUnknownReplicable)
 	r.TriggerConsistency()
 
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "attachments synced while item is paused", func() (bool, string) {
+	geotest.WaitFor(t, stall, "attachments synced while item is paused", func() (bool, string) {
 		c, err := store.Counts(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -75,7 +81,7 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 	require.InDelta(t, 100, att.SyncedPercent, 0.001)
 
 	require.NoError(t, r.Resume(ctx, "item"))
-	f.waitConverged(t, 30*time.Second, f.secondaryItems(), other)
+	f.waitConverged(t, stall, f.secondaryItems(), other)
 }
 
 // Status reports counts, percentages, the oldest pending row, the most
@@ -95,7 +101,7 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	r := f.Start(f.SecondaryConfig(f.secondaryItems()))
 	r.TriggerConsistency()
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "7 synced, 3 failed", func() (bool, string) {
+	geotest.WaitFor(t, stall, "7 synced, 3 failed", func() (bool, string) {
 		c, err := store.Counts(ctx)
 		if err != nil {
 			return false, err.Error()
