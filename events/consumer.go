@@ -16,13 +16,20 @@ import (
 	"go.uber.org/zap"
 )
 
-// Consumer defaults and limits (see ConsumerConfig).
+// Consumer defaults and limits (see ConsumerConfig). replicator's
+// SecondaryConfig uses the same defaults for its consumer.
 const (
-	DefaultConsumerName = "default"
-	DefaultBatchSize    = 1000
-	MaxBatchSize        = 100_000
-	DefaultPollInterval = 500 * time.Millisecond
-	MaxPollInterval     = time.Second
+	// ConsumerNameDefault is the default ConsumerConfig.Name, the one a
+	// replicator.Secondary uses.
+	ConsumerNameDefault = "default"
+	// BatchSizeDefault is the default ConsumerConfig.BatchSize.
+	BatchSizeDefault = 1000
+	// BatchSizeMax is the largest ConsumerConfig.BatchSize accepted.
+	BatchSizeMax = 100_000
+	// PollIntervalDefault is the default ConsumerConfig.PollInterval.
+	PollIntervalDefault = 250 * time.Millisecond
+	// PollIntervalMax is the longest ConsumerConfig.PollInterval accepted.
+	PollIntervalMax = time.Second
 
 	// maxBackoff caps the wait after consecutive failures (database down,
 	// handler failing).
@@ -41,6 +48,11 @@ const (
 	SkipUnknownReplicable = "unknown_replicable"
 	// SkipMalformed: the outbox row matched ErrMalformed.
 	SkipMalformed = "malformed"
+	// SkipInvalidKey: a deleted event's blob key failed
+	// strategy.ValidateKey. The event is handled without it (the engine
+	// removes only the key recorded at sync time); the consumer never
+	// reports this reason, replicator's event handler does.
+	SkipInvalidKey = "invalid_key"
 )
 
 // ErrInvalidConfig is wrapped by NewConsumer's and RunPruner's errors for
@@ -85,14 +97,14 @@ type ConsumerConfig struct {
 	Tracking *sqlx.DB
 	// Name names the cursor row and the lock: consumers sharing a tracking
 	// database and a Name take turns, one active at a time. 1 to 63
-	// characters of [A-Za-z0-9_.:-]; default "default".
+	// characters of [A-Za-z0-9_.:-]; "" means ConsumerNameDefault.
 	Name string
-	// BatchSize is the most events read and handed over at once; default
-	// 1000, at most 100,000.
+	// BatchSize is the most events read and handed over at once; 0 means
+	// BatchSizeDefault; at most BatchSizeMax.
 	BatchSize int
 	// PollInterval is how long the Consumer waits between reads when it is
 	// caught up, and between attempts to take the lock when another consumer
-	// holds it; default 500ms, at most 1s.
+	// holds it; 0 means PollIntervalDefault; at most PollIntervalMax.
 	PollInterval time.Duration
 	// Handler receives the events. Required.
 	Handler Handler
@@ -161,22 +173,22 @@ func (cfg *ConsumerConfig) validate() error {
 		return bad("Known", "is nil")
 	}
 	if cfg.Name == "" {
-		cfg.Name = DefaultConsumerName
+		cfg.Name = ConsumerNameDefault
 	}
 	if !consumerNameRE.MatchString(cfg.Name) {
 		return bad("Name", fmt.Sprintf("%q: want 1-63 characters of [A-Za-z0-9_.:-]", cfg.Name))
 	}
 	switch {
 	case cfg.BatchSize == 0:
-		cfg.BatchSize = DefaultBatchSize
-	case cfg.BatchSize < 0 || cfg.BatchSize > MaxBatchSize:
-		return bad("BatchSize", fmt.Sprintf("%d: want 1..%d", cfg.BatchSize, MaxBatchSize))
+		cfg.BatchSize = BatchSizeDefault
+	case cfg.BatchSize < 0 || cfg.BatchSize > BatchSizeMax:
+		return bad("BatchSize", fmt.Sprintf("%d: want 1..%d", cfg.BatchSize, BatchSizeMax))
 	}
 	switch {
 	case cfg.PollInterval == 0:
-		cfg.PollInterval = DefaultPollInterval
-	case cfg.PollInterval < 0 || cfg.PollInterval > MaxPollInterval:
-		return bad("PollInterval", fmt.Sprintf("%v: want > 0 and <= %v", cfg.PollInterval, MaxPollInterval))
+		cfg.PollInterval = PollIntervalDefault
+	case cfg.PollInterval < 0 || cfg.PollInterval > PollIntervalMax:
+		return bad("PollInterval", fmt.Sprintf("%v: want > 0 and <= %v", cfg.PollInterval, PollIntervalMax))
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()

@@ -11,9 +11,9 @@ import (
 
 // Pruner defaults (see PrunerConfig).
 const (
-	DefaultRetention     = 7 * 24 * time.Hour
-	DefaultPruneInterval = 10 * time.Minute
-	DefaultPruneBatch    = 10_000
+	RetentionDefault     = 7 * 24 * time.Hour
+	PruneIntervalDefault = 10 * time.Minute
+	PruneBatchDefault    = 10_000
 )
 
 // pruneQuery deletes one batch of events older than the cutoff (oldest
@@ -119,13 +119,13 @@ func RunPruner(ctx context.Context, db *sqlx.DB, cfg PrunerConfig) error {
 		return bad("Batch", cfg.Batch)
 	}
 	if cfg.Retention == 0 {
-		cfg.Retention = DefaultRetention
+		cfg.Retention = RetentionDefault
 	}
 	if cfg.Interval == 0 {
-		cfg.Interval = DefaultPruneInterval
+		cfg.Interval = PruneIntervalDefault
 	}
 	if cfg.Batch == 0 {
-		cfg.Batch = DefaultPruneBatch
+		cfg.Batch = PruneBatchDefault
 	}
 	log := cfg.Logger
 	if log == nil {

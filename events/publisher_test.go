@@ -110,7 +110,7 @@ func TestPublishRefusesInvalidKeys(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	hostile := []string{"../../etc/passwd", "/abs", "a/../b", "a//b", "a/", "./a", "a\\b", "a\x00b", strings.Repeat("k", strategy.MaxKeyLen+1)}
+	hostile := []string{"../../etc/passwd", "/abs", "a/../b", "a//b", "a/", "./a", "a\\b", "a\x00b", strings.Repeat("k", strategy.KeyLenMax+1)}
 	tx, err := e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()

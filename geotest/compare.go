@@ -19,9 +19,19 @@ import (
 // Diff is an exact comparison of a secondary with its primary for the
 // given types.
 type Diff struct {
-	Records   int      // records the secondary should hold
-	Lost      int      // should be there, but no synced row or no file
-	Corrupted int      // there, but bytes differ from the primary's
+	Records int // records the secondary should hold
+	// Lost counts the records that should be there and are not:
+	// NeverArrived + Stale + Vanished.
+	Lost int
+	// NeverArrived: no synced row, and no copy at the record's key.
+	NeverArrived int
+	// Stale: no synced row, and a copy with other bytes than the
+	// primary's kept at the record's key (a failed or pending update: the
+	// secondary keeps the last good copy until the new one arrives).
+	Stale int
+	// Vanished: a synced row, but no file at its key (R7 broken).
+	Vanished  int
+	Corrupted int      // a synced row, but bytes differ from the primary's
 	Stuck     int      // registry rows left started
 	Extra     int      // files or rows the secondary should not have
 	TempFiles int      // temporary files left behind
@@ -41,8 +51,8 @@ func (d *Diff) note(format string, args ...any) {
 
 // String summarises d.
 func (d Diff) String() string {
-	s := fmt.Sprintf("records=%d lost=%d corrupted=%d stuck=%d extra=%d temp=%d",
-		d.Records, d.Lost, d.Corrupted, d.Stuck, d.Extra, d.TempFiles)
+	s := fmt.Sprintf("records=%d lost=%d (never arrived=%d stale=%d vanished=%d) corrupted=%d stuck=%d extra=%d temp=%d",
+		d.Records, d.Lost, d.NeverArrived, d.Stale, d.Vanished, d.Corrupted, d.Stuck, d.Extra, d.TempFiles)
 	if len(d.Details) > 0 {
 		s += ": " + strings.Join(d.Details, "; ")
 	}
@@ -105,24 +115,33 @@ func CompareSites(ctx context.Context, w Sites, strategies ...strategy.BlobStrat
 				}
 				wantFiles[key] = true
 				row, err := store.Get(ctx, s.Name(), id)
-				if errors.Is(err, registry.ErrNotFound) || (err == nil && row.State != registry.StateSynced) {
-					d.Lost++
-					d.note("%s/%d: not synced (%v)", s.Name(), id, rowState(row, err))
-					continue
-				}
-				if err != nil {
+				if err != nil && !errors.Is(err, registry.ErrNotFound) {
 					return d, err
 				}
 				want, _, perr := sha(ctx, w.PrimaryStorage, key)
-				got, _, serr := sha(ctx, w.SecondaryStorage, key)
-				switch {
-				case perr != nil:
+				if perr != nil {
 					return d, fmt.Errorf("primary bytes of %s/%d: %w", s.Name(), id, perr)
+				}
+				got, _, serr := sha(ctx, w.SecondaryStorage, key)
+				if serr != nil && !errors.Is(serr, blob.ErrNotExist) {
+					return d, serr
+				}
+				if err != nil || row.State != registry.StateSynced {
+					d.Lost++
+					if serr == nil && got != want {
+						d.Stale++
+						d.note("%s/%d: not synced (%v), an older copy kept at %s", s.Name(), id, rowState(row, err), key)
+					} else {
+						d.NeverArrived++
+						d.note("%s/%d: never arrived (%v)", s.Name(), id, rowState(row, err))
+					}
+					continue
+				}
+				switch {
 				case errors.Is(serr, blob.ErrNotExist):
 					d.Lost++
+					d.Vanished++
 					d.note("%s/%d: synced but no file at %s", s.Name(), id, key)
-				case serr != nil:
-					return d, serr
 				case got != want:
 					d.Corrupted++
 					d.note("%s/%d: sha %s, primary %s", s.Name(), id, got[:12], want[:12])

@@ -23,8 +23,8 @@
 // The suite is meant for the adopter's CI, which is often a loaded
 // machine, so its waits are tied to progress, not to wall time: a wait
 // fails when what it watches shows no change for Harness.Stall
-// (DefaultStall, a minute), and a clause that keeps progressing runs on
-// until its watchdog, Harness.Timeout (DefaultClauseTimeout, 10 minutes),
+// (StallDefault, a minute), and a clause that keeps progressing runs on
+// until its watchdog, Harness.Timeout (ClauseTimeoutDefault, 10 minutes),
 // which fails a hung clause instead of hanging CI. WaitFor gives the
 // adopter's own tests the same kind of wait.
 //

@@ -79,23 +79,23 @@ type Harness struct {
 	// (GEO_TEST_DATABASE_URL or a throwaway cluster).
 	Server *pgtest.Server
 	// Timeout bounds each clause (the watchdog): a hang guard, not a
-	// deadline a slow machine must meet. 0 means DefaultClauseTimeout.
+	// deadline a slow machine must meet. 0 means ClauseTimeoutDefault.
 	Timeout time.Duration
 	// Stall fails a wait within a clause whose condition shows no
 	// progress (the state it reports does not change) for this long; a
 	// wait that keeps progressing runs on until the clause's Timeout. 0
-	// means DefaultStall.
+	// means StallDefault.
 	Stall time.Duration
 }
 
-// DefaultClauseTimeout is Harness.Timeout's default: long enough that a
+// ClauseTimeoutDefault is Harness.Timeout's default: long enough that a
 // clause progressing on a loaded 2-core CI runner (several test packages
 // at once, -race) is never cut, short enough that a hung one ends the run.
-const DefaultClauseTimeout = 10 * time.Minute
+const ClauseTimeoutDefault = 10 * time.Minute
 
-// DefaultStall is Harness.Stall's default: the longest a wait accepts no
+// StallDefault is Harness.Stall's default: the longest a wait accepts no
 // visible change, on a loaded machine, before it fails the clause.
-const DefaultStall = time.Minute
+const StallDefault = time.Minute
 
 // T is the part of *testing.T the suite uses. It is a seam: the suite's own
 // tests run it with a double to check that broken adapters fail the right
@@ -129,10 +129,10 @@ func Run(t T, h Harness) {
 		t.Cleanup(func() { _ = h.Server.Stop() })
 	}
 	if h.Timeout == 0 {
-		h.Timeout = DefaultClauseTimeout
+		h.Timeout = ClauseTimeoutDefault
 	}
 	if h.Stall == 0 {
-		h.Stall = DefaultStall
+		h.Stall = StallDefault
 	}
 	s := &suite{h: h}
 	for _, c := range []struct {
@@ -837,9 +837,9 @@ func (s *suite) backoffGrows(c *clause) {
 	// its retry count, which would make this clause wait for a count the
 	// fake clock never reaches. Two polls after the create, with nothing
 	// left after the cursor, the event has been handled.
-	polls := r.Consumer().Stats().Polls
+	polls := r.EventStats().Polls
 	c.waitFor("created event consumed", func() (bool, string) {
-		st := r.Consumer().Stats()
+		st := r.EventStats()
 		return st.Polls >= polls+2 && st.LagEvents == 0,
 			fmt.Sprintf("consumer: %d polls since the create, %d events after its cursor", st.Polls-polls, st.LagEvents)
 	})
@@ -1004,7 +1004,7 @@ func (s *suite) deleteDuringSync(c *clause) {
 	c.waitFor("the interrupted sync ends", func() (bool, string) {
 		n := 0
 		for _, t := range w.Transfers.All() {
-			if t.ID == id {
+			if t.ModelID == id {
 				n++
 			}
 		}
@@ -1132,7 +1132,7 @@ func (c *clause) waitEventConsumed(w *World, r *Running, name string, op events.
 	x, err := strconv.ParseUint(xid, 10, 64)
 	c.check(err, "the event's transaction id")
 	c.waitFor(fmt.Sprintf("the %v event of record %d consumed", op, id), func() (bool, string) {
-		cur := r.Consumer().Stats().Cursor
+		cur := r.EventStats().Cursor
 		return cur.XID > x || (cur.XID == x && cur.ID >= eid),
 			fmt.Sprintf("got the consumer's cursor at (%d, %d), want at or past the event's (%d, %d)", cur.XID, cur.ID, x, eid)
 	})

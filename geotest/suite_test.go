@@ -320,8 +320,8 @@ func TestSuiteWaitFailsWithoutProgress(t *testing.T) {
 	if !strings.Contains(msgs[0], "no progress for 2s") || !strings.Contains(msgs[0], "want synced") {
 		t.Errorf("failure message %q: want a wait that failed for no progress for Harness.Stall", msgs[0])
 	}
-	if took >= geotest.DefaultClauseTimeout {
-		t.Errorf("the clause failed after %v, want long before its %v Timeout", took, geotest.DefaultClauseTimeout)
+	if took >= geotest.ClauseTimeoutDefault {
+		t.Errorf("the clause failed after %v, want long before its %v Timeout", took, geotest.ClauseTimeoutDefault)
 	}
 	t.Logf("caught as intended after %v: %s", took, msgs[0])
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
@@ -43,8 +44,20 @@ type WorldConfig struct {
 	// Strategies returns the primary's adapters (no scope) over its
 	// database. Required.
 	Strategies func(db *sqlx.DB) []strategy.BlobStrategy
-	// Verbose sends the sites' logs to the test log.
+	// Verbose sends the sites' logs to the test log (unless Logger is set).
 	Verbose bool
+	// Logger, when set, receives both sites' logs (named "primary" and
+	// "secondary"): pass a logger over go.uber.org/zap/zaptest/observer to
+	// capture them and assert on what an operator would read.
+	Logger *zap.Logger
+	// WrapPrimary, when set, wraps the primary's transfer endpoint before
+	// the World serves it: a test counts, holds or fails transfers there
+	// (answer 503, stall, cut a body) to see what a secondary makes of it.
+	WrapPrimary func(http.Handler) http.Handler
+	// PrimaryNow is the clock of the world's primary (its checksum rows
+	// and their re-verification); nil means time.Now. With ManualPrimary a
+	// test drives the primary's Run and moves this clock itself.
+	PrimaryNow func() time.Time
 	// ManualPrimary leaves the primary's background work (verification,
 	// outbox pruning) to the test, which runs its own Primary.Run (with a
 	// fake clock, say). By default the World runs it.
@@ -96,6 +109,9 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	if t, ok := tb.(testing.TB); ok && cfg.Verbose {
 		w.Logger = zaptest.NewLogger(t)
 	}
+	if cfg.Logger != nil {
+		w.Logger = cfg.Logger
+	}
 	w.PrimaryDBURL = srv.NewDatabaseURL(tb)
 	w.PrimaryDB = open(tb, w.PrimaryDBURL)
 	w.TrackingURL = srv.NewDatabaseURL(tb)
@@ -136,8 +152,7 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
 		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
 		Secrets: transfer.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
-		Observe:            w.Transfers.observe,
-		VerifyPollInterval: 50 * time.Millisecond,
+		Observer: w.Transfers, PollInterval: 50 * time.Millisecond, Now: cfg.PrimaryNow,
 	})
 	if err != nil {
 		tb.Fatalf("geotest: primary: %v", err)
@@ -155,7 +170,11 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 			}
 		})
 	}
-	w.HTTP = httptest.NewServer(w.Primary.Handler())
+	handler := w.Primary.Handler()
+	if cfg.WrapPrimary != nil {
+		handler = cfg.WrapPrimary(handler)
+	}
+	w.HTTP = httptest.NewServer(handler)
 	tb.Cleanup(w.HTTP.Close)
 	return w
 }
@@ -302,23 +321,21 @@ func eventually(stall, limit time.Duration, cond func() (bool, string)) error {
 }
 
 // TransferLog records every transfer the primary served, for tests that
-// count downloads or look for overlapping ones.
+// count downloads or look for overlapping ones. It is the World primary's
+// replicator.Observer.
 type TransferLog struct {
+	replicator.NopObserver
 	mu   sync.Mutex
 	list []Transfer
 }
 
 // Transfer is one served transfer.
-type Transfer struct {
-	Replicable string
-	ID         int64
-	Start, End time.Time
-	Bytes      int64
-}
+type Transfer = replicator.TransferEvent
 
-func (l *TransferLog) observe(replicable string, id int64, start, end time.Time, n int64) {
+// TransferServed implements replicator.Observer: it records t.
+func (l *TransferLog) TransferServed(t Transfer) {
 	l.mu.Lock()
-	l.list = append(l.list, Transfer{replicable, id, start, end, n})
+	l.list = append(l.list, t)
 	l.mu.Unlock()
 }
 
@@ -334,7 +351,7 @@ func (l *TransferLog) All() []Transfer {
 func (l *TransferLog) Count(replicable string, id int64) int {
 	n := 0
 	for _, t := range l.All() {
-		if t.Replicable == replicable && (id < 0 || t.ID == id) {
+		if t.Replicable == replicable && (id < 0 || t.ModelID == id) {
 			n++
 		}
 	}
@@ -345,7 +362,7 @@ func (l *TransferLog) Count(replicable string, id int64) int {
 func (l *TransferLog) Overlaps() []string {
 	by := map[string][]Transfer{}
 	for _, t := range l.All() {
-		k := fmt.Sprintf("%s/%d", t.Replicable, t.ID)
+		k := fmt.Sprintf("%s/%d", t.Replicable, t.ModelID)
 		by[k] = append(by[k], t)
 	}
 	var out []string

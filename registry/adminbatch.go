@@ -9,15 +9,15 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// DefaultBatchSize is the default BatchOptions.Size: how many rows of a
+// BatchSizeDefault is the default BatchOptions.Size: how many rows of a
 // type a batched admin action walks in one transaction. A batch of
 // 10,000 rows resyncs in a few tens of milliseconds here (1,000,000 rows:
 // docs/performance.md, resync-all), far below any statement timeout.
-const DefaultBatchSize = 10_000
+const BatchSizeDefault = 10_000
 
 // BatchOptions says how ResyncBatches and ReverifyBatches walk a type's
 // rows, and which rows CountResyncBatches and CountReverifyBatches count.
-// The zero value walks every row from the first, DefaultBatchSize rows a
+// The zero value walks every row from the first, BatchSizeDefault rows a
 // transaction, without a progress callback or a per-batch timeout.
 type BatchOptions struct {
 	// OnlyFailed selects only the failed rows: failed syncs for a
@@ -29,7 +29,7 @@ type BatchOptions struct {
 	// it was handled by a committed batch.
 	After int64
 	// Size is how many rows, changed or not, one batch walks (and at
-	// most changes). 0 means DefaultBatchSize; negative is an error.
+	// most changes). 0 means BatchSizeDefault; negative is an error.
 	Size int
 	// BatchTimeout bounds each batch (one statement, one transaction);
 	// the walk as a whole is bounded only by the context. 0 means no
@@ -179,7 +179,7 @@ func batchSize(op, replicable string, opts BatchOptions) (int, error) {
 			op, replicable, opts.Size, opts.BatchTimeout)
 	}
 	if opts.Size == 0 {
-		return DefaultBatchSize, nil
+		return BatchSizeDefault, nil
 	}
 	return opts.Size, nil
 }

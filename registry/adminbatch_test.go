@@ -47,13 +47,13 @@ func seqs(t *testing.T, db *sqlx.DB, replicable string) map[int64]int64 {
 // type is no longer one statement. With the server's statement_timeout
 // at 2 s, one UPDATE of 200,000 rows (5 s or more here) was cancelled
 // (57014, the failure geoctl hit at 1,000,000 rows with its 30 s
-// timeout); batches of DefaultBatchSize rows each take a fraction of
+// timeout); batches of BatchSizeDefault rows each take a fraction of
 // that and the resync completes. The batch statement walks the primary
 // key, at this size as on an empty table.
 //
 // The timeout is 2 s, or, on a machine loaded enough that one batch takes
 // more than a quarter second, stmtTimeoutPerBatch times what one batch
-// took just before (a resync of another type of DefaultBatchSize rows):
+// took just before (a resync of another type of BatchSizeDefault rows):
 // a loaded machine slows the batches as it slows the probe, and one
 // UPDATE of all the rows, 20 batches' worth, still outlasts the timeout.
 func TestResyncAllUnderStatementTimeout(t *testing.T) {
@@ -65,7 +65,7 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	require.NoError(t, registry.MigrateTracking(ctx, setup))
 	const n = 200_000
 	seedSynced(t, setup, "a", n)
-	seedSynced(t, setup, "probe", registry.DefaultBatchSize)
+	seedSynced(t, setup, "probe", registry.BatchSizeDefault)
 	_, err = setup.Exec(`VACUUM ANALYZE geo_registry`)
 	require.NoError(t, err)
 
@@ -75,7 +75,7 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	began := time.Now()
 	probed, err := ps.ResyncBatches(ctx, "probe", registry.BatchOptions{OnlyFailed: false})
 	require.NoError(t, err)
-	require.Equal(t, int64(registry.DefaultBatchSize), probed.Changed)
+	require.Equal(t, int64(registry.BatchSizeDefault), probed.Changed)
 	const stmtTimeoutPerBatch = 8
 	batch := time.Since(began)
 	timeout := max(2*time.Second, stmtTimeoutPerBatch*batch).Round(time.Millisecond)
@@ -101,7 +101,7 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	var pe *pq.Error
 	if errors.As(err, &pe) && pe.Code == "57014" {
 		t.Fatalf("ResyncAll over %d rows was cancelled by the %v statement_timeout (one batch of %d rows took %v just before) after %v: %v",
-			n, timeout, registry.DefaultBatchSize, batch, time.Since(start), err)
+			n, timeout, registry.BatchSizeDefault, batch, time.Since(start), err)
 	}
 	require.NoError(t, err)
 	t.Logf("ResyncAll of %d rows: %v under a %v statement_timeout (one batch took %v)", n, time.Since(start), timeout, batch)

@@ -49,15 +49,15 @@ func reasonCases() []reasonCase {
 	}
 	ids := []int64{1, 42, 1234567, 9, 100000000007}
 	oid := func(i int) string { return digest(fmt.Sprint("lfs object ", i)) }
-	add("lfs key, disk full", "sync", `blob: fetch lfs_object/N: blob: write "lfs/*": write lfs/*: no space left on device`, 4,
+	add("lfs key, disk full", "sync", `transfer: fetch lfs_object/N: blob: write "lfs/*": write lfs/*: no space left on device`, 4,
 		func(i int) string {
 			k := lfsKey(oid(i))
-			return fmt.Sprintf(`blob: fetch lfs_object/%d: blob: write %q: write %s: no space left on device`, ids[i], k, k)
+			return fmt.Sprintf(`transfer: fetch lfs_object/%d: blob: write %q: write %s: no space left on device`, ids[i], k, k)
 		})
-	add("lfs key, disk error", "sync", `blob: fetch lfs_object/N: blob: write "lfs/*": write lfs/*: input/output error`, 3,
+	add("lfs key, disk error", "sync", `transfer: fetch lfs_object/N: blob: write "lfs/*": write lfs/*: input/output error`, 3,
 		func(i int) string {
 			k := lfsKey(oid(i))
-			return fmt.Sprintf(`blob: fetch lfs_object/%d: blob: write %q: write %s: input/output error`, ids[i], k, k)
+			return fmt.Sprintf(`transfer: fetch lfs_object/%d: blob: write %q: write %s: input/output error`, ids[i], k, k)
 		})
 	add("package file key, directory fsync", "sync",
 		`commit: registry: settle synced package_file/N: publish: blob: commit "packages/*": sync directory: fsync packages/*: input/output error`, 3,
@@ -72,41 +72,41 @@ func reasonCases() []reasonCase {
 			return fmt.Sprintf(`registry: delete claimed item/%d: remove: remove item/%d: remove "items/%d/%d-v%d": input/output error`, ids[i], ids[i], ids[i], ids[i], i+1)
 		})
 	add("checksum mismatch against the wanted checksum", "sync",
-		`replicator: checksum mismatch: blob: fetch upload/N: blob: checksum mismatch: received H, want H`, 3,
+		`transfer: fetch upload/N: checksum mismatch: received H, want H`, 3,
 		func(i int) string {
-			return fmt.Sprintf("replicator: checksum mismatch: blob: fetch upload/%d: blob: checksum mismatch: received %s, want %s", ids[i], digest(fmt.Sprint("got", i)), digest(fmt.Sprint("want", i)))
+			return fmt.Sprintf("transfer: fetch upload/%d: checksum mismatch: received %s, want %s", ids[i], digest(fmt.Sprint("got", i)), digest(fmt.Sprint("want", i)))
 		})
 	add("checksum mismatch against the announced checksum", "sync",
-		`replicator: checksum mismatch: blob: fetch upload/N: blob: checksum mismatch: received H, primary announced H`, 2,
+		`transfer: fetch upload/N: checksum mismatch: received H, primary announced H`, 2,
 		func(i int) string {
-			return fmt.Sprintf("replicator: checksum mismatch: blob: fetch upload/%d: blob: checksum mismatch: received %s, primary announced %s", ids[i], digest(fmt.Sprint("got", i)), digest(fmt.Sprint("ann", i)))
+			return fmt.Sprintf("transfer: fetch upload/%d: checksum mismatch: received %s, primary announced %s", ids[i], digest(fmt.Sprint("got", i)), digest(fmt.Sprint("ann", i)))
 		})
 	for _, st := range []int{502, 503} {
-		add(fmt.Sprintf("HTTP %d", st), "sync", fmt.Sprintf("blob: fetch item/N: blob: primary answered %d", st), 3,
-			func(i int) string { return fmt.Sprintf("blob: fetch item/%d: blob: primary answered %d", ids[i], st) })
+		add(fmt.Sprintf("HTTP %d", st), "sync", fmt.Sprintf("transfer: fetch item/N: primary answered %d", st), 3,
+			func(i int) string { return fmt.Sprintf("transfer: fetch item/%d: primary answered %d", ids[i], st) })
 	}
 	add("HTTP 404 missing on primary", "sync",
-		"replicator: missing on primary: blob: fetch package_file/N: blob: primary answered 404 missing_on_primary: the record's bytes are missing on the primary", 3,
+		"transfer: fetch package_file/N: primary answered 404 missing_on_primary: the record's bytes are missing on the primary", 3,
 		func(i int) string {
-			return fmt.Sprintf("replicator: missing on primary: blob: fetch package_file/%d: blob: primary answered 404 missing_on_primary: the record's bytes are missing on the primary", ids[i])
+			return fmt.Sprintf("transfer: fetch package_file/%d: primary answered 404 missing_on_primary: the record's bytes are missing on the primary", ids[i])
 		})
 	for _, d := range []string{"1s", "30s"} {
-		add("stall after "+d, "sync", "blob: fetch item/N: blob: transfer stalled: i/o timeout after "+d, 2,
+		add("stall after "+d, "sync", "transfer: fetch item/N: transfer stalled: i/o timeout after "+d, 2,
 			func(i int) string {
-				return fmt.Sprintf("blob: fetch item/%d: blob: transfer stalled: i/o timeout after %s", ids[i], d)
+				return fmt.Sprintf("transfer: fetch item/%d: transfer stalled: i/o timeout after %s", ids[i], d)
 			})
 	}
-	add("size mismatch in the headers", "sync", "blob: fetch chaos_item/N: blob: size mismatch: Content-Length N, X-Geo-Size N", 3,
+	add("size mismatch in the headers", "sync", "transfer: fetch chaos_item/N: size mismatch: Content-Length N, X-Geo-Size N", 3,
 		func(i int) string {
-			return fmt.Sprintf("blob: fetch chaos_item/%d: blob: size mismatch: Content-Length %d, X-Geo-Size %d", ids[i], 86+i*4000, 505+i*9000)
+			return fmt.Sprintf("transfer: fetch chaos_item/%d: size mismatch: Content-Length %d, X-Geo-Size %d", ids[i], 86+i*4000, 505+i*9000)
 		})
-	add("size mismatch in the body", "sync", "blob: fetch item/N: blob: size mismatch: received N bytes, announced N", 3,
+	add("size mismatch in the body", "sync", "transfer: fetch item/N: size mismatch: received N bytes, announced N", 3,
 		func(i int) string {
-			return fmt.Sprintf("blob: fetch item/%d: blob: size mismatch: received %d bytes, announced %d", ids[i], 10+i, 4096*(i+1))
+			return fmt.Sprintf("transfer: fetch item/%d: size mismatch: received %d bytes, announced %d", ids[i], 10+i, 4096*(i+1))
 		})
-	add("connection reset", "sync", "blob: fetch chaos_item/N: read tcp 127.0.0.1:N->127.0.0.1:44627: read: connection reset by peer", 3,
+	add("connection reset", "sync", "transfer: fetch chaos_item/N: read tcp 127.0.0.1:N->127.0.0.1:44627: read: connection reset by peer", 3,
 		func(i int) string {
-			return fmt.Sprintf("blob: fetch chaos_item/%d: read tcp 127.0.0.1:%d->127.0.0.1:44627: read: connection reset by peer", ids[i], 37004+i*97)
+			return fmt.Sprintf("transfer: fetch chaos_item/%d: read tcp 127.0.0.1:%d->127.0.0.1:44627: read: connection reset by peer", ids[i], 37004+i*97)
 		})
 	add("primary database refused", "sync", "blob key: dial tcp 127.0.0.1:34703: connect: connection refused", 2,
 		func(int) string { return "blob key: dial tcp 127.0.0.1:34703: connect: connection refused" })

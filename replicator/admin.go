@@ -35,7 +35,7 @@ func (s *Secondary) Resync(ctx context.Context, replicable string, ids []int64) 
 
 // ResyncAll makes every row of replicable that is not pending pending
 // again (only the failed ones when onlyFailed), in batches of
-// registry.DefaultBatchSize rows, each its own transaction
+// registry.BatchSizeDefault rows, each its own transaction
 // (registry.Store.ResyncBatches), waking the sync engine after each, so
 // syncs start while the walk goes on. It returns the number of rows
 // changed, or an error matching strategy.ErrUnknownReplicable; on another error

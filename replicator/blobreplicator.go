@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob"
-	"github.com/geoframework/geo/replicator/transfer"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -19,24 +19,24 @@ import (
 type blobReplicator struct {
 	s       strategy.BlobStrategy
 	storage *blob.Bucket
-	dl      *transfer.Downloader
+	dl      *xfer.Downloader
 }
 
-// NewBlobReplicator returns the Replicator the engines use for a blob type:
+// newBlobReplicator returns the Replicator the engines use for a blob type:
 // keys come from s (read on the primary's replica), bytes from the primary
 // through dl, and land in local storage.
-func NewBlobReplicator(s strategy.BlobStrategy, local *blob.Bucket, dl *transfer.Downloader) Replicator {
+func newBlobReplicator(s strategy.BlobStrategy, local *blob.Bucket, dl *xfer.Downloader) *blobReplicator {
 	return &blobReplicator{s: s, storage: local, dl: dl}
 }
 
 func (r *blobReplicator) Name() string { return r.s.Name() }
 
 func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
-	key := job.Key
+	key := job.Locator
 	if key == "" {
 		k, err := r.s.BlobKey(ctx, job.ModelID)
 		if errors.Is(err, strategy.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %v", ErrGone, err)
+			return nil, fmt.Errorf("%w: %w", ErrGone, err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("blob key: %w", err)
@@ -67,7 +67,7 @@ func (r *blobReplicator) Sync(ctx context.Context, job Job) (Staged, error) {
 		primary = res.Checksum
 	}
 	return &blobStaged{r: r, w: res.Writer, res: SyncResult{
-		Key: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
+		Locator: key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: primary, Duration: res.Duration,
 	}}, nil
 }
 
@@ -130,7 +130,7 @@ func (r *blobReplicator) trySkip(ctx context.Context, job Job, key string) (Stag
 		return nil, false
 	}
 	return &blobStaged{r: r, res: SyncResult{
-		Key: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
+		Locator: key, Size: n, Checksum: sum, PrimaryChecksum: job.PrimaryChecksum, Skipped: true, Duration: time.Since(start),
 	}}, true
 }
 
@@ -199,9 +199,9 @@ func (s *blobStaged) Commit(ctx context.Context) error {
 	if s.w != nil {
 		return s.w.Commit(ctx)
 	}
-	if _, err := s.r.storage.Stat(ctx, s.res.Key); err != nil {
+	if _, err := s.r.storage.Stat(ctx, s.res.Locator); err != nil {
 		if errors.Is(err, blob.ErrNotExist) {
-			return fmt.Errorf("%w: %s", errSkippedBytesGone, s.res.Key)
+			return fmt.Errorf("%w: %s", errSkippedBytesGone, s.res.Locator)
 		}
 		return err
 	}

@@ -71,7 +71,7 @@ type Progress struct {
 
 func newConsistencyEngine(store *regstore.Store, set *Set, reps map[string]Replicator, cfg *SecondaryConfig, wakeSync func()) *consistencyEngine {
 	return &consistencyEngine{
-		store: store, set: set, reps: reps, batch: cfg.BackfillBatch, interval: cfg.ConsistencyInterval,
+		store: store, set: set, reps: reps, batch: cfg.BackfillBatchSize, interval: cfg.ConsistencyInterval,
 		log: cfg.Logger, wakeSync: wakeSync, now: cfg.Now, poll: cfg.PollInterval,
 		trigger: make(chan struct{}, 1), progress: map[string]*Progress{},
 	}
@@ -289,7 +289,7 @@ func (c *consistencyEngine) updateRate(p *Progress, done int64, start time.Time)
 // listPages sends the pass's pages from after on to out, in order, until
 // the last page, the first error (sent as a page with err set) or ctx's
 // end.
-func (c *consistencyEngine) listPages(ctx context.Context, name string, s strategy.BlobStrategy, after int64, out chan<- page) {
+func (c *consistencyEngine) listPages(ctx context.Context, name string, s strategy.Strategy, after int64, out chan<- page) {
 	for {
 		pg := c.listPage(ctx, name, s, after)
 		select {
@@ -310,7 +310,7 @@ func (c *consistencyEngine) listPages(ctx context.Context, name string, s strate
 // orphans: when the registry has a batch of orphans before the end of the
 // listed ids (the primary deleted many records), the page ends at the
 // last of them, and the next page lists again from there.
-func (c *consistencyEngine) listPage(ctx context.Context, name string, s strategy.BlobStrategy, after int64) page {
+func (c *consistencyEngine) listPage(ctx context.Context, name string, s strategy.Strategy, after int64) page {
 	pg := page{after: after}
 	ids, err := s.IDs(ctx, after, c.batch)
 	if err != nil {
@@ -390,7 +390,7 @@ func checkAscending(ids []int64, after int64) error {
 // was listed gets a pending row that its first sync removes (ErrGone), as
 // for a record deleted while one batch is compared. progress reports the
 // orphans removed so far as they go.
-func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.BlobStrategy, pg page, progress func(examined, removed int64)) (inserted, removed int64, err error) {
+func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.Strategy, pg page, progress func(examined, removed int64)) (inserted, removed int64, err error) {
 	if len(pg.missing) > 0 {
 		n, err := c.store.InsertMissing(ctx, name, pg.missing)
 		if err != nil {
@@ -414,7 +414,7 @@ func (c *consistencyEngine) apply(ctx context.Context, name string, s strategy.B
 // listed (its row made by its event, so committed on the replica before
 // the registry was read) is not an orphan. One listing per page (usually
 // one query), not a lookup per orphan.
-func (c *consistencyEngine) confirmOrphans(ctx context.Context, name string, s strategy.BlobStrategy, pg page) ([]int64, error) {
+func (c *consistencyEngine) confirmOrphans(ctx context.Context, name string, s strategy.Strategy, pg page) ([]int64, error) {
 	present := map[int64]bool{}
 	after := pg.after
 	for {

@@ -81,7 +81,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 	sec := &failingIDs{BlobStrategy: f.secondaryItems(), failFrom: ids[70]}
 	sec.failing.Store(true)
 	cfg := f.SecondaryConfig(sec)
-	cfg.BackfillBatch = 7
+	cfg.BackfillBatchSize = 7
 	r := f.Start(cfg)
 
 	// The first pass fails at the page after ids[70]; every page before it
@@ -158,7 +158,7 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 
 	sec := &failingIDs{BlobStrategy: f.secondaryItems()}
 	cfg := f.SecondaryConfig(sec)
-	cfg.BackfillBatch = 10
+	cfg.BackfillBatchSize = 10
 	r := f.Start(cfg)
 	geotest.WaitFor(t, stall, "the pass lists ahead of its waiting write", func() (bool, string) {
 		return sec.calls.Load() >= 3, fmt.Sprintf("IDs called %d times", sec.calls.Load())
@@ -240,7 +240,7 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 		}
 	}()
 	cfg := f.SecondaryConfig(sec)
-	cfg.BackfillBatch = 10
+	cfg.BackfillBatchSize = 10
 	r := f.Start(cfg)
 	waitClosed(t, sec.entered, "the orphan check of the first batch")
 	// The held check is not counted yet: two listings are the first
@@ -251,7 +251,7 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 	gone := ids[15] // in the second batch, already listed
 	require.NoError(t, f.app.Delete(ctx, gone, true))
 	geotest.WaitFor(t, stall, "the delete event is handled", func() (bool, string) {
-		st := r.Consumer().Stats()
+		st := r.EventStats()
 		return st.Consumed >= 1, fmt.Sprintf("%+v", st)
 	})
 

@@ -145,7 +145,7 @@ func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
 	_, err = f.app.Create(ctx, 0, payload(2, 1000))
 	require.NoError(t, err)
 	r, storage, sec := f.startRemoveFails(t, a, func(cfg *replicator.SecondaryConfig) {
-		cfg.BackfillBatch = 1 // the orphan and the later record in different batches
+		cfg.BackfillBatchSize = 1 // the orphan and the later record in different batches
 	})
 	f.waitConverged(t, stall, sec)
 

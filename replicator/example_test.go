@@ -20,8 +20,18 @@ func (f files) BlobKey(ctx context.Context, id int64) (string, error) {
 	return "", strategy.ErrNotFound
 }
 
-// A Set is built explicitly at start-up; a duplicate or invalid name is an
-// error then, not at the first event.
+// ids is a strategy of no kind: it lists ids but says nowhere where a
+// record's data lives.
+type ids struct{ name string }
+
+func (i ids) Name() string { return i.name }
+func (i ids) IDs(ctx context.Context, after int64, limit int) ([]int64, error) {
+	return nil, nil
+}
+
+// A Set is built explicitly at start-up; a duplicate or invalid name, or a
+// strategy of no kind geo replicates, is an error then, not at the first
+// event.
 func ExampleSet_Register() {
 	set := replicator.NewSet()
 	fmt.Println(set.Register(files{"package_file"}))
@@ -29,10 +39,13 @@ func ExampleSet_Register() {
 	fmt.Println(errors.Is(err, replicator.ErrDuplicate), err)
 	err = set.Register(files{"Package File"})
 	fmt.Println(errors.Is(err, strategy.ErrInvalidName))
+	err = set.Register(ids{"rows"})
+	fmt.Println(errors.Is(err, replicator.ErrUnsupportedKind))
 	fmt.Println(set.Names())
 	// Output:
 	// <nil>
-	// true replicator: replicable already registered: "package_file"
+	// true replicator: register: replicable already registered: "package_file"
+	// true
 	// true
 	// [package_file]
 }

@@ -73,7 +73,7 @@ func (h *heartbeat) process() registry.Process {
 	p := registry.Process{
 		Owner: s.cfg.Owner, Host: h.host, PID: h.pid, Version: h.version, StartedAt: h.started,
 		Interval: s.cfg.HeartbeatInterval, Types: s.cfg.Strategies.Names(), Roles: []string{},
-		InFlight: s.InFlight(), Backfill: map[string]registry.ProcessBackfill{},
+		InFlight: s.sync.InFlight(), Backfill: map[string]registry.ProcessBackfill{},
 	}
 	if cs := s.consumer.Stats(); cs.Active {
 		p.Roles = append(p.Roles, RoleConsumer)
@@ -133,13 +133,10 @@ func (h *heartbeat) run(ctx context.Context) {
 	}
 }
 
-// removeTimeout bounds the removal of the row at shutdown.
-const removeTimeout = 5 * time.Second
-
 // remove deletes the row after a graceful shutdown; if that fails, the
 // row ages into a dead one.
 func (h *heartbeat) remove() {
-	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), heartbeatRemoveTimeout)
 	defer cancel()
 	if err := h.s.store.RemoveProcess(ctx, h.s.cfg.Owner); err != nil {
 		h.s.cfg.Logger.Warn("removing this process's heartbeat row at shutdown failed: it shows as dead until pruned", zap.Error(err))

@@ -85,7 +85,7 @@ func TestConsistencyPageOrphansBounded(t *testing.T) {
 	sec := &countingStrategy{BlobStrategy: f.secondaryItems()}
 	cfg := f.SecondaryConfig(sec)
 	cfg.ConsistencyInterval = time.Hour
-	cfg.BackfillBatch = 100
+	cfg.BackfillBatchSize = 100
 	r := f.Start(cfg)
 	r.TriggerConsistency()
 	f.waitConverged(t, 2*time.Minute, sec)

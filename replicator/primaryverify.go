@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/internal/regstore"
 	"github.com/geoframework/geo/strategy"
 )
@@ -23,11 +22,11 @@ import (
 // change meanwhile, records missing or unreadable files as failures with
 // growing backoff, and re-verifies succeeded rows after ReverifyInterval.
 type primaryVerifier struct {
-	cs      *regstore.ChecksumStore
-	set     *Set
-	storage *blob.Bucket
-	cfg     *PrimaryConfig
-	log     *zap.Logger
+	cs    *regstore.ChecksumStore
+	set   *Set
+	sides map[string]primarySide
+	cfg   *PrimaryConfig
+	log   *zap.Logger
 
 	lastBackfill time.Time // run goroutine only
 }
@@ -39,7 +38,7 @@ func (v *primaryVerifier) run(ctx context.Context) error {
 	defer stopRenew()
 	go v.renewLoop(renewCtx)
 	for ctx.Err() == nil {
-		if v.lastBackfill.IsZero() || v.cfg.Now().Sub(v.lastBackfill) >= v.cfg.VerifyBackfillInterval {
+		if v.lastBackfill.IsZero() || v.cfg.Now().Sub(v.lastBackfill) >= v.cfg.ConsistencyInterval {
 			v.lastBackfill = v.cfg.Now()
 			for _, name := range v.set.Names() {
 				if err := v.backfill(ctx, name); err != nil && ctx.Err() == nil {
@@ -56,15 +55,15 @@ func (v *primaryVerifier) run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(v.cfg.VerifyPollInterval):
+		case <-time.After(v.cfg.PollInterval):
 		}
 	}
 	return nil
 }
 
 func (v *primaryVerifier) renewLoop(ctx context.Context) {
-	every(ctx, v.cfg.VerifyLease/3, v.log, "checksum lease renewal failed", func(ctx context.Context) error {
-		return v.cs.RenewChecksums(ctx, regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.VerifyLease})
+	every(ctx, v.cfg.Lease/3, v.log, "checksum lease renewal failed", func(ctx context.Context) error {
+		return v.cs.RenewChecksums(ctx, regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.Lease})
 	})
 }
 
@@ -73,7 +72,7 @@ func (v *primaryVerifier) renewLoop(ctx context.Context) {
 // (both sides bounded by the batch's id range, so the cost is linear).
 func (v *primaryVerifier) backfill(ctx context.Context, name string) error {
 	s, _ := v.set.Lookup(name)
-	batch := v.cfg.VerifyBackfillBatch
+	batch := v.cfg.BackfillBatchSize
 	var after int64
 	for {
 		ids, err := s.IDs(ctx, after, batch)
@@ -98,7 +97,7 @@ func (v *primaryVerifier) backfill(ctx context.Context, name string) error {
 		// Re-check: a record created after the listing is not gone.
 		var gone []int64
 		for _, id := range stray {
-			if _, err := s.BlobKey(ctx, id); errors.Is(err, strategy.ErrNotFound) {
+			if err := v.sides[name].exists(ctx, id); errors.Is(err, strategy.ErrNotFound) {
 				gone = append(gone, id)
 			} else if err != nil {
 				return fmt.Errorf("checksum backfill %s: check %d: %w", name, id, err)
@@ -120,8 +119,8 @@ func (v *primaryVerifier) round(ctx context.Context) (int, error) {
 	total := 0
 	for _, name := range v.set.Names() {
 		claims, err := v.cs.ClaimChecksums(ctx, regstore.ChecksumClaimParams{
-			Lease: regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.VerifyLease}, Replicable: name,
-			Limit: v.cfg.VerifyBatch, ReverifyInterval: v.cfg.ReverifyInterval})
+			Lease: regstore.Lease{Owner: v.cfg.Owner, Duration: v.cfg.Lease}, Replicable: name,
+			Limit: v.cfg.VerifyBatchSize, ReverifyInterval: v.cfg.ReverifyInterval})
 		if err != nil {
 			return total, err
 		}
@@ -139,11 +138,10 @@ func (v *primaryVerifier) round(ctx context.Context) (int, error) {
 // process checksums one claimed row and settles it.
 func (v *primaryVerifier) process(ctx context.Context, c regstore.ChecksumClaim) {
 	log := v.log.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
-	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	settleCtx, cancel := detached(ctx, settleTimeout)
 	defer cancel()
-	s, _ := v.set.Lookup(c.Replicable)
 	start := time.Now()
-	sum, size, err := v.checksum(ctx, s, c.ModelID)
+	sum, size, err := v.sides[c.Replicable].checksum(ctx, c.ModelID)
 	switch {
 	case ctx.Err() != nil:
 		if rerr := v.cs.ReleaseChecksums(settleCtx, v.cfg.Owner, []regstore.ChecksumClaim{c}); rerr != nil {
@@ -177,22 +175,4 @@ func (v *primaryVerifier) process(ctx context.Context, c regstore.ChecksumClaim)
 			log.Debug("checksum stored", zap.Int64("bytes", size), zap.Duration("duration", time.Since(start)))
 		}
 	}
-}
-
-// checksum returns record id's SHA-256 and size (-1 when unknown): from
-// the strategy's Checksummer, else by reading the bytes from its Opener or
-// from the primary's storage at BlobKey. A record that is gone gives an
-// error matching strategy.ErrNotFound; missing bytes one matching
-// strategy.ErrBlobMissing.
-func (v *primaryVerifier) checksum(ctx context.Context, s strategy.BlobStrategy, id int64) (string, int64, error) {
-	if cs, ok := s.(strategy.Checksummer); ok {
-		sum, err := cs.BlobChecksum(ctx, id)
-		return sum, -1, err
-	}
-	rc, _, err := openPrimary(ctx, s, v.storage, id)
-	if err != nil {
-		return "", 0, err
-	}
-	defer rc.Close()
-	return blob.SHA256Reader(ctx, rc)
 }

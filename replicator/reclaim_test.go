@@ -94,15 +94,13 @@ func TestReclaimDuringOldSyncKeepsTheNewClaim(t *testing.T) {
 
 // outcomeCounter is a replicator.Observer counting sync outcomes.
 type outcomeCounter struct {
+	replicator.NopObserver
 	mu sync.Mutex
 	n  map[replicator.SyncOutcome]int
 }
 
-func (o *outcomeCounter) SyncDone(_ string, r replicator.SyncOutcome, _ int64, _ time.Duration) {
+func (o *outcomeCounter) SyncDone(ev replicator.SyncEvent) {
 	o.mu.Lock()
-	o.n[r]++
+	o.n[ev.Outcome]++
 	o.mu.Unlock()
 }
-func (o *outcomeCounter) VerifyDone(string, bool, time.Duration) {}
-func (o *outcomeCounter) EventsSkipped(string, int)              {}
-func (o *outcomeCounter) LocalMissing(string, int)               {}

@@ -8,13 +8,21 @@ import (
 
 // ErrGone is returned (wrapped) by Replicator.Sync when the record no longer
 // exists or has left the secondary's scope. The sync engine then removes
-// the record's bytes and registry row (a row for it must not exist).
+// the record's data and registry row (a row for it must not exist).
 var ErrGone = errors.New("record gone or out of scope")
 
-// Replicator is what the engines drive for one registered type. The
-// framework builds one per registered strategy (see NewSecondary); a later
-// data type (git repositories, database rows) implements it directly.
-// Methods are called concurrently, for different records.
+// Replicator is the secondary side of one registered type: what the
+// engines drive for it, whatever its kind. The framework builds one per
+// registered strategy, from the strategy's kind (see Set.Register and
+// docs/architecture.md, "Kinds of replicable"); adopters implement
+// strategies, not Replicators. Methods are called concurrently, for
+// different records.
+//
+// A record's data lives at a locator: the storage key of a blob, the
+// relative path of a repository. Records naming the same locator at the
+// same time name the same data, and the engine, not the Replicator,
+// decides when the data at a locator may go (R7: when no registry row
+// records or stages it).
 type Replicator interface {
 	// Name is the replicable name, as registered.
 	Name() string
@@ -28,16 +36,18 @@ type Replicator interface {
 	// longer backoff cap) or blob.ErrChecksumMismatch where those apply.
 	Sync(ctx context.Context, job Job) (Staged, error)
 
-	// Remove deletes record id's data from the secondary. key is the
-	// storage key recorded at the last sync or carried by a deleted event
-	// ("" when unknown). Removing what is not there is not an error.
-	Remove(ctx context.Context, id int64, key string) error
+	// Remove deletes the data at locator from the secondary, for record id
+	// ("" when the locator is unknown: then nothing is removed). The
+	// engine calls it only once no registry row records or stages the
+	// locator. Removing what is not there is not an error.
+	Remove(ctx context.Context, id int64, locator string) error
 
-	// Verify checks the data stored for record id at key against
+	// Verify checks the data stored for record id at locator against
 	// primaryChecksum (lowercase hex SHA-256, "" when the primary has none)
 	// and returns the local checksum. A mismatch is reported in the result,
-	// not as an error; missing local data is an error matching ErrLocalMissing.
-	Verify(ctx context.Context, id int64, key string, primaryChecksum string) (VerifyResult, error)
+	// not as an error; missing local data is an error matching
+	// ErrLocalMissing.
+	Verify(ctx context.Context, id int64, locator string, primaryChecksum string) (VerifyResult, error)
 }
 
 // ErrLocalMissing is returned (wrapped) by Replicator.Verify when the data
@@ -53,19 +63,20 @@ var errSkippedBytesGone = errors.New("data found at sync time was gone at settle
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {
 	ModelID int64
-	// Key is the record's storage key as the engine resolved it when it
-	// claimed the record (replicators that resolve keys in batches), ""
-	// when it did not: the replicator then looks it up itself.
-	Key string
-	// RecordedKey is the key recorded at the previous successful sync, ""
-	// when there was none. The engine, not the replicator, removes data at
-	// keys a row stops naming, when no other row names them (R7).
-	RecordedKey string
+	// Locator is where the record's data lives (a blob's storage key) as
+	// the engine resolved it when it claimed the record, "" when it did
+	// not: the replicator then looks it up itself.
+	Locator string
+	// RecordedLocator is the locator recorded at the previous successful
+	// sync, "" when there was none. The engine, not the replicator,
+	// removes data at locators a row stops naming, when no other row
+	// names them (R7).
+	RecordedLocator string
 	// Redownload is true when the data must be fetched even if a copy at
 	// the target already matches the primary's checksum: an earlier try
 	// under this claim skipped the download and found the copy gone when
 	// it settled. Otherwise a replicator may skip the download whenever
-	// the local copy matches (a restore, a re-added site, a key shared
+	// the local copy matches (a restore, a re-added site, a locator shared
 	// with another record).
 	Redownload bool
 	// PrimaryChecksum is the primary's recorded checksum, "" when unknown.
@@ -85,17 +96,17 @@ type Staged interface {
 
 // SyncResult describes a fetched record.
 type SyncResult struct {
-	Key             string        // storage key the data goes to
-	Size            int64         // bytes
-	Checksum        string        // lowercase hex SHA-256 of the bytes
-	PrimaryChecksum string        // the primary's checksum the bytes matched; "" when it had none
-	Skipped         bool          // true when nothing was downloaded (bytes already present and verified)
+	Locator         string        // where the data goes (a blob's storage key)
+	Size            int64         // bytes transferred or found
+	Checksum        string        // lowercase hex SHA-256 of the data (a kind defines what it hashes)
+	PrimaryChecksum string        // the primary's checksum the data matched; "" when it had none
+	Skipped         bool          // true when nothing was downloaded (data already present and verified)
 	Duration        time.Duration // transfer time
 }
 
 // VerifyResult is the outcome of checking stored data.
 type VerifyResult struct {
-	Checksum string // lowercase hex SHA-256 of the stored bytes
+	Checksum string // lowercase hex SHA-256 of the stored data
 	Size     int64
 	Match    bool // Checksum equals the primary checksum (false when that is unknown)
 }

@@ -2,218 +2,21 @@ package replicator
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
-	"os"
 	"time"
 
-	"github.com/jmoiron/sqlx"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
-	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/internal/pglock"
 	"github.com/geoframework/geo/internal/regstore"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/registry"
-	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
-
-// SecondaryConfig configures a secondary site's process. Required fields
-// are marked; every other field has the documented default when zero.
-type SecondaryConfig struct {
-	// Strategies is the set of registered types (required, non-empty). The
-	// strategies read the primary's database through Primary.
-	Strategies *Set
-	// Tracking is the secondary's own tracking database, migrated with
-	// registry.MigrateTracking (required).
-	Tracking *sqlx.DB
-	// Primary is a read-only handle to the primary's database: in
-	// production a streaming replica (required). geo never writes there.
-	Primary *sqlx.DB
-	// PrimaryURL is the base URL of the primary's transfer endpoint, e.g.
-	// "https://primary.example.com" (required).
-	PrimaryURL string
-	// Credentials identify this secondary to the primary (required).
-	Credentials transfer.Credentials
-	// Storage is where this site keeps its copies (required).
-	Storage *blob.Bucket
-	// Logger receives structured logs; nil means none.
-	Logger *zap.Logger
-	// Observer receives metrics events; nil means none.
-	Observer Observer
-
-	// Owner names this process in registry leases and in its heartbeat
-	// row; "" means hostname-pid-random. Processes sharing a tracking
-	// database need distinct owners.
-	Owner string
-	// HeartbeatInterval is how often Run writes this process's heartbeat
-	// row (geo_processes): status reports call a process whose row is
-	// older than registry.ProcessDeadAfterBeats intervals dead, and none
-	// alive unhealthy. 0 means HeartbeatIntervalDefault (10s); minimum
-	// HeartbeatIntervalMin.
-	HeartbeatInterval time.Duration
-	// SyncCapacityPerType caps concurrent syncs per type; 0 means 32. A
-	// slot is cheap (a goroutine, a temporary file, a pooled buffer while
-	// bytes flow) and each sync holds it through claim, transfer and fsync,
-	// so small files need many in flight to keep a machine busy
-	// (docs/performance.md).
-	SyncCapacityPerType int
-	// SyncCapacityTotal caps concurrent syncs over all types; 0 means
-	// SyncCapacityPerType × number of types.
-	SyncCapacityTotal int
-	// Lease is how long a claimed row stays claimed without renewal; a
-	// dead worker's rows are reclaimable after it. 0 means 30s; minimum 1s.
-	Lease time.Duration
-	// PollInterval is how often the engines look for work when nothing
-	// wakes them; 0 means 1s.
-	PollInterval time.Duration
-	// ShutdownGrace is how long Run lets in-flight syncs finish after its
-	// context ends before releasing their rows; 0 means 10s.
-	ShutdownGrace time.Duration
-	// BandwidthLimit caps all transfers together, in bytes per second;
-	// 0 means unlimited.
-	BandwidthLimit int64
-	// TransferTimeout fails a transfer that stalls (no bytes) this long;
-	// 0 means 30s.
-	TransferTimeout time.Duration
-	// HTTPClient is used for transfers; nil means a client tuned to the
-	// sync capacity.
-	HTTPClient *http.Client
-	// BackfillBatch is the consistency engine's keyset batch; 0 means 10,000.
-	BackfillBatch int
-	// ConsistencyInterval is how often a full consistency pass repeats;
-	// 0 means 15m.
-	ConsistencyInterval time.Duration
-	// EventBatch is how many outbox events the consumer reads at once;
-	// 0 means 1,000.
-	EventBatch int
-	// EventPollInterval is how often the consumer polls the outbox; 0 means
-	// 250ms. Must be at most 1s.
-	EventPollInterval time.Duration
-	// NotifyURL optionally names the primary's database (not a standby)
-	// for LISTEN, a wake-up hint only; "" means polling alone.
-	NotifyURL string
-	// ExistenceScanInterval is how often the existence scan lists the
-	// storage's keys beside the registry's synced rows and makes rows whose
-	// bytes are gone pending again (R7: a row never stays synced without
-	// its bytes for longer than this plus one scan; docs/operations.md
-	// gives a scan's time at 1,000,000 rows). 0 means
-	// ExistenceScanIntervalDefault.
-	ExistenceScanInterval time.Duration
-	// ReverifyInterval is how long a verified copy stays trusted before it
-	// is read and checked again; 0 means 7 days.
-	ReverifyInterval time.Duration
-	// VerifyConcurrency caps local verifications running at once (reading
-	// and hashing local copies); 0 means 4.
-	VerifyConcurrency int
-	// VerifyBatch is how many rows one verification claim takes per type;
-	// 0 means 8 × VerifyConcurrency.
-	VerifyBatch int
-	// ChecksumWait is how long a synced row whose primary checksum is not
-	// known yet waits before verification looks again; 0 means the smaller
-	// of 1m and ReverifyInterval.
-	ChecksumWait time.Duration
-	// Retry is the backoff policy for failures; nil means
-	// strategy.DefaultBackoff().
-	Retry strategy.RetryPolicy
-	// Now is the clock; nil means time.Now. Tests pass a fake clock.
-	Now func() time.Time
-}
-
-func (c *SecondaryConfig) validate() error {
-	switch {
-	case c.Strategies == nil || c.Strategies.Len() == 0:
-		return errors.New("replicator: SecondaryConfig.Strategies: register at least one type")
-	case c.Tracking == nil:
-		return errors.New("replicator: SecondaryConfig.Tracking is required")
-	case c.Primary == nil:
-		return errors.New("replicator: SecondaryConfig.Primary is required (a read-only handle to the primary's database)")
-	case c.PrimaryURL == "":
-		return errors.New("replicator: SecondaryConfig.PrimaryURL is required")
-	case c.Storage == nil:
-		return errors.New("replicator: SecondaryConfig.Storage is required")
-	case c.Credentials.AccessKey == "" || len(c.Credentials.Secret) == 0:
-		return errors.New("replicator: SecondaryConfig.Credentials needs an access key and a secret")
-	}
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{
-		{"SyncCapacityPerType", int64(c.SyncCapacityPerType)}, {"SyncCapacityTotal", int64(c.SyncCapacityTotal)},
-		{"BandwidthLimit", c.BandwidthLimit}, {"BackfillBatch", int64(c.BackfillBatch)}, {"EventBatch", int64(c.EventBatch)},
-		{"Lease", int64(c.Lease)}, {"PollInterval", int64(c.PollInterval)}, {"ShutdownGrace", int64(c.ShutdownGrace)},
-		{"TransferTimeout", int64(c.TransferTimeout)}, {"ConsistencyInterval", int64(c.ConsistencyInterval)},
-		{"EventPollInterval", int64(c.EventPollInterval)}, {"ReverifyInterval", int64(c.ReverifyInterval)},
-		{"VerifyConcurrency", int64(c.VerifyConcurrency)}, {"VerifyBatch", int64(c.VerifyBatch)},
-		{"ChecksumWait", int64(c.ChecksumWait)}, {"ExistenceScanInterval", int64(c.ExistenceScanInterval)},
-		{"HeartbeatInterval", int64(c.HeartbeatInterval)},
-	} {
-		if f.v < 0 {
-			return fmt.Errorf("replicator: SecondaryConfig.%s must not be negative", f.name)
-		}
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
-	if c.Owner == "" {
-		c.Owner = defaultOwner()
-	}
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.SyncCapacityPerType, 32)
-	def(&c.SyncCapacityTotal, c.SyncCapacityPerType*c.Strategies.Len())
-	def(&c.BackfillBatch, 10000)
-	def(&c.EventBatch, 1000)
-	defD(&c.Lease, 30*time.Second)
-	defD(&c.PollInterval, time.Second)
-	defD(&c.ShutdownGrace, 10*time.Second)
-	defD(&c.TransferTimeout, 30*time.Second)
-	defD(&c.ConsistencyInterval, 15*time.Minute)
-	defD(&c.EventPollInterval, 250*time.Millisecond)
-	defD(&c.ReverifyInterval, 7*24*time.Hour)
-	defD(&c.ExistenceScanInterval, ExistenceScanIntervalDefault)
-	defD(&c.HeartbeatInterval, HeartbeatIntervalDefault)
-	def(&c.VerifyConcurrency, 4)
-	def(&c.VerifyBatch, 8*c.VerifyConcurrency)
-	defD(&c.ChecksumWait, min(time.Minute, c.ReverifyInterval))
-	if c.Lease < time.Second {
-		return fmt.Errorf("replicator: SecondaryConfig.Lease %v is below the 1s minimum", c.Lease)
-	}
-	if c.HeartbeatInterval < HeartbeatIntervalMin {
-		return fmt.Errorf("replicator: SecondaryConfig.HeartbeatInterval %v is below the %v minimum", c.HeartbeatInterval, HeartbeatIntervalMin)
-	}
-	if c.EventPollInterval > time.Second {
-		return fmt.Errorf("replicator: SecondaryConfig.EventPollInterval %v is above 1s", c.EventPollInterval)
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Retry == nil {
-		c.Retry = strategy.DefaultBackoff()
-	}
-	return nil
-}
-
-// ExistenceScanIntervalDefault is SecondaryConfig.ExistenceScanInterval's
-// default.
-const ExistenceScanIntervalDefault = 10 * time.Minute
 
 // Secondary is one secondary site process: it runs the consistency, sync,
 // event and verification engines for every registered type. Several
@@ -237,6 +40,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	cfg.applyDefaults()
 	store, err := regstore.NewStore(cfg.Tracking, regstore.Options{Now: cfg.Now, Retry: cfg.Retry})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
@@ -246,7 +50,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		burst := int(min(cfg.BandwidthLimit, 4<<20))
 		limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), burst)
 	}
-	dl, err := transfer.NewDownloader(transfer.DownloaderConfig{
+	dl, err := xfer.NewDownloader(xfer.DownloaderConfig{
 		BaseURL: cfg.PrimaryURL, Credentials: cfg.Credentials, Client: cfg.HTTPClient,
 		Timeout: cfg.TransferTimeout, Limiter: limiter, Concurrency: cfg.SyncCapacityTotal,
 	})
@@ -254,9 +58,11 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
 	s := &Secondary{cfg: cfg, store: store, reps: map[string]Replicator{}}
+	env := secondaryEnv{storage: cfg.Storage, downloader: dl}
 	for _, name := range cfg.Strategies.Names() {
 		st, _ := cfg.Strategies.Lookup(name)
-		s.reps[name] = NewBlobReplicator(st, cfg.Storage, dl)
+		k, _ := cfg.Strategies.kindOf(name)
+		s.reps[name] = k.replicator(st, env)
 	}
 	s.sync = newSyncEngine(store, s.reps, cfg.Strategies.Names(), cfg.Owner, &s.cfg, cfg.Observer)
 	// The primary's checksums, read through the replica: downloads are
@@ -278,14 +84,14 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	s.cons.eventsReady = func(ctx context.Context) (bool, error) {
 		cursors, err := store.EventCursors(ctx)
 		for _, c := range cursors {
-			if c.Consumer == events.DefaultConsumerName {
+			if c.Consumer == events.ConsumerNameDefault {
 				return true, nil
 			}
 		}
 		return false, err
 	}
 	consumer, err := events.NewConsumer(events.ConsumerConfig{
-		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatch,
+		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatchSize,
 		PollInterval: cfg.EventPollInterval, Handler: eventHandler{s}, Known: cfg.Strategies.Has,
 		Logger: cfg.Logger, NotifyURL: cfg.NotifyURL, OnFellBehind: func(context.Context) { s.cons.Trigger() },
 		OnSkipped: cfg.Observer.EventsSkipped, Now: cfg.Now,
@@ -383,7 +189,7 @@ func (s *Secondary) Reverify(ctx context.Context, replicable string, ids []int64
 
 // ReverifyAll makes every synced copy of replicable due for verification
 // now (only those whose verification failed when onlyFailed), in batches
-// of registry.DefaultBatchSize rows, each its own transaction
+// of registry.BatchSizeDefault rows, each its own transaction
 // (registry.Store.ReverifyBatches), waking the verification engine after
 // each. It returns the number of rows changed, or an error matching
 // strategy.ErrUnknownReplicable; on another error the batches committed before it
@@ -417,8 +223,10 @@ func (s *Secondary) CheckStorage(ctx context.Context) (checked, missing int64, e
 // this process (empty for types whose pass runs in another process).
 func (s *Secondary) Progress() map[string]Progress { return s.cons.Progress() }
 
-// Consumer returns the event consumer, for its statistics.
-func (s *Secondary) Consumer() *events.Consumer { return s.consumer }
+// EventStats returns this process's event consumer's statistics: whether
+// it holds the consumer lock, its cursor, the events it handled and
+// skipped, its polls.
+func (s *Secondary) EventStats() events.Stats { return s.consumer.Stats() }
 
 // TriggerConsistency asks for a full consistency pass now.
 func (s *Secondary) TriggerConsistency() { s.cons.Trigger() }
@@ -469,7 +277,7 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 				// disk; the key recorded at sync time still does.
 				h.s.cfg.Logger.Warn("deleted event with an invalid blob key: removing only the recorded key",
 					zap.Int64("event_id", ev.ID), zap.String("replicable", ev.Replicable), zap.Error(err))
-				h.s.cfg.Observer.EventsSkipped("invalid_key", 1)
+				h.s.cfg.Observer.EventsSkipped(events.SkipInvalidKey, 1)
 				ev.BlobKey = ""
 			}
 			// A failing removal must not fail the batch: it would hold
@@ -540,11 +348,3 @@ func (e *removeError) Unwrap() error { return e.err }
 // Wake tells the sync engine that work may be due now (for example after
 // rows were marked pending by another process or an admin call).
 func (s *Secondary) Wake() { s.sync.Wake() }
-
-// defaultOwner names this process in leases: hostname-pid-random.
-func defaultOwner() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
-}

@@ -8,37 +8,56 @@ import (
 	"github.com/geoframework/geo/strategy"
 )
 
-// ErrDuplicate is returned by Set.Register for a name already registered.
+// ErrDuplicate is returned (wrapped) by Set.Register for a name already
+// registered.
 var ErrDuplicate = errors.New("replicable already registered")
 
-// Set is the explicit set of registered blob types of one site. It is an
-// ordinary value: build it at start-up, register every type, then hand it
-// to NewPrimary or NewSecondary. There is no global registry and no init()
-// registration. A Set must not be modified after it is handed over.
+// ErrUnsupportedKind is returned (wrapped) by Set.Register for a strategy
+// of no kind this version replicates: one that implements none of the
+// kinds' interfaces (strategy.BlobStrategy), or several.
+var ErrUnsupportedKind = errors.New("strategy of no supported kind")
+
+// Set is the explicit set of registered types of one site, of every kind.
+// It is an ordinary value: build it at start-up, register every type, then
+// hand it to NewPrimary or NewSecondary. There is no global registry and
+// no init() registration. A Set must not be modified after it is handed
+// over.
 type Set struct {
-	byName map[string]strategy.BlobStrategy
+	byName map[string]entry
 	names  []string
 }
 
-// NewSet returns an empty set.
-func NewSet() *Set { return &Set{byName: map[string]strategy.BlobStrategy{}} }
+// entry is one registered type: its strategy and the kind that drives it.
+type entry struct {
+	s    strategy.Strategy
+	kind kind
+}
 
-// Register adds s. It returns an error wrapping strategy.ErrInvalidName for
-// a name that fails strategy.ValidateName, and one wrapping ErrDuplicate
-// when the name is already registered: both are start-up errors, never
-// first-event surprises.
-func (set *Set) Register(s strategy.BlobStrategy) error {
+// NewSet returns an empty set.
+func NewSet() *Set { return &Set{byName: map[string]entry{}} }
+
+// Register adds s, a strategy of any supported kind (today
+// strategy.BlobStrategy). It returns an error wrapping
+// strategy.ErrInvalidName for a name that fails strategy.ValidateName, one
+// wrapping ErrDuplicate when the name is already registered, and one
+// wrapping ErrUnsupportedKind for a strategy of no kind: all start-up
+// errors, never first-event surprises.
+func (set *Set) Register(s strategy.Strategy) error {
 	if s == nil {
-		return errors.New("replicator: register: nil strategy")
+		return fmt.Errorf("replicator: register: %w: nil strategy", ErrUnsupportedKind)
 	}
 	name := s.Name()
 	if err := strategy.ValidateName(name); err != nil {
 		return fmt.Errorf("replicator: register: %w", err)
 	}
-	if _, dup := set.byName[name]; dup {
-		return fmt.Errorf("replicator: %w: %q", ErrDuplicate, name)
+	k, err := kindOf(s)
+	if err != nil {
+		return fmt.Errorf("replicator: register %q: %w", name, err)
 	}
-	set.byName[name] = s
+	if _, dup := set.byName[name]; dup {
+		return fmt.Errorf("replicator: register: %w: %q", ErrDuplicate, name)
+	}
+	set.byName[name] = entry{s: s, kind: k}
 	set.names = append(set.names, name)
 	sort.Strings(set.names)
 	return nil
@@ -46,7 +65,7 @@ func (set *Set) Register(s strategy.BlobStrategy) error {
 
 // MustRegister is Register that panics on error, for wiring code where a
 // bad registration is a programming error.
-func (set *Set) MustRegister(s strategy.BlobStrategy) {
+func (set *Set) MustRegister(s strategy.Strategy) {
 	if err := set.Register(s); err != nil {
 		panic(err)
 	}
@@ -59,10 +78,16 @@ func (set *Set) Names() []string { return append([]string(nil), set.names...) }
 func (set *Set) Len() int { return len(set.names) }
 
 // Lookup returns the strategy registered under name.
-func (set *Set) Lookup(name string) (strategy.BlobStrategy, bool) {
-	s, ok := set.byName[name]
-	return s, ok
+func (set *Set) Lookup(name string) (strategy.Strategy, bool) {
+	e, ok := set.byName[name]
+	return e.s, ok
 }
 
 // Has reports whether name is registered.
 func (set *Set) Has(name string) bool { _, ok := set.byName[name]; return ok }
+
+// kindOf returns the registered type's kind.
+func (set *Set) kindOf(name string) (kind, bool) {
+	e, ok := set.byName[name]
+	return e.kind, ok
+}

@@ -337,13 +337,10 @@ func TestExistenceScanRestoresRemovedFile(t *testing.T) {
 
 // missingCounter counts LocalMissing reports per type.
 type missingCounter struct {
+	replicator.NopObserver
 	mu sync.Mutex
 	n  map[string]int
 }
-
-func (m *missingCounter) SyncDone(string, replicator.SyncOutcome, int64, time.Duration) {}
-func (m *missingCounter) VerifyDone(string, bool, time.Duration)                        {}
-func (m *missingCounter) EventsSkipped(string, int)                                     {}
 
 func (m *missingCounter) LocalMissing(replicable string, n int) {
 	m.mu.Lock()

@@ -42,11 +42,11 @@ func (h Health) rank() int {
 
 // Status defaults (see StatusOptions).
 const (
-	DefaultStatusTopFailures   = 5
-	DefaultStatusFailureSample = 1_000
-	DefaultStatusStallAfter    = 10 * time.Minute
-	DefaultStatusMaxEventLag   = 5 * time.Minute
-	DefaultStatusFailureWindow = 10 * time.Minute
+	StatusTopFailuresDefault   = 5
+	StatusFailureSampleDefault = 1_000
+	StatusStallAfterDefault    = 10 * time.Minute
+	StatusMaxEventLagDefault   = 5 * time.Minute
+	StatusFailureWindowDefault = 10 * time.Minute
 )
 
 // StatusOptions tunes a status report. The zero value gives the defaults.
@@ -78,7 +78,7 @@ type StatusOptions struct {
 	// Secondary.Status uses its own.
 	Primary *sqlx.DB
 	// Consumer names the event consumer whose cursor is reported; "" means
-	// events.DefaultConsumerName, the one a Secondary uses.
+	// events.ConsumerNameDefault, the one a Secondary uses.
 	Consumer string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -86,22 +86,22 @@ type StatusOptions struct {
 
 func (o *StatusOptions) defaults() {
 	if o.TopFailures == 0 {
-		o.TopFailures = DefaultStatusTopFailures
+		o.TopFailures = StatusTopFailuresDefault
 	}
 	if o.FailureSample <= 0 {
-		o.FailureSample = DefaultStatusFailureSample
+		o.FailureSample = StatusFailureSampleDefault
 	}
 	if o.StallAfter <= 0 {
-		o.StallAfter = DefaultStatusStallAfter
+		o.StallAfter = StatusStallAfterDefault
 	}
 	if o.MaxEventLag <= 0 {
-		o.MaxEventLag = DefaultStatusMaxEventLag
+		o.MaxEventLag = StatusMaxEventLagDefault
 	}
 	if o.FailureWindow <= 0 {
-		o.FailureWindow = DefaultStatusFailureWindow
+		o.FailureWindow = StatusFailureWindowDefault
 	}
 	if o.Consumer == "" {
-		o.Consumer = events.DefaultConsumerName
+		o.Consumer = events.ConsumerNameDefault
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -606,7 +606,7 @@ func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status,
 		return Status{}, err
 	}
 	progress := s.Progress()
-	inflight := s.InFlight()
+	inflight := s.sync.InFlight()
 	for i := range st.Types {
 		ts := &st.Types[i]
 		ts.InFlight = inflight[ts.Replicable]
@@ -647,9 +647,6 @@ func backfillStatus(p Progress) *BackfillStatus {
 	return b
 }
 
-// InFlight returns the number of syncs this process runs now, per type
-// (the capacity in use; types with none may be absent).
-func (s *Secondary) InFlight() map[string]int { return s.sync.InFlight() }
 
 // Capacity returns the configured sync capacity: per type and in total.
 func (s *Secondary) Capacity() (perType, total int) {

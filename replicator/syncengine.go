@@ -193,7 +193,7 @@ type claimed struct {
 // their lease ends). What it claims runs under workCtx and finishes or is
 // released.
 func (e *syncEngine) claim(ctx, workCtx context.Context, limits []regstore.TypeLimit) claimed {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	cctx, cancel := detached(ctx, claimTimeout)
 	defer cancel()
 	claims, err := e.store.Claim(cctx, regstore.ClaimParams{Lease: regstore.Lease{Owner: e.owner, Duration: e.lease}, Limits: limits})
 	if err != nil {
@@ -522,14 +522,14 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 	start := time.Now()
 	// Settling must happen even when work was cancelled: use a context that
 	// outlives the task but not forever.
-	settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	settleCtx, cancelSettle := detached(ctx, settleTimeout)
 	defer cancelSettle()
 
 	if rep == nil {
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", strategy.ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, Key: key, RecordedKey: c.BlobKey, PrimaryChecksum: primarySum}
+	job := Job{ModelID: c.ModelID, Locator: key, RecordedLocator: c.BlobKey, PrimaryChecksum: primarySum}
 	for {
 		redo := e.syncAndSettle(workCtx, ctx, settleCtx, log, t, rep, job, key, stg, start)
 		if !redo {
@@ -556,7 +556,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 			if rerr := e.store.Release(settleCtx, e.owner, []regstore.Claim{c}); rerr != nil {
 				log.Warn("release failed", zap.Error(rerr))
 			}
-			e.obs.SyncDone(c.Replicable, ResultReleased, 0, time.Since(start))
+			e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultReleased, Bytes: 0, Duration: time.Since(start)})
 		case errors.Is(err, ErrGone):
 			// The record's row and the bytes at its keys that no other
 			// row names (R7) go.
@@ -572,18 +572,18 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 				// The row changed since the claim (recreated, updated): the
 				// newer claim decides; nothing was removed.
 				log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", err))
-				e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+				e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 				return false
 			}
 			log.Debug("record gone or out of scope: removed")
-			e.obs.SyncDone(c.Replicable, ResultRemoved, 0, time.Since(start))
+			e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultRemoved, Bytes: 0, Duration: time.Since(start)})
 		default:
 			e.fail(settleCtx, log, c, err, errors.Is(err, transfer.ErrMissingOnPrimary), start)
 		}
 		return false
 	}
 	res := staged.Result()
-	if c.StagedKey != "" && c.StagedKey != res.Key {
+	if c.StagedKey != "" && c.StagedKey != res.Locator {
 		// An earlier sync published bytes at another key without settling:
 		// remove them (unless another row names that key, R7), and forget
 		// them, before this sync's key is staged in their place
@@ -602,7 +602,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 			return false
 		case !held:
 			log.Debug("claim superseded while syncing: discarded")
-			e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+			e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 			return false
 		}
 		e.mu.Lock() // renewals read the task's claim
@@ -615,7 +615,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 		e.mu.Unlock()
 	}
 	ok, err := e.settle(t, regstore.SyncedResult{
-		BlobKey: res.Key, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
+		BlobKey: res.Locator, Size: res.Size, Checksum: res.Checksum, PrimaryChecksum: res.PrimaryChecksum, Skipped: res.Skipped,
 	}, staged.Commit, func(ctx context.Context, key string) error { return rep.Remove(ctx, c.ModelID, key) })
 	if err != nil || !ok {
 		if aerr := staged.Abort(); aerr != nil {
@@ -632,12 +632,12 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 		// R1; a delete removed it, R2; or the lease was lost): our bytes are
 		// stale or unwanted and were discarded.
 		log.Debug("claim superseded while syncing: discarded")
-		e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+		e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 	default:
 		if res.Skipped {
-			e.obs.SyncDone(c.Replicable, ResultSkipped, 0, time.Since(start))
+			e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSkipped, Bytes: 0, Duration: time.Since(start)})
 		} else {
-			e.obs.SyncDone(c.Replicable, ResultSynced, res.Size, time.Since(start))
+			e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSynced, Bytes: res.Size, Duration: time.Since(start)})
 		}
 		log.Debug("synced", zap.Int64("bytes", res.Size), zap.Duration("duration", time.Since(start)))
 	}
@@ -706,7 +706,7 @@ func (e *syncEngine) settleLoop(ctx context.Context) {
 		for _, r := range batch {
 			items = append(items, r.item)
 		}
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sctx, cancel := context.WithTimeout(ctx, settleTimeout)
 		// Record the keys about to be published first, unless the claim
 		// did (StageKeys skips those): if the settle does not commit, the
 		// row still names the bytes for the next sync or delete to remove.
@@ -744,13 +744,13 @@ func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c regstore.Claim
 		// The claim was no longer ours (the record changed or was deleted,
 		// and the work was cancelled for it): not a failure of the record.
 		log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", cause))
-		e.obs.SyncDone(c.Replicable, ResultSuperseded, 0, time.Since(start))
+		e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 		return
 	}
 	result := ResultFailed
 	if missing {
 		result = ResultMissingOnPrimary
 	}
-	e.obs.SyncDone(c.Replicable, result, 0, time.Since(start))
+	e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: result, Bytes: 0, Duration: time.Since(start)})
 	log.Info("sync failed", zap.Error(cause), zap.Bool("missing_on_primary", missing), zap.Int("retry_count", c.RetryCount+1))
 }

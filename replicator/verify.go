@@ -91,10 +91,10 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 		}
 		// Claim with a context shutdown cannot cut: a cancelled statement
 		// the server had committed would leave rows claimed unknown to us.
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		cctx, ccancel := detached(ctx, claimTimeout)
 		claims, err := e.store.ClaimVerification(cctx, regstore.VerifyClaimParams{
 			Lease: regstore.Lease{Owner: e.cfg.Owner, Duration: e.cfg.Lease}, Replicable: name,
-			Limit: e.cfg.VerifyBatch, ReverifyInterval: e.cfg.ReverifyInterval})
+			Limit: e.cfg.VerifyBatchSize, ReverifyInterval: e.cfg.ReverifyInterval})
 		ccancel()
 		if err != nil {
 			return total, err
@@ -109,7 +109,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 		}
 		sums, err := e.cs.ChecksumsOf(ctx, name, ids)
 		if err != nil {
-			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			relCtx, cancel := detached(ctx, releaseTimeout)
 			if rerr := e.store.ReleaseVerification(relCtx, e.cfg.Owner, claims); rerr != nil {
 				e.cfg.Logger.Warn("releasing verification claims failed", zap.Error(rerr))
 			}
@@ -128,7 +128,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 			}
 		}
 		if len(waiting) > 0 {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			sctx, cancel := detached(ctx, settleTimeout)
 			if _, err := e.store.SettleVerifyPending(sctx, e.cfg.Owner, waiting, e.cfg.Now().Add(e.cfg.ChecksumWait)); err != nil {
 				e.cfg.Logger.Warn("recording verification pending failed", zap.String("replicable", name), zap.Error(err))
 				// Give the claims back rather than keep renewing them.
@@ -161,7 +161,7 @@ func (e *verifyEngine) round(ctx context.Context) (int, error) {
 // sent back for a resync.
 func (e *verifyEngine) process(ctx context.Context, c regstore.VerifyClaim, primary string) bool {
 	log := e.cfg.Logger.With(zap.String("replicable", c.Replicable), zap.Int64("model_record_id", c.ModelID))
-	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	settleCtx, cancel := detached(ctx, settleTimeout)
 	defer cancel()
 	rep := e.reps[c.Replicable]
 	start := time.Now()
@@ -187,11 +187,11 @@ func (e *verifyEngine) process(ctx context.Context, c regstore.VerifyClaim, prim
 		if _, err := e.store.SettleVerified(settleCtx, e.cfg.Owner, c, res.Checksum); err != nil {
 			log.Warn("recording a verification failed", zap.Error(err))
 		}
-		e.cfg.Observer.VerifyDone(c.Replicable, true, d)
+		e.cfg.Observer.VerifyDone(VerifyEvent{Replicable: c.Replicable, ModelID: c.ModelID, OK: true, Duration: d})
 		log.Debug("verified", zap.Int64("bytes", res.Size), zap.Duration("duration", d))
 		return false
 	}
-	e.cfg.Observer.VerifyDone(c.Replicable, false, d)
+	e.cfg.Observer.VerifyDone(VerifyEvent{Replicable: c.Replicable, ModelID: c.ModelID, OK: false, Duration: d})
 	ok, serr := e.store.SettleVerifyFailed(settleCtx, e.cfg.Owner, c, f)
 	if serr != nil {
 		log.Warn("recording a verification failure failed", zap.Error(serr), zap.String("reason", f.Reason))

@@ -38,7 +38,7 @@ func (f *fixture) runPrimary(t *testing.T, set *replicator.Set, mod func(*replic
 	cfg := replicator.PrimaryConfig{
 		Strategies: set, DB: f.PrimaryDB, Storage: f.PrimaryStorage,
 		Secrets: transfer.NewStaticSecrets(f.Credentials), Logger: f.Logger.Named("primary-verify"),
-		VerifyPollInterval: 50 * time.Millisecond,
+		PollInterval: 50 * time.Millisecond,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -82,9 +82,9 @@ func succeeded(r registry.ChecksumRow) bool { return r.State == registry.Verific
 // local copy wait for this first, so that late sync cannot interleave.
 func waitEventsConsumed(t *testing.T, sec *replicator.Secondary) {
 	t.Helper()
-	polls := sec.Consumer().Stats().Polls
+	polls := sec.EventStats().Polls
 	geotest.WaitFor(t, stall, "events consumed", func() (bool, string) {
-		st := sec.Consumer().Stats()
+		st := sec.EventStats()
 		return st.Polls >= polls+2 && st.LagEvents == 0, fmt.Sprintf("%d polls, %d events after the cursor", st.Polls-polls, st.LagEvents)
 	})
 }
@@ -126,31 +126,29 @@ func sha256sum(t *testing.T, path string) string {
 
 // recObserver counts verification results and skipped downloads.
 type recObserver struct {
+	replicator.NopObserver
 	mu                   sync.Mutex
 	verifyOK, verifyFail int
 	skipped              int
 }
 
-func (o *recObserver) SyncDone(_ string, out replicator.SyncOutcome, _ int64, _ time.Duration) {
+func (o *recObserver) SyncDone(ev replicator.SyncEvent) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if out == replicator.ResultSkipped {
+	if ev.Outcome == replicator.ResultSkipped {
 		o.skipped++
 	}
 }
 
-func (o *recObserver) VerifyDone(_ string, ok bool, _ time.Duration) {
+func (o *recObserver) VerifyDone(ev replicator.VerifyEvent) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if ok {
+	if ev.OK {
 		o.verifyOK++
 	} else {
 		o.verifyFail++
 	}
 }
-
-func (o *recObserver) EventsSkipped(string, int) {}
-func (o *recObserver) LocalMissing(string, int)  {}
 
 func (o *recObserver) counts() (ok, fail, skipped int) {
 	o.mu.Lock()
@@ -254,7 +252,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	require.NoError(t, f.app.Delete(ctx, silentlyGone, false))
 	// The clock moved hours above, so a backfill may already have run
 	// before this delete (seen in CI under load): make the next one due.
-	clock.Add(15*time.Minute + time.Second) // the default VerifyBackfillInterval
+	clock.Add(15*time.Minute + time.Second) // the default ConsistencyInterval
 	geotest.WaitFor(t, stall, "backfill removes the row of a record gone without an event", func() (bool, string) {
 		_, err := cs.Get(ctx, "item", silentlyGone)
 		return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)

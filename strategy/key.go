@@ -6,9 +6,9 @@ import (
 	"strings"
 )
 
-// MaxKeyLen is the longest storage key, in bytes, that ValidateKey
+// KeyLenMax is the longest storage key, in bytes, that ValidateKey
 // accepts.
-const MaxKeyLen = 1024
+const KeyLenMax = 1024
 
 // ErrInvalidKey is returned (wrapped) by ValidateKey for a storage key
 // that is empty, too long, absolute, has an empty, "." or ".." segment, a
@@ -18,7 +18,7 @@ var ErrInvalidKey = errors.New("invalid blob key")
 
 // ValidateKey reports whether key can address a blob: the one rule shared
 // by the publisher (events), the portable storage type (blob.Bucket), the
-// transfer path and the engines. A valid key is 1 to MaxKeyLen bytes of
+// transfer path and the engines. A valid key is 1 to KeyLenMax bytes of
 // slash-separated, non-empty segments, none of them "." or "..", with no
 // leading or trailing slash, no NUL byte and no backslash. For a valid key,
 // filepath.Join(root, key) always lies inside root and
@@ -39,8 +39,8 @@ func keyProblem(key string) string {
 	switch {
 	case key == "":
 		return "empty"
-	case len(key) > MaxKeyLen:
-		return fmt.Sprintf("longer than %d bytes", MaxKeyLen)
+	case len(key) > KeyLenMax:
+		return fmt.Sprintf("longer than %d bytes", KeyLenMax)
 	case key[0] == '/':
 		return "absolute"
 	case strings.IndexByte(key, 0) >= 0:

@@ -8,13 +8,13 @@ import (
 )
 
 func TestValidateKey(t *testing.T) {
-	good := []string{"a", "a/b", "packages/1/2/3.tgz", "a.b", "..a", "a..", "a/.hidden", "é/ü", ".geo", "x/.geo-tmp", strings.Repeat("k", MaxKeyLen)}
+	good := []string{"a", "a/b", "packages/1/2/3.tgz", "a.b", "..a", "a..", "a/.hidden", "é/ü", ".geo", "x/.geo-tmp", strings.Repeat("k", KeyLenMax)}
 	for _, k := range good {
 		if err := ValidateKey(k); err != nil {
 			t.Errorf("ValidateKey(%q) = %v, want nil", k, err)
 		}
 	}
-	bad := []string{"", "/abs", "/", "..", ".", "../../etc/passwd", "a/../../b", "a/..", "./a", "a/./b", "a//b", "a/", "a\x00b", "\x00", "a\\b", strings.Repeat("k", MaxKeyLen+1)}
+	bad := []string{"", "/abs", "/", "..", ".", "../../etc/passwd", "a/../../b", "a/..", "./a", "a/./b", "a//b", "a/", "a\x00b", "\x00", "a\\b", strings.Repeat("k", KeyLenMax+1)}
 	for _, k := range bad {
 		err := ValidateKey(k)
 		if !errors.Is(err, ErrInvalidKey) {

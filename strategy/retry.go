@@ -19,11 +19,19 @@ type RetryPolicy interface {
 // Base·2^(n-1), plus up to Jitter of that (uniformly random), capped at Max
 // (MaxMissing when the bytes are missing on the primary).
 type Backoff struct {
-	Base       time.Duration // first delay; 0 means 10s
-	Max        time.Duration // cap; 0 means 1h
-	MaxMissing time.Duration // cap when missing on primary; 0 means 4h
-	Jitter     float64       // fraction of the delay added at random; 0 means 0.25, negative means none
+	Base       time.Duration // first delay; 0 means BackoffBaseDefault
+	Max        time.Duration // cap; 0 means BackoffMaxDefault
+	MaxMissing time.Duration // cap when missing on primary; 0 means BackoffMaxMissingDefault
+	Jitter     float64       // fraction of the delay added at random; 0 means BackoffJitterDefault, negative means none
 }
+
+// Backoff's defaults.
+const (
+	BackoffBaseDefault       = 10 * time.Second
+	BackoffMaxDefault        = time.Hour
+	BackoffMaxMissingDefault = 4 * time.Hour
+	BackoffJitterDefault     = 0.25
+)
 
 // DefaultBackoff is the policy the engines use unless configured otherwise.
 func DefaultBackoff() Backoff { return Backoff{} }
@@ -32,15 +40,15 @@ func DefaultBackoff() Backoff { return Backoff{} }
 func (b Backoff) NextRetry(failures int, missingOnPrimary bool) time.Duration {
 	base, limit := b.Base, b.Max
 	if base <= 0 {
-		base = 10 * time.Second
+		base = BackoffBaseDefault
 	}
 	if limit <= 0 {
-		limit = time.Hour
+		limit = BackoffMaxDefault
 	}
 	if missingOnPrimary {
 		limit = b.MaxMissing
 		if limit <= 0 {
-			limit = 4 * time.Hour
+			limit = BackoffMaxMissingDefault
 		}
 	}
 	if failures < 1 {
@@ -52,7 +60,7 @@ func (b Backoff) NextRetry(failures int, missingOnPrimary bool) time.Duration {
 	}
 	jitter := b.Jitter
 	if jitter == 0 {
-		jitter = 0.25
+		jitter = BackoffJitterDefault
 	}
 	if jitter > 0 {
 		d += time.Duration(rand.Float64() * jitter * float64(d))

@@ -1,7 +1,8 @@
 // Package strategy holds the contracts a replicable data type implements,
 // and the retry policy the engines apply to every type.
 //
-// An adopter adding a blob type implements BlobStrategy in one small file:
+// An adopter adding a blob type implements BlobStrategy (a Strategy plus
+// BlobKey) in one small file:
 // the type's stable name, how to list its record ids, and where a record's
 // bytes live. Everything about moving bytes safely (atomic writes,
 // checksums, retries, leases, deletes, verification) belongs to the
@@ -47,14 +48,18 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// BlobStrategy is what an adopter implements for one blob type.
+// Strategy is what the adapter of every kind of replicable provides: a
+// stable name and the type's record ids. A kind adds what it needs to find
+// a record's data: BlobStrategy adds the storage key of a record's bytes.
+// replicator.Set.Register takes a Strategy and refuses one that is of no
+// kind this version of geo replicates.
 //
 // One value serves one site: on the primary it reads the application's
 // database; on a secondary it reads the primary's database through a
 // read-only replica and may narrow what it lists to a scope (selective sync,
 // local files only). Methods are called concurrently and must be safe for
 // concurrent use. They must not write to the database they read.
-type BlobStrategy interface {
+type Strategy interface {
 	// Name identifies the type. It is persisted in registry rows and events,
 	// so it must never change and never be reused for another type. It must
 	// pass ValidateName.
@@ -64,14 +69,22 @@ type BlobStrategy interface {
 	// ascending order, restricted to the strategy's scope. Fewer than limit
 	// ids (possibly none) means there are no more. limit is at least 1.
 	IDs(ctx context.Context, after int64, limit int) ([]int64, error)
+}
+
+// BlobStrategy is what an adopter implements for one blob type: a Strategy
+// that says where a record's bytes live. The rules of Strategy (one site
+// per value, safe for concurrent use, read-only) hold for BlobKey too.
+type BlobStrategy interface {
+	Strategy
 
 	// BlobKey returns the storage key of record id's bytes. It returns an
 	// error matching ErrNotFound when the record does not exist or lies
-	// outside the scope. A key must pass blob.ValidateKey: relative and
+	// outside the scope. A key must pass ValidateKey: relative and
 	// slash-separated, without "." or ".." segments, NUL bytes,
-	// backslashes, empty segments or a trailing slash, at most 1024 bytes,
-	// not starting with ".geo-tmp". It must be stable (the same record
-	// gives the same key until the application changes it).
+	// backslashes, empty segments or a trailing slash, at most KeyLenMax
+	// bytes; the directory backend also refuses keys starting with
+	// ".geo-tmp" (blob/dirblob.ReservedPrefix). It must be stable (the same
+	// record gives the same key until the application changes it).
 	//
 	// Keys may be shared and reused: records with equal bytes may name one
 	// key (a content-addressed layout, such as Git LFS objects at their

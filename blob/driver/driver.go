@@ -60,7 +60,7 @@ type WriterOptions struct {
 // key as well as different ones, and must be safe for concurrent use.
 // Every key a method receives has passed strategy.ValidateKey: relative,
 // slash-separated, no empty, "." or ".." segments, no NUL or backslash,
-// at most strategy.MaxKeyLen bytes.
+// at most strategy.KeyLenMax bytes.
 type Bucket interface {
 	// Attributes describes the object at key. If there is none it must
 	// return an error for which ErrorCode returns NotFound.

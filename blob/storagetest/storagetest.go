@@ -60,7 +60,7 @@ func HostileKeys() []string {
 		"a\x00b",
 		"a\\b",
 		"..\\..\\windows",
-		string(bytes.Repeat([]byte("k"), strategy.MaxKeyLen+1)),
+		string(bytes.Repeat([]byte("k"), strategy.KeyLenMax+1)),
 	}
 }
 

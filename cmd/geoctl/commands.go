@@ -94,7 +94,7 @@ func (s *selection) flags(cmd *cobra.Command, verb string) {
 	cmd.Flags().BoolVar(&s.failed, "failed", false, verb+" only the failed rows of the type")
 	cmd.Flags().BoolVar(&s.dryRun, "dry-run", false, "print how many rows would change and change nothing")
 	cmd.Flags().StringVar(&s.resume, "resume", "", "with --all/--failed: start after this row, TYPE:ID (or ID with --type), as printed by an interrupted run")
-	cmd.Flags().IntVar(&s.batch, "batch", registry.DefaultBatchSize, fmt.Sprintf("with --all/--failed: rows per transaction (1 to %d)", maxBatch))
+	cmd.Flags().IntVar(&s.batch, "batch", registry.BatchSizeDefault, fmt.Sprintf("with --all/--failed: rows per transaction (1 to %d)", maxBatch))
 }
 
 func (s *selection) validate(cmd *cobra.Command) error {
@@ -320,7 +320,7 @@ func resumeCommand(cmd *cobra.Command, sel selection, t string, after int64) str
 	if sel.typ != "" {
 		args = append(args, "--type", sel.typ)
 	}
-	if sel.batch != registry.DefaultBatchSize {
+	if sel.batch != registry.BatchSizeDefault {
 		args = append(args, "--batch", strconv.Itoa(sel.batch))
 	}
 	return strings.Join(append(args, "--resume", t+":"+strconv.FormatInt(after, 10)), " ")

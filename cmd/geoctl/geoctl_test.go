@@ -135,7 +135,7 @@ func TestGeoctl(t *testing.T) {
   state = CASE WHEN model_id % 10 = 0 THEN 0 WHEN model_id % 100 IN (1, 2, 3) THEN 3 ELSE 2 END,
   verification_state = CASE WHEN model_id % 100 = 4 THEN 3 WHEN model_id % 10 = 0 OR model_id % 100 IN (1, 2, 3) THEN 0 ELSE 2 END,
   last_synced_at = now(), verified_at = now(), retry_count = 1, retry_at = now() + interval '1 hour',
-  last_sync_failure = CASE WHEN model_id % 100 IN (1, 2, 3) THEN 'blob: fetch ' || replicable || '/' || model_id || ': primary answered 500' END,
+  last_sync_failure = CASE WHEN model_id % 100 IN (1, 2, 3) THEN 'transfer: fetch ' || replicable || '/' || model_id || ': primary answered 500' END,
   verification_failure = CASE WHEN model_id % 100 = 4 THEN 'checksum mismatch: local abc, primary def' END,
   checksum_mismatch = (model_id % 100 = 4)
 WHERE replicable = 'item'`)
@@ -145,7 +145,7 @@ WHERE replicable = 'item'`)
 	out := g.ok("status")
 	require.Contains(t, out, "item  [")
 	require.Contains(t, out, "doc   [")
-	require.Contains(t, out, "blob: fetch item/N: primary answered 500")
+	require.Contains(t, out, "transfer: fetch item/N: primary answered 500")
 	require.Contains(t, out, "events: no cursor saved yet")
 	var st replicator.Status
 	require.NoError(t, json.Unmarshal([]byte(g.ok("status", "-o", "json")), &st))

@@ -42,9 +42,29 @@ const (
 	envPrimaryURL  = "GEO_PRIMARY_DATABASE_URL"
 )
 
+// interruptGrace is how long geoctl waits, after Ctrl-C or SIGTERM, for
+// the command to stop. The statement in flight is cancelled on the
+// server, which takes a second connection: when that cannot happen (the
+// server is overloaded or unreachable), geoctl exits after interruptGrace
+// all the same, saying so. A second Ctrl-C exits at once.
+const interruptGrace = 10 * time.Second
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, os.Args[1:], os.Stdout, os.Stderr) }()
+	var code int
+	select {
+	case code = <-done:
+	case <-ctx.Done():
+		stop() // a second signal now ends the process
+		select {
+		case code = <-done:
+		case <-time.After(interruptGrace):
+			fmt.Fprintf(os.Stderr, "geoctl: interrupted: the statement in flight did not stop within %v (its cancellation did not reach the server); it may go on there until it ends; batches committed before it stay done\n", interruptGrace)
+			code = exitError
+		}
+	}
 	stop()
 	os.Exit(code)
 }

@@ -333,7 +333,7 @@ func progressLine(ctx context.Context, sec *replicator.Secondary, primaryDB *sql
 		return "", err
 	}
 	c := counts["package_file"]
-	st := sec.Consumer().Stats()
+	st := sec.EventStats()
 	return fmt.Sprintf("package_file %s %5d/%-5d synced  verified %5d  pending %5d  failed %3d  event lag %.2fs",
 		bar(c.Synced, onPrimary, 24), c.Synced, onPrimary, c.VerificationSucceeded, c.Pending+c.Started, c.Failed, st.LagSeconds), nil
 }

@@ -119,7 +119,7 @@ func New(ctx context.Context, opts *Options) (*Git, error) {
 	}
 	path, err := exec.LookPath(o.Path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrGitMissing, err)
+		return nil, fmt.Errorf("%w: %w", ErrGitMissing, err)
 	}
 	g := &Git{path: path, stderrLimit: o.StderrLimit, config: o.Config, baseEnv: baseEnv(os.Environ())}
 	out, err := g.output(ctx, cmd{args: []string{"version"}})
@@ -287,7 +287,7 @@ func (g *Git) run(ctx context.Context, c cmd) error {
 	}
 	msg := redact(strings.TrimSpace(tail.String()), c.secret)
 	if kind := classify(msg); kind != nil {
-		return fmt.Errorf("%s: %w: %v: %s", name, kind, err, msg)
+		return fmt.Errorf("%s: %w: %w: %s", name, kind, err, msg)
 	}
 	if msg == "" {
 		return fmt.Errorf("%s: %w", name, err)

@@ -235,7 +235,7 @@ func TestPrimaryMetricsMatchTheDatabase(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, err := metrics.NewPrimary(reg, metrics.PrimaryOptions{DB: w.PrimaryDB, Types: []string{"alpha", "beta", "empty"}})
 	require.NoError(t, err)
-	m.ObserveTransfer("item", 1, time.Now(), time.Now(), 1234)
+	m.TransferServed(replicator.TransferEvent{Replicable: "item", ModelID: 1, Start: time.Now(), End: time.Now(), Bytes: 1234})
 	require.NoError(t, m.Refresh(ctx))
 	got := scrape(t, reg)
 	counts, err := registry.NewChecksums(w.PrimaryDB)

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
 )
 
 // PrimaryOptions configures a Primary. DB is required; zero values of the
@@ -26,7 +27,7 @@ type PrimaryOptions struct {
 	// that have rows.
 	Types []string
 	// Interval is how often Run refreshes the gauges; 0 means
-	// DefaultInterval. Negative is an error.
+	// IntervalDefault. Negative is an error.
 	Interval time.Duration
 	// Logger receives refresh failures; nil means none.
 	Logger *zap.Logger
@@ -38,8 +39,9 @@ type PrimaryOptions struct {
 // type and state (checksummed, failed, pending...), the outbox's size and
 // age, and the transfers served. It is safe for concurrent use.
 type Primary struct {
-	opts PrimaryOptions
-	cs   *registry.Checksums
+	replicator.NopObserver // the secondary's events (Secondary counts them)
+	opts                   PrimaryOptions
+	cs                     *registry.Checksums
 
 	transfers  *prometheus.CounterVec
 	sent       *prometheus.CounterVec
@@ -74,7 +76,7 @@ func NewPrimary(reg prometheus.Registerer, opts PrimaryOptions) (*Primary, error
 		return nil, fmt.Errorf("metrics: PrimaryOptions.Interval = %v, want >= 0", opts.Interval)
 	}
 	if opts.Interval == 0 {
-		opts.Interval = DefaultInterval
+		opts.Interval = IntervalDefault
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -110,12 +112,12 @@ func NewPrimary(reg prometheus.Registerer, opts PrimaryOptions) (*Primary, error
 	return m, nil
 }
 
-// ObserveTransfer counts one served transfer. Its signature is
-// replicator.PrimaryConfig.Observe's: set that field to this method.
-func (m *Primary) ObserveTransfer(replicable string, _ int64, _, _ time.Time, bytes int64) {
-	m.transfers.WithLabelValues(replicable).Inc()
-	if bytes > 0 {
-		m.sent.WithLabelValues(replicable).Add(float64(bytes))
+// TransferServed implements replicator.Observer: it counts one served
+// transfer. Set replicator.PrimaryConfig.Observer to m.
+func (m *Primary) TransferServed(ev replicator.TransferEvent) {
+	m.transfers.WithLabelValues(ev.Replicable).Inc()
+	if ev.Bytes > 0 {
+		m.sent.WithLabelValues(ev.Replicable).Add(float64(ev.Bytes))
 	}
 }
 

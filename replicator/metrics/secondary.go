@@ -29,9 +29,9 @@ import (
 	"github.com/geoframework/geo/replicator"
 )
 
-// DefaultInterval is how often Run refreshes the database gauges when the
+// IntervalDefault is how often Run refreshes the database gauges when the
 // options say 0.
-const DefaultInterval = 15 * time.Second
+const IntervalDefault = 15 * time.Second
 
 // DefaultDurationBuckets returns the sync and verification duration
 // histogram buckets, in seconds: from 5 ms (a small file on a LAN) to 10
@@ -43,7 +43,7 @@ func DefaultDurationBuckets() []float64 {
 // SecondaryOptions tunes a Secondary. The zero value gives the defaults.
 type SecondaryOptions struct {
 	// Interval is how often Run refreshes the gauges; 0 means
-	// DefaultInterval. Negative is an error.
+	// IntervalDefault. Negative is an error.
 	Interval time.Duration
 	// Buckets are the duration histograms' buckets in seconds; nil means
 	// DefaultDurationBuckets().
@@ -57,7 +57,8 @@ type SecondaryOptions struct {
 // the engines report), and Run refreshes its gauges from the secondary.
 // It is safe for concurrent use.
 type Secondary struct {
-	opts SecondaryOptions
+	replicator.NopObserver // TransferServed: the primary's (Primary counts it)
+	opts                   SecondaryOptions
 
 	attempts   *prometheus.CounterVec
 	bytes      *prometheus.CounterVec
@@ -83,7 +84,7 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 		return nil, fmt.Errorf("metrics: SecondaryOptions.Interval = %v, want >= 0", opts.Interval)
 	}
 	if opts.Interval == 0 {
-		opts.Interval = DefaultInterval
+		opts.Interval = IntervalDefault
 	}
 	if opts.Buckets == nil {
 		opts.Buckets = DefaultDurationBuckets()
@@ -136,24 +137,24 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 }
 
 // SyncDone implements replicator.Observer.
-func (m *Secondary) SyncDone(replicable string, outcome replicator.SyncOutcome, bytes int64, d time.Duration) {
-	m.attempts.WithLabelValues(replicable, string(outcome)).Inc()
-	if bytes > 0 {
-		m.bytes.WithLabelValues(replicable).Add(float64(bytes))
+func (m *Secondary) SyncDone(ev replicator.SyncEvent) {
+	m.attempts.WithLabelValues(ev.Replicable, string(ev.Outcome)).Inc()
+	if ev.Bytes > 0 {
+		m.bytes.WithLabelValues(ev.Replicable).Add(float64(ev.Bytes))
 	}
-	if outcome == replicator.ResultSkipped {
-		m.skipped.WithLabelValues(replicable).Inc()
+	if ev.Outcome == replicator.ResultSkipped {
+		m.skipped.WithLabelValues(ev.Replicable).Inc()
 	}
-	m.syncDur.WithLabelValues(replicable).Observe(d.Seconds())
+	m.syncDur.WithLabelValues(ev.Replicable).Observe(ev.Duration.Seconds())
 }
 
 // VerifyDone implements replicator.Observer.
-func (m *Secondary) VerifyDone(replicable string, ok bool, d time.Duration) {
+func (m *Secondary) VerifyDone(ev replicator.VerifyEvent) {
 	result := "ok"
-	if !ok {
+	if !ev.OK {
 		result = "failed"
 	}
-	m.verifyDur.WithLabelValues(replicable, result).Observe(d.Seconds())
+	m.verifyDur.WithLabelValues(ev.Replicable, result).Observe(ev.Duration.Seconds())
 }
 
 // EventsSkipped implements replicator.Observer.

@@ -11,7 +11,7 @@ import (
 	"github.com/geoframework/geo/replicator"
 )
 
-// defaultBackfillBatch is replicator.SecondaryConfig.BackfillBatch's
+// defaultBackfillBatch is replicator.SecondaryConfig.BackfillBatchSize's
 // default.
 const defaultBackfillBatch = 10000
 

@@ -252,7 +252,7 @@ func (b *bench) secondaryConfig(obs replicator.Observer) replicator.SecondaryCon
 		Strategies: set, Tracking: b.trackingDB, Primary: b.primaryDB,
 		PrimaryURL: b.baseURL, Credentials: b.creds, Storage: b.secondStore,
 		Logger: log, Observer: obs, SyncCapacityPerType: b.o.concurrency,
-		BackfillBatch: b.o.batch,
+		BackfillBatchSize: b.o.batch,
 	}
 }
 
@@ -289,6 +289,7 @@ func (r *running) stop() error {
 // counter is an Observer counting sync outcomes; done is closed when the
 // number of synced (or skipped) records reaches want.
 type counter struct {
+	replicator.NopObserver
 	want    int64
 	synced  atomic.Int64
 	failed  atomic.Int64
@@ -303,10 +304,10 @@ func newCounter(want int) *counter {
 	return &counter{want: int64(want), done: make(chan struct{})}
 }
 
-func (c *counter) SyncDone(_ string, outcome replicator.SyncOutcome, n int64, _ time.Duration) {
-	switch outcome {
+func (c *counter) SyncDone(ev replicator.SyncEvent) {
+	switch ev.Outcome {
 	case replicator.ResultSynced, replicator.ResultSkipped:
-		c.bytes.Add(n)
+		c.bytes.Add(ev.Bytes)
 		if c.synced.Add(1) == c.want {
 			c.doneAt.Store(time.Now().UnixNano())
 			c.closeMu.Do(func() { close(c.done) })
@@ -317,10 +318,6 @@ func (c *counter) SyncDone(_ string, outcome replicator.SyncOutcome, n int64, _ 
 		c.other.Add(1)
 	}
 }
-
-func (c *counter) VerifyDone(string, bool, time.Duration) {}
-func (c *counter) EventsSkipped(string, int)              {}
-func (c *counter) LocalMissing(string, int)               {}
 
 // wait blocks until want records synced (returning when that happened),
 // ctx ends, or timeout passes.

@@ -49,7 +49,7 @@ func runEventLag(ctx context.Context, b *bench, res *result) error {
 	if err != nil {
 		return err
 	}
-	for !sec.sec.Consumer().Stats().Active {
+	for !sec.sec.EventStats().Active {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

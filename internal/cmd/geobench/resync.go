@@ -45,7 +45,7 @@ func runResyncAll(ctx context.Context, b *bench, res *result) error {
 	n := b.o.n
 	batch := b.o.batch
 	if batch == 0 {
-		batch = registry.DefaultBatchSize
+		batch = registry.BatchSizeDefault
 	}
 	b.logf("resync-all: creating %d synced registry rows (and as many in raw_registry)", n)
 	if _, err := b.trackingDB.ExecContext(ctx, `CREATE TABLE raw_registry (LIKE geo_registry INCLUDING ALL)`); err != nil {

@@ -169,8 +169,8 @@ func newEnv(ctx context.Context, o options, cfg envConfig) (_ *env, err error) {
 	e.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
 		Strategies: set, DB: e.PrimaryDB, Storage: e.PrimaryStorage,
 		Secrets: transfer.NewStaticSecrets(e.Credentials), Logger: e.log.Named("primary"),
-		Observe: e.Transfers.observe, VerifyPollInterval: 200 * time.Millisecond,
-		VerifyBackfillInterval: 5 * time.Second,
+		Observer: e.Transfers, PollInterval: 200 * time.Millisecond,
+		ConsistencyInterval: 5 * time.Second,
 	})
 	if err != nil {
 		return nil, err
@@ -516,6 +516,7 @@ func countReasons(m map[string]int) string {
 // transferLog records every transfer the primary served, to look for a
 // record transferred twice at the same time.
 type transferLog struct {
+	replicator.NopObserver
 	mu   sync.Mutex
 	list []served
 }
@@ -527,9 +528,10 @@ type served struct {
 	Bytes      int64
 }
 
-func (l *transferLog) observe(_ string, id int64, start, end time.Time, n int64) {
+// TransferServed implements replicator.Observer: it records t.
+func (l *transferLog) TransferServed(t replicator.TransferEvent) {
 	l.mu.Lock()
-	l.list = append(l.list, served{id, start, end, n})
+	l.list = append(l.list, served{t.ModelID, t.Start, t.End, t.Bytes})
 	l.mu.Unlock()
 }
 

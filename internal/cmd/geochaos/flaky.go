@@ -16,7 +16,7 @@ import (
 
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/blob/dirblob"
-	"github.com/geoframework/geo/replicator/transfer"
+	"github.com/geoframework/geo/internal/xfer"
 )
 
 // Faults the proxy injects.
@@ -145,7 +145,7 @@ func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case faultTruncSize:
 		// Both sizes agree with the short body: only the checksum can tell.
 		h.Set("Content-Length", strconv.Itoa(half))
-		h.Set(transfer.HeaderSize, strconv.Itoa(half))
+		h.Set(xfer.HeaderSize, strconv.Itoa(half))
 		w.WriteHeader(http.StatusOK)
 		w.Write(body[:half])
 	case faultFlip:

@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/blob/driver"
 	"github.com/geoframework/geo/blob/storagetest"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
@@ -128,7 +129,7 @@ func TestDownloadCorruptedBody(t *testing.T) {
 	p := newPrimary(t)
 	sec := newDir(t)
 	p.add(1, randBytes(300_000))
-	p.wrap = func(s transfer.Source) transfer.Source {
+	p.wrap = func(s xfer.Source) xfer.Source {
 		s.Body = &flipReader{ReadSeekCloser: s.Body, at: 123_456}
 		return s
 	}
@@ -191,17 +192,17 @@ func TestDownloadWantChecksumMismatch(t *testing.T) {
 // to a downloader whose stall timeout (5 s) a loaded machine does not
 // reach by accident: a test of another failure gets that failure, not
 // ErrTimeout (at 300 ms, a handler descheduled that long did).
-func rawPrimary(t *testing.T, h http.HandlerFunc) (*transfer.Downloader, *blob.Bucket) {
+func rawPrimary(t *testing.T, h http.HandlerFunc) (*xfer.Downloader, *blob.Bucket) {
 	t.Helper()
 	return rawPrimaryTimeout(t, 5*time.Second, h)
 }
 
 // rawPrimaryTimeout is rawPrimary with the downloader's stall timeout.
-func rawPrimaryTimeout(t *testing.T, timeout time.Duration, h http.HandlerFunc) (*transfer.Downloader, *blob.Bucket) {
+func rawPrimaryTimeout(t *testing.T, timeout time.Duration, h http.HandlerFunc) (*xfer.Downloader, *blob.Bucket) {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: timeout})
+	d, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,12 +223,12 @@ func TestDownloadTruncatedBody(t *testing.T) {
 
 func TestDownloadSizeHeaderDisagrees(t *testing.T) {
 	d, sec := rawPrimary(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(transfer.HeaderSize, "10")
+		w.Header().Set(xfer.HeaderSize, "10")
 		w.Write(make([]byte, 5)) // chunked: no Content-Length
 		w.(http.Flusher).Flush()
 	})
 	if _, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", ""); !errors.Is(err, transfer.ErrSizeMismatch) {
-		t.Fatalf("Fetch with %s above the body = %v, want ErrSizeMismatch", transfer.HeaderSize, err)
+		t.Fatalf("Fetch with %s above the body = %v, want ErrSizeMismatch", xfer.HeaderSize, err)
 	}
 	wantNothingAt(t, sec, "k")
 }
@@ -337,9 +338,9 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 		want       []error
 		code       string
 	}{
-		{"MissingOnPrimary", testReplicable, 1, []error{transfer.ErrMissingOnPrimary, strategy.ErrBlobMissing}, transfer.CodeMissingOnPrimary},
-		{"RecordNotFound", testReplicable, 2, []error{transfer.ErrRecordNotFound, strategy.ErrNotFound}, transfer.CodeRecordNotFound},
-		{"UnknownReplicable", "no_such_type", 1, []error{strategy.ErrUnknownReplicable}, transfer.CodeUnknownReplicable},
+		{"MissingOnPrimary", testReplicable, 1, []error{transfer.ErrMissingOnPrimary, strategy.ErrBlobMissing}, xfer.CodeMissingOnPrimary},
+		{"RecordNotFound", testReplicable, 2, []error{transfer.ErrRecordNotFound, strategy.ErrNotFound}, xfer.CodeRecordNotFound},
+		{"UnknownReplicable", "no_such_type", 1, []error{strategy.ErrUnknownReplicable}, xfer.CodeUnknownReplicable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := d.Fetch(t.Context(), tc.replicable, tc.id, sec, "k", "")
@@ -348,7 +349,7 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 					t.Errorf("Fetch = %v, want it to match %v", err, want)
 				}
 			}
-			var se *transfer.StatusError
+			var se *xfer.StatusError
 			if !errors.As(err, &se) || se.StatusCode != http.StatusNotFound || se.Code != tc.code {
 				t.Errorf("Fetch = %#v, want a 404 StatusError with code %s", err, tc.code)
 			}
@@ -361,9 +362,9 @@ func TestDownloadNotFoundKinds(t *testing.T) {
 	}
 }
 
-func decodeError(t *testing.T, body []byte) transfer.ErrorBody {
+func decodeError(t *testing.T, body []byte) xfer.ErrorBody {
 	t.Helper()
-	var e transfer.ErrorBody
+	var e xfer.ErrorBody
 	if err := json.Unmarshal(body, &e); err != nil {
 		t.Fatalf("error body %q is not JSON: %v", body, err)
 	}
@@ -374,8 +375,8 @@ func TestHandlerBadID(t *testing.T) {
 	p := newPrimary(t)
 	for _, id := range []string{"abc", "-5", "+5", "1.5", "0x10", "99999999999999999999", "9223372036854775808", "%205", "1e3"} {
 		resp, body := p.get(t, "GET", transfer.TransferPathPrefix+testReplicable+"/"+id, p.auth(t, testReplicable, 5))
-		if e := decodeError(t, body); resp.StatusCode != http.StatusBadRequest || e.Code != transfer.CodeBadID {
-			t.Errorf("GET id %q = %d %+v, want 400 %s", id, resp.StatusCode, e, transfer.CodeBadID)
+		if e := decodeError(t, body); resp.StatusCode != http.StatusBadRequest || e.Code != xfer.CodeBadID {
+			t.Errorf("GET id %q = %d %+v, want 400 %s", id, resp.StatusCode, e, xfer.CodeBadID)
 		}
 	}
 	if p.served.Load() != 0 {
@@ -387,37 +388,37 @@ func TestHandlerMethods(t *testing.T) {
 	p := newPrimary(t)
 	data := randBytes(1000)
 	sum := p.add(7, data)
-	path := transfer.TransferPath(testReplicable, 7)
+	path := xfer.TransferPath(testReplicable, 7)
 	for _, m := range []string{"POST", "PUT", "DELETE", "PATCH"} {
 		resp, body := p.get(t, m, path, p.auth(t, testReplicable, 7))
-		if e := decodeError(t, body); resp.StatusCode != http.StatusMethodNotAllowed || e.Code != transfer.CodeMethodNotAllowed {
+		if e := decodeError(t, body); resp.StatusCode != http.StatusMethodNotAllowed || e.Code != xfer.CodeMethodNotAllowed {
 			t.Errorf("%s = %d %+v, want 405", m, resp.StatusCode, e)
 		}
 	}
 
 	resp, body := p.get(t, "HEAD", path, p.auth(t, testReplicable, 7))
 	if resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength != 1000 ||
-		resp.Header.Get(transfer.HeaderChecksum) != sum || resp.Header.Get(transfer.HeaderSize) != "1000" {
+		resp.Header.Get(xfer.HeaderChecksum) != sum || resp.Header.Get(xfer.HeaderSize) != "1000" {
 		t.Errorf("HEAD = %d, %d body bytes, Content-Length %d, headers %v", resp.StatusCode, len(body), resp.ContentLength, resp.Header)
 	}
 
 	resp, body = p.get(t, "GET", path, p.auth(t, testReplicable, 7), "Range", "bytes=100-199")
 	if resp.StatusCode != http.StatusPartialContent || string(body) != string(data[100:200]) ||
-		resp.Header.Get(transfer.HeaderSize) != "1000" || resp.Header.Get("Content-Range") != "bytes 100-199/1000" {
+		resp.Header.Get(xfer.HeaderSize) != "1000" || resp.Header.Get("Content-Range") != "bytes 100-199/1000" {
 		t.Errorf("ranged GET = %d, %d bytes, headers %v", resp.StatusCode, len(body), resp.Header)
 	}
 
 	resp, body = p.get(t, "GET", "/geo/v1/other", "")
-	if e := decodeError(t, body); resp.StatusCode != 404 || e.Code != transfer.CodeNotFound {
+	if e := decodeError(t, body); resp.StatusCode != 404 || e.Code != xfer.CodeNotFound {
 		t.Errorf("GET elsewhere = %d %+v, want 404 not_found", resp.StatusCode, e)
 	}
 }
 
 func TestHandlerConfigValidation(t *testing.T) {
-	if _, err := transfer.NewHandler(transfer.HandlerConfig{Secrets: transfer.StaticSecrets{}}); err == nil || !strings.Contains(err.Error(), "Resolve") {
+	if _, err := xfer.NewHandler(xfer.HandlerConfig{Secrets: transfer.StaticSecrets{}}); err == nil || !strings.Contains(err.Error(), "Resolve") {
 		t.Errorf("NewHandler without Resolve = %v, want an error naming Resolve", err)
 	}
-	if _, err := transfer.NewHandler(transfer.HandlerConfig{Resolve: func(context.Context, string, int64) (transfer.Source, error) { return transfer.Source{}, nil }}); err == nil || !strings.Contains(err.Error(), "Secrets") {
+	if _, err := xfer.NewHandler(xfer.HandlerConfig{Resolve: func(context.Context, string, int64) (xfer.Source, error) { return xfer.Source{}, nil }}); err == nil || !strings.Contains(err.Error(), "Secrets") {
 		t.Errorf("NewHandler without Secrets = %v, want an error naming Secrets", err)
 	}
 }
@@ -426,16 +427,16 @@ func TestDownloaderConfigValidation(t *testing.T) {
 	good := newCreds("s", "k")
 	for _, tc := range []struct {
 		field string
-		cfg   transfer.DownloaderConfig
+		cfg   xfer.DownloaderConfig
 	}{
-		{"BaseURL", transfer.DownloaderConfig{BaseURL: "ftp://x", Credentials: good}},
-		{"BaseURL", transfer.DownloaderConfig{BaseURL: "", Credentials: good}},
-		{"Secret", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "k", Secret: []byte("short-secret")}}},
-		{"AccessKey", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "a:b", Secret: good.Secret}}},
-		{"Site", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{AccessKey: "k", Secret: good.Secret}}},
-		{"Limiter", transfer.DownloaderConfig{BaseURL: "http://x", Credentials: good, Limiter: rate.NewLimiter(10, 0)}},
+		{"BaseURL", xfer.DownloaderConfig{BaseURL: "ftp://x", Credentials: good}},
+		{"BaseURL", xfer.DownloaderConfig{BaseURL: "", Credentials: good}},
+		{"Secret", xfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "k", Secret: []byte("short-secret")}}},
+		{"AccessKey", xfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{Site: "s", AccessKey: "a:b", Secret: good.Secret}}},
+		{"Site", xfer.DownloaderConfig{BaseURL: "http://x", Credentials: transfer.Credentials{AccessKey: "k", Secret: good.Secret}}},
+		{"Limiter", xfer.DownloaderConfig{BaseURL: "http://x", Credentials: good, Limiter: rate.NewLimiter(10, 0)}},
 	} {
-		_, err := transfer.NewDownloader(tc.cfg)
+		_, err := xfer.NewDownloader(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("NewDownloader with a bad %s = %v, want an error naming it", tc.field, err)
 			continue
@@ -483,7 +484,7 @@ func TestRedirectDropsAuthorization(t *testing.T) {
 	defer first.Close()
 	sec := newDir(t)
 	for _, client := range []*http.Client{nil, {}} {
-		d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: first.URL, Credentials: newCreds("s", "k"), Client: client})
+		d, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: first.URL, Credentials: newCreds("s", "k"), Client: client})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,7 +508,7 @@ func TestDownloadRateLimit(t *testing.T) {
 	p.add(1, randBytes(200_000))
 	// 1 MB/s with a 50 kB burst: 200 kB takes about 150 ms at least.
 	lim := rate.NewLimiter(1_000_000, 50_000)
-	d := p.downloader(t, func(c *transfer.DownloaderConfig) { c.Limiter = lim })
+	d := p.downloader(t, func(c *xfer.DownloaderConfig) { c.Limiter = lim })
 	start := time.Now()
 	if _, err := d.Download(t.Context(), testReplicable, 1, sec, "k", ""); err != nil {
 		t.Fatal(err)
@@ -549,7 +550,7 @@ func TestHandlerChecksumSources(t *testing.T) {
 	var lookups atomic.Int64
 	var stored atomic.Value
 	stored.Store("")
-	h, err := transfer.NewHandler(transfer.HandlerConfig{
+	h, err := xfer.NewHandler(xfer.HandlerConfig{
 		Resolve: p.resolve,
 		Secrets: transfer.NewStaticSecrets(p.creds),
 		Checksum: func(ctx context.Context, replicable string, id int64) (string, error) {
@@ -565,12 +566,12 @@ func TestHandlerChecksumSources(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds})
+	d, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sec := newDir(t)
-	fetch := func(want string) (transfer.Result, error) {
+	fetch := func(want string) (xfer.Result, error) {
 		t.Helper()
 		res, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", want)
 		if err == nil {
@@ -611,11 +612,11 @@ func TestHandlerChecksumSources(t *testing.T) {
 	// A malformed checksum from the client: 400 once authenticated, 401
 	// before.
 	req := func(auth string) *http.Response {
-		r, err := http.NewRequest(http.MethodGet, srv.URL+transfer.TransferPath(testReplicable, 1), nil)
+		r, err := http.NewRequest(http.MethodGet, srv.URL+xfer.TransferPath(testReplicable, 1), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Header.Set(transfer.HeaderChecksum, "not-hex")
+		r.Header.Set(xfer.HeaderChecksum, "not-hex")
 		if auth != "" {
 			r.Header.Set("Authorization", auth)
 		}
@@ -627,10 +628,10 @@ func TestHandlerChecksumSources(t *testing.T) {
 		return resp
 	}
 	if resp := req(p.auth(t, testReplicable, 1)); resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("malformed %s: status %d, want 400", transfer.HeaderChecksum, resp.StatusCode)
+		t.Errorf("malformed %s: status %d, want 400", xfer.HeaderChecksum, resp.StatusCode)
 	}
 	if resp := req(""); resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("malformed %s without credentials: status %d, want 401", transfer.HeaderChecksum, resp.StatusCode)
+		t.Errorf("malformed %s without credentials: status %d, want 401", xfer.HeaderChecksum, resp.StatusCode)
 	}
 }
 

@@ -1,4 +1,4 @@
-package transfer
+package xfer
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -34,15 +35,15 @@ func FuzzTransferPath(f *testing.F) {
 	} {
 		f.Add(s.method, s.path)
 	}
-	creds := Credentials{Site: "s1", AccessKey: "k1", Secret: bytes.Repeat([]byte{7}, 32)}
+	creds := transfer.Credentials{Site: "s1", AccessKey: "k1", Secret: bytes.Repeat([]byte{7}, 32)}
 	now := time.Unix(1_700_000_000, 0)
-	auth, err := creds.Authorization("item", 7, now)
+	auth, err := Authorization(creds, "item", 7, now)
 	if err != nil {
 		f.Fatal(err)
 	}
 	body := []byte("the bytes of item 7")
 	h, err := NewHandler(HandlerConfig{
-		Secrets: NewStaticSecrets(creds),
+		Secrets: transfer.NewStaticSecrets(creds),
 		Now:     func() time.Time { return now },
 		Resolve: func(ctx context.Context, replicable string, id int64) (Source, error) {
 			if replicable != "item" {
@@ -68,13 +69,13 @@ func FuzzTransferPath(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		served := rec.Code == http.StatusOK
-		id := strings.TrimPrefix(path, TransferPathPrefix+"item/")
+		id := strings.TrimPrefix(path, transfer.TransferPathPrefix+"item/")
 		n, perr := strconv.ParseInt(id, 10, 64)
 		m := method
 		if m == "" {
 			m = http.MethodGet // net/http sends an empty method as GET
 		}
-		wantServed := (m == "GET" || m == "HEAD") && strings.HasPrefix(path, TransferPathPrefix+"item/") &&
+		wantServed := (m == "GET" || m == "HEAD") && strings.HasPrefix(path, transfer.TransferPathPrefix+"item/") &&
 			perr == nil && n == 7 && !strings.ContainsAny(id, "+-")
 		if served != wantServed {
 			t.Fatalf("%s %q: status %d, served %v, want served %v", method, path, rec.Code, served, wantServed)
@@ -145,7 +146,7 @@ func FuzzFetchResponse(f *testing.F) {
 		})
 		d, err := NewDownloader(DownloaderConfig{
 			BaseURL: "http://primary.test", Client: &http.Client{Transport: rt}, Timeout: 5 * time.Second,
-			Credentials: Credentials{Site: "s1", AccessKey: "k1", Secret: bytes.Repeat([]byte{1}, 32)},
+			Credentials: transfer.Credentials{Site: "s1", AccessKey: "k1", Secret: bytes.Repeat([]byte{1}, 32)},
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"bytes"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
@@ -49,7 +50,7 @@ type testPrimary struct {
 	mu      sync.Mutex
 	records map[int64]record
 	// wrap, when set, changes the Source served (to corrupt it, say).
-	wrap func(transfer.Source) transfer.Source
+	wrap func(xfer.Source) xfer.Source
 	// observed collects Observe calls.
 	observed []int64
 }
@@ -65,7 +66,7 @@ func newPrimary(t testing.TB) *testPrimary {
 	p := &testPrimary{t: t, store: newDir(t), creds: newCreds("secondary-1", "AK1"), records: map[int64]record{}}
 	core, logs := observer.New(zap.DebugLevel)
 	p.logs = logs
-	h, err := transfer.NewHandler(transfer.HandlerConfig{
+	h, err := xfer.NewHandler(xfer.HandlerConfig{
 		Resolve: p.resolve,
 		Secrets: transfer.NewStaticSecrets(p.creds),
 		Logger:  zap.New(core),
@@ -86,26 +87,26 @@ func newPrimary(t testing.TB) *testPrimary {
 	return p
 }
 
-func (p *testPrimary) resolve(ctx context.Context, replicable string, id int64) (transfer.Source, error) {
+func (p *testPrimary) resolve(ctx context.Context, replicable string, id int64) (xfer.Source, error) {
 	p.served.Add(1)
 	if replicable != testReplicable {
-		return transfer.Source{}, strategy.ErrUnknownReplicable
+		return xfer.Source{}, strategy.ErrUnknownReplicable
 	}
 	p.mu.Lock()
 	rec, ok := p.records[id]
 	wrap := p.wrap
 	p.mu.Unlock()
 	if !ok {
-		return transfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrNotFound)
+		return xfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrNotFound)
 	}
 	r, err := p.store.Open(ctx, rec.key)
 	if errors.Is(err, blob.ErrNotExist) {
-		return transfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrBlobMissing)
+		return xfer.Source{}, fmt.Errorf("record %d: %w", id, strategy.ErrBlobMissing)
 	}
 	if err != nil {
-		return transfer.Source{}, err
+		return xfer.Source{}, err
 	}
-	src := transfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: rec.checksum}
+	src := xfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: rec.checksum}
 	if wrap != nil {
 		src = wrap(src)
 	}
@@ -164,13 +165,13 @@ func (p *testPrimary) addLarge(id int64, size int64) string {
 	return sum
 }
 
-func (p *testPrimary) downloader(t testing.TB, mod func(*transfer.DownloaderConfig)) *transfer.Downloader {
+func (p *testPrimary) downloader(t testing.TB, mod func(*xfer.DownloaderConfig)) *xfer.Downloader {
 	t.Helper()
-	cfg := transfer.DownloaderConfig{BaseURL: p.srv.URL, Credentials: p.creds, Concurrency: 8, Timeout: 5 * time.Second}
+	cfg := xfer.DownloaderConfig{BaseURL: p.srv.URL, Credentials: p.creds, Concurrency: 8, Timeout: 5 * time.Second}
 	if mod != nil {
 		mod(&cfg)
 	}
-	d, err := transfer.NewDownloader(cfg)
+	d, err := xfer.NewDownloader(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +206,7 @@ func (p *testPrimary) get(t *testing.T, method, path, auth string, hdr ...string
 
 func (p *testPrimary) auth(t *testing.T, replicable string, id int64) string {
 	t.Helper()
-	a, err := p.creds.Authorization(replicable, id, time.Now())
+	a, err := xfer.Authorization(p.creds, replicable, id, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
@@ -40,9 +41,9 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 		if errors.Is(err, strategy.ErrInvalidKey) {
 			t.Errorf("Fetch = %v matches ErrInvalidKey: the secondary's key is valid", err)
 		}
-		var se *transfer.StatusError
-		if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != transfer.CodeBadKey {
-			t.Errorf("Fetch = %#v, want a 500 StatusError with code %s", err, transfer.CodeBadKey)
+		var se *xfer.StatusError
+		if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != xfer.CodeBadKey {
+			t.Errorf("Fetch = %#v, want a 500 StatusError with code %s", err, xfer.CodeBadKey)
 		}
 		if err != nil && !strings.Contains(err.Error(), "the primary's adapter returned an invalid storage key for the record") {
 			t.Errorf("Fetch error %q does not say the primary's adapter returned an invalid key", err)
@@ -52,9 +53,9 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 		}
 		wantNothingAt(t, sec, "records/1")
 
-		resp, body := p.get(t, http.MethodGet, transfer.TransferPath(testReplicable, id), p.auth(t, testReplicable, id))
-		if resp.StatusCode != http.StatusInternalServerError || decodeError(t, body).Code != transfer.CodeBadKey {
-			t.Errorf("GET record with key %q = %d %s, want 500 %s", key, resp.StatusCode, body, transfer.CodeBadKey)
+		resp, body := p.get(t, http.MethodGet, xfer.TransferPath(testReplicable, id), p.auth(t, testReplicable, id))
+		if resp.StatusCode != http.StatusInternalServerError || decodeError(t, body).Code != xfer.CodeBadKey {
+			t.Errorf("GET record with key %q = %d %s, want 500 %s", key, resp.StatusCode, body, xfer.CodeBadKey)
 		}
 		if strings.Contains(string(body), key) {
 			t.Errorf("answer %s quotes the hostile key", body)
@@ -65,9 +66,9 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 	}
 
 	// Another failure is still internal, and not an adapter error.
-	h, err := transfer.NewHandler(transfer.HandlerConfig{
-		Resolve: func(context.Context, string, int64) (transfer.Source, error) {
-			return transfer.Source{}, errors.New("replica unreachable")
+	h, err := xfer.NewHandler(xfer.HandlerConfig{
+		Resolve: func(context.Context, string, int64) (xfer.Source, error) {
+			return xfer.Source{}, errors.New("replica unreachable")
 		},
 		Secrets: transfer.NewStaticSecrets(p.creds),
 	})
@@ -76,23 +77,23 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d2, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds, Timeout: 5 * time.Second})
+	d2, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: srv.URL, Credentials: p.creds, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = d2.Fetch(t.Context(), testReplicable, 1, sec, "records/1", "")
-	var se *transfer.StatusError
-	if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != transfer.CodeInternal {
-		t.Errorf("Fetch from a failing primary = %#v, want a 500 StatusError with code %s", err, transfer.CodeInternal)
+	var se *xfer.StatusError
+	if !errors.As(err, &se) || se.StatusCode != http.StatusInternalServerError || se.Code != xfer.CodeInternal {
+		t.Errorf("Fetch from a failing primary = %#v, want a 500 StatusError with code %s", err, xfer.CodeInternal)
 	}
 	if errors.Is(err, transfer.ErrPrimaryAdapter) || strings.Contains(err.Error(), "adapter") {
 		t.Errorf("Fetch from a failing primary = %v, want no adapter error", err)
 	}
 	// A bad key wrapped as the replicator's Primary wraps it is an adapter
 	// error too.
-	h, err = transfer.NewHandler(transfer.HandlerConfig{
-		Resolve: func(context.Context, string, int64) (transfer.Source, error) {
-			return transfer.Source{}, fmt.Errorf("strategy %s: %w", testReplicable, strategy.ValidateKey("a/../../b"))
+	h, err = xfer.NewHandler(xfer.HandlerConfig{
+		Resolve: func(context.Context, string, int64) (xfer.Source, error) {
+			return xfer.Source{}, fmt.Errorf("strategy %s: %w", testReplicable, strategy.ValidateKey("a/../../b"))
 		},
 		Secrets: transfer.NewStaticSecrets(p.creds),
 	})
@@ -101,7 +102,7 @@ func TestDownloadPrimaryAdapterBadKey(t *testing.T) {
 	}
 	srv3 := httptest.NewServer(h)
 	t.Cleanup(srv3.Close)
-	d3, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv3.URL, Credentials: p.creds, Timeout: 5 * time.Second})
+	d3, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: srv3.URL, Credentials: p.creds, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 )
 
@@ -28,7 +29,7 @@ func TestHeaderTimeoutOfTheClientIsErrTimeout(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	d, err := transfer.NewDownloader(transfer.DownloaderConfig{
+	d, err := xfer.NewDownloader(xfer.DownloaderConfig{
 		BaseURL: srv.URL, Timeout: 5 * time.Second,
 		Client:      &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 200 * time.Millisecond}},
 		Credentials: transfer.Credentials{Site: "s1", AccessKey: "k1", Secret: make([]byte, 32)},

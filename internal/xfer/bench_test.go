@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geoframework/geo/replicator/transfer"
+	"github.com/geoframework/geo/internal/xfer"
 )
 
 // Run the geo and raw benchmarks in the same run and compare:
@@ -178,7 +178,7 @@ func BenchmarkTransferSmall(b *testing.B) {
 		p.add(id, randBytes(smallSize))
 	}
 	sec := newDir(b)
-	d := p.downloader(b, func(c *transfer.DownloaderConfig) { c.Concurrency = smallConcurrent })
+	d := p.downloader(b, func(c *xfer.DownloaderConfig) { c.Concurrency = smallConcurrent })
 	ctx := context.Background()
 	b.SetBytes(smallSize)
 	b.ResetTimer()

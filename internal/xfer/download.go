@@ -1,4 +1,4 @@
-package transfer
+package xfer
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,48 +17,26 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
 
-// ErrSizeMismatch is returned (wrapped) when the body received is shorter
-// or longer than its announced size (Content-Length or HeaderSize), for
-// example a truncated transfer.
-var ErrSizeMismatch = errors.New("size mismatch")
-
-// ErrKeyChanged is returned (wrapped) by Fetch when the primary served the
-// record from another key than the one asked for: the record changed
-// between the caller's lookup and the transfer. Nothing is staged; a retry
-// after the change's event settles it.
-var ErrKeyChanged = errors.New("record's key changed on the primary")
-
-// ErrPrimaryAdapter is returned (wrapped) by the Downloader when the
-// primary answered CodeBadKey: the primary's adapter returned an invalid
-// storage key for the record, so the primary cannot serve it. It is not an
-// outage of the primary, nor a problem of the secondary's key; it lasts
-// until the primary's adapter or record is fixed.
-var ErrPrimaryAdapter = errors.New("the primary's adapter returned an invalid storage key for the record")
-
-// ErrTimeout is returned (wrapped) when the primary sends no response
-// headers, or no body bytes, for DownloaderConfig.Timeout. It matches
-// os.ErrDeadlineExceeded too.
-var ErrTimeout = fmt.Errorf("transfer stalled: %w", os.ErrDeadlineExceeded)
-
 // Downloader defaults.
 const (
-	DefaultConcurrency = 64
-	DefaultTimeout     = 30 * time.Second
+	ConcurrencyDefault = 64
+	TimeoutDefault     = 30 * time.Second
 	maxRedirects       = 10
 )
 
-// DownloaderConfig configures a Downloader. Only BaseURL and Credentials
+// DownloaderConfig configures a Downloader. Only BaseURL and transfer.Credentials
 // are required.
 type DownloaderConfig struct {
 	// BaseURL is the primary's transfer base URL, scheme and host and an
 	// optional path prefix ("https://primary.example:8443"); requests go
 	// to BaseURL + TransferPath(replicable, id). Required.
 	BaseURL string
-	// Credentials sign every request's token. Required.
-	Credentials Credentials
+	// transfer.Credentials sign every request's token. Required.
+	Credentials transfer.Credentials
 	// Client sends the requests. nil means a client whose transport keeps
 	// Concurrency idle connections to the primary (the default of 2 leaves
 	// sockets in TIME_WAIT under load), waits at most Timeout for response
@@ -69,12 +46,12 @@ type DownloaderConfig struct {
 	Client *http.Client
 	// Concurrency is how many downloads the caller runs at once, used to
 	// size the default Client's connection pool. 0 means
-	// DefaultConcurrency.
+	// ConcurrencyDefault.
 	Concurrency int
 	// Timeout bounds the wait for the response headers and for each read
 	// of the body (an idle deadline re-armed on every read, so large
 	// transfers are not cut short while bytes flow). 0 means
-	// DefaultTimeout.
+	// TimeoutDefault.
 	Timeout time.Duration
 	// Limiter, when set, limits the body bytes per second shared by all of
 	// this Downloader's transfers (and by anything else sharing it): each
@@ -89,7 +66,7 @@ type DownloaderConfig struct {
 // Storage. It is safe for concurrent use.
 type Downloader struct {
 	base    string
-	creds   Credentials
+	creds   transfer.Credentials
 	client  *http.Client
 	timeout time.Duration
 	limiter *rate.Limiter
@@ -104,7 +81,7 @@ func NewDownloader(cfg DownloaderConfig) (*Downloader, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("transfer: NewDownloader: DownloaderConfig.BaseURL must be an http or https URL without query or fragment")
 	}
-	if err := cfg.Credentials.validate(); err != nil {
+	if err := cfg.Credentials.Validate(); err != nil {
 		return nil, fmt.Errorf("transfer: NewDownloader: DownloaderConfig.%w", err)
 	}
 	if cfg.Concurrency < 0 || cfg.Timeout < 0 {
@@ -121,14 +98,14 @@ func NewDownloader(cfg DownloaderConfig) (*Downloader, error) {
 		now:     cfg.Now,
 	}
 	if d.timeout == 0 {
-		d.timeout = DefaultTimeout
+		d.timeout = TimeoutDefault
 	}
 	if d.now == nil {
 		d.now = time.Now
 	}
 	conc := cfg.Concurrency
 	if conc == 0 {
-		conc = DefaultConcurrency
+		conc = ConcurrencyDefault
 	}
 	var client http.Client
 	if cfg.Client != nil {
@@ -174,8 +151,8 @@ type Result struct {
 }
 
 // StatusError is a non-200 answer of the transfer endpoint. It unwraps to
-// ErrUnauthorized (401), strategy.ErrUnknownReplicable, ErrRecordNotFound or
-// ErrMissingOnPrimary (404 with the matching code), ErrPrimaryAdapter (500
+// transfer.ErrUnauthorized (401), strategy.ErrUnknownReplicable, transfer.ErrRecordNotFound or
+// transfer.ErrMissingOnPrimary (404 with the matching code), transfer.ErrPrimaryAdapter (500
 // adapter_bad_key), or nothing.
 type StatusError struct {
 	StatusCode int
@@ -192,10 +169,10 @@ func (e *StatusError) Error() string {
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
-	if e.err == ErrPrimaryAdapter {
+	if e.err == transfer.ErrPrimaryAdapter {
 		// Say first, in the secondary's own words, what failed: this text
 		// becomes the registry row's failure reason.
-		return ErrPrimaryAdapter.Error() + " (" + s + ")"
+		return transfer.ErrPrimaryAdapter.Error() + " (" + s + ")"
 	}
 	// No package prefix: Fetch's error, which wraps this one, has it.
 	return s
@@ -213,15 +190,15 @@ func statusError(resp *http.Response) error {
 	}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
-		e.err = ErrUnauthorized
+		e.err = transfer.ErrUnauthorized
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeUnknownReplicable:
 		e.err = strategy.ErrUnknownReplicable
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeRecordNotFound:
-		e.err = ErrRecordNotFound
+		e.err = transfer.ErrRecordNotFound
 	case resp.StatusCode == http.StatusNotFound && body.Code == CodeMissingOnPrimary:
-		e.err = ErrMissingOnPrimary
+		e.err = transfer.ErrMissingOnPrimary
 	case resp.StatusCode == http.StatusInternalServerError && body.Code == CodeBadKey:
-		e.err = ErrPrimaryAdapter
+		e.err = transfer.ErrPrimaryAdapter
 	}
 	return e
 }
@@ -240,10 +217,10 @@ var errStalled = errors.New("stalled")
 // discards the bytes.
 //
 // On failure nothing is left in dst (the Writer is aborted) and the error
-// matches ErrInvalidKey (key, the caller's, is invalid), ErrUnauthorized,
-// strategy.ErrUnknownReplicable, ErrRecordNotFound, ErrMissingOnPrimary,
-// ErrPrimaryAdapter (the primary's own key for the record is invalid),
-// blob.ErrChecksumMismatch, ErrSizeMismatch, ErrTimeout or ctx's error, or wraps
+// matches ErrInvalidKey (key, the caller's, is invalid), transfer.ErrUnauthorized,
+// strategy.ErrUnknownReplicable, transfer.ErrRecordNotFound, transfer.ErrMissingOnPrimary,
+// transfer.ErrPrimaryAdapter (the primary's own key for the record is invalid),
+// blob.ErrChecksumMismatch, transfer.ErrSizeMismatch, transfer.ErrTimeout or ctx's error, or wraps
 // a transport error.
 // Each request carries a fresh token; a redirect is followed without the
 // Authorization header.
@@ -265,7 +242,7 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 	if want != "" && !validChecksum(want) {
 		return fail(errors.New("wantChecksum is not a hex SHA-256"))
 	}
-	auth, err := d.creds.Authorization(replicable, id, d.now())
+	auth, err := Authorization(d.creds, replicable, id, d.now())
 	if err != nil {
 		return fail(err)
 	}
@@ -277,16 +254,16 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 	transportErr := func(err error) error {
 		switch {
 		case context.Cause(rctx) == errStalled:
-			return fmt.Errorf("%w after %v", ErrTimeout, d.timeout)
+			return fmt.Errorf("%w after %v", transfer.ErrTimeout, d.timeout)
 		case ctx.Err() != nil:
 			return context.Cause(ctx)
 		case isTimeout(err):
 			// The client's own timeout (ResponseHeaderTimeout, which the
 			// default client sets to the same Timeout) may fire before the
 			// stall timer: the same stall, reported the same way.
-			return fmt.Errorf("%w after %v: %w", ErrTimeout, d.timeout, err)
+			return fmt.Errorf("%w after %v: %w", transfer.ErrTimeout, d.timeout, err)
 		case errors.Is(err, io.ErrUnexpectedEOF):
-			return fmt.Errorf("%w: body ended early: %w", ErrSizeMismatch, err)
+			return fmt.Errorf("%w: body ended early: %w", transfer.ErrSizeMismatch, err)
 		}
 		return err
 	}
@@ -316,7 +293,7 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 	}
 
 	if served := resp.Header.Get(HeaderKey); served != "" && served != key {
-		return fail(fmt.Errorf("%w: asked for %q, served from %q", ErrKeyChanged, key, served))
+		return fail(fmt.Errorf("%w: asked for %q, served from %q", transfer.ErrKeyChanged, key, served))
 	}
 	primary := strings.ToLower(resp.Header.Get(HeaderChecksum))
 	if primary != "" && !validChecksum(primary) {
@@ -332,7 +309,7 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 			return fail(fmt.Errorf("primary sent a malformed %s header", HeaderSize))
 		}
 		if announced >= 0 && n != announced {
-			return fail(fmt.Errorf("%w: Content-Length %d, %s %d", ErrSizeMismatch, announced, HeaderSize, n))
+			return fail(fmt.Errorf("%w: Content-Length %d, %s %d", transfer.ErrSizeMismatch, announced, HeaderSize, n))
 		}
 		announced = n
 	}
@@ -354,7 +331,7 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 	}
 	n, err := d.copy(ctx, w, resp.Body, announced, stall, func() { cancel(context.Canceled) })
 	if err == nil && announced >= 0 && n != announced {
-		err = fmt.Errorf("%w: received %d bytes, announced %d", ErrSizeMismatch, n, announced)
+		err = fmt.Errorf("%w: received %d bytes, announced %d", transfer.ErrSizeMismatch, n, announced)
 	}
 	var sum string
 	if err == nil {

@@ -1,10 +1,11 @@
-package transfer_test
+package xfer_test
 
 import (
 	"context"
 	"errors"
 	"testing"
 
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 )
 
@@ -16,7 +17,7 @@ func TestFetchRejectsBytesServedFromAnotherKey(t *testing.T) {
 	p := newPrimary(t)
 	p.add(7, []byte("version two"))
 	p.mu.Lock()
-	p.wrap = func(s transfer.Source) transfer.Source { s.Key = "records/7-v2"; return s }
+	p.wrap = func(s xfer.Source) xfer.Source { s.Key = "records/7-v2"; return s }
 	p.mu.Unlock()
 	dst := newDir(t)
 	d := p.downloader(t, nil)
@@ -27,7 +28,7 @@ func TestFetchRejectsBytesServedFromAnotherKey(t *testing.T) {
 	wantNothingAt(t, dst, "records/7-v1")
 
 	p.mu.Lock()
-	p.wrap = func(s transfer.Source) transfer.Source { s.Key = "records/7-v1"; return s }
+	p.wrap = func(s xfer.Source) xfer.Source { s.Key = "records/7-v1"; return s }
 	p.mu.Unlock()
 	res, err := d.Fetch(context.Background(), testReplicable, 7, dst, "records/7-v1", "")
 	if err != nil {

@@ -1,4 +1,4 @@
-package transfer
+package xfer
 
 import (
 	"context"
@@ -14,21 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
-
-// ErrRecordNotFound is returned (wrapped) by the Downloader when the
-// primary has no such record. It matches strategy.ErrNotFound too.
-var ErrRecordNotFound = fmt.Errorf("record not found on primary: %w", strategy.ErrNotFound)
-
-// ErrMissingOnPrimary is returned (wrapped) by the Downloader when the
-// record exists on the primary but its bytes do not. It matches
-// strategy.ErrBlobMissing too.
-var ErrMissingOnPrimary = fmt.Errorf("missing on primary: %w", strategy.ErrBlobMissing)
-
-// TransferPathPrefix is where the transfer endpoint lives on the primary:
-// GET and HEAD TransferPathPrefix + "{replicable}/{id}".
-const TransferPathPrefix = "/geo/v1/blobs/"
 
 // Headers of the transfer endpoint.
 const (
@@ -59,7 +47,7 @@ const (
 	// CodeBadKey (500) says the primary's adapter gave the record a
 	// storage key that fails ValidateKey: a defect of the primary's data
 	// or adapter, not an outage, and retrying does not help until it is
-	// fixed there. The Downloader returns ErrPrimaryAdapter for it.
+	// fixed there. The Downloader returns transfer.ErrPrimaryAdapter for it.
 	CodeBadKey   = "adapter_bad_key"
 	CodeInternal = "internal" // 500: anything else
 )
@@ -74,7 +62,7 @@ type ErrorBody struct {
 // TransferPath returns the path of record id of replicable on the transfer
 // endpoint.
 func TransferPath(replicable string, id int64) string {
-	return TransferPathPrefix + replicable + "/" + strconv.FormatInt(id, 10)
+	return transfer.TransferPathPrefix + replicable + "/" + strconv.FormatInt(id, 10)
 }
 
 // Source is what the transfer endpoint serves for one record.
@@ -114,8 +102,8 @@ type HandlerConfig struct {
 	// bytes before serving them, so every transfer can be checked end to
 	// end. An error is logged and treated as "none stored". Optional.
 	Checksum func(ctx context.Context, replicable string, id int64) (string, error)
-	// Secrets authenticates secondaries. Required.
-	Secrets Secrets
+	// transfer.Secrets authenticates secondaries. Required.
+	Secrets transfer.Secrets
 	// Logger receives one entry per request; nil means none.
 	Logger *zap.Logger
 	// Now is the clock for token checks; nil means time.Now.
@@ -127,7 +115,7 @@ type HandlerConfig struct {
 }
 
 // NewHandler returns the primary's transfer endpoint: GET and HEAD
-// TransferPathPrefix + "{replicable}/{id}", authenticated by Verifier.Verify.
+// transfer.TransferPathPrefix + "{replicable}/{id}", authenticated by Verifier.Verify.
 // It streams with http.ServeContent (Content-Length, Range, If-Range,
 // Last-Modified) and sets HeaderSize and, unless the request carried
 // HeaderChecksum, HeaderChecksum and an ETag (HandlerConfig.Checksum).
@@ -154,7 +142,7 @@ func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 		h.now = cfg.Now
 	}
 	mux := http.NewServeMux()
-	pattern := TransferPathPrefix + "{replicable}/{id}"
+	pattern := transfer.TransferPathPrefix + "{replicable}/{id}"
 	mux.HandleFunc("GET "+pattern, h.serveBlob) // GET patterns serve HEAD too
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, HEAD")

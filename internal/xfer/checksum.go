@@ -1,4 +1,4 @@
-package transfer
+package xfer
 
 import "crypto/sha256"
 

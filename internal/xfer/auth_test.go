@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/replicator/transfer"
 )
@@ -83,9 +84,9 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := p.logs.Len()
-			resp, body := p.get(t, "GET", transfer.TransferPath(testReplicable, 7), tc.header)
+			resp, body := p.get(t, "GET", xfer.TransferPath(testReplicable, 7), tc.header)
 			e := decodeError(t, body)
-			if resp.StatusCode != http.StatusUnauthorized || e.Code != transfer.CodeUnauthorized || e.Message != "unauthorized" {
+			if resp.StatusCode != http.StatusUnauthorized || e.Code != xfer.CodeUnauthorized || e.Message != "unauthorized" {
 				t.Errorf("GET = %d %+v, want 401 unauthorized (saying no more)", resp.StatusCode, e)
 			}
 			if strings.Contains(string(body), "secret record") {
@@ -94,7 +95,7 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 			token := tc.header[strings.LastIndex(tc.header, ":")+1:]
 			assertNoLeak(t, "response", string(body), secret, token)
 
-			_, err := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}.Verify(t.Context(), tc.header, testReplicable, 7)
+			_, err := xfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}.Verify(t.Context(), tc.header, testReplicable, 7)
 			if !errors.Is(err, transfer.ErrUnauthorized) {
 				t.Errorf("Verify = %v, want ErrUnauthorized", err)
 			} else {
@@ -111,7 +112,7 @@ func TestAuthRejectsBadTokens(t *testing.T) {
 	}
 
 	// The genuine token is accepted, once for its record only.
-	resp, _ := p.get(t, "GET", transfer.TransferPath(testReplicable, 7), "Geo AK1:"+good)
+	resp, _ := p.get(t, "GET", xfer.TransferPath(testReplicable, 7), "Geo AK1:"+good)
 	if resp.StatusCode != 200 {
 		t.Errorf("GET with a genuine token = %d, want 200", resp.StatusCode)
 	}
@@ -122,7 +123,7 @@ func TestDownloadWithWrongSecretIsUnauthorized(t *testing.T) {
 	p.add(1, []byte("x"))
 	sec := newDir(t)
 	wrong := newCreds(p.creds.Site, p.creds.AccessKey)
-	d := p.downloader(t, func(c *transfer.DownloaderConfig) { c.Credentials = wrong })
+	d := p.downloader(t, func(c *xfer.DownloaderConfig) { c.Credentials = wrong })
 	_, err := d.Fetch(t.Context(), testReplicable, 1, sec, "k", "")
 	if !errors.Is(err, transfer.ErrUnauthorized) {
 		t.Fatalf("Fetch with a wrong secret = %v, want ErrUnauthorized", err)
@@ -134,7 +135,7 @@ func TestDownloadWithWrongSecretIsUnauthorized(t *testing.T) {
 
 func TestVerifierClockSkew(t *testing.T) {
 	c := newCreds("site", "AK")
-	v := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
+	v := xfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
 	for _, tc := range []struct {
 		name string
 		skew time.Duration // signer's clock minus verifier's
@@ -142,7 +143,7 @@ func TestVerifierClockSkew(t *testing.T) {
 	}{{"InSync", 0, true}, {"SignerAheadWithinLeeway", 5 * time.Second, true}, {"SignerBehindWithinLeeway", -30 * time.Second, true},
 		{"SignerFarAhead", 2 * time.Minute, false}, {"SignerFarBehind", -2 * time.Minute, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := c.Authorization(testReplicable, 1, time.Now().Add(tc.skew))
+			h, err := xfer.Authorization(c, testReplicable, 1, time.Now().Add(tc.skew))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -166,10 +167,10 @@ func TestCredentialsNeverPrintTheSecret(t *testing.T) {
 // HMAC. Seeds include genuine tokens for other records.
 func FuzzParseToken(f *testing.F) {
 	c := transfer.Credentials{Site: "site", AccessKey: "AK", Secret: []byte(strings.Repeat("s", 32))}
-	v := transfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
+	v := xfer.Verifier{Secrets: transfer.NewStaticSecrets(c)}
 	now := time.Now()
-	other, _ := c.Authorization(testReplicable, 2, now)
-	otherType, _ := c.Authorization("upload", 1, now)
+	other, _ := xfer.Authorization(c, testReplicable, 2, now)
+	otherType, _ := xfer.Authorization(c, "upload", 1, now)
 	f.Add(other)
 	f.Add(otherType)
 	f.Add("")
@@ -181,7 +182,7 @@ func FuzzParseToken(f *testing.F) {
 	f.Add("geo AK:a.b.c")
 	f.Add("Geo AK:" + strings.Repeat("A", 5000))
 	f.Fuzz(func(t *testing.T, header string) {
-		accessKey, token, err := transfer.ParseAuthorization(header)
+		accessKey, token, err := xfer.ParseAuthorization(header)
 		if err == nil && (accessKey == "" || token == "") {
 			t.Fatalf("ParseAuthorization(%q) accepted an empty part", header)
 		}
@@ -217,7 +218,7 @@ func TestCredentialsPrintNoSecret(t *testing.T) {
 		"holder":                      holder{Name: "cfg", Creds: c, Ptr: &c, List: []transfer.Credentials{c}},
 		"embedding":                   embedding{Credentials: c, Port: 1},
 		"StaticSecrets":               transfer.NewStaticSecrets(c),
-		"transfer.DownloaderConfig":   transfer.DownloaderConfig{BaseURL: "http://127.0.0.1:1", Credentials: c},
+		"xfer.DownloaderConfig":       xfer.DownloaderConfig{BaseURL: "http://127.0.0.1:1", Credentials: c},
 		"replicator.SecondaryConfig":  replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
 		"*replicator.SecondaryConfig": &replicator.SecondaryConfig{PrimaryURL: "http://127.0.0.1:1", Credentials: c},
 	}

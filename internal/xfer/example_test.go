@@ -1,4 +1,4 @@
-package transfer_test
+package xfer_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/geoframework/geo/blob/dirblob"
+	"github.com/geoframework/geo/internal/xfer"
 	"github.com/geoframework/geo/replicator/transfer"
 	"github.com/geoframework/geo/strategy"
 )
@@ -31,20 +32,20 @@ func ExampleDownloader_Fetch() {
 	w.Commit(ctx)
 
 	creds := transfer.Credentials{Site: "eu-west", AccessKey: "AKEU1", Secret: []byte("0123456789abcdef0123456789abcdef")}
-	h, err := transfer.NewHandler(transfer.HandlerConfig{
+	h, err := xfer.NewHandler(xfer.HandlerConfig{
 		Secrets: transfer.NewStaticSecrets(creds),
-		Resolve: func(ctx context.Context, replicable string, id int64) (transfer.Source, error) {
+		Resolve: func(ctx context.Context, replicable string, id int64) (xfer.Source, error) {
 			if replicable != "package_file" {
-				return transfer.Source{}, strategy.ErrUnknownReplicable
+				return xfer.Source{}, strategy.ErrUnknownReplicable
 			}
 			if id != 1 {
-				return transfer.Source{}, strategy.ErrNotFound
+				return xfer.Source{}, strategy.ErrNotFound
 			}
 			r, err := primary.Open(ctx, "packages/1.tgz")
 			if err != nil {
-				return transfer.Source{}, strategy.ErrBlobMissing
+				return xfer.Source{}, strategy.ErrBlobMissing
 			}
-			return transfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: sum}, nil
+			return xfer.Source{Body: r, Size: r.Size(), ModTime: r.ModTime(), Checksum: sum}, nil
 		},
 	})
 	if err != nil {
@@ -53,7 +54,7 @@ func ExampleDownloader_Fetch() {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 
-	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: creds})
+	d, err := xfer.NewDownloader(xfer.DownloaderConfig{BaseURL: srv.URL, Credentials: creds})
 	if err != nil {
 		log.Fatal(err)
 	}
