@@ -647,7 +647,6 @@ func backfillStatus(p Progress) *BackfillStatus {
 	return b
 }
 
-
 // Capacity returns the configured sync capacity: per type and in total.
 func (s *Secondary) Capacity() (perType, total int) {
 	return s.cfg.SyncCapacityPerType, s.cfg.SyncCapacityTotal
