@@ -94,10 +94,9 @@ type Position struct {
 	ID int64
 }
 
-// Cursor is the former name of Position, kept while code written against
-// it moves to Position.
-//
-// Deprecated: use Position.
+// Cursor is an alias of Position, the type's name before Publish returned
+// one; it is kept only while code written against that name moves to
+// Position, and new code uses Position.
 type Cursor = Position
 
 // Compare returns -1 if p is before q, 0 if they are equal and +1 if p is
