@@ -53,14 +53,14 @@ func TestPublishInvalidatesPrimaryChecksums(t *testing.T) {
 	// A rolled-back update leaves the checksum alone.
 	tx, err := e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 1, ""))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 1, "")))
 	require.NoError(t, tx.Rollback())
 	r, _ = getChecksum(t, e, "upload", 1)
 	require.Equal(t, checksumRow{State: 2, Gen: gen, Checksum: sql.NullString{String: "aa", Valid: true}}, r)
 
 	tx, err = e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 1, "k"))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 1, "k")))
 	require.NoError(t, tx.Commit())
 	r, _ = getChecksum(t, e, "upload", 1)
 	require.Equal(t, int16(0), r.State, "updated: pending")
@@ -72,7 +72,7 @@ func TestPublishInvalidatesPrimaryChecksums(t *testing.T) {
 	gen2 := verified(2)
 	tx, err = e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.PublishMany(ctx, tx, "upload", events.OpUpdated, []int64{2, 3, 2}))
+	require.NoError(t, errOf(e.pub.PublishMany(ctx, tx, "upload", events.OpUpdated, []int64{2, 3, 2})))
 	require.NoError(t, tx.Commit())
 	r, _ = getChecksum(t, e, "upload", 2)
 	require.Equal(t, int16(0), r.State)
@@ -84,8 +84,8 @@ func TestPublishInvalidatesPrimaryChecksums(t *testing.T) {
 
 	tx, err = e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{ModelID: 2, BlobKey: "k2"}, {ModelID: 3, BlobKey: "k3"}}))
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpDeleted, 1, "k1"))
+	require.NoError(t, errOf(e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{ModelID: 2, BlobKey: "k2"}, {ModelID: 3, BlobKey: "k3"}})))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpDeleted, 1, "k1")))
 	require.NoError(t, tx.Commit())
 	for _, id := range []int64{1, 2, 3} {
 		_, ok = getChecksum(t, e, "upload", id)

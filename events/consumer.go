@@ -199,24 +199,16 @@ func (cfg *ConsumerConfig) validate() error {
 	return nil
 }
 
-// Cursor is a position in the outbox: the consumer has handled every event
-// at or before (XID, ID) in (XID, ID) order.
-type Cursor struct {
-	XID uint64
-	ID  int64
-}
-
-func (c Cursor) less(o Cursor) bool {
-	return c.XID < o.XID || (c.XID == o.XID && c.ID < o.ID)
-}
-
 // Stats is a snapshot of a Consumer's progress. Counters cover the life of
 // the Consumer value, not the persisted cursor.
 type Stats struct {
 	// Active is true while this Consumer holds the lock and consumes.
 	Active bool
-	// Cursor is the last position saved (zero before the first load).
-	Cursor Cursor
+	// Cursor is the last cursor saved (zero before the first load): every
+	// event at or before it has been handled, so a Position p that Publish
+	// returned is handled once !Cursor.Less(p) (see Position for exactly
+	// what that guarantees).
+	Cursor Position
 	// Consumed counts events the handler acknowledged.
 	Consumed int64
 	// SkippedUnknown counts events for replicable names Known rejected.
@@ -262,7 +254,7 @@ type Consumer struct {
 
 	// reported is the pruned mark OnFellBehind was last called for;
 	// only Run's goroutine uses it.
-	reported *Cursor
+	reported *Position
 
 	mu    sync.Mutex
 	stats Stats
@@ -408,7 +400,7 @@ func backoff(poll time.Duration, failures int) time.Duration {
 // consume runs the read loop while conn holds the lock. It returns ctx's
 // error when ctx ends, or a *lockError when the lock connection fails.
 func (c *Consumer) consume(ctx context.Context, conn *sql.Conn, wake <-chan struct{}) error {
-	var cur Cursor
+	var cur Position
 	for failures := 0; ; {
 		var err error
 		cur, err = c.loadCursor(ctx, conn)
@@ -475,25 +467,25 @@ func (c *Consumer) consume(ctx context.Context, conn *sql.Conn, wake <-chan stru
 // xmin is cluster-wide: events of transactions newer than the oldest one
 // running at that moment are delivered even if they had committed (never
 // too few, possibly a few more than strictly new).
-func (c *Consumer) loadCursor(ctx context.Context, conn *sql.Conn) (Cursor, error) {
+func (c *Consumer) loadCursor(ctx context.Context, conn *sql.Conn) (Position, error) {
 	var xid string
-	var cur Cursor
+	var cur Position
 	err := conn.QueryRowContext(ctx, `SELECT xid::text, id FROM geo_event_cursor WHERE consumer = $1`, c.cfg.Name).Scan(&xid, &cur.ID)
 	if err == nil {
 		cur.XID, err = parseXID8(xid)
 		return cur, err
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
-		return Cursor{}, &lockError{fmt.Errorf("events: load cursor: %w", err)}
+		return Position{}, &lockError{fmt.Errorf("events: load cursor: %w", err)}
 	}
 	if err := c.cfg.Source.QueryRowContext(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&xid); err != nil {
-		return Cursor{}, fmt.Errorf("events: read the source's snapshot xmin: %w", err)
+		return Position{}, fmt.Errorf("events: read the source's snapshot xmin: %w", err)
 	}
 	if cur.XID, err = parseXID8(xid); err != nil {
-		return Cursor{}, err
+		return Position{}, err
 	}
 	if err := c.saveCursor(ctx, conn, cur); err != nil {
-		return Cursor{}, err
+		return Position{}, err
 	}
 	c.log.Info("events: first start: consuming from the current end of the log; earlier events are backfill's",
 		zap.Uint64("xid", cur.XID))
@@ -503,7 +495,7 @@ func (c *Consumer) loadCursor(ctx context.Context, conn *sql.Conn) (Cursor, erro
 // saveCursor writes cur through the lock connection: a write can only
 // succeed while this session holds the lock. It outlives ctx's
 // cancellation briefly, since the events it acknowledges were handled.
-func (c *Consumer) saveCursor(ctx context.Context, conn *sql.Conn, cur Cursor) error {
+func (c *Consumer) saveCursor(ctx context.Context, conn *sql.Conn, cur Position) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
 	defer cancel()
 	_, err := conn.ExecContext(ctx, `INSERT INTO geo_event_cursor (consumer, xid, id, updated_at)
@@ -562,14 +554,14 @@ func (c *Consumer) reportSkipped(reason string, n int64) {
 
 // step reads one batch and, if the handler accepts it, advances the
 // cursor. more reports that a full batch was read.
-func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more bool, err error) {
+func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Position) (more bool, err error) {
 	raws, mark, xmin, err := c.fetch(ctx, *cur)
 	if err != nil {
 		return false, err
 	}
 	c.update(func(s *Stats) { s.Polls++ })
 
-	if mark != nil && cur.less(*mark) {
+	if mark != nil && cur.Less(*mark) {
 		if c.reported == nil || *c.reported != *mark {
 			c.fellBehind(ctx, *cur, *mark)
 			c.reported = mark
@@ -616,7 +608,7 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 		}
 	}
 	last := raws[len(raws)-1]
-	next := Cursor{ID: last.ID}
+	next := Position{ID: last.ID}
 	next.XID, _ = parseXID8(last.XID) // rows with a bad xid are skipped above; ordering came from SQL
 	if err := c.saveCursor(ctx, conn, next); err != nil {
 		return false, err
@@ -648,7 +640,7 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Cursor) (more 
 
 // fetch reads the next batch after cur, the pruned mark (nil when none)
 // and the snapshot's xmin, all in one snapshot.
-func (c *Consumer) fetch(ctx context.Context, cur Cursor) (_ []rawEvent, mark *Cursor, xmin uint64, _ error) {
+func (c *Consumer) fetch(ctx context.Context, cur Position) (_ []rawEvent, mark *Position, xmin uint64, _ error) {
 	rows, err := c.cfg.Source.QueryContext(ctx, fetchQuery, fmt.Sprint(cur.XID), cur.ID, c.cfg.BatchSize)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("events: read outbox: %w", err)
@@ -675,7 +667,7 @@ func (c *Consumer) fetch(ctx context.Context, cur Cursor) (_ []rawEvent, mark *C
 			if err != nil {
 				return nil, nil, 0, err
 			}
-			mark = &Cursor{XID: x, ID: *pid}
+			mark = &Position{XID: x, ID: *pid}
 		}
 		if eid == nil {
 			continue // no event: the one row carrying the mark and the xmin
@@ -718,7 +710,7 @@ func (c *Consumer) handle(ctx context.Context, batch []Event) (err error) {
 // not read are gone (see ConsumerConfig.OnFellBehind for what that loses).
 // It does not move the cursor: step does, once nothing before the mark is
 // left to deliver.
-func (c *Consumer) fellBehind(ctx context.Context, cur, mark Cursor) {
+func (c *Consumer) fellBehind(ctx context.Context, cur, mark Position) {
 	c.log.Error("events: consumer fell behind the retained event log: events were pruned before it read them; "+
 		"the events still retained are delivered, but the pruned ones are lost: a consistency pass restores missed "+
 		"creates and deletes, not missed updates (resync the types' rows: geoctl resync --all)",
@@ -746,7 +738,7 @@ const lagQuery = `SELECT count(*), min(created_at) FROM (
 	LIMIT $3
 ) AS s`
 
-func (c *Consumer) refreshLag(ctx context.Context, cur Cursor) {
+func (c *Consumer) refreshLag(ctx context.Context, cur Position) {
 	var n int64
 	var oldest *time.Time
 	err := c.cfg.Source.QueryRowContext(ctx, lagQuery, fmt.Sprint(cur.XID), cur.ID, lagCountCap).Scan(&n, &oldest)

@@ -120,12 +120,12 @@ func publishTx(ctx context.Context, e *env, rng *rand.Rand, ids []int64, rollbac
 	switch rng.IntN(3) {
 	case 0:
 		for _, id := range ids {
-			if err := e.pub.Publish(ctx, tx, name, events.OpUpdated, id, ""); err != nil {
+			if _, err := e.pub.Publish(ctx, tx, name, events.OpUpdated, id, ""); err != nil {
 				return err
 			}
 		}
 	case 1:
-		if err := e.pub.PublishMany(ctx, tx, name, events.OpCreated, ids); err != nil {
+		if _, err := e.pub.PublishMany(ctx, tx, name, events.OpCreated, ids); err != nil {
 			return err
 		}
 	default:
@@ -133,7 +133,7 @@ func publishTx(ctx context.Context, e *env, rng *rand.Rand, ids []int64, rollbac
 		for i, id := range ids {
 			items[i] = events.Deleted{ModelID: id, BlobKey: fmt.Sprintf("k/%d", id)}
 		}
-		if err := e.pub.PublishDeleted(ctx, tx, name, items); err != nil {
+		if _, err := e.pub.PublishDeleted(ctx, tx, name, items); err != nil {
 			return err
 		}
 	}

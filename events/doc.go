@@ -27,6 +27,15 @@
 // only tells the secondary to re-check a record, so handlers are
 // idempotent and the truth is re-read from the primary.
 //
+// # Positions
+//
+// Publish returns the Position (xid, id) of the event it wrote, and a
+// Consumer's cursor is a Position: once the publishing transaction has
+// committed, a cursor at or past it means the event, and every committed
+// event before it, has been handled (see Position for the exact guarantee
+// and its limits). Positions travel over HTTP in PositionHeader, in the
+// text form ParsePosition reads.
+//
 // One Consumer per tracking database and name is active, under a
 // PostgreSQL session advisory lock; others wait and take over. A new
 // consumer starts at the end of the log: earlier records are the

@@ -70,6 +70,10 @@ type Event struct {
 	CreatedAt time.Time
 }
 
+// Position returns the event's place in the outbox, (XID, ID): the
+// Position Publish returned when it wrote the event.
+func (e Event) Position() Position { return Position{XID: e.XID, ID: e.ID} }
+
 // ErrMalformed marks an outbox row the consumer cannot deliver: an unknown
 // op, a model id that is not positive, an OpDeleted event without a blob key,
 // or a payload that is not valid JSON. The consumer logs and skips such rows.

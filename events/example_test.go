@@ -27,12 +27,17 @@ func ExamplePublisher_Publish() {
 	if err := tx.GetContext(ctx, &id, `INSERT INTO package_files (path) VALUES ($1) RETURNING id`, "p/1.tgz"); err != nil {
 		log.Fatal(err)
 	}
-	if err := pub.Publish(ctx, tx, "package_file", events.OpCreated, id, "p/1.tgz"); err != nil {
+	pos, err := pub.Publish(ctx, tx, "package_file", events.OpCreated, id, "p/1.tgz")
+	if err != nil {
 		log.Fatal(err)
 	}
 	if err := tx.Commit(); err != nil {
 		log.Fatal(err)
 	}
+	// Once committed, pos is what a secondary's consumer must reach for
+	// this write to be handled there; hand it to the client, for example
+	// in the events.PositionHeader of the response.
+	log.Printf("%s: %s", events.PositionHeader, pos)
 }
 
 // On a secondary, the consumer reads the outbox from a hot standby of the

@@ -30,7 +30,7 @@ type Lag struct {
 // read only), how far cur is behind the outbox at time now. It is what an
 // admin tool uses when it has only a saved cursor (registry EventCursors)
 // and not a running Consumer's Stats. It costs one bounded index scan.
-func ReadLag(ctx context.Context, source *sqlx.DB, cur Cursor, now time.Time) (Lag, error) {
+func ReadLag(ctx context.Context, source *sqlx.DB, cur Position, now time.Time) (Lag, error) {
 	var (
 		lag    Lag
 		oldest sql.NullTime
@@ -52,7 +52,7 @@ FROM (`+lagQuery+`) l`, fmt.Sprint(cur.XID), cur.ID, lagCountCap).Scan(&lag.Even
 		if err != nil {
 			return Lag{}, err
 		}
-		lag.FellBehind = cur.less(Cursor{XID: x, ID: pid.Int64})
+		lag.FellBehind = cur.Less(Position{XID: x, ID: pid.Int64})
 	}
 	return lag, nil
 }

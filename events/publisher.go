@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/lib/pq"
@@ -15,11 +16,13 @@ import (
 // hint for consumers, never the way events are delivered.
 const NotifyChannel = "geo_events"
 
-// Execer is the part of a database handle the Publisher needs. *sql.Tx,
-// *sqlx.Tx, *sql.DB and *sqlx.DB satisfy it. Pass the transaction that
-// changes the application's own rows: see Publisher.
-type Execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+// Querier is the part of a database handle the Publisher needs: one
+// statement that returns a row (the Position of what it wrote). *sql.Tx,
+// *sql.Conn, *sql.DB, *sqlx.Tx, *sqlx.DB and sqlx.ExtContext satisfy it.
+// Pass the transaction that changes the application's own rows: see
+// Publisher.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
 // Deleted describes one deleted record for Publisher.PublishDeleted.
@@ -78,9 +81,12 @@ func (p *Publisher) check(replicable string) error {
 	return nil
 }
 
-// The data-modifying CTEs always run to completion; the outer SELECT queues
-// the wake-up notification in the same statement (one round trip).
-// PostgreSQL folds identical notifications of one transaction into one.
+// The data-modifying CTEs always run to completion; the outer SELECT
+// (returnPosition) returns the Position of the greatest event written
+// (every event of a statement has the transaction's xid, so that is the
+// one with the greatest id) and queues the wake-up notification, in the
+// same statement (one round trip). PostgreSQL folds identical
+// notifications of one transaction into one.
 //
 // Each statement also invalidates the primary's checksum of the records in
 // the same transaction (geo_checksums, see registry.ChecksumStore): a
@@ -90,11 +96,14 @@ func (p *Publisher) check(replicable string) error {
 // deduplicated and sorted so that concurrent publishers lock checksum rows
 // in the same order.
 const (
+	returnPosition = `SELECT p.xid::text, p.id
+FROM (SELECT xid, id FROM ins ORDER BY id DESC LIMIT 1) AS p, pg_notify('` + NotifyChannel + `', '') AS n`
+
 	insertOne = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id, blob_key)
 	VALUES ($1, $2, $3, NULLIF($4, ''))
-	RETURNING 1), ` + upsertOneChecksum + `
-SELECT pg_notify('` + NotifyChannel + `', '')`
+	RETURNING xid, id), ` + upsertOneChecksum + `
+` + returnPosition
 
 	upsertOneChecksum = `ck AS (
 	INSERT INTO geo_checksums AS c (replicable, model_id) VALUES ($1, $3)
@@ -106,16 +115,16 @@ SELECT pg_notify('` + NotifyChannel + `', '')`
 	deleteOne = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id, blob_key)
 	VALUES ($1, $2, $3, NULLIF($4, ''))
-	RETURNING 1), ck AS (
+	RETURNING xid, id), ck AS (
 	DELETE FROM geo_checksums WHERE replicable = $1 AND model_id = $3
 	RETURNING 1)
-SELECT pg_notify('` + NotifyChannel + `', '')`
+` + returnPosition
 
 	insertMany = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id)
 	SELECT $1, $2, u.id FROM unnest($3::bigint[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n
-	RETURNING 1), ` + upsertManyChecksums + `
-SELECT pg_notify('` + NotifyChannel + `', '')`
+	RETURNING xid, id), ` + upsertManyChecksums + `
+` + returnPosition
 
 	upsertManyChecksums = `ck AS (
 	INSERT INTO geo_checksums AS c (replicable, model_id)
@@ -128,10 +137,10 @@ SELECT pg_notify('` + NotifyChannel + `', '')`
 	insertDeleted = `WITH ins AS (
 	INSERT INTO geo_events (replicable, op, model_id, blob_key)
 	SELECT $1, 3, u.id, u.key FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS u(id, key, n) ORDER BY u.n
-	RETURNING 1), ck AS (
+	RETURNING xid, id), ck AS (
 	DELETE FROM geo_checksums WHERE replicable = $1 AND model_id = ANY($2::bigint[])
 	RETURNING 1)
-SELECT pg_notify('` + NotifyChannel + `', '')`
+` + returnPosition
 )
 
 // Publish writes one event for record modelID of type replicable inside tx
@@ -149,83 +158,128 @@ SELECT pg_notify('` + NotifyChannel + `', '')`
 // not valid or modelID is not positive. blobKey may be empty for
 // OpCreated and OpUpdated (the secondary looks the key up). Nothing is
 // written when an error is returned before the statement runs.
-func (p *Publisher) Publish(ctx context.Context, tx Execer, replicable string, op Op, modelID int64, blobKey string) error {
+//
+// It returns the Position of the event it wrote (the zero Position with
+// an error). The Position is known before tx commits and means something
+// only if it does: a Consumer whose cursor is at or past it has handled
+// the event (see Position for exactly what that guarantees). Several
+// publishes in one transaction return increasing Positions.
+func (p *Publisher) Publish(ctx context.Context, tx Querier, replicable string, op Op, modelID int64, blobKey string) (Position, error) {
 	if err := p.check(replicable); err != nil {
-		return err
+		return Position{}, err
 	}
 	if !op.Valid() {
-		return fmt.Errorf("events: publish %s %d: invalid %v", replicable, modelID, op)
+		return Position{}, fmt.Errorf("events: publish %s %d: invalid %v", replicable, modelID, op)
 	}
 	if modelID <= 0 {
-		return fmt.Errorf("events: publish %s %v: model id %d, want > 0", replicable, op, modelID)
+		return Position{}, fmt.Errorf("events: publish %s %v: model id %d, want > 0", replicable, op, modelID)
 	}
 	if err := checkPublishKey(op, blobKey); err != nil {
-		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
+		return Position{}, fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
 	}
 	query := insertOne
 	if op == OpDeleted {
 		query = deleteOne
 	}
-	if _, err := tx.ExecContext(ctx, query, replicable, int16(op), modelID, blobKey); err != nil {
-		return fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
+	pos, err := write(ctx, tx, query, replicable, int16(op), modelID, blobKey)
+	if err != nil {
+		return Position{}, fmt.Errorf("events: publish %s %v %d: %w", replicable, op, modelID, err)
 	}
-	return nil
+	return pos, nil
 }
 
 // PublishMany writes one OpCreated or OpUpdated event per id, in one
 // statement, inside tx, and invalidates their primary checksums as Publish
 // does (the same statement). OpDeleted is refused: deletes need blob keys, use
-// PublishDeleted. Every id must be > 0. An empty ids writes nothing.
-// Errors are as for Publish.
-func (p *Publisher) PublishMany(ctx context.Context, tx Execer, replicable string, op Op, ids []int64) error {
+// PublishDeleted. Every id must be > 0. It returns the Position of the
+// last (the greatest) event written: every event up to it is handled once
+// a Consumer's cursor is at or past it. An empty ids writes nothing and
+// returns the zero Position. Errors are as for Publish.
+func (p *Publisher) PublishMany(ctx context.Context, tx Querier, replicable string, op Op, ids []int64) (Position, error) {
 	if err := p.check(replicable); err != nil {
-		return err
+		return Position{}, err
 	}
 	if op != OpCreated && op != OpUpdated {
-		return fmt.Errorf("events: publish many %s: %v, want created or updated (deletes need keys: PublishDeleted)", replicable, op)
+		return Position{}, fmt.Errorf("events: publish many %s: %v, want created or updated (deletes need keys: PublishDeleted)", replicable, op)
 	}
 	for _, id := range ids {
 		if id <= 0 {
-			return fmt.Errorf("events: publish many %s %v: model id %d, want > 0", replicable, op, id)
+			return Position{}, fmt.Errorf("events: publish many %s %v: model id %d, want > 0", replicable, op, id)
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return Position{}, nil
 	}
-	if _, err := tx.ExecContext(ctx, insertMany, replicable, int16(op), pq.Array(ids)); err != nil {
-		return fmt.Errorf("events: publish many %s %v (%d ids): %w", replicable, op, len(ids), err)
+	pos, err := write(ctx, tx, insertMany, replicable, int16(op), pq.Array(ids))
+	if err != nil {
+		return Position{}, fmt.Errorf("events: publish many %s %v (%d ids): %w", replicable, op, len(ids), err)
 	}
-	return nil
+	return pos, nil
 }
 
 // PublishDeleted writes one OpDeleted event per item, in one statement,
 // inside tx, and removes their primary checksum rows (the same statement).
 // Every item needs ModelID > 0 and a BlobKey that passes
-// strategy.ValidateKey (the error then matches strategy.ErrInvalidKey). An
-// empty items writes nothing; an invalid item writes none of them. Errors
-// are as for Publish.
-func (p *Publisher) PublishDeleted(ctx context.Context, tx Execer, replicable string, items []Deleted) error {
+// strategy.ValidateKey (the error then matches strategy.ErrInvalidKey). It
+// returns the Position of the last (the greatest) event written, as
+// PublishMany does. An empty items writes nothing and returns the zero
+// Position; an invalid item writes none of them. Errors are as for
+// Publish.
+func (p *Publisher) PublishDeleted(ctx context.Context, tx Querier, replicable string, items []Deleted) (Position, error) {
 	if err := p.check(replicable); err != nil {
-		return err
+		return Position{}, err
 	}
 	if len(items) == 0 {
-		return nil
+		return Position{}, nil
 	}
 	ids := make([]int64, len(items))
 	keys := make([]string, len(items))
 	for i, it := range items {
 		if it.ModelID <= 0 {
-			return fmt.Errorf("events: publish deleted %s: model id %d, want > 0", replicable, it.ModelID)
+			return Position{}, fmt.Errorf("events: publish deleted %s: model id %d, want > 0", replicable, it.ModelID)
 		}
 		if err := checkPublishKey(OpDeleted, it.BlobKey); err != nil {
-			return fmt.Errorf("events: publish deleted %s %d: %w", replicable, it.ModelID, err)
+			return Position{}, fmt.Errorf("events: publish deleted %s %d: %w", replicable, it.ModelID, err)
 		}
 		ids[i], keys[i] = it.ModelID, it.BlobKey
 	}
-	if _, err := tx.ExecContext(ctx, insertDeleted, replicable, pq.Array(ids), pq.Array(keys)); err != nil {
-		return fmt.Errorf("events: publish deleted %s (%d items): %w", replicable, len(items), err)
+	pos, err := write(ctx, tx, insertDeleted, replicable, pq.Array(ids), pq.Array(keys))
+	if err != nil {
+		return Position{}, fmt.Errorf("events: publish deleted %s (%d items): %w", replicable, len(items), err)
 	}
-	return nil
+	return pos, nil
+}
+
+// write runs one of the publish statements, which reports the Position of
+// the greatest event it wrote.
+func write(ctx context.Context, tx Querier, query string, args ...any) (Position, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return Position{}, err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return Position{}, err
+		}
+		return Position{}, errors.New("the statement returned no position")
+	}
+	var xid string
+	var pos Position
+	if err := rows.Scan(&xid, &pos.ID); err != nil {
+		return Position{}, err
+	}
+	if pos.XID, err = parseXID8(xid); err != nil {
+		return Position{}, err
+	}
+	// PostgreSQL runs a statement with data-modifying CTEs to completion
+	// before it sends the row, so a failure anywhere in it (the checksum
+	// CTE's included) arrives instead of the row (QueryContext or rows.Err
+	// reports it); Close would report one coming after the row.
+	if err := rows.Close(); err != nil {
+		return Position{}, err
+	}
+	return pos, nil
 }
 
 // checkPublishKey is the publisher's key rule, stricter than the

@@ -40,20 +40,20 @@ func TestPublishRefusesBadEvents(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	db := e.primary
-	assert.ErrorIs(t, e.pub.Publish(ctx, db, "nope", events.OpCreated, 1, ""), strategy.ErrUnknownReplicable)
-	assert.ErrorIs(t, e.pub.PublishMany(ctx, db, "nope", events.OpCreated, []int64{1}), strategy.ErrUnknownReplicable)
-	assert.ErrorIs(t, e.pub.PublishDeleted(ctx, db, "nope", []events.Deleted{{1, "k"}}), strategy.ErrUnknownReplicable)
-	assert.Error(t, e.pub.Publish(ctx, db, "upload", events.OpDeleted, 1, ""), "deleted without key")
-	assert.Error(t, e.pub.Publish(ctx, db, "upload", events.OpCreated, 0, ""), "id 0")
-	assert.Error(t, e.pub.Publish(ctx, db, "upload", events.OpCreated, -1, ""), "id -1")
-	assert.Error(t, e.pub.Publish(ctx, db, "upload", events.Op(4), 1, ""), "op 4")
-	assert.Error(t, e.pub.Publish(ctx, db, "upload", events.OpUpdated, 1, "a\x00b"), "NUL in key")
-	assert.Error(t, e.pub.PublishMany(ctx, db, "upload", events.OpDeleted, []int64{1}), "many deleted")
-	assert.Error(t, e.pub.PublishMany(ctx, db, "upload", events.OpCreated, []int64{1, 0}), "many id 0")
-	assert.Error(t, e.pub.PublishDeleted(ctx, db, "upload", []events.Deleted{{1, "k"}, {2, ""}}), "deleted item without key")
-	assert.Error(t, e.pub.PublishDeleted(ctx, db, "upload", []events.Deleted{{0, "k"}}), "deleted item id 0")
-	require.NoError(t, e.pub.PublishMany(ctx, db, "upload", events.OpCreated, nil))
-	require.NoError(t, e.pub.PublishDeleted(ctx, db, "upload", nil))
+	assert.ErrorIs(t, errOf(e.pub.Publish(ctx, db, "nope", events.OpCreated, 1, "")), strategy.ErrUnknownReplicable)
+	assert.ErrorIs(t, errOf(e.pub.PublishMany(ctx, db, "nope", events.OpCreated, []int64{1})), strategy.ErrUnknownReplicable)
+	assert.ErrorIs(t, errOf(e.pub.PublishDeleted(ctx, db, "nope", []events.Deleted{{1, "k"}})), strategy.ErrUnknownReplicable)
+	assert.Error(t, errOf(e.pub.Publish(ctx, db, "upload", events.OpDeleted, 1, "")), "deleted without key")
+	assert.Error(t, errOf(e.pub.Publish(ctx, db, "upload", events.OpCreated, 0, "")), "id 0")
+	assert.Error(t, errOf(e.pub.Publish(ctx, db, "upload", events.OpCreated, -1, "")), "id -1")
+	assert.Error(t, errOf(e.pub.Publish(ctx, db, "upload", events.Op(4), 1, "")), "op 4")
+	assert.Error(t, errOf(e.pub.Publish(ctx, db, "upload", events.OpUpdated, 1, "a\x00b")), "NUL in key")
+	assert.Error(t, errOf(e.pub.PublishMany(ctx, db, "upload", events.OpDeleted, []int64{1})), "many deleted")
+	assert.Error(t, errOf(e.pub.PublishMany(ctx, db, "upload", events.OpCreated, []int64{1, 0})), "many id 0")
+	assert.Error(t, errOf(e.pub.PublishDeleted(ctx, db, "upload", []events.Deleted{{1, "k"}, {2, ""}})), "deleted item without key")
+	assert.Error(t, errOf(e.pub.PublishDeleted(ctx, db, "upload", []events.Deleted{{0, "k"}})), "deleted item id 0")
+	require.NoError(t, errOf(e.pub.PublishMany(ctx, db, "upload", events.OpCreated, nil)))
+	require.NoError(t, errOf(e.pub.PublishDeleted(ctx, db, "upload", nil)))
 	assert.Empty(t, e.outboxIDs(t))
 }
 
@@ -69,15 +69,15 @@ func TestPublishIsTransactional(t *testing.T) {
 
 	tx, err := e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpCreated, 1, ""))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpCreated, 1, "")))
 	require.NoError(t, tx.Rollback())
 	assert.Empty(t, e.outboxIDs(t), "rolled back")
 
 	tx, err = e.primary.BeginTxx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 2, "u/2"))
-	require.NoError(t, e.pub.PublishMany(ctx, tx, "upload", events.OpCreated, []int64{3, 4}))
-	require.NoError(t, e.pub.PublishDeleted(ctx, tx, "package_file", []events.Deleted{{5, "p/5"}, {6, "p/6"}}))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 2, "u/2")))
+	require.NoError(t, errOf(e.pub.PublishMany(ctx, tx, "upload", events.OpCreated, []int64{3, 4})))
+	require.NoError(t, errOf(e.pub.PublishDeleted(ctx, tx, "package_file", []events.Deleted{{5, "p/5"}, {6, "p/6"}})))
 	require.NoError(t, tx.Commit())
 	select {
 	case n := <-l.Notify:
@@ -116,19 +116,19 @@ func TestPublishRefusesInvalidKeys(t *testing.T) {
 	defer tx.Rollback()
 	for _, key := range hostile {
 		for _, op := range []events.Op{events.OpCreated, events.OpUpdated, events.OpDeleted} {
-			err := e.pub.Publish(ctx, tx, "upload", op, 1, key)
+			_, err := e.pub.Publish(ctx, tx, "upload", op, 1, key)
 			assert.ErrorIs(t, err, strategy.ErrInvalidKey, "Publish %v with key %q", op, key)
 		}
-		err := e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, "ok/1"}, {2, key}})
+		_, err := e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, "ok/1"}, {2, key}})
 		assert.ErrorIs(t, err, strategy.ErrInvalidKey, "PublishDeleted with key %q", key)
 	}
-	assert.ErrorIs(t, e.pub.Publish(ctx, tx, "upload", events.OpDeleted, 1, ""), strategy.ErrInvalidKey, "deleted without a key")
-	assert.ErrorIs(t, e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, ""}}), strategy.ErrInvalidKey, "deleted item without a key")
+	assert.ErrorIs(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpDeleted, 1, "")), strategy.ErrInvalidKey, "deleted without a key")
+	assert.ErrorIs(t, errOf(e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{1, ""}})), strategy.ErrInvalidKey, "deleted item without a key")
 
 	// Still allowed: no key for created and updated, and valid keys.
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpCreated, 3, ""))
-	require.NoError(t, e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 4, "u/..4/.x"))
-	require.NoError(t, e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{5, "u/5"}}))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpCreated, 3, "")))
+	require.NoError(t, errOf(e.pub.Publish(ctx, tx, "upload", events.OpUpdated, 4, "u/..4/.x")))
+	require.NoError(t, errOf(e.pub.PublishDeleted(ctx, tx, "upload", []events.Deleted{{5, "u/5"}})))
 	require.NoError(t, tx.Commit(), "the application's transaction is still usable after refused publishes")
 	var models []int64
 	require.NoError(t, e.primary.Select(&models, `SELECT model_id FROM geo_events ORDER BY id`))

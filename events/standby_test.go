@@ -70,7 +70,7 @@ func TestConsumerOnHotStandby(t *testing.T) {
 
 	publish := func(db sqlx.ExtContext, ids ...int64) {
 		for _, id := range ids {
-			require.NoError(t, pub.Publish(ctx, db, "package_file", events.OpCreated, id, fmt.Sprint("k/", id)))
+			require.NoError(t, errOf(pub.Publish(ctx, db, "package_file", events.OpCreated, id, fmt.Sprint("k/", id))))
 		}
 	}
 	tx, err := pdb.BeginTxx(ctx, nil)

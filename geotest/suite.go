@@ -1249,7 +1249,8 @@ func (s *suite) reusedAfterDelete(c *clause) {
 	tx, err := app.DB.BeginTxx(c.ctx, nil)
 	c.check(err, "begin")
 	defer tx.Rollback()
-	c.check(app.Publisher.Publish(c.ctx, tx, sec.Name(), events.OpDeleted, a, key), "publish the late deleted event")
+	_, err = app.Publisher.Publish(c.ctx, tx, sec.Name(), events.OpDeleted, a, key)
+	c.check(err, "publish the late deleted event")
 	c.check(tx.Commit(), "commit the late deleted event")
 	c.waitEventConsumed(w, r, sec.Name(), events.OpDeleted, a)
 	if ok, got := c.syncedWith(w, sec, b, x); !ok {

@@ -409,7 +409,7 @@ func TestSuiteCatchesBrokenSharedKeys(t *testing.T) {
 				if err := tx.GetContext(ctx, &id, `INSERT INTO lfs_objects (project_id, oid, size) VALUES (1, $1, $2) RETURNING id`, oid, len(b)); err != nil {
 					return 0, err
 				}
-				if err := a.Publisher.Publish(ctx, tx, lfs.Name, events.OpCreated, id, lfs.Key(oid)); err != nil {
+				if _, err := a.Publisher.Publish(ctx, tx, lfs.Name, events.OpCreated, id, lfs.Key(oid)); err != nil {
 					return 0, err
 				}
 				return id, tx.Commit()

@@ -483,7 +483,7 @@ func readEventStatus(ctx context.Context, store *regstore.Store, opts StatusOpti
 		if opts.Primary == nil {
 			return nil
 		}
-		lag, err := events.ReadLag(ctx, opts.Primary, events.Cursor{XID: c.XID, ID: c.ID}, opts.Now())
+		lag, err := events.ReadLag(ctx, opts.Primary, events.Position{XID: c.XID, ID: c.ID}, opts.Now())
 		if err != nil {
 			return fmt.Errorf("replicator: status: %w", err)
 		}

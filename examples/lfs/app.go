@@ -106,7 +106,7 @@ func (o Objects) Store(ctx context.Context, project int64, oid string, size int6
 			project, oid, size); err != nil {
 			return wrote, fmt.Errorf("lfs: insert: %w", err)
 		}
-		if err := o.Publisher.Publish(ctx, tx, Name, events.OpCreated, id, Key(oid)); err != nil {
+		if _, err := o.Publisher.Publish(ctx, tx, Name, events.OpCreated, id, Key(oid)); err != nil {
 			return wrote, fmt.Errorf("lfs: publish: %w", err)
 		}
 		return wrote, nil
@@ -143,7 +143,7 @@ func (o Objects) Repoint(ctx context.Context, id int64, oid string, size int64, 
 		if _, err := tx.ExecContext(ctx, `UPDATE lfs_objects SET oid = $2, size = $3 WHERE id = $1`, id, oid, size); err != nil {
 			return wrote, fmt.Errorf("lfs object %d: update: %w", id, err)
 		}
-		if err := o.Publisher.Publish(ctx, tx, Name, events.OpUpdated, id, Key(oid)); err != nil {
+		if _, err := o.Publisher.Publish(ctx, tx, Name, events.OpUpdated, id, Key(oid)); err != nil {
 			return wrote, fmt.Errorf("lfs object %d: publish: %w", id, err)
 		}
 		return wrote, nil
@@ -172,7 +172,7 @@ func (o Objects) Delete(ctx context.Context, id int64) error {
 		if err != nil {
 			return false, fmt.Errorf("lfs object %d: delete: %w", id, err)
 		}
-		if err := o.Publisher.Publish(ctx, tx, Name, events.OpDeleted, id, Key(oid)); err != nil {
+		if _, err := o.Publisher.Publish(ctx, tx, Name, events.OpDeleted, id, Key(oid)); err != nil {
 			return false, fmt.Errorf("lfs object %d: publish: %w", id, err)
 		}
 		return false, nil

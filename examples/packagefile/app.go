@@ -69,7 +69,7 @@ func (a *App) AddFile(ctx context.Context, project int64, name, version, fileNam
 	if err := a.write(ctx, key, data); err != nil {
 		return 0, err
 	}
-	if err := a.Publisher.Publish(ctx, tx, "package_file", events.OpCreated, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, "package_file", events.OpCreated, id, key); err != nil {
 		return 0, err
 	}
 	return id, tx.Commit()
@@ -92,7 +92,7 @@ func (a *App) ReplaceFile(ctx context.Context, id int64, data []byte) error {
 	if err := a.write(ctx, key, data); err != nil {
 		return err
 	}
-	if err := a.Publisher.Publish(ctx, tx, "package_file", events.OpUpdated, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, "package_file", events.OpUpdated, id, key); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -112,7 +112,7 @@ func (a *App) DeleteFile(ctx context.Context, id int64) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM package_files WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("packagefile: delete file: %w", err)
 	}
-	if err := a.Publisher.Publish(ctx, tx, "package_file", events.OpDeleted, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, "package_file", events.OpDeleted, id, key); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {

@@ -138,7 +138,7 @@ func (s Uploads) Create(ctx context.Context, modelType string, modelID int64, fi
 	if err != nil {
 		return u, fmt.Errorf("upload: insert: %w", err)
 	}
-	if err = s.Publisher.Publish(ctx, tx, Name, events.OpCreated, u.ID, u.Key()); err != nil {
+	if _, err = s.Publisher.Publish(ctx, tx, Name, events.OpCreated, u.ID, u.Key()); err != nil {
 		return u, fmt.Errorf("upload: publish: %w", err)
 	}
 	return u, tx.Commit()
@@ -169,7 +169,7 @@ func (s Uploads) Replace(ctx context.Context, id int64, body io.Reader) (u Uploa
 		id, u.Secret, u.Size, u.SHA256); err != nil {
 		return u, fmt.Errorf("upload %d: update: %w", id, err)
 	}
-	if err = s.Publisher.Publish(ctx, tx, Name, events.OpUpdated, id, u.Key()); err != nil {
+	if _, err = s.Publisher.Publish(ctx, tx, Name, events.OpUpdated, id, u.Key()); err != nil {
 		return u, fmt.Errorf("upload %d: publish: %w", id, err)
 	}
 	if err = tx.Commit(); err != nil {
@@ -194,7 +194,7 @@ func (s Uploads) Delete(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("upload %d: delete: %w", id, err)
 	}
-	if err := s.Publisher.Publish(ctx, tx, Name, events.OpDeleted, id, u.Key()); err != nil {
+	if _, err := s.Publisher.Publish(ctx, tx, Name, events.OpDeleted, id, u.Key()); err != nil {
 		return fmt.Errorf("upload %d: publish: %w", id, err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -179,7 +179,7 @@ func (a *App) Create(ctx context.Context, region int, data []byte) (int64, error
 	if err := a.write(ctx, key, data); err != nil {
 		return 0, err
 	}
-	if err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpCreated, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpCreated, id, key); err != nil {
 		return 0, err
 	}
 	return id, tx.Commit()
@@ -282,7 +282,7 @@ func (a *App) Update(ctx context.Context, id int64, data []byte) error {
 	if err := a.write(ctx, key, data); err != nil {
 		return err
 	}
-	if err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpUpdated, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpUpdated, id, key); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -312,7 +312,7 @@ func (a *App) UpdateInPlace(ctx context.Context, id int64, data []byte) error {
 	if err := a.write(ctx, key, data); err != nil {
 		return err
 	}
-	if err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpUpdated, id, key); err != nil {
+	if _, err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpUpdated, id, key); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -332,7 +332,7 @@ func (a *App) Delete(ctx context.Context, id int64, publish bool) error {
 		return fmt.Errorf("delete %d: %w", id, err)
 	}
 	if publish {
-		if err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpDeleted, id, key); err != nil {
+		if _, err := a.Publisher.Publish(ctx, tx, a.Type.TypeName, events.OpDeleted, id, key); err != nil {
 			return err
 		}
 	}

@@ -454,7 +454,7 @@ func (rr *raceRun) recreate(ctx context.Context, id int64, data []byte) (string,
 	if _, err := tx.ExecContext(ctx, `INSERT INTO `+typeTable+` (id, blob_key, region, version) VALUES ($1, $2, 0, 100)`, id, key); err != nil {
 		return "", fmt.Errorf("recreate %d: %w", id, err)
 	}
-	if err := e.Primary.Publisher().Publish(ctx, tx, typeName, events.OpCreated, id, key); err != nil {
+	if _, err := e.Primary.Publisher().Publish(ctx, tx, typeName, events.OpCreated, id, key); err != nil {
 		return "", err
 	}
 	return key, tx.Commit()
