@@ -19,6 +19,9 @@
 // SDK's usual chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a
 // profile), and Env is empty.
 //
+// FaultProxy stands between a client and the server and injects faults:
+// 5xx answers, connection resets, stalls, truncated bodies, slow uploads.
+//
 // s3test is for tests, benchmarks and chaos runs, not for production use.
 //
 // Typical wiring in a package's tests:
