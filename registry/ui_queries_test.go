@@ -2,6 +2,8 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -165,4 +167,22 @@ FROM generate_series(1, 20) g`)
 	require.Len(t, rows, 3) // 6, 12, 18
 	_, err = sums.Failed(ctx, registry.FailedQuery{})
 	require.ErrorContains(t, err, "limit = 0")
+}
+
+// Counts' JSON names are snake_case, as the rest of a status report's
+// (geoctl status -o json and the status page's /status.json print them
+// under .types[].counts): they were the Go field names.
+func TestCountsJSONIsSnakeCase(t *testing.T) {
+	b, err := json.Marshal(registry.Counts{Total: 3, VerificationSucceeded: 2, MissingOnPrimary: 1})
+	require.NoError(t, err)
+	var m map[string]int64
+	require.NoError(t, json.Unmarshal(b, &m))
+	snake := regexp.MustCompile(`^[a-z]+(_[a-z]+)*$`)
+	for k := range m {
+		require.Regexp(t, snake, k, "Counts JSON name")
+	}
+	require.Len(t, m, 12)
+	require.Equal(t, int64(3), m["total"])
+	require.Equal(t, int64(2), m["verification_succeeded"])
+	require.Equal(t, int64(1), m["missing_on_primary"])
 }
