@@ -109,23 +109,24 @@ type Row struct {
 // Key returns the row's key.
 func (r Row) Key() Key { return Key{Replicable: r.Replicable, ModelID: r.ModelID} }
 
-// Counts summarizes one replicable type's registry rows.
+// Counts summarizes one replicable type's registry rows. Its JSON names
+// are snake_case, as the rest of a status report's.
 type Counts struct {
-	Total   int64
-	Pending int64
-	Started int64
-	Synced  int64
-	Failed  int64
+	Total   int64 `json:"total"`
+	Pending int64 `json:"pending"`
+	Started int64 `json:"started"`
+	Synced  int64 `json:"synced"`
+	Failed  int64 `json:"failed"`
 
-	VerificationPending   int64
-	VerificationStarted   int64
-	VerificationSucceeded int64
-	VerificationFailed    int64
-	VerificationDisabled  int64
+	VerificationPending   int64 `json:"verification_pending"`
+	VerificationStarted   int64 `json:"verification_started"`
+	VerificationSucceeded int64 `json:"verification_succeeded"`
+	VerificationFailed    int64 `json:"verification_failed"`
+	VerificationDisabled  int64 `json:"verification_disabled"`
 
 	// ChecksumMismatch counts rows whose bytes differ from the primary's.
-	ChecksumMismatch int64
+	ChecksumMismatch int64 `json:"checksum_mismatch"`
 	// MissingOnPrimary counts rows whose last failure was the primary
 	// lacking the bytes.
-	MissingOnPrimary int64
+	MissingOnPrimary int64 `json:"missing_on_primary"`
 }

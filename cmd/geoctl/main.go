@@ -119,7 +119,7 @@ func run(ctx context.Context, args []string, rawStdout, rawStderr io.Writer) int
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "geoctl",
-		Short: "Operate geo: migrate, status, resync, reverify, pause, resume, failures",
+		Short: "Operate geo: migrate, status, resync, reverify, pause, resume, failures, ui",
 		Long: `geoctl operates a geo secondary through its tracking database: it works
 without the secondary process running (several processes may share the
 database; they all see what geoctl changes at their next poll).
@@ -144,7 +144,7 @@ Exit codes: 0 ok, 1 error, 2 usage error.`,
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long (resync and reverify --all/--failed: on one batch)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	root.AddCommand(a.migrateCmd(), a.statusCmd(), a.resyncCmd(), a.reverifyCmd(),
-		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd())
+		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd(), a.uiCmd())
 	return root
 }
 

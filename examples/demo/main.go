@@ -37,6 +37,7 @@ import (
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/replicator/transfer"
+	"github.com/geoframework/geo/replicator/ui"
 )
 
 func main() {
@@ -187,10 +188,23 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// The web status page (replicator/ui), read-only, on loopback.
+	page, err := ui.New(ui.Config{Tracking: trackDB, Primary: primaryDB, ReadOnly: true, Title: "geo demo"})
+	if err != nil {
+		return err
+	}
+	pageLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	pageSrv := &http.Server{Handler: page, ReadHeaderTimeout: 10 * time.Second}
+	go pageSrv.Serve(pageLn)
+	defer pageSrv.Close()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	go func() { runErr <- sec.Run(runCtx) }()
 	fmt.Println("secondary: started (backfill of existing files, events for new ones)")
+	fmt.Printf("secondary: status page at http://%s/\n", pageLn.Addr())
 
 	// --- the application keeps working while the secondary catches up ---
 	churnDone := make(chan error, 1)
