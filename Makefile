@@ -9,6 +9,8 @@ test:
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+	@command -v staticcheck >/dev/null || (echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@v0.8.2"; exit 1)
+	staticcheck ./...
 
 demo:
 	$(GO) run ./examples/demo

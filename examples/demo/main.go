@@ -318,13 +318,11 @@ func payload(i int) []byte {
 // churn creates, updates and deletes files on the primary, through the
 // application's code paths (which publish events), while the secondary runs.
 func churn(ctx context.Context, app *packagefile.App, o options) error {
-	var created []int64
 	for i := 0; i < o.churn; i++ {
-		id, err := app.AddFile(ctx, 3, "fresh", "2.0.0", fmt.Sprintf("fresh-%d.tgz", i), payload(o.n+i))
+		_, err := app.AddFile(ctx, 3, "fresh", "2.0.0", fmt.Sprintf("fresh-%d.tgz", i), payload(o.n+i))
 		if err != nil {
 			return err
 		}
-		created = append(created, id)
 		// Updates and deletes hit the pre-existing files: 1..o.n.
 		if err := app.ReplaceFile(ctx, int64(1+2*i), payload(10*o.n+i)); err != nil {
 			return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -371,5 +370,3 @@ func snapshot(t testing.TB, dir string) map[string]string {
 	}
 	return m
 }
-
-func isErr(err, target error) bool { return errors.Is(err, target) }
