@@ -82,13 +82,22 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 	beatAt("killed-long-ago", 25*time.Hour)
 	beatAt("killed", time.Minute)
 
+	// A second between beats: a process is dead after three intervals
+	// without one, and a loaded machine may delay a beat by a good part
+	// of a second (at HeartbeatIntervalMin, 300 ms late made the running
+	// process dead in the reads below).
 	cfg := f.SecondaryConfig(f.secondaryItems())
-	cfg.HeartbeatInterval = replicator.HeartbeatIntervalMin
+	cfg.HeartbeatInterval = time.Second
 	r := f.Start(cfg)
-	f.waitConverged(t, 60*time.Second, f.secondaryItems())
+	f.waitConverged(t, time.Minute, f.secondaryItems())
 	var first time.Time
-	geotest.WaitFor(t, 60*time.Second, "the running secondary alive, holding consumer and consistency, its pass finished, nothing in flight, the old row pruned", func() (bool, string) {
-		st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
+	// st is the report that showed the process alive: the checks below
+	// read it, not a later report, in which a beat delayed by load could
+	// show the process dead.
+	var st replicator.Status
+	geotest.WaitFor(t, time.Minute, "the running secondary alive, holding consumer and consistency, its pass finished, nothing in flight, the old row pruned", func() (bool, string) {
+		var err error
+		st, err = replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -106,13 +115,11 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 				len(st.Types) == 1 && st.Types[0].InFlight == 0,
 			fmt.Sprintf("%+v", st.Processes)
 	})
-	st, err := replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
-	require.NoError(t, err)
 	require.False(t, hasReason(st, noProcess), "reasons %v", st.Reasons)
 	self, dead := st.Processes[0], st.Processes[1]
 	require.Equal(t, []string{"item"}, self.Types)
-	require.InDelta(t, replicator.HeartbeatIntervalMin.Seconds(), self.HeartbeatIntervalSeconds, 1e-9)
-	require.InDelta(t, 3*replicator.HeartbeatIntervalMin.Seconds(), self.DeadAfterSeconds, 1e-9)
+	require.InDelta(t, cfg.HeartbeatInterval.Seconds(), self.HeartbeatIntervalSeconds, 1e-9)
+	require.InDelta(t, 3*cfg.HeartbeatInterval.Seconds(), self.DeadAfterSeconds, 1e-9)
 	require.Contains(t, self.Version, "geo ")
 	require.False(t, dead.Alive)
 	require.GreaterOrEqual(t, dead.HeartbeatAgeSeconds, 60.0)
@@ -126,11 +133,15 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 	require.Less(t, st.Events.LagSeconds, 999.0, "the dead process's lag is not used")
 	require.Zero(t, item.InFlight, "the dead process's syncs in flight are not counted")
 
-	// The process's own report lists the same processes.
-	own, err := r.Status(ctx)
-	require.NoError(t, err)
-	require.Equal(t, 1, own.ProcessesAlive)
-	require.False(t, hasReason(own, noProcess), "reasons %v", own.Reasons)
+	// The process's own report lists the same processes (alive: as of a
+	// beat less than three intervals old, which load may delay).
+	geotest.WaitFor(t, time.Minute, "the process's own report shows it alive", func() (bool, string) {
+		own, err := r.Status(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return own.ProcessesAlive == 1 && !hasReason(own, noProcess), fmt.Sprintf("alive %d, reasons %v", own.ProcessesAlive, own.Reasons)
+	})
 
 	// Graceful stop: the row goes; the killed process's row stays dead.
 	require.NoError(t, r.Stop())
