@@ -224,28 +224,64 @@ func (r *Running) Stop() error {
 	return r.err
 }
 
-// WaitFor polls cond until it returns true or timeout passes; then the
-// test fails with what and cond's last explanation.
-func WaitFor(tb TB, timeout time.Duration, what string, cond func() (bool, string)) {
+// WaitHangFactor bounds a wait that keeps making progress: WaitFor and
+// Eventually give up after WaitHangFactor times their stall timeout even
+// while the condition's explanation keeps changing, so a livelock (a row
+// failing and retrying for ever) still fails instead of hanging CI.
+const WaitHangFactor = 10
+
+// WaitPollInterval is how often WaitFor and Eventually ask their
+// condition.
+const WaitPollInterval = 20 * time.Millisecond
+
+// WaitFor polls cond until it returns true; the test fails with what and
+// cond's last explanation when cond's explanation stays the same for
+// stall, or, progress or not, after WaitHangFactor times stall.
+//
+// The wait is tied to progress, not to wall time: every change of cond's
+// explanation (a count that grows, a state that moves) starts the stall
+// timeout again, so a system that is slow because the machine is loaded
+// (a shared 2-core CI runner) but still moving is not failed. Write cond's
+// explanation so that it changes when the awaited work progresses (counts,
+// states, a cursor), and choose stall as the longest a loaded machine may
+// plausibly show no visible change: a minute is the house default.
+func WaitFor(tb TB, stall time.Duration, what string, cond func() (bool, string)) {
 	tb.Helper()
-	if err := Eventually(timeout, cond); err != nil {
+	if err := Eventually(stall, cond); err != nil {
 		tb.Fatalf("%s: %v", what, err)
 	}
 }
 
-// Eventually polls cond every 20ms until it returns true (nil) or timeout
-// passes (an error carrying cond's last explanation).
-func Eventually(timeout time.Duration, cond func() (bool, string)) error {
-	deadline := time.Now().Add(timeout)
-	for {
+// Eventually polls cond every WaitPollInterval until it returns true
+// (nil), and returns an error carrying cond's last explanation when that
+// explanation stays the same for stall or, progress or not, after
+// WaitHangFactor times stall (see WaitFor).
+func Eventually(stall time.Duration, cond func() (bool, string)) error {
+	return eventually(stall, WaitHangFactor*stall, cond)
+}
+
+// eventually is Eventually with its hang guard given: it gives up when
+// cond's explanation is unchanged for stall or after limit in all.
+func eventually(stall, limit time.Duration, cond func() (bool, string)) error {
+	start := time.Now()
+	var last string
+	changed := start
+	for n := 0; ; n++ {
 		ok, why := cond()
 		if ok {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not reached within %v: %s", timeout, why)
+		now := time.Now()
+		if n == 0 || why != last {
+			last, changed = why, now
 		}
-		time.Sleep(20 * time.Millisecond)
+		switch {
+		case now.Sub(changed) >= stall:
+			return fmt.Errorf("no progress for %v (waited %v): %s", stall, now.Sub(start).Round(time.Millisecond), why)
+		case now.Sub(start) >= limit:
+			return fmt.Errorf("not reached within %v, although it kept changing: %s", limit, why)
+		}
+		time.Sleep(WaitPollInterval)
 	}
 }
 
