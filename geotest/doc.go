@@ -18,8 +18,15 @@
 // database, the primary's transfer endpoint on loopback, and storage
 // directories. Each subtest is named after the contract clause it checks
 // ("adapter/ids_ascending_and_paged", "races/R1_update_during_sync"...)
-// and fails with "clause: got X, want Y". A watchdog per clause fails
-// instead of hanging. Run it with -race.
+// and fails with "clause: got X, want Y". Run it with -race.
+//
+// The suite is meant for the adopter's CI, which is often a loaded
+// machine, so its waits are tied to progress, not to wall time: a wait
+// fails when what it watches shows no change for Harness.Stall
+// (DefaultStall, a minute), and a clause that keeps progressing runs on
+// until its watchdog, Harness.Timeout (DefaultClauseTimeout, 10 minutes),
+// which fails a hung clause instead of hanging CI. WaitFor gives the
+// adopter's own tests the same kind of wait.
 //
 // A content-addressed type, whose keys are shared by records with equal
 // bytes and come back after a delete, sets Harness.KeysMayCollide: the

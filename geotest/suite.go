@@ -78,9 +78,24 @@ type Harness struct {
 	// Server provides PostgreSQL; nil means one for this run
 	// (GEO_TEST_DATABASE_URL or a throwaway cluster).
 	Server *pgtest.Server
-	// Timeout bounds each clause (the watchdog); 0 means 2 minutes.
+	// Timeout bounds each clause (the watchdog): a hang guard, not a
+	// deadline a slow machine must meet. 0 means DefaultClauseTimeout.
 	Timeout time.Duration
+	// Stall fails a wait within a clause whose condition shows no
+	// progress (the state it reports does not change) for this long; a
+	// wait that keeps progressing runs on until the clause's Timeout. 0
+	// means DefaultStall.
+	Stall time.Duration
 }
+
+// DefaultClauseTimeout is Harness.Timeout's default: long enough that a
+// clause progressing on a loaded 2-core CI runner (several test packages
+// at once, -race) is never cut, short enough that a hung one ends the run.
+const DefaultClauseTimeout = 10 * time.Minute
+
+// DefaultStall is Harness.Stall's default: the longest a wait accepts no
+// visible change, on a loaded machine, before it fails the clause.
+const DefaultStall = time.Minute
 
 // T is the part of *testing.T the suite uses. It is a seam: the suite's own
 // tests run it with a double to check that broken adapters fail the right
@@ -114,7 +129,10 @@ func Run(t T, h Harness) {
 		t.Cleanup(func() { _ = h.Server.Stop() })
 	}
 	if h.Timeout == 0 {
-		h.Timeout = 2 * time.Minute
+		h.Timeout = DefaultClauseTimeout
+	}
+	if h.Stall == 0 {
+		h.Stall = DefaultStall
 	}
 	s := &suite{h: h}
 	for _, c := range []struct {
@@ -212,16 +230,19 @@ func (c *clause) secondaryConfig(w *World, s strategy.BlobStrategy) replicator.S
 	return cfg
 }
 
+// waitFor waits until cond holds; it fails the clause when cond's
+// explanation stays the same for Harness.Stall (no progress), or at the
+// clause's deadline.
 func (c *clause) waitFor(what string, cond func() (bool, string)) {
 	c.Helper()
 	// Stop waiting a little before the clause's deadline, so the last look
 	// at the state (in the failure message) still has a live context.
 	deadline, _ := c.ctx.Deadline()
-	wait := time.Until(deadline) - 5*time.Second
-	if wait < time.Second {
-		wait = time.Second
+	limit := time.Until(deadline) - 5*time.Second
+	if limit < time.Second {
+		limit = time.Second
 	}
-	if err := Eventually(wait, cond); err != nil {
+	if err := eventually(c.h.Stall, limit, cond); err != nil {
 		c.failf("%s: %v", what, err)
 	}
 }

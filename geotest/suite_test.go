@@ -282,6 +282,50 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 	}
 }
 
+// TestSuiteWaitFailsWithoutProgress: a clause's wait fails once what it
+// watches has not changed for Harness.Stall, long before the clause's
+// Timeout (the watchdog for a hang): here an application that stores a
+// record without publishing its created event, so sync/created (which
+// relies on events alone) never sees a row.
+func TestSuiteWaitFailsWithoutProgress(t *testing.T) {
+	h := harness(func(s *packagefile.Strategy) strategy.BlobStrategy { return s })
+	h.Create = func(ctx context.Context, a geotest.App, b []byte) (int64, error) {
+		var pkg, id int64
+		if err := a.DB.GetContext(ctx, &pkg, `INSERT INTO packages (project_id, name, version) VALUES (1, 'p', '1') RETURNING id`); err != nil {
+			return 0, err
+		}
+		if err := a.DB.GetContext(ctx, &id, `INSERT INTO package_files (package_id, file_name, size) VALUES ($1, 'p.tgz', $2) RETURNING id`, pkg, len(b)); err != nil {
+			return 0, err
+		}
+		w, err := a.Storage.Create(ctx, fmt.Sprintf("packages/%d/files/%d/p.tgz", pkg, id), nil)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := w.Write(b); err != nil {
+			w.Abort()
+			return 0, err
+		}
+		return id, w.Commit(ctx) // and no created event
+	}
+	h.Stall = 2 * time.Second
+	r := newRecT(t, "sync/created")
+	start := time.Now()
+	geotest.Run(r, h)
+	r.finish()
+	took := time.Since(start)
+	msgs := r.failures["sync/created"]
+	if len(msgs) == 0 {
+		t.Fatalf("sync/created with no created event: passed, want a failure")
+	}
+	if !strings.Contains(msgs[0], "no progress for 2s") || !strings.Contains(msgs[0], "want synced") {
+		t.Errorf("failure message %q: want a wait that failed for no progress for Harness.Stall", msgs[0])
+	}
+	if took >= geotest.DefaultClauseTimeout {
+		t.Errorf("the clause failed after %v, want long before its %v Timeout", took, geotest.DefaultClauseTimeout)
+	}
+	t.Logf("caught as intended after %v: %s", took, msgs[0])
+}
+
 func lfsObjects(a geotest.App) lfs.Objects {
 	return lfs.Objects{DB: a.DB, Storage: a.Storage, Publisher: a.Publisher}
 }
