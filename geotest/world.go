@@ -171,10 +171,26 @@ func open(tb TB, url string) *sqlx.DB {
 	return db
 }
 
+// TestLease is the lease of a World's secondaries. A test secondary polls
+// fast, but its lease is the production default: a lease is renewed every
+// third of it, so a shorter one expires whenever a loaded machine delays
+// a renewal by two thirds of it, and the lookups and staging after a
+// claim are bounded by a third of it (at most 5 s). A test of lease
+// expiry sets its own.
+const TestLease = 30 * time.Second
+
+// TestTransferTimeout is a World's secondaries' stall timeout for a
+// transfer: longer than any test holds a transfer in flight (on a loaded
+// machine the waits during a hold take tens of seconds), so a held
+// transfer is never cut behind the test's back. A test of the timeout sets
+// its own.
+const TestTransferTimeout = 2 * time.Minute
+
 // SecondaryConfig returns a configuration for a secondary of this world
 // using strategies (adapters reading the primary database, possibly
-// scoped) and the world's secondary storage. Tests adjust it before
-// calling NewSecondary.
+// scoped) and the world's secondary storage: polls every 100 ms (events
+// every 50 ms), TestLease, TestTransferTimeout, a 5 s shutdown grace.
+// Tests adjust it before calling NewSecondary.
 func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.SecondaryConfig {
 	set := replicator.NewSet()
 	for _, s := range strategies {
@@ -187,7 +203,7 @@ func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.
 		PrimaryURL: w.HTTP.URL, Credentials: w.Credentials, Storage: w.SecondaryStorage,
 		Logger:       w.Logger.Named("secondary"),
 		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
-		Lease: 5 * time.Second, ShutdownGrace: 5 * time.Second, TransferTimeout: 10 * time.Second,
+		Lease: TestLease, ShutdownGrace: 5 * time.Second, TransferTimeout: TestTransferTimeout,
 	}
 }
 
