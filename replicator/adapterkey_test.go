@@ -65,7 +65,7 @@ func TestPrimaryAdapterBadKeyIsTheRowsFailure(t *testing.T) {
 	cfg.Retry = strategy.Backoff{Base: time.Hour, Jitter: -1} // the failed row stays failed
 	r := w.Start(cfg)
 	store := r.Store()
-	geotest.WaitFor(t, 60*time.Second, "the good record synced, the bad one failed for the primary's adapter", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the good record synced, the bad one failed for the primary's adapter", func() (bool, string) {
 		g, err := store.Get(ctx, "item", good)
 		if err != nil {
 			return false, err.Error()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -63,7 +62,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 			waitClosed(t, arrived, "transfer in flight")
 			key, err := f.items.BlobKey(ctx, held)
 			require.NoError(t, err)
-			geotest.WaitFor(t, 30*time.Second, "the key of a record whose transfer is held is staged", func() (bool, string) {
+			geotest.WaitFor(t, stall, "the key of a record whose transfer is held is staged", func() (bool, string) {
 				var staged string
 				err := f.TrackingDB.GetContext(ctx, &staged,
 					`SELECT coalesce(staged_key, '') FROM geo_registry WHERE replicable = 'item' AND model_id = $1`, held)
@@ -73,7 +72,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, registry.StateStarted, row.State)
 			release()
-			geotest.WaitFor(t, 60*time.Second, "every row synced, staged keys cleared by the settles", func() (bool, string) {
+			geotest.WaitFor(t, stall, "every row synced, staged keys cleared by the settles", func() (bool, string) {
 				var synced, staged int
 				err := f.TrackingDB.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state = 2),
 					count(*) FILTER (WHERE staged_key IS NOT NULL) FROM geo_registry`).Scan(&synced, &staged)
@@ -90,7 +89,7 @@ func TestClaimedKeysAreStagedWhileTheTransferRuns(t *testing.T) {
 				// event and backfill both mark it pending is synced twice).
 				require.GreaterOrEqual(t, int(counted.one.Load()), len(ids), "BlobKey calls without BlobKeys")
 			}
-			f.waitConverged(t, 60*time.Second, sec)
+			f.waitConverged(t, stall, sec)
 		})
 	}
 }

@@ -86,7 +86,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 
 	// The first pass fails at the page after ids[70]; every page before it
 	// is written and the cursor rests at the end of the last one.
-	geotest.WaitFor(t, 30*time.Second, "the first pass fails at the failing page", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the first pass fails at the failing page", func() (bool, string) {
 		p := r.Progress()["item"]
 		return !p.Running && p.Done > 0 && p.Passes == 0, fmt.Sprintf("%+v", p)
 	})
@@ -125,7 +125,7 @@ func TestConsistencyPassPagesAhead(t *testing.T) {
 
 	sec.failing.Store(false)
 	r.TriggerConsistency()
-	geotest.WaitFor(t, 30*time.Second, "the pass completes", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the pass completes", func() (bool, string) {
 		p := r.Progress()["item"]
 		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
 	})
@@ -160,7 +160,7 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	cfg := f.SecondaryConfig(sec)
 	cfg.BackfillBatch = 10
 	r := f.Start(cfg)
-	geotest.WaitFor(t, 30*time.Second, "the pass lists ahead of its waiting write", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the pass lists ahead of its waiting write", func() (bool, string) {
 		return sec.calls.Load() >= 3, fmt.Sprintf("IDs called %d times", sec.calls.Load())
 	})
 	require.EqualValues(t, 3, sec.calls.Load(), "one batch writing, one handed over, one waiting to be: no more")
@@ -172,8 +172,8 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	go func() { stopped <- r.Stop() }()
 	select {
 	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the secondary did not stop within 10 s while its pass waited to write")
+	case <-time.After(hangGuard):
+		t.Fatalf("the secondary did not stop within %v while its pass waited to write", hangGuard)
 	}
 	cursor, err := store.ConsistencyCursor(ctx, "item")
 	require.NoError(t, err)
@@ -181,7 +181,7 @@ func TestConsistencyPassListsAheadAndStops(t *testing.T) {
 	require.NoError(t, lock.Rollback())
 
 	r = f.Start(cfg)
-	geotest.WaitFor(t, 30*time.Second, "a new secondary completes the pass", func() (bool, string) {
+	geotest.WaitFor(t, stall, "a new secondary completes the pass", func() (bool, string) {
 		p := r.Progress()["item"]
 		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
 	})
@@ -245,12 +245,12 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 	waitClosed(t, sec.entered, "the orphan check of the first batch")
 	// The held check is not counted yet: two listings are the first
 	// batch's and the second's.
-	geotest.WaitFor(t, time.Minute, "the second batch is listed while the first is written", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the second batch is listed while the first is written", func() (bool, string) {
 		return sec.calls.Load() >= 2, fmt.Sprintf("IDs called %d times", sec.calls.Load())
 	})
 	gone := ids[15] // in the second batch, already listed
 	require.NoError(t, f.app.Delete(ctx, gone, true))
-	geotest.WaitFor(t, 30*time.Second, "the delete event is handled", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the delete event is handled", func() (bool, string) {
 		st := r.Consumer().Stats()
 		return st.Consumed >= 1, fmt.Sprintf("%+v", st)
 	})
@@ -258,13 +258,13 @@ func TestRecordDeletedAfterListingIsNotResurrected(t *testing.T) {
 	require.NoError(t, store.Resume(ctx, "item"))
 	close(sec.release)
 	released = true
-	geotest.WaitFor(t, 30*time.Second, "the pass completes", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the pass completes", func() (bool, string) {
 		p := r.Progress()["item"]
 		return p.Passes == 1 && !p.Running, fmt.Sprintf("%+v", p)
 	})
 	require.EqualValues(t, len(ids)-1, r.Progress()["item"].Inserted,
 		"the pass wrote a row for every id it listed, the deleted one included")
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	_, err = r.Store().Get(ctx, "item", gone)
 	require.ErrorIs(t, err, registry.ErrNotFound, "the deleted record's row must not survive")
 }

@@ -84,7 +84,7 @@ func (f *fixture) startRemoveFails(t *testing.T, id int64, mod func(*replicator.
 // storage's error recorded and at least tries removals were attempted.
 func waitRemovalFailed(t *testing.T, r *geotest.Running, storage *removeFails, id int64, tries int32) {
 	t.Helper()
-	geotest.WaitFor(t, 30*time.Second, "the failed removal is recorded on the row", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the failed removal is recorded on the row", func() (bool, string) {
 		row, err := r.Store().Get(context.Background(), "item", id)
 		if err != nil {
 			return false, err.Error()
@@ -128,7 +128,7 @@ func TestFailingRemovalDoesNotHoldBackEvents(t *testing.T) {
 
 	// Once the disk recovers, the row and the bytes go.
 	storage.failing.Store(false)
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // TestFailingOrphanRemovalDoesNotStopThePass: the consistency pass met an
@@ -147,7 +147,7 @@ func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
 	r, storage, sec := f.startRemoveFails(t, a, func(cfg *replicator.SecondaryConfig) {
 		cfg.BackfillBatch = 1 // the orphan and the later record in different batches
 	})
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 
 	// A leaves without its event; C arrives without one: only the
 	// consistency pass can see either.
@@ -160,5 +160,5 @@ func TestFailingOrphanRemovalDoesNotStopThePass(t *testing.T) {
 	waitRemovalFailed(t, r, storage, a, 1)
 
 	storage.failing.Store(false)
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 }

@@ -127,12 +127,13 @@ func (f *fixture) gated(t *testing.T) (*gate, string) {
 	return g, srv.URL
 }
 
+// waitClosed waits for ch to be closed, with a hang guard.
 func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
 	case <-ch:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: not reached within 30s", what)
+	case <-time.After(hangGuard):
+		t.Fatalf("%s: not reached within %v", what, hangGuard)
 	}
 }
 
@@ -163,12 +164,12 @@ func TestUpdateDuringSyncEndsWithNewBytes(t *testing.T) { // R1 end to end
 			}
 			// The update's event must reach the registry while the old sync is
 			// still running.
-			geotest.WaitFor(t, 30*time.Second, "update event gives the row a new generation", func() (bool, string) {
+			geotest.WaitFor(t, stall, "update event gives the row a new generation", func() (bool, string) {
 				row, err := trackingStore(t, f).Get(ctx, "item", id)
 				return err == nil && row.Seq != held.Seq, fmt.Sprint(row.State, row.Seq, err)
 			})
 			release()
-			f.waitConverged(t, 60*time.Second, sec)
+			f.waitConverged(t, stall, sec)
 			key, _ := f.items.BlobKey(ctx, id)
 			got, err := os.ReadFile(filepath.Join(f.SecondaryRoot, key))
 			require.NoError(t, err)
@@ -195,12 +196,12 @@ func TestDeleteDuringSyncLeavesNothing(t *testing.T) { // R2 end to end
 	r := f.Start(cfg)
 	waitClosed(t, arrived, "sync in flight")
 	require.NoError(t, f.app.Delete(ctx, id, true))
-	geotest.WaitFor(t, 30*time.Second, "deleted event removes the row", func() (bool, string) {
+	geotest.WaitFor(t, stall, "deleted event removes the row", func() (bool, string) {
 		_, err := r.Store().Get(ctx, "item", id)
 		return err != nil, fmt.Sprint(err)
 	})
 	release()
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	_, err = os.Stat(filepath.Join(f.SecondaryRoot, key))
 	require.True(t, os.IsNotExist(err), "R2: file of a record deleted during its sync: stat err = %v, want not exist", err)
 	_, err = r.Store().Get(ctx, "item", keep)
@@ -309,7 +310,7 @@ func TestGracefulShutdownReleasesClaims(t *testing.T) { // R3
 	var stopErr error
 	select {
 	case stopErr = <-stopped:
-	case <-time.After(30 * time.Second):
+	case <-time.After(hangGuard):
 		t.Fatal("Run did not return after its context ended")
 	}
 	release()
@@ -375,7 +376,7 @@ func TestTwoSecondariesShareTheWork(t *testing.T) { // scale-out
 	b.Storage = second
 	f.Start(a)
 	f.Start(b)
-	f.waitConverged(t, 90*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	require.Empty(t, f.Transfers.Overlaps(), "records transferred twice at the same time")
 	// A transfer may be repeated after a failure (a timeout on a loaded
 	// machine), but never while another is running for the same record.

@@ -64,7 +64,7 @@ func TestGoneWithStaleClaimIsSuperseded(t *testing.T) {
 	r := f.Start(cfg)
 	select {
 	case <-sec.entered:
-	case <-time.After(30 * time.Second):
+	case <-time.After(hangGuard):
 		t.Fatal("no sync of the record started")
 	}
 	// The row is marked pending again while the sync looks the record up.

@@ -89,13 +89,13 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 	cfg := f.SecondaryConfig(f.secondaryItems())
 	cfg.HeartbeatInterval = time.Second
 	r := f.Start(cfg)
-	f.waitConverged(t, time.Minute, f.secondaryItems())
+	f.waitConverged(t, stall, f.secondaryItems())
 	var first time.Time
 	// st is the report that showed the process alive: the checks below
 	// read it, not a later report, in which a beat delayed by load could
 	// show the process dead.
 	var st replicator.Status
-	geotest.WaitFor(t, time.Minute, "the running secondary alive, holding consumer and consistency, its pass finished, nothing in flight, the old row pruned", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the running secondary alive, holding consumer and consistency, its pass finished, nothing in flight, the old row pruned", func() (bool, string) {
 		var err error
 		st, err = replicator.ReadStatus(ctx, f.TrackingDB, nil, replicator.StatusOptions{})
 		if err != nil {
@@ -135,7 +135,7 @@ func TestHeartbeatShowsProcessesAliveAndDead(t *testing.T) {
 
 	// The process's own report lists the same processes (alive: as of a
 	// beat less than three intervals old, which load may delay).
-	geotest.WaitFor(t, time.Minute, "the process's own report shows it alive", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the process's own report shows it alive", func() (bool, string) {
 		own, err := r.Status(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -165,7 +165,7 @@ func TestProcessWithoutHeartbeatTurnsDead(t *testing.T) {
 	cfg.HeartbeatInterval = time.Hour // the first beat only, in this test's time
 	r := f.Start(cfg)
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "the first heartbeat", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the first heartbeat", func() (bool, string) {
 		ps, err := store.Processes(ctx)
 		return err == nil && len(ps) == 1, fmt.Sprint(ps, err)
 	})

@@ -77,7 +77,7 @@ func TestEndpointKeyLookupsShareRounds(t *testing.T) {
 			go ask(ids[0])
 			select {
 			case <-h.entered:
-			case <-time.After(10 * time.Second):
+			case <-time.After(hangGuard):
 				t.Fatal("the first round did not start")
 			}
 			// Changed before the requests below arrive: they must see it.
@@ -86,7 +86,7 @@ func TestEndpointKeyLookupsShareRounds(t *testing.T) {
 			for _, id := range asked {
 				go ask(id)
 			}
-			require.Eventually(t, func() bool { return kb.Waiting() == len(asked) }, 10*time.Second, time.Millisecond,
+			require.Eventually(t, func() bool { return kb.Waiting() == len(asked) }, hangGuard, time.Millisecond,
 				"the requests queue behind the running round")
 			close(h.release)
 
@@ -94,7 +94,7 @@ func TestEndpointKeyLookupsShareRounds(t *testing.T) {
 				var a answer
 				select {
 				case a = <-answers:
-				case <-time.After(10 * time.Second):
+				case <-time.After(hangGuard):
 					t.Fatal("a request was not answered")
 				}
 				want, werr := f.items.BlobKey(ctx, a.id)

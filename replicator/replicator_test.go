@@ -20,6 +20,19 @@ import (
 
 var pg = pgtest.New(pgtest.Options{})
 
+// The waits of these tests are tied to progress, so that a loaded 2-core
+// machine (make test runs packages side by side, with -race) slows them
+// without failing them:
+//   - stall is how long a geotest.WaitFor accepts no change in what it
+//     watches (a row's state, a count, a cursor);
+//   - hangGuard is how long a test waits for one event it cannot watch
+//     progress towards (a channel closed by a held transfer, a Run that
+//     returns): reached only when something is broken.
+const (
+	stall     = time.Minute
+	hangGuard = 2 * time.Minute
+)
+
 func TestMain(m *testing.M) { os.Exit(pg.Run(m)) }
 
 // fixture is a world with the items test type.
@@ -85,10 +98,12 @@ func payload(i, size int) []byte {
 	return b
 }
 
-func (f *fixture) waitConverged(t *testing.T, timeout time.Duration, strategies ...strategy.BlobStrategy) {
+// waitConverged waits until the secondary is an exact copy of the
+// primary; it fails when the difference has not changed for stall.
+func (f *fixture) waitConverged(t *testing.T, stall time.Duration, strategies ...strategy.BlobStrategy) {
 	t.Helper()
 	ctx := context.Background()
-	geotest.WaitFor(t, timeout, "secondary converges to the primary", func() (bool, string) {
+	geotest.WaitFor(t, stall, "secondary converges to the primary", func() (bool, string) {
 		d, err := f.Compare(ctx, strategies...)
 		if err != nil {
 			return false, err.Error()
@@ -105,7 +120,7 @@ func TestBackfillSyncsPreexistingRecords(t *testing.T) {
 	require.NoError(t, err)
 	sec := f.secondaryItems()
 	f.Start(f.SecondaryConfig(sec))
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 func TestOrphansAndScope(t *testing.T) {
@@ -118,7 +133,7 @@ func TestOrphansAndScope(t *testing.T) {
 	require.NoError(t, err)
 	sec := f.secondaryItems(1)
 	r := f.Start(f.SecondaryConfig(sec))
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 
 	// Deleted on the primary without any event: only the consistency pass
 	// can notice.
@@ -130,7 +145,7 @@ func TestOrphansAndScope(t *testing.T) {
 		require.NoError(t, f.app.SetRegion(ctx, id, 2))
 	}
 	r.TriggerConsistency()
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	var rows int
 	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
 	require.Equal(t, 45, rows, "orphans removed: registry rows")
@@ -175,7 +190,7 @@ func TestMissingOnPrimaryBacksOffToItsCap(t *testing.T) {
 	want := []time.Duration{time.Hour, 2 * time.Hour, 4 * time.Hour, 4 * time.Hour, 4 * time.Hour}
 	for n, delay := range want {
 		var row registry.Row
-		geotest.WaitFor(t, 20*time.Second, fmt.Sprintf("failure %d recorded", n+1), func() (bool, string) {
+		geotest.WaitFor(t, stall, fmt.Sprintf("failure %d recorded", n+1), func() (bool, string) {
 			row, err = store.Get(ctx, "item", id)
 			if err != nil {
 				return false, err.Error()

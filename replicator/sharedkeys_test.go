@@ -50,7 +50,7 @@ func (f *fixture) casConfig(sec strategy.BlobStrategy) replicator.SecondaryConfi
 // file), unless a loss is expected to be repaired.
 func (f *fixture) waitHolds(t *testing.T, store *registry.Store, id int64, want []byte) {
 	t.Helper()
-	geotest.WaitFor(t, time.Minute, fmt.Sprintf("item %d synced with its bytes", id), func() (bool, string) {
+	geotest.WaitFor(t, stall, fmt.Sprintf("item %d synced with its bytes", id), func() (bool, string) {
 		row, err := store.Get(context.Background(), "item", id)
 		if err != nil {
 			return false, err.Error()
@@ -91,7 +91,7 @@ func TestSharedKeySwapLosesNothing(t *testing.T) {
 		f.waitHolds(t, r.Store(), a, y)
 		f.waitHolds(t, r.Store(), b, x)
 	}
-	f.waitConverged(t, time.Minute, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // TestSharedKeyRemovalPaths: every way a row stops naming a key keeps the
@@ -121,7 +121,7 @@ func TestSharedKeyRemovalPaths(t *testing.T) {
 	require.NoError(t, err)
 	gone := func(id int64) {
 		t.Helper()
-		geotest.WaitFor(t, time.Minute, fmt.Sprintf("item %d's row removed", id), func() (bool, string) {
+		geotest.WaitFor(t, stall, fmt.Sprintf("item %d's row removed", id), func() (bool, string) {
 			_, err := r.Store().Get(ctx, "item", id)
 			return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)
 		})
@@ -154,11 +154,11 @@ func TestSharedKeyRemovalPaths(t *testing.T) {
 
 	require.NoError(t, f.app.Delete(ctx, ids[4], true)) // the last one
 	gone(ids[4])
-	geotest.WaitFor(t, time.Minute, "the shared bytes removed with the last row naming them", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the shared bytes removed with the last row naming them", func() (bool, string) {
 		_, err := f.SecondaryStorage.Stat(ctx, key)
 		return errors.Is(err, blob.ErrNotExist), fmt.Sprint(err)
 	})
-	f.waitConverged(t, time.Minute, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // failFor answers 503 to the transfers of one record while on.
@@ -196,7 +196,7 @@ func TestSharedKeySkipsDownloadOnAnyAttempt(t *testing.T) {
 	require.NoError(t, err)
 	sums, err := registry.NewChecksums(f.PrimaryDB)
 	require.NoError(t, err)
-	geotest.WaitFor(t, time.Minute, "the primary's checksum of b", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the primary's checksum of b", func() (bool, string) {
 		got, err := sums.Checksum(ctx, "item", b)
 		return err == nil && got == sha(same), fmt.Sprint(got, err)
 	})
@@ -280,7 +280,7 @@ func TestSkippedBytesGoneAtSettleAreDownloaded(t *testing.T) {
 	require.NoError(t, err)
 	sums, err := registry.NewChecksums(f.PrimaryDB)
 	require.NoError(t, err)
-	geotest.WaitFor(t, time.Minute, "the primary's checksum of b", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the primary's checksum of b", func() (bool, string) {
 		got, err := sums.Checksum(ctx, "item", b)
 		return err == nil && got == sha(same), fmt.Sprint(got, err)
 	})
@@ -315,7 +315,7 @@ func TestExistenceScanRestoresRemovedFile(t *testing.T) {
 	cfg.ExistenceScanInterval = 200 * time.Millisecond
 	cfg.Observer = obs
 	r := f.Start(cfg)
-	f.waitConverged(t, time.Minute, sec)
+	f.waitConverged(t, stall, sec)
 	before := f.Transfers.Count("item", -1)
 
 	victim := ids[7]
@@ -324,7 +324,7 @@ func TestExistenceScanRestoresRemovedFile(t *testing.T) {
 	waitRow(t, r.Store(), victim, "the row leaves synced", func(row registry.Row) bool {
 		return row.Seq != seq
 	})
-	geotest.WaitFor(t, time.Minute, "the file comes back", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the file comes back", func() (bool, string) {
 		got, err := os.ReadFile(f.secondaryPath(t, victim))
 		return err == nil && bytes.Equal(got, payload(7, 800)), fmt.Sprint(err)
 	})
@@ -332,7 +332,7 @@ func TestExistenceScanRestoresRemovedFile(t *testing.T) {
 	require.Empty(t, row.LastSyncFailure, "cleared by the successful sync")
 	require.Equal(t, before+1, f.Transfers.Count("item", -1), "only the removed file is transferred again")
 	require.Equal(t, 1, obs.get("item"))
-	f.waitConverged(t, time.Minute, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // missingCounter counts LocalMissing reports per type.

@@ -106,7 +106,7 @@ func TestPublishedButUnrecordedKeyIsRemoved(t *testing.T) {
 
 	// The record moves to a new key; its sync must clean up B.
 	require.NoError(t, f.app.Update(ctx, id, payload(2, 2000)))
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // failedAfterPublish creates a record and starts a secondary whose storage
@@ -130,19 +130,13 @@ type fixedRetry time.Duration
 
 func (d fixedRetry) NextRetry(int, bool) time.Duration { return time.Duration(d) }
 
+// waitRowState waits until item id's row is in state want.
 func (f *fixture) waitRowState(t *testing.T, store *registry.Store, id int64, want registry.State) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	geotest.WaitFor(t, stall, fmt.Sprintf("row %d %v", id, want), func() (bool, string) {
 		row, err := store.Get(context.Background(), "item", id)
-		if err == nil && row.State == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("row %d: state %v (%v), want %v", id, row.State, err, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && row.State == want, fmt.Sprintf("state %v retry %d failure %q (%v)", row.State, row.RetryCount, row.LastSyncFailure, err)
+	})
 }
 
 // TestStagedKeyNotForgottenWhenItsRemovalFails is the regression test for
@@ -161,16 +155,15 @@ func TestStagedKeyNotForgottenWhenItsRemovalFails(t *testing.T) {
 	// The record moves to key C; removing B fails once.
 	storage.failRemoveOnce(keyB)
 	require.NoError(t, f.app.Update(ctx, id, payload(2, 2000)))
-	deadline := time.Now().Add(30 * time.Second)
-	for !storage.removeFailed() {
-		require.True(t, time.Now().Before(deadline), "the removal of %s was never attempted", keyB)
-		time.Sleep(20 * time.Millisecond)
-	}
+	geotest.WaitFor(t, stall, fmt.Sprintf("the removal of %s attempted", keyB), func() (bool, string) {
+		row, err := r.Store().Get(ctx, "item", id)
+		return storage.removeFailed(), fmt.Sprintf("not attempted; row %v seq %d (%v)", row.State, row.Seq, err)
+	})
 	f.waitRowState(t, r.Store(), id, registry.StateFailed)
 
 	// The record moves again; B must not be left behind.
 	require.NoError(t, f.app.Update(ctx, id, payload(3, 3000)))
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 }
 
 // publishWatch is a Storage that reports when a download of one key has
@@ -273,7 +266,7 @@ CREATE TRIGGER test_hold_staging BEFORE UPDATE ON geo_registry
 	}, func(*replicator.SecondaryConfig) {})
 	r.TriggerConsistency()
 	waitClosed(t, watch.downloaded, "the record's bytes downloaded")
-	geotest.WaitFor(t, 30*time.Second, "the staging statement waits on the held lock", func() (bool, string) {
+	geotest.WaitFor(t, stall, "the staging statement waits on the held lock", func() (bool, string) {
 		var n int
 		err := f.TrackingDB.GetContext(ctx, &n, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted`)
 		return err == nil && n > 0, fmt.Sprint(n, err)
@@ -289,8 +282,8 @@ CREATE TRIGGER test_hold_staging BEFORE UPDATE ON geo_registry
 	select {
 	case staged := <-watch.published:
 		require.Equal(t, key, staged, "the row's committed staged key when its bytes were published")
-	case <-time.After(30 * time.Second):
-		t.Fatal("not published within 30s of the staging's release")
+	case <-time.After(hangGuard):
+		t.Fatalf("not published within %v of the staging's release", hangGuard)
 	}
 	f.waitRowState(t, r.Store(), id, registry.StateSynced)
 }

@@ -41,7 +41,7 @@ func TestFirstPassWaitsForEventCursor(t *testing.T) {
 	_, err = conn.ExecContext(ctx, `SELECT pg_advisory_unlock(hashtextextended('geo.events.consumer:default', 0))`)
 	require.NoError(t, err)
 
-	geotest.WaitFor(t, 15*time.Second, "a record created before the consumer's first start is synced", func() (bool, string) {
+	geotest.WaitFor(t, stall, "a record created before the consumer's first start is synced", func() (bool, string) {
 		row, err := sec.Store().Get(ctx, "item", id)
 		if err != nil {
 			return false, err.Error()

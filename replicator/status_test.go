@@ -50,7 +50,7 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 	r.TriggerConsistency()
 
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "attachments synced while item is paused", func() (bool, string) {
+	geotest.WaitFor(t, stall, "attachments synced while item is paused", func() (bool, string) {
 		c, err := store.Counts(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -75,7 +75,7 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 	require.InDelta(t, 100, att.SyncedPercent, 0.001)
 
 	require.NoError(t, r.Resume(ctx, "item"))
-	f.waitConverged(t, 30*time.Second, f.secondaryItems(), other)
+	f.waitConverged(t, stall, f.secondaryItems(), other)
 }
 
 // Status reports counts, percentages, the oldest pending row, the most
@@ -95,7 +95,7 @@ func TestStatusReportsFailuresAndPending(t *testing.T) {
 	r := f.Start(f.SecondaryConfig(f.secondaryItems()))
 	r.TriggerConsistency()
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "7 synced, 3 failed", func() (bool, string) {
+	geotest.WaitFor(t, stall, "7 synced, 3 failed", func() (bool, string) {
 		c, err := store.Counts(ctx)
 		if err != nil {
 			return false, err.Error()

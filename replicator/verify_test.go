@@ -59,7 +59,7 @@ func (f *fixture) runPrimary(t *testing.T, set *replicator.Set, mod func(*replic
 func waitChecksum(t *testing.T, cs *registry.Checksums, name string, id int64, what string, cond func(r registry.ChecksumRow) bool) registry.ChecksumRow {
 	t.Helper()
 	var row registry.ChecksumRow
-	geotest.WaitFor(t, 20*time.Second, what, func() (bool, string) {
+	geotest.WaitFor(t, stall, what, func() (bool, string) {
 		var err error
 		row, err = cs.Get(context.Background(), name, id)
 		if err != nil {
@@ -83,7 +83,7 @@ func succeeded(r registry.ChecksumRow) bool { return r.State == registry.Verific
 func waitEventsConsumed(t *testing.T, sec *replicator.Secondary) {
 	t.Helper()
 	polls := sec.Consumer().Stats().Polls
-	geotest.WaitFor(t, 20*time.Second, "events consumed", func() (bool, string) {
+	geotest.WaitFor(t, stall, "events consumed", func() (bool, string) {
 		st := sec.Consumer().Stats()
 		return st.Polls >= polls+2 && st.LagEvents == 0, fmt.Sprintf("%d polls, %d events after the cursor", st.Polls-polls, st.LagEvents)
 	})
@@ -92,7 +92,7 @@ func waitEventsConsumed(t *testing.T, sec *replicator.Secondary) {
 func waitRow(t *testing.T, store *registry.Store, id int64, what string, cond func(r registry.Row) bool) registry.Row {
 	t.Helper()
 	var row registry.Row
-	geotest.WaitFor(t, 20*time.Second, what, func() (bool, string) {
+	geotest.WaitFor(t, stall, what, func() (bool, string) {
 		var err error
 		row, err = store.Get(context.Background(), "item", id)
 		if err != nil {
@@ -247,7 +247,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	// CI), and the verifier then finds the record gone and removes it, all
 	// without the clock moving.
 	require.NoError(t, f.app.Delete(ctx, ids[0], true))
-	geotest.WaitFor(t, 20*time.Second, "deleted event removes the checksum row", func() (bool, string) {
+	geotest.WaitFor(t, stall, "deleted event removes the checksum row", func() (bool, string) {
 		_, err := cs.Get(ctx, "item", ids[0])
 		return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)
 	})
@@ -255,7 +255,7 @@ func TestPrimaryChecksumsMatchSha256sum(t *testing.T) {
 	// The clock moved hours above, so a backfill may already have run
 	// before this delete (seen in CI under load): make the next one due.
 	clock.Add(15*time.Minute + time.Second) // the default VerifyBackfillInterval
-	geotest.WaitFor(t, 20*time.Second, "backfill removes the row of a record gone without an event", func() (bool, string) {
+	geotest.WaitFor(t, stall, "backfill removes the row of a record gone without an event", func() (bool, string) {
 		_, err := cs.Get(ctx, "item", silentlyGone)
 		return errors.Is(err, registry.ErrNotFound), fmt.Sprint(err)
 	})
@@ -370,7 +370,7 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	n, err = r.ReverifyAll(ctx, "item", false)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), n)
-	geotest.WaitFor(t, 20*time.Second, "b re-downloaded", func() (bool, string) {
+	geotest.WaitFor(t, stall, "b re-downloaded", func() (bool, string) {
 		got, err := os.ReadFile(f.secondaryPath(t, b))
 		return err == nil && bytes.Equal(got, bBytes) && f.Transfers.Count("item", b) > before, fmt.Sprint(err)
 	})
@@ -464,7 +464,7 @@ func TestSkipDownloadWhenPresentAndMatching(t *testing.T) {
 	cfg := f.SecondaryConfig(sec)
 	cfg.Observer = obs
 	r := f.Start(cfg)
-	f.waitConverged(t, 30*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	for _, id := range ids {
 		waitRow(t, r.Store(), id, "synced and verified", verifiedRow)
 	}
