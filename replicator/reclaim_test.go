@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/geoframework/geo/geotest"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 )
@@ -33,7 +34,10 @@ func TestReclaimDuringOldSyncKeepsTheNewClaim(t *testing.T) {
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec)
 	cfg.PrimaryURL = url
-	cfg.Lease = time.Second
+	// A short lease, so renewals come often; not the 1 s minimum, whose
+	// renewal every 333 ms a loaded machine misses (the lease then
+	// expires and the claim is lost for a reason this test is not about).
+	cfg.Lease = 5 * time.Second
 	obs := &outcomeCounter{n: map[replicator.SyncOutcome]int{}}
 	cfg.Observer = obs
 	r := f.Start(cfg)
@@ -50,25 +54,33 @@ func TestReclaimDuringOldSyncKeepsTheNewClaim(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, first.Seq, second.Seq)
 
+	// held waits for three renewals of the new claim's lease (watched in
+	// the row, not slept through: a loaded machine renews late), and
+	// checks at every look that the new claim is still held.
 	held := func(what string) {
 		t.Helper()
-		row, err := r.Store().Get(ctx, "item", id)
-		require.NoError(t, err)
-		require.Equal(t, registry.StateStarted, row.State, "%s: row of the sync in flight (failure: %q)", what, row.LastSyncFailure)
-		require.Equal(t, second.Seq, row.Seq, what)
+		var renewed []time.Time
+		geotest.WaitFor(t, stall, what+": three renewals of the new claim's lease", func() (bool, string) {
+			row, err := r.Store().Get(ctx, "item", id)
+			require.NoError(t, err)
+			require.Equal(t, registry.StateStarted, row.State, "%s: row of the sync in flight (failure: %q)", what, row.LastSyncFailure)
+			require.Equal(t, second.Seq, row.Seq, what)
+			if len(renewed) == 0 || row.LeaseExpiresAt.After(renewed[len(renewed)-1]) {
+				renewed = append(renewed, row.LeaseExpiresAt)
+			}
+			return len(renewed) > 3, fmt.Sprintf("%d renewals, the lease expires at %v", len(renewed)-1, row.LeaseExpiresAt)
+		})
 	}
-	// Several lease periods: renewals run and must keep the new claim.
-	time.Sleep(3 * cfg.Lease)
+	// Renewals run and must keep the new claim.
 	held("while both syncs run")
 	// The old sync ends; the new one must stay claimed and renewed, not be
 	// claimed again after its lease.
 	release1()
-	time.Sleep(3 * cfg.Lease)
 	held("after the old sync ended")
 	require.Equal(t, 1, f.Transfers.Count("item", id), "transfers served while the new sync is held")
 
 	release2()
-	f.waitConverged(t, 60*time.Second, sec)
+	f.waitConverged(t, stall, sec)
 	row, err := r.Store().Get(ctx, "item", id)
 	require.NoError(t, err)
 	require.Equal(t, 2, f.Transfers.Count("item", id), fmt.Sprintf("transfers of the record (row %v)", row.State))
