@@ -220,14 +220,17 @@ func TestCapacityIsNeverExceeded(t *testing.T) { // R5
 		require.NoError(t, err)
 	}
 	g, url := f.gated(t)
-	g.delay = 30 * time.Millisecond
+	// Long enough that the syncs a claim starts together overlap at the
+	// primary on a loaded machine too (at 30 ms, one started late could
+	// miss the others, and the budget looked unused).
+	g.delay = 200 * time.Millisecond
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec, other)
 	cfg.PrimaryURL = url
 	cfg.SyncCapacityPerType = 3
 	cfg.SyncCapacityTotal = 5
 	f.Start(cfg)
-	f.waitConverged(t, 60*time.Second, sec, other)
+	f.waitConverged(t, stall, sec, other)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	require.LessOrEqual(t, g.peakAll, 5, "total concurrent transfers")
