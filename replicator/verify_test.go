@@ -337,8 +337,18 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	sec := f.secondaryItems()
 	cfg := f.SecondaryConfig(sec)
 	cfg.Observer = obs
-	cfg.Retry = strategy.Backoff{Base: 300 * time.Millisecond, Max: time.Second, Jitter: -1}
+	// A failed row waits an hour, until the test makes it due (retryNow)
+	// after reading it: with a retry due in 300 ms, a loaded machine's
+	// look at the failed row came after the resync had claimed it.
+	cfg.Retry = strategy.Backoff{Base: time.Hour, Jitter: -1}
 	r := f.Start(cfg)
+	retryNow := func(id int64) {
+		t.Helper()
+		_, err := f.TrackingDB.ExecContext(ctx, `UPDATE geo_registry SET retry_at = $1 WHERE replicable = 'item' AND model_id = $2 AND state = 3`,
+			time.Now().Add(-time.Second), id)
+		require.NoError(t, err)
+		r.Wake()
+	}
 	waitEventsConsumed(t, r.Secondary)
 	waitRow(t, r.Store(), a, "a synced and verified", verifiedRow)
 	waitRow(t, r.Store(), b, "b synced and verified", verifiedRow)
@@ -358,6 +368,7 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	require.Contains(t, row.VerificationFailure, "checksum mismatch")
 	require.Contains(t, row.LastSyncFailure, "verification failed")
 	require.Equal(t, 1, row.VerificationRetryCount)
+	retryNow(a)
 	waitRow(t, r.Store(), a, "a repaired", func(r registry.Row) bool { return verifiedRow(r) && !r.ChecksumMismatch })
 	got, err := os.ReadFile(f.secondaryPath(t, a))
 	require.NoError(t, err)
@@ -370,6 +381,9 @@ func TestSecondaryVerificationRepairsCorruptionAndMissingFiles(t *testing.T) {
 	n, err = r.ReverifyAll(ctx, "item", false)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), n)
+	row = waitRow(t, r.Store(), b, "b's missing file recorded", func(r registry.Row) bool { return r.State == registry.StateFailed })
+	require.Contains(t, row.VerificationFailure, "missing on the secondary")
+	retryNow(b)
 	geotest.WaitFor(t, stall, "b re-downloaded", func() (bool, string) {
 		got, err := os.ReadFile(f.secondaryPath(t, b))
 		return err == nil && bytes.Equal(got, bBytes) && f.Transfers.Count("item", b) > before, fmt.Sprint(err)
