@@ -82,7 +82,7 @@ func TestConcurrentPublishersLoseNothing(t *testing.T) {
 
 	want := e.outboxIDs(t)
 	require.Len(t, want, total)
-	waitFor(t, 60*time.Second, fmt.Sprintf("%d events consumed", total), func() bool { return rec.distinct() >= total })
+	waitGrowing(t, "events consumed", rec.distinct, total)
 	assert.Equal(t, want, sortedKeys(rec.seen), "consumed event ids = committed event ids")
 
 	all := rec.events()
@@ -97,7 +97,7 @@ func TestConcurrentPublishersLoseNothing(t *testing.T) {
 		models[ev.ModelID] = true
 	}
 	assert.Len(t, models, total, "distinct model ids")
-	waitFor(t, 10*time.Second, "lag back to zero", func() bool {
+	waitFor(t, waitGuard, "lag back to zero", func() bool {
 		s := c.Stats()
 		return s.LagEvents == 0 && s.LagSeconds == 0
 	})
@@ -154,7 +154,7 @@ func TestFirstStartBeginsAtEnd(t *testing.T) {
 	// The start is the cluster-wide snapshot xmin: events of transactions
 	// newer than the oldest one running anywhere (another test's) count as
 	// not yet seen and would be delivered. Wait until 1-3 are truly past.
-	waitFor(t, 30*time.Second, "events 1-3 below the snapshot xmin", func() bool {
+	waitFor(t, waitGuard, "events 1-3 below the snapshot xmin", func() bool {
 		var past bool
 		err := e.primary.Get(&past, `SELECT pg_snapshot_xmin(pg_current_snapshot()) > max(xid) FROM geo_events`)
 		return err == nil && past
@@ -167,12 +167,12 @@ func TestFirstStartBeginsAtEnd(t *testing.T) {
 	run(t, c)
 	waitActive(t, c)
 	e.publish(t, "upload", 4, 5)
-	waitFor(t, 20*time.Second, "2 events", func() bool { return rec.distinct() >= 2 })
+	waitFor(t, waitGuard, "2 events", func() bool { return rec.distinct() >= 2 })
 	assert.Equal(t, []int64{4, 5}, rec.modelIDs())
 	assert.Equal(t, "upload", rec.events()[0].Replicable)
 	assert.Equal(t, events.OpCreated, rec.events()[0].Op)
 	assert.False(t, rec.events()[0].CreatedAt.IsZero())
-	waitFor(t, 10*time.Second, "last event time", func() bool { return !c.Stats().LastEventCreatedAt.IsZero() })
+	waitFor(t, waitGuard, "last event time", func() bool { return !c.Stats().LastEventCreatedAt.IsZero() })
 }
 
 // TestRestartMidBatchLosesNothing: the consumer stops while its handler
@@ -211,7 +211,7 @@ func TestRestartMidBatchLosesNothing(t *testing.T) {
 	select {
 	case err := <-done:
 		require.NoError(t, err)
-	case <-time.After(30 * time.Second):
+	case <-time.After(waitGuard):
 		t.Fatal("Run did not return after its context was cancelled")
 	}
 	require.Equal(t, 20, first.distinct(), "batches 1 and 2 acknowledged")
@@ -239,7 +239,7 @@ func TestRestartMidBatchLosesNothing(t *testing.T) {
 	select {
 	case err := <-done2:
 		require.NoError(t, err)
-	case <-time.After(30 * time.Second):
+	case <-time.After(waitGuard):
 		t.Fatal("Run did not return after its context was cancelled")
 	}
 	assert.Equal(t, int64(1), c2.Stats().HandlerErrors, "the panic counts as a failed batch")
@@ -253,7 +253,7 @@ func TestRestartMidBatchLosesNothing(t *testing.T) {
 	c3, err := events.NewConsumer(cfg3)
 	require.NoError(t, err)
 	run(t, c3)
-	waitFor(t, 20*time.Second, "the rest", func() bool { return third.distinct() >= 40 })
+	waitFor(t, waitGuard, "the rest", func() bool { return third.distinct() >= 40 })
 	want := []int64{}
 	for id := int64(61); id <= 100; id++ {
 		want = append(want, id)
@@ -277,7 +277,7 @@ func TestSecondConsumerWaitsThenTakesOver(t *testing.T) {
 	waitActive(t, a)
 	run(t, b)
 	e.publish(t, "package_file", 1, 2, 3)
-	waitFor(t, 20*time.Second, "a consumes", func() bool { return ra.distinct() == 3 })
+	waitFor(t, waitGuard, "a consumes", func() bool { return ra.distinct() == 3 })
 	// b has been polling for the lock all along; give it several rounds.
 	require.Never(t, func() bool { return b.Stats().Active }, 100*time.Millisecond, 5*time.Millisecond, "b active while a holds the lock")
 	assert.Zero(t, rb.distinct())
@@ -286,7 +286,7 @@ func TestSecondConsumerWaitsThenTakesOver(t *testing.T) {
 	assert.False(t, a.Stats().Active)
 	waitActive(t, b)
 	e.publish(t, "upload", 4, 5)
-	waitFor(t, 20*time.Second, "b consumes", func() bool { return rb.distinct() == 2 })
+	waitFor(t, waitGuard, "b consumes", func() bool { return rb.distinct() == 2 })
 	assert.Equal(t, []int64{4, 5}, rb.modelIDs(), "b continues from a's cursor")
 	assert.Equal(t, 3, ra.distinct())
 }
@@ -327,7 +327,7 @@ func TestSkipsUnknownAndMalformed(t *testing.T) {
 		('package_file', 3, 7, 'k/7', '{"size": 3}'),
 		('upload', 2, 8, 'k/8', NULL)`)
 	require.NoError(t, err)
-	waitFor(t, 20*time.Second, "all rows read", func() bool {
+	waitFor(t, waitGuard, "all rows read", func() bool {
 		s := c.Stats()
 		return s.Consumed+s.SkippedUnknown+s.SkippedMalformed == 8
 	})
@@ -347,7 +347,7 @@ func TestSkipsUnknownAndMalformed(t *testing.T) {
 	mu.Unlock()
 
 	e.publish(t, "upload", 9)
-	waitFor(t, 20*time.Second, "the consumer goes on", func() bool { return rec.distinct() == 4 })
+	waitFor(t, waitGuard, "the consumer goes on", func() bool { return rec.distinct() == 4 })
 }
 
 // TestSurvivesConnectionLoss: every session of the consumer (source reads
@@ -362,14 +362,14 @@ func TestSurvivesConnectionLoss(t *testing.T) {
 	run(t, c)
 	waitActive(t, c)
 	e.publish(t, "package_file", 1)
-	waitFor(t, 20*time.Second, "first event", func() bool { return rec.distinct() == 1 })
+	waitFor(t, waitGuard, "first event", func() bool { return rec.distinct() == 1 })
 
 	for _, db := range []string{dbName(t, e.primary), dbName(t, e.tracking)} {
 		_, err := e.primary.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, db)
 		require.NoError(t, err)
 	}
 	e.publish(t, "package_file", 2, 3)
-	waitFor(t, 30*time.Second, "events after the restart", func() bool { return rec.distinct() == 3 })
+	waitFor(t, waitGuard, "events after the restart", func() bool { return rec.distinct() == 3 })
 	waitActive(t, c)
 	// Events handled while the lock's session was being killed may come
 	// again (their cursor write failed): at least once, never lost.

@@ -88,8 +88,8 @@ func run(t testing.TB, c *events.Consumer) (stop func()) {
 				if err != nil {
 					t.Errorf("Run = %v, want nil after cancel", err)
 				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("Run did not return within 30s of cancel")
+			case <-time.After(waitGuard):
+				t.Errorf("Run did not return within %v of cancel", waitGuard)
 			}
 		})
 	}
@@ -97,7 +97,17 @@ func run(t testing.TB, c *events.Consumer) (stop func()) {
 	return stop
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// The waits of these tests are tied to progress, so that a loaded 2-core
+// machine (make test runs packages side by side, with -race) slows them
+// without failing them: waitGuard bounds a wait for one step of a
+// consumer or the database (a hang guard, reached only when something is
+// broken), and stall how long waitGrowing accepts no progress.
+const (
+	waitGuard = 2 * time.Minute
+	stall     = time.Minute
+)
+
+// waitFor polls cond until it holds or d (a hang guard) passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -109,9 +119,25 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// waitGrowing polls n until it reaches want; it fails when n stays the
+// same for stall (no progress), however long the whole wait takes.
+func waitGrowing(t testing.TB, what string, n func() int, want int) {
+	t.Helper()
+	last, changed := n(), time.Now()
+	for last < want {
+		if time.Since(changed) >= stall {
+			t.Fatalf("waiting for %s: %d of %d, no progress for %v", what, last, want, stall)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+		if cur := n(); cur != last {
+			last, changed = cur, time.Now()
+		}
+	}
+}
+
 func waitActive(t testing.TB, c *events.Consumer) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "consumer active", func() bool { return c.Stats().Active })
+	waitFor(t, waitGuard, "consumer active", func() bool { return c.Stats().Active })
 }
 
 // recorder is a Handler that keeps every batch and checks order.

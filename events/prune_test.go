@@ -41,7 +41,7 @@ func (e *env) waitAllEnded(t testing.TB) {
 	t.Helper()
 	var xmax string
 	require.NoError(t, e.primary.Get(&xmax, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`))
-	waitFor(t, 60*time.Second, "every transaction started so far to end", func() bool {
+	waitFor(t, waitGuard, "every transaction started so far to end", func() bool {
 		var ok bool
 		return e.primary.Get(&ok, `SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8`, xmax) == nil && ok
 	})
@@ -109,7 +109,7 @@ func TestRunPruner(t *testing.T) {
 	go func() {
 		done <- events.RunPruner(ctx, e.primary, events.PrunerConfig{Batch: 1, Interval: 50 * time.Millisecond})
 	}()
-	waitFor(t, 20*time.Second, "old events pruned", func() bool {
+	waitFor(t, waitGuard, "old events pruned", func() bool {
 		var n int
 		return e.primary.Get(&n, `SELECT count(*) FROM geo_events`) == nil && n == 1
 	})
@@ -149,8 +149,8 @@ func TestFellBehindRetention(t *testing.T) {
 	c2, err := events.NewConsumer(cfg)
 	require.NoError(t, err)
 	run(t, c2)
-	waitFor(t, 20*time.Second, "fell behind", func() bool { return c2.Stats().FellBehind })
-	waitFor(t, 20*time.Second, "events after the mark", func() bool { return c2.Stats().Consumed == 2 })
+	waitFor(t, waitGuard, "fell behind", func() bool { return c2.Stats().FellBehind })
+	waitFor(t, waitGuard, "events after the mark", func() bool { return c2.Stats().Consumed == 2 })
 	assert.EqualValues(t, 1, called.Load(), "OnFellBehind calls")
 	assert.Equal(t, []int64{4, 5}, rec.modelIDs())
 	_, markID := e.prunedMark(t)
@@ -186,7 +186,7 @@ func TestPruneWaitsForOpenTransactions(t *testing.T) {
 	defer tOld.Rollback()
 	var oldStart time.Time
 	require.NoError(t, tOld.Get(&oldStart, `SELECT now()`))
-	waitFor(t, 60*time.Second, "T_old's start to be past retention", func() bool {
+	waitFor(t, waitGuard, "T_old's start to be past retention", func() bool {
 		var past bool
 		return e.primary.Get(&past, `SELECT clock_timestamp() - $1::timestamptz > 2 * $2::bigint * interval '1 microsecond'`,
 			oldStart, retention.Microseconds()) == nil && past
@@ -211,7 +211,7 @@ func TestPruneWaitsForOpenTransactions(t *testing.T) {
 	assert.Zero(t, marks, "pruned mark set")
 
 	require.NoError(t, tOpen.Commit())
-	waitFor(t, 30*time.Second, "T_open's and T_old's events delivered", func() bool { return rec.distinct() == 2 })
+	waitFor(t, waitGuard, "T_open's and T_old's events delivered", func() bool { return rec.distinct() == 2 })
 	assert.Equal(t, []int64{1, 2}, rec.modelIDs(), "delivered in (xid, id) order: T_open's first")
 	assert.False(t, c.Stats().FellBehind, "fell behind")
 	assert.Zero(t, called.Load(), "OnFellBehind calls")
@@ -261,12 +261,12 @@ func TestFellBehindDeliversWhatWasNotPruned(t *testing.T) {
 	c2, err := events.NewConsumer(cfg)
 	require.NoError(t, err)
 	run(t, c2)
-	waitFor(t, 20*time.Second, "fell behind", func() bool { return c2.Stats().FellBehind })
-	waitFor(t, 20*time.Second, "the events left delivered", func() bool { return rec.distinct() == 2 })
+	waitFor(t, waitGuard, "fell behind", func() bool { return c2.Stats().FellBehind })
+	waitFor(t, waitGuard, "the events left delivered", func() bool { return rec.distinct() == 2 })
 	assert.Equal(t, []int64{1, 3}, rec.modelIDs(), "T_young's event, below the pruned mark, and the one after it")
 	assert.EqualValues(t, 1, called.Load(), "OnFellBehind calls")
 	markXID, markID := e.prunedMark(t)
-	waitFor(t, 20*time.Second, "the cursor past the mark", func() bool {
+	waitFor(t, waitGuard, "the cursor past the mark", func() bool {
 		cur := c2.Stats().Cursor
 		return fmt.Sprint(cur.XID) != markXID || cur.ID != markID
 	})
@@ -299,7 +299,7 @@ func TestFellBehindMovesToTheMarkOnlyWhenNothingIsLeft(t *testing.T) {
 	c2, err := events.NewConsumer(cfg)
 	require.NoError(t, err)
 	stop = run(t, c2)
-	waitFor(t, 20*time.Second, "the cursor at the mark", func() bool {
+	waitFor(t, waitGuard, "the cursor at the mark", func() bool {
 		cur := c2.Stats().Cursor
 		return fmt.Sprint(cur.XID) == markXID && cur.ID == markID
 	})
@@ -311,7 +311,7 @@ func TestFellBehindMovesToTheMarkOnlyWhenNothingIsLeft(t *testing.T) {
 	run(t, c3)
 	waitActive(t, c3)
 	e.publish(t, "package_file", 3)
-	waitFor(t, 20*time.Second, "a later event consumed", func() bool { return c3.Stats().Consumed == 1 })
+	waitFor(t, waitGuard, "a later event consumed", func() bool { return c3.Stats().Consumed == 1 })
 	assert.False(t, c3.Stats().FellBehind, "a restart after the move reports the loss again")
 	assert.EqualValues(t, 1, called.Load(), "OnFellBehind calls")
 }

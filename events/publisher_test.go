@@ -83,7 +83,7 @@ func TestPublishIsTransactional(t *testing.T) {
 	case n := <-l.Notify:
 		require.NotNil(t, n)
 		assert.Equal(t, events.NotifyChannel, n.Channel)
-	case <-time.After(10 * time.Second):
+	case <-time.After(waitGuard):
 		t.Fatal("no notification after commit")
 	}
 	type row struct {

@@ -23,7 +23,9 @@ import (
 // both arrive in (xid, id) order.
 func TestConsumerOnHotStandby(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A hang guard: initdb, a base backup and two starts on a loaded
+	// machine take a good part of a minute.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	primary, err := pgtest.StartCluster(ctx, pgtest.Options{})
 	if err != nil {
@@ -75,7 +77,7 @@ func TestConsumerOnHotStandby(t *testing.T) {
 	require.NoError(t, err)
 	publish(tx, 1, 2, 3)
 	require.NoError(t, tx.Commit())
-	waitFor(t, 30*time.Second, "events through the standby", func() bool { return rec.distinct() == 3 })
+	waitFor(t, waitGuard, "events through the standby", func() bool { return rec.distinct() == 3 })
 
 	// An older transaction stays open on the primary...
 	older, err := pdb.BeginTxx(ctx, nil)
@@ -88,17 +90,17 @@ func TestConsumerOnHotStandby(t *testing.T) {
 	publish(newer, 11)
 	require.NoError(t, newer.Commit())
 
-	waitFor(t, 30*time.Second, "the newer event replayed on the standby", func() bool {
+	waitFor(t, waitGuard, "the newer event replayed on the standby", func() bool {
 		var n int
 		return sdb.GetContext(ctx, &n, `SELECT count(*) FROM geo_events WHERE model_id = 11`) == nil && n == 1
 	})
 	polls := c.Stats().Polls
-	waitFor(t, 30*time.Second, "two more polls", func() bool { return c.Stats().Polls >= polls+2 })
+	waitFor(t, waitGuard, "two more polls", func() bool { return c.Stats().Polls >= polls+2 })
 	assert.Equal(t, 3, rec.distinct(), "the newer event was delivered while an older transaction was open")
-	waitFor(t, 10*time.Second, "lag to count the held-back event", func() bool { return c.Stats().LagEvents >= 1 })
+	waitFor(t, waitGuard, "lag to count the held-back event", func() bool { return c.Stats().LagEvents >= 1 })
 
 	require.NoError(t, older.Commit())
-	waitFor(t, 30*time.Second, "both events once the older commits", func() bool { return rec.distinct() == 5 })
+	waitFor(t, waitGuard, "both events once the older commits", func() bool { return rec.distinct() == 5 })
 	assert.Equal(t, []int64{1, 2, 3, 10, 11}, rec.modelIDs())
 	rec.checkBatchOrder(t)
 
