@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -186,12 +187,21 @@ func TestDownloadWantChecksumMismatch(t *testing.T) {
 	res.Writer.Abort()
 }
 
-// rawPrimary serves h, for transfers that go wrong at the HTTP level.
+// rawPrimary serves h, for transfers that go wrong at the HTTP level,
+// to a downloader whose stall timeout (5 s) a loaded machine does not
+// reach by accident: a test of another failure gets that failure, not
+// ErrTimeout (at 300 ms, a handler descheduled that long did).
 func rawPrimary(t *testing.T, h http.HandlerFunc) (*transfer.Downloader, *blob.Bucket) {
+	t.Helper()
+	return rawPrimaryTimeout(t, 5*time.Second, h)
+}
+
+// rawPrimaryTimeout is rawPrimary with the downloader's stall timeout.
+func rawPrimaryTimeout(t *testing.T, timeout time.Duration, h http.HandlerFunc) (*transfer.Downloader, *blob.Bucket) {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: 300 * time.Millisecond})
+	d, err := transfer.NewDownloader(transfer.DownloaderConfig{BaseURL: srv.URL, Credentials: newCreds("s", "k"), Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +261,7 @@ func TestDownloadSlowServerTimesOut(t *testing.T) {
 		header bool
 	}{{"StallBeforeHeaders", false}, {"StallMidBody", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, sec := rawPrimary(t, func(w http.ResponseWriter, r *http.Request) {
+			d, sec := rawPrimaryTimeout(t, 300*time.Millisecond, func(w http.ResponseWriter, r *http.Request) {
 				if tc.header {
 					w.Header().Set("Content-Length", "1000000")
 					w.Write(make([]byte, 1000))
@@ -276,17 +286,20 @@ func TestDownloadSlowServerTimesOut(t *testing.T) {
 }
 
 func TestDownloadSlowButSteadyIsNotCutShort(t *testing.T) {
-	// The timeout is idle time per read, not a total deadline.
-	d, sec := rawPrimary(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "10")
-		for range 10 {
+	// The timeout is idle time per read, not a total deadline. Each gap
+	// is a twentieth of the timeout, so that a loaded machine's late
+	// wake-ups do not make one a stall (at 60 ms of 300 they could).
+	const timeout, gap, n = time.Second, 50 * time.Millisecond, 30
+	d, sec := rawPrimaryTimeout(t, timeout, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		for range n {
 			w.Write([]byte{'x'})
 			w.(http.Flusher).Flush()
-			time.Sleep(60 * time.Millisecond) // 600ms in total, twice the timeout
+			time.Sleep(gap) // 1.5 s in total, more than the timeout
 		}
 	})
 	res, err := d.Download(t.Context(), testReplicable, 1, sec, "k", "")
-	if err != nil || res.Size != 10 {
+	if err != nil || res.Size != n {
 		t.Fatalf("Download of a slow but steady body = %+v, %v", res, err)
 	}
 }
