@@ -179,20 +179,26 @@ SELECT 'item', g, 2, 2, now(), 'k/' || g, now() FROM generate_series(1, $1::bigi
 	require.Regexp(t, `^resync item: batch 1: 1000 of ~30000 rows \(3\.3%\), up to id 1000, \d+ rows/s, `, lines[0])
 	require.Regexp(t, `^resync item: batch 31: 30000 of ~30000 rows \(100\.0%\), up to id 30000, \d+ rows/s, done$`, lines[30])
 
-	// --timeout bounds each batch, not the walk: batches 3 and 10 each
-	// wait on a locked row for a good part of the timeout, so the walk
-	// takes longer than the timeout and completes.
+	// --timeout bounds each batch, not the walk: batches 3, 10 and 20
+	// each wait on a locked row for 0.4 of the timeout, counted from the
+	// line of the batch before (not from the start of the run: on a
+	// loaded machine that left one batch too little of its timeout), so
+	// the walk takes longer than the timeout and completes, and each held
+	// batch has 0.6 of the timeout for its own work.
 	allSynced()
-	const timeout = 3 * time.Second
-	release3, release10 := lockRow(t, db, 2500), lockRow(t, db, 9500)
+	const timeout = 4 * time.Second
+	const hold = timeout * 4 / 10
+	release3, release10, release20 := lockRow(t, db, 2500), lockRow(t, db, 9500), lockRow(t, db, 19500)
 	began := time.Now()
 	r := g.start("--timeout", timeout.String(), "resync", "--all", "--type", "item", "--batch", "1000")
-	r.waitLine("batch 2:")
-	time.Sleep(time.Until(began.Add(timeout * 6 / 10)))
-	release3()
-	r.waitLine("batch 9:")
-	time.Sleep(time.Until(began.Add(timeout * 12 / 10)))
-	release10()
+	for _, h := range []struct {
+		before  string
+		release func()
+	}{{"batch 2:", release3}, {"batch 9:", release10}, {"batch 19:", release20}} {
+		r.waitLine(h.before)
+		time.Sleep(hold) // the held batch's wait on the lock
+		h.release()
+	}
 	out, errOut, code = r.wait()
 	require.Equal(t, 0, code, "a walk longer than --timeout %v whose batches are shorter: stderr %s", timeout, errOut)
 	require.Equal(t, "item: 30000 rows marked pending (resync)\n", out)
@@ -225,13 +231,15 @@ SELECT 'item', g, 2, 2, now(), 'k/' || g, now() FROM generate_series(1, $1::bigi
 	// the message says so and how to resume.
 	allSynced()
 	release = lockRow(t, db, 2500)
-	_, errOut, code = g.run("--timeout", "1s", "reverify", "--all", "--batch", "1000")
+	// 2 s: the batches before it (1000 rows each) fit in a fraction of
+	// that on a loaded machine too.
+	_, errOut, code = g.run("--timeout", "2s", "reverify", "--all", "--batch", "1000")
 	require.Equal(t, 1, code, "stderr %s", errOut)
-	require.Contains(t, errOut, "geoctl: reverify item: a batch of 1000 rows took longer than --timeout 1s, a smaller --batch or a longer --timeout helps")
+	require.Contains(t, errOut, "geoctl: reverify item: a batch of 1000 rows took longer than --timeout 2s, a smaller --batch or a longer --timeout helps")
 	require.Contains(t, errOut, "2000 rows changed, every row up to id 2000 is done (2 batches committed)")
 	t.Logf("timed-out run's stderr:\n%s", errOut)
 	args = resumeArgs(t, errOut)
-	require.Equal(t, []string{"--timeout", "1s", "reverify", "--all", "--batch", "1000", "--resume", "item:2000"}, args)
+	require.Equal(t, []string{"--timeout", "2s", "reverify", "--all", "--batch", "1000", "--resume", "item:2000"}, args)
 	release()
 	require.Equal(t, "item: 28000 rows due for verification\n", g.ok(args...))
 	require.Equal(t, int64(n), countWhere(t, db, `verification_state = 0`), "rows due for verification")
