@@ -50,6 +50,12 @@ func seqs(t *testing.T, db *sqlx.DB, replicable string) map[int64]int64 {
 // timeout); batches of DefaultBatchSize rows each take a fraction of
 // that and the resync completes. The batch statement walks the primary
 // key, at this size as on an empty table.
+//
+// The timeout is 2 s, or, on a machine loaded enough that one batch takes
+// more than a quarter second, stmtTimeoutPerBatch times what one batch
+// took just before (a resync of another type of DefaultBatchSize rows):
+// a loaded machine slows the batches as it slows the probe, and one
+// UPDATE of all the rows, 20 batches' worth, still outlasts the timeout.
 func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	ctx := context.Background()
 	url := pg.NewDatabaseURL(t)
@@ -59,36 +65,49 @@ func TestResyncAllUnderStatementTimeout(t *testing.T) {
 	require.NoError(t, registry.MigrateTracking(ctx, setup))
 	const n = 200_000
 	seedSynced(t, setup, "a", n)
+	seedSynced(t, setup, "probe", registry.DefaultBatchSize)
 	_, err = setup.Exec(`VACUUM ANALYZE geo_registry`)
 	require.NoError(t, err)
+
+	// One batch's time on this machine now.
+	ps, err := regstore.NewStore(setup, regstore.Options{})
+	require.NoError(t, err)
+	began := time.Now()
+	probed, err := ps.ResyncBatches(ctx, "probe", registry.BatchOptions{OnlyFailed: false})
+	require.NoError(t, err)
+	require.Equal(t, int64(registry.DefaultBatchSize), probed.Changed)
+	const stmtTimeoutPerBatch = 8
+	batch := time.Since(began)
+	timeout := max(2*time.Second, stmtTimeoutPerBatch*batch).Round(time.Millisecond)
 
 	sep := "?"
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	db, err := sqlx.Open("postgres", url+sep+"statement_timeout=2000")
+	db, err := sqlx.Open("postgres", fmt.Sprintf("%s%sstatement_timeout=%d", url, sep, timeout.Milliseconds()))
 	require.NoError(t, err)
 	defer db.Close()
-	var timeout string
-	require.NoError(t, db.Get(&timeout, `SHOW statement_timeout`))
-	require.Equal(t, "2s", timeout, "the connection's statement_timeout")
+	var shown string
+	require.NoError(t, db.Get(&shown, `SHOW statement_timeout`))
+	require.NotEqual(t, "0", shown, "the connection's statement_timeout")
 	s, err := regstore.NewStore(db, regstore.Options{})
 	require.NoError(t, err)
 
 	var maxSeq int64
-	require.NoError(t, setup.Get(&maxSeq, `SELECT max(seq) FROM geo_registry`))
+	require.NoError(t, setup.Get(&maxSeq, `SELECT max(seq) FROM geo_registry WHERE replicable = 'a'`))
 	start := time.Now()
 	prog, err := s.ResyncBatches(ctx, "a", registry.BatchOptions{OnlyFailed: false})
 	changed := prog.Changed
 	var pe *pq.Error
 	if errors.As(err, &pe) && pe.Code == "57014" {
-		t.Fatalf("ResyncAll over %d rows was cancelled by the 2 s statement_timeout after %v: %v", n, time.Since(start), err)
+		t.Fatalf("ResyncAll over %d rows was cancelled by the %v statement_timeout (one batch of %d rows took %v just before) after %v: %v",
+			n, timeout, registry.DefaultBatchSize, batch, time.Since(start), err)
 	}
 	require.NoError(t, err)
-	t.Logf("ResyncAll of %d rows: %v", n, time.Since(start))
+	t.Logf("ResyncAll of %d rows: %v under a %v statement_timeout (one batch took %v)", n, time.Since(start), timeout, batch)
 	require.Equal(t, int64(n), changed, "ResyncAll: rows changed")
 	var stale int64
-	require.NoError(t, setup.Get(&stale, `SELECT count(*) FROM geo_registry WHERE state <> 0 OR seq <= $1`, maxSeq))
+	require.NoError(t, setup.Get(&stale, `SELECT count(*) FROM geo_registry WHERE replicable = 'a' AND (state <> 0 OR seq <= $1)`, maxSeq))
 	require.Zero(t, stale, "rows not pending with a new seq after ResyncAll")
 
 	// The plans at 200,000 rows.
@@ -288,7 +307,9 @@ func TestBatchTimeoutAndResume(t *testing.T) {
 	_, err = tx.Exec(`SELECT 1 FROM geo_registry WHERE replicable = 'a' AND model_id = 15 FOR UPDATE`)
 	require.NoError(t, err)
 
-	p, err := s.ResyncBatches(ctx, "a", registry.BatchOptions{Size: 10, BatchTimeout: 300 * time.Millisecond})
+	// 2 s: the first batch (10 rows) commits in a fraction of that on a
+	// loaded machine too; the second waits on row 15 until it.
+	p, err := s.ResyncBatches(ctx, "a", registry.BatchOptions{Size: 10, BatchTimeout: 2 * time.Second})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.ErrorContains(t, err, "batch after id 10")
 	require.Equal(t, registry.BatchProgress{After: 10, Walked: 10, Changed: 10, Batches: 1}, p)
