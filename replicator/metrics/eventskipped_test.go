@@ -30,7 +30,7 @@ func TestEventsSkippedAreCounted(t *testing.T) {
 	r := w.Start(cfg)
 	// A consumer starts at the end of the log: write the rows after it
 	// saved its start.
-	geotest.WaitFor(t, 30*time.Second, "the event consumer's start saved", func() (bool, string) {
+	geotest.WaitFor(t, time.Minute, "the event consumer's start saved", func() (bool, string) {
 		cursors, err := r.Store().EventCursors(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -45,7 +45,7 @@ func TestEventsSkippedAreCounted(t *testing.T) {
 		('item', 1, 0, NULL)`)
 	require.NoError(t, err)
 	const unknown, malformed = "geo_events_skipped_total{reason=unknown_replicable}", "geo_events_skipped_total{reason=malformed}"
-	geotest.WaitFor(t, 30*time.Second, "2 unknown and 3 malformed events counted", func() (bool, string) {
+	geotest.WaitFor(t, time.Minute, "2 unknown and 3 malformed events counted", func() (bool, string) {
 		got := scrape(t, reg)
 		return got[unknown] == 2 && got[malformed] == 3, fmt.Sprintf("unknown %v, malformed %v", got[unknown], got[malformed])
 	})

@@ -125,7 +125,7 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 	r := w.Start(cfg)
 	r.TriggerConsistency()
 	store := r.Store()
-	geotest.WaitFor(t, 30*time.Second, "7 synced, 3 failed", func() (bool, string) {
+	geotest.WaitFor(t, time.Minute, "7 synced, 3 failed", func() (bool, string) {
 		c, err := store.Counts(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -136,7 +136,7 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- m.Run(runCtx, r.Secondary) }()
-	geotest.WaitFor(t, 10*time.Second, "Run's first refresh", func() (bool, string) {
+	geotest.WaitFor(t, time.Minute, "Run's first refresh", func() (bool, string) {
 		_, ok := scrape(t, reg)["geo_registry_rows{replicable=item,state=synced}"]
 		return ok, "no geo_registry_rows yet"
 	})
