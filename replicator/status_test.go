@@ -44,6 +44,12 @@ func TestPausedTypeIsNotSyncedWhileAnotherProceeds(t *testing.T) {
 		require.NoError(t, err)
 	}
 	other := &attachments{db: f.PrimaryDB}
+	// Paused before the secondary starts, so that its first pass and
+	// claims cannot come first on a loaded machine; Pause through the
+	// running secondary again (a no-op) checks the call.
+	pre, err := registry.NewStore(f.TrackingDB, registry.Options{})
+	require.NoError(t, err)
+	require.NoError(t, pre.Pause(ctx, "item"))
 	r := f.Start(f.SecondaryConfig(f.secondaryItems(), other))
 	require.NoError(t, r.Pause(ctx, "item"))
 	require.ErrorIs(t, r.Pause(ctx, "nope"), strategy.ErrUnknownReplicable)
