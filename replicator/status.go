@@ -57,9 +57,11 @@ type StatusOptions struct {
 	TopFailures int
 	// FailureSample bounds the rows whose reasons are counted per type
 	// and kind (the most recently failed), and the new failures counted;
-	// 0 means 1,000. Each such row is a table read: 10,000 failed rows
-	// spread over a 1,000,000-row registry cost 120-280 ms, 1,000 about
-	// a tenth of that.
+	// 0 means 1,000. Each such row is an index entry (the failure indexes
+	// carry the message, migration 0011) and a message to group: 1,000
+	// per type cost a few milliseconds. Reasons counted over a sample are
+	// the sample's counts, not totals: a type with at most FailureSample
+	// failed rows of a kind has them all counted.
 	FailureSample int
 	// StallAfter: a type that is not paused, whose next pending row has
 	// waited at least this long while no row is being synced and nothing
