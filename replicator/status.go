@@ -159,8 +159,9 @@ type ProcessStatus struct {
 	// loops it held (RoleConsumer, RoleConsistency, RoleExistence).
 	Types []string `json:"types"`
 	Roles []string `json:"roles"`
-	// InFlight is the syncs it ran per type; Backfill its consistency
-	// pass per type (types it never ran a pass of are absent).
+	// InFlight is the syncs it ran per type (rows claimed and being
+	// synced or settled, not capacity reserved for a claim); Backfill its
+	// consistency pass per type (types it never ran a pass of are absent).
 	InFlight map[string]int            `json:"in_flight"`
 	Backfill map[string]BackfillStatus `json:"backfill"`
 	// EventLag is its event consumer's lag; nil unless it held the
@@ -251,9 +252,10 @@ type TypeStatus struct {
 	// NewFailures counts rows that failed for the first time within
 	// StatusOptions.FailureWindow, up to StatusOptions.FailureSample.
 	NewFailures int64 `json:"new_failures"`
-	// InFlight is the number of syncs this process runs now (capacity in
-	// use); in ReadStatus, the sum the live processes reported in their
-	// last heartbeats.
+	// InFlight is the number of syncs this process runs now: rows claimed
+	// and being synced or settled (not capacity reserved for a claim not
+	// yet answered); in ReadStatus, the sum the live processes reported in
+	// their last heartbeats.
 	InFlight int `json:"in_flight"`
 	// Backfill is this process's consistency pass; nil when this process
 	// runs none (another process holds the singleton). In ReadStatus it is
@@ -608,7 +610,7 @@ func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status,
 		return Status{}, err
 	}
 	progress := s.Progress()
-	inflight := s.sync.InFlight()
+	inflight := s.sync.Running()
 	for i := range st.Types {
 		ts := &st.Types[i]
 		ts.InFlight = inflight[ts.Replicable]
