@@ -268,6 +268,9 @@ func applyDefaults(cfg *Config) error {
 	if cfg.Status.Now == nil {
 		cfg.Status.Now = cfg.Now
 	}
+	if cfg.Status.FailureSample <= 0 {
+		cfg.Status.FailureSample = replicator.StatusFailureSampleDefault
+	}
 	cfg.Types = append([]string(nil), cfg.Types...)
 	return nil
 }
