@@ -262,7 +262,7 @@ func (c *repoClause) commits(dir, branch string, n int) {
 }
 
 // push adds n commits to branch of record id's repository and publishes
-// the push through Harness.Pushed.
+// the push through RepositoryHarness.Pushed.
 func (c *repoClause) push(w *World, app RepositoryApp, s strategy.RepositoryStrategy, id int64, branch string, n int) {
 	c.Helper()
 	c.commits(c.dir(w.PrimaryRepositories, s, id), branch, n)

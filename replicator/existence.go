@@ -26,7 +26,7 @@ const localMissingReason = "local copy missing: the existence scan found no byte
 // (R7), far less than the re-verification interval. A scan checks each
 // kind's storage against the synced rows of that kind's types (an
 // existenceSpace). It walks the registry's synced rows in key order
-// (registry.Store.SyncedKeysOf) beside the storage's listing in the same
+// (regstore.Store.SyncedKeysOf) beside the storage's listing in the same
 // order (blob.Bucket.Keys): one pass over each, no Stat per row. Rows
 // whose locator the listing lacks are checked again (a listing is not a
 // snapshot) before they are marked. A storage that cannot list (the

@@ -16,7 +16,9 @@ import (
 )
 
 // kind is the seam one kind of replicable plugs into the engines through
-// (docs/architecture.md, "Kinds of replicable"). A kind provides:
+// ("Kinds of replicable" in
+// https://github.com/geoframework/geo/blob/main/docs/architecture.md). A
+// kind provides:
 //   - its primary side: a primarySide per type (checksum, exists) and one
 //     endpoint serving all its types under a path prefix of its own;
 //   - its secondary side: a Replicator per type (sync into a stage,

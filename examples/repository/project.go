@@ -1,8 +1,9 @@
 // Package repository is the worked example of a repository type: projects
 // whose git repositories geo replicates beside files. project.go is the
-// whole adapter (docs/adding-a-repository-type.md); app.go is the
-// application side that creates projects, reports pushes and deletes
-// projects, publishing geo's events in its own transactions.
+// whole adapter ("Adding a repository type",
+// https://github.com/geoframework/geo/blob/main/docs/adding-a-repository-type.md);
+// app.go is the application side that creates projects, reports pushes
+// and deletes projects, publishing geo's events in its own transactions.
 package repository
 
 import (
