@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -41,8 +42,13 @@ type WorldConfig struct {
 	// Setup creates the application's schema in the primary database.
 	Setup func(ctx context.Context, db *sqlx.DB) error
 	// Strategies returns the primary's adapters (no scope) over its
-	// database. Required.
+	// database. Required unless Repositories is set.
 	Strategies func(db *sqlx.DB) []strategy.BlobStrategy
+	// Repositories returns the primary's repository adapters (no scope)
+	// over its database: the world then has a repository root on each
+	// site (World.PrimaryRepositories, World.SecondaryRepositories), and
+	// its primary serves them.
+	Repositories func(db *sqlx.DB) []strategy.RepositoryStrategy
 	// Verbose sends the sites' logs to the test log (unless Logger is set).
 	Verbose bool
 	// Logger, when set, receives both sites' logs (named "primary" and
@@ -82,6 +88,10 @@ type World struct {
 	SecondaryStorage *blob.Bucket
 	PrimaryRoot      string
 	SecondaryRoot    string
+	// PrimaryRepositories and SecondaryRepositories are the sites'
+	// repository roots ("" without WorldConfig.Repositories).
+	PrimaryRepositories   string
+	SecondaryRepositories string
 
 	Strategies  *replicator.Set // the primary's
 	Primary     *replicator.Primary
@@ -94,8 +104,8 @@ type World struct {
 // NewWorld builds a World; everything it starts is stopped when tb ends.
 func NewWorld(tb TB, cfg WorldConfig) *World {
 	tb.Helper()
-	if cfg.Strategies == nil {
-		tb.Fatal("geotest: WorldConfig.Strategies is required")
+	if cfg.Strategies == nil && cfg.Repositories == nil {
+		tb.Fatal("geotest: WorldConfig.Strategies (or Repositories) is required")
 	}
 	ctx := context.Background()
 	srv := cfg.Server
@@ -140,7 +150,23 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	tb.Cleanup(func() { w.SecondaryStorage.Close() })
 
 	w.Strategies = replicator.NewSet()
-	for _, s := range cfg.Strategies(w.PrimaryDB) {
+	var all []strategy.Strategy
+	if cfg.Strategies != nil {
+		for _, s := range cfg.Strategies(w.PrimaryDB) {
+			all = append(all, s)
+		}
+	}
+	if cfg.Repositories != nil {
+		w.PrimaryRepositories = filepath.Join(dir, "primary-repositories")
+		w.SecondaryRepositories = filepath.Join(dir, "secondary-repositories")
+		if err := os.MkdirAll(w.PrimaryRepositories, 0o755); err != nil {
+			tb.Fatalf("geotest: primary repository root: %v", err)
+		}
+		for _, s := range cfg.Repositories(w.PrimaryDB) {
+			all = append(all, s)
+		}
+	}
+	for _, s := range all {
 		if err := w.Strategies.Register(s); err != nil {
 			tb.Fatalf("geotest: register: %v", err)
 		}
@@ -149,7 +175,7 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	_, _ = rand.Read(secret)
 	w.Credentials = transfer.Credentials{Site: "secondary-1", AccessKey: "geotest-key", Secret: secret}
 	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
-		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
+		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage, RepositoryRoot: w.PrimaryRepositories,
 		Secrets: transfer.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
 		Observer: w.Transfers, PollInterval: 50 * time.Millisecond, Now: cfg.PrimaryNow,
 	})
@@ -206,10 +232,11 @@ const TestTransferTimeout = 2 * time.Minute
 
 // SecondaryConfig returns a configuration for a secondary of this world
 // using strategies (adapters reading the primary database, possibly
-// scoped) and the world's secondary storage: polls every 100 ms (events
-// every 50 ms), TestLease, TestTransferTimeout, a 5 s shutdown grace.
-// Tests adjust it before calling NewSecondary.
-func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.SecondaryConfig {
+// scoped; blob and repository types alike) and the world's secondary
+// storage and repository root: polls every 100 ms (events every 50 ms),
+// TestLease, TestTransferTimeout, a 5 s shutdown grace. Tests adjust it
+// before calling NewSecondary.
+func (w *World) SecondaryConfig(strategies ...strategy.Strategy) replicator.SecondaryConfig {
 	set := replicator.NewSet()
 	for _, s := range strategies {
 		if err := set.Register(s); err != nil {
@@ -219,8 +246,9 @@ func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.
 	return replicator.SecondaryConfig{
 		Strategies: set, Tracking: w.TrackingDB, Primary: w.PrimaryDB,
 		PrimaryURL: w.HTTP.URL, Credentials: w.Credentials, Storage: w.SecondaryStorage,
-		Logger:       w.Logger.Named("secondary"),
-		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
+		RepositoryRoot: w.SecondaryRepositories,
+		Logger:         w.Logger.Named("secondary"),
+		PollInterval:   100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
 		Lease: TestLease, ShutdownGrace: 5 * time.Second, TransferTimeout: TestTransferTimeout,
 	}
 }

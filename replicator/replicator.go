@@ -62,6 +62,19 @@ var ErrLocalMissing = errors.New("missing on secondary")
 // downloading (Job.Redownload).
 var errSkippedBytesGone = errors.New("data found at sync time was gone at settle")
 
+// errStaleStage is returned (wrapped) by a Staged's Commit when the local
+// copy its sync fetched against changed before the commit (a repository
+// stage whose live copy was replaced or removed): nothing was published,
+// and the engine syncs the record again at once (Job.Redownload).
+var errStaleStage = errors.New("the local copy changed between the fetch and the commit")
+
+// errLocalDamaged is returned (wrapped) by Replicator.Verify when the
+// local copy is there but damaged in a way its checksum does not show (a
+// repository whose refs match the primary's, with objects missing or
+// corrupt): verification fails and the record is synced again, with
+// Job.Repair set.
+var errLocalDamaged = errors.New("local copy damaged")
+
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {
 	ModelID int64
@@ -83,6 +96,11 @@ type Job struct {
 	Redownload bool
 	// PrimaryChecksum is the primary's recorded checksum, "" when unknown.
 	PrimaryChecksum string
+	// Repair is true when the row's last verification failed (a mismatch,
+	// or a copy missing or damaged): the replicator must not trust the
+	// local copy, neither to skip the transfer nor to fetch only what it
+	// lacks (a repository is fetched whole and replaces the copy).
+	Repair bool
 }
 
 // Staged is data fetched for one record and not yet visible.

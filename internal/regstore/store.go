@@ -41,6 +41,13 @@ type Options struct {
 	// the bound (below 3 bytes, without it). 0 means DefaultMaxFailureLen;
 	// negative or above MaxFailureLenMax is an error.
 	MaxFailureLen int
+	// KeySpaces maps each registered type to the key space its keys live
+	// in: the kind's storage ("blob" for the site's blob storage,
+	// "repository" for its repository root). R7 holds per space: bytes at a
+	// key are kept while a row of a type in the same space (or of a type
+	// the map does not list) names the key, and rows of other spaces do not
+	// keep them. Nil means one space for every type. Only Store reads it.
+	KeySpaces map[string]string
 }
 
 // Store is the PostgreSQL store of the secondary's registry rows: the sync
@@ -56,6 +63,10 @@ type Options struct {
 // recommended for the tracking database and changes no behaviour here.
 type Store struct {
 	base
+	// spaces is Options.KeySpaces; spaceTypes and spaceNames are it as
+	// parallel arrays for referencedSQL.
+	spaces                 map[string]string
+	spaceTypes, spaceNames []string
 	// Store gives the engines the registry's public reads and admin
 	// actions (counts, folds, resync...) on the same database.
 	*registry.Store
@@ -105,7 +116,16 @@ func NewStore(db *sqlx.DB, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{base: b, Store: pub}, nil
+	st := &Store{base: b, Store: pub, spaces: map[string]string{}}
+	for typ, space := range opts.KeySpaces {
+		if space == "" {
+			return nil, fmt.Errorf("registry: NewStore: Options.KeySpaces[%q] is empty", typ)
+		}
+		st.spaces[typ] = space
+		st.spaceTypes = append(st.spaceTypes, typ)
+		st.spaceNames = append(st.spaceNames, space)
+	}
+	return st, nil
 }
 
 // DB returns the handle the store uses.

@@ -23,6 +23,7 @@
 //	orphans    -n 100000          consistency pass removing N orphans with files vs raw DELETE + unlink
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //	resync-all -n 1000000         batched resync of N synced rows (geoctl resync --all) vs raw batched UPDATE
+//	repo-sync  -n 500             N git repositories (50 commits, plus 3 large) synced end to end vs raw git clone --mirror; then one push's event to synced
 //
 // Usage:
 //
@@ -93,6 +94,8 @@ func scenarios() []scenario {
 			doc: "consistency pass removing N orphan rows with 4 KiB files (rows/s) vs raw DELETE = ANY + unlink"},
 		{name: "existence", n: 1_000_000, run: runExistence,
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
+		{name: "repo-sync", n: 500, run: runRepoSync,
+			doc: "N git repositories (50 commits each, plus 3 of 1,000) synced end to end (repos/s) vs raw git clone --mirror over the same endpoint; then one push's event to synced"},
 		{name: "resync-all", n: 1_000_000, run: runResyncAll,
 			doc: "resync of N synced rows in batches, as geoctl resync --all (rows/s) vs raw batched UPDATE of the same columns; target 1,000,000 in 20 s"},
 	}
