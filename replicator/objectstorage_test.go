@@ -1,0 +1,209 @@
+package replicator_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/stretchr/testify/require"
+
+	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/geotest/s3test"
+	"github.com/geoframework/geo/internal/testtype"
+	"github.com/geoframework/geo/registry"
+	"github.com/geoframework/geo/replicator"
+	"github.com/geoframework/geo/strategy"
+)
+
+// newS3Fixture is newFixture with the sites' storage chosen by st (an S3
+// server of the world's own).
+func newS3Fixture(t *testing.T, st geotest.Storage) *fixture {
+	t.Helper()
+	var items *testtype.Type
+	var other *attachments
+	w := geotest.NewWorld(t, geotest.WorldConfig{Verbose: os.Getenv("GEO_VERBOSE") != "",
+		Server: pg, Storage: st,
+		Setup: func(ctx context.Context, db *sqlx.DB) error {
+			if _, err := db.ExecContext(ctx, testtype.Schema("items")); err != nil {
+				return err
+			}
+			return (&attachments{db: db}).setup(ctx)
+		},
+		Strategies: func(db *sqlx.DB) []strategy.BlobStrategy {
+			items = &testtype.Type{TypeName: "item", Table: "items", DB: db}
+			other = &attachments{db: db}
+			return []strategy.BlobStrategy{items, other}
+		},
+	})
+	return &fixture{World: w, items: items, other: other, app: &testtype.App{Type: items, Storage: w.PrimaryStorage, Publisher: w.Primary.Publisher()}}
+}
+
+// secondaryS3 returns the world's secondary bucket opened through a
+// FaultProxy, for a secondary's Storage.
+func secondaryS3(t *testing.T, f *fixture) (*blob.Bucket, *s3test.FaultProxy) {
+	t.Helper()
+	proxy, err := s3test.NewFaultProxy(f.SecondaryBucket.Endpoint, s3test.FaultProxyOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { proxy.Close() })
+	return f.SecondaryBucket.OpenAt(t, proxy.URL()), proxy
+}
+
+// waitPrimaryChecksum waits until the primary has stored item id's
+// checksum, so a secondary's sync of it compares with it (and may skip).
+func waitPrimaryChecksum(t *testing.T, f *fixture, id int64) {
+	t.Helper()
+	geotest.WaitFor(t, stall, "the primary's checksum stored", func() (bool, string) {
+		row, err := f.Primary.Checksums().Get(context.Background(), "item", id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return row.State == registry.VerificationSucceeded, row.State.String()
+	})
+}
+
+// TestFailedCommitOnS3IsRetriedAndSkipped: a Commit whose every attempt
+// the server carried out but whose answers were lost (connection reset
+// after the PUT of a small object, after the CompleteMultipartUpload of
+// a large one) fails the sync although the object is at its key, whole.
+// The row must not become synced on that attempt; its retry finds the
+// whole new object in place and settles synced and verified without a
+// second transfer (skip-download), and nothing partial is ever visible.
+func TestFailedCommitOnS3IsRetriedAndSkipped(t *testing.T) {
+	t.Parallel()
+	f := newS3Fixture(t, geotest.Storage{Secondary: geotest.StorageS3})
+	storage, proxy := secondaryS3(t, f)
+	ctx := context.Background()
+	sec := f.secondaryItems()
+	for _, c := range []struct {
+		name string
+		size int
+		op   s3test.Op
+	}{
+		{"single PUT", 300 << 10, s3test.OpPutObject},
+		{"multipart", 17 << 20, s3test.OpCompleteMultipartUpload},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			data := payload(c.size, c.size)
+			id, err := f.app.Create(ctx, 0, data)
+			require.NoError(t, err)
+			waitPrimaryChecksum(t, f, id)
+			key, err := f.items.BlobKey(ctx, id)
+			require.NoError(t, err)
+
+			// Every attempt of the Commit acts on the server and loses its
+			// answer, for as long as the test runs.
+			proxy.SetPolicy(s3test.Always(s3test.ResetAfter, s3test.OnOps(c.op)))
+			defer proxy.SetPolicy(nil)
+			obs := &outcomes{}
+			cfg := f.SecondaryConfig(sec)
+			cfg.Storage, cfg.Observer = storage, obs
+			cfg.Retry = strategy.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond}
+			r := f.Start(cfg)
+			row := waitRow(t, r.Store(), id, "synced and verified on a retry", verifiedRow)
+			require.Equal(t, key, row.BlobKey)
+			got := obs.of(id)
+			require.NotEmpty(t, got)
+			require.Equal(t, replicator.ResultFailed, got[0], "the attempt whose Commit failed is a failure, whatever the server did: outcomes %v", got)
+			require.Equal(t, replicator.ResultSkipped, got[len(got)-1], "the retry found the whole object at its key and skipped the download: outcomes %v", got)
+			require.Equal(t, 1, f.Transfers.Count("item", id), "one transfer: the retry skipped the download")
+			b, err := readAll(ctx, f.SecondaryStorage, key)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(b, data), "the object at the key is whole: got %d bytes, want %d", len(b), len(data))
+			require.Positive(t, proxy.Injected()[s3test.ResetAfter])
+			require.NoError(t, r.Stop())
+		})
+	}
+	f.waitConverged(t, stall, sec)
+}
+
+// TestExistenceScanAndOrphansOnS3: with the secondary on S3, the
+// existence scan lists the bucket (Bucket.Keys: ListObjectsV2 pages in
+// byte order) beside the synced rows and restores an object removed
+// behind geo's back, with one transfer; and the consistency pass removes
+// orphans' objects in batches, with DeleteObjects requests and no per-key
+// DELETE (cloudblob's driver.BatchDeleter).
+func TestExistenceScanAndOrphansOnS3(t *testing.T) {
+	t.Parallel()
+	f := newS3Fixture(t, geotest.Storage{Secondary: geotest.StorageS3})
+	storage, proxy := secondaryS3(t, f)
+	ctx := context.Background()
+	ids, err := f.app.BulkCreate(ctx, 300, 0, func(i int) []byte { return payload(i, 600) })
+	require.NoError(t, err)
+	sec := f.secondaryItems()
+	obs := &missingCounter{}
+	cfg := f.SecondaryConfig(sec)
+	cfg.Storage, cfg.Observer = storage, obs
+	cfg.ExistenceScanInterval = 200 * time.Millisecond
+	cfg.ConsistencyInterval = time.Hour
+	r := f.Start(cfg)
+	r.TriggerConsistency()
+	f.waitConverged(t, stall, sec)
+	before := f.Transfers.Count("item", -1)
+
+	victim := ids[123]
+	key, err := f.items.BlobKey(ctx, victim)
+	require.NoError(t, err)
+	seq := waitRow(t, r.Store(), victim, "synced", verifiedRow).Seq
+	lists := proxy.Requests()[s3test.OpListObjects]
+	require.NoError(t, f.SecondaryStorage.Remove(ctx, key))
+	waitRow(t, r.Store(), victim, "the row leaves synced", func(row registry.Row) bool { return row.Seq != seq })
+	row := waitRow(t, r.Store(), victim, "synced again", verifiedRow)
+	require.Empty(t, row.LastSyncFailure, "cleared by the successful sync")
+	got, err := readAll(ctx, f.SecondaryStorage, key)
+	require.NoError(t, err)
+	require.Equal(t, payload(123, 600), got)
+	require.Equal(t, before+1, f.Transfers.Count("item", -1), "only the removed object is transferred again")
+	require.Equal(t, 1, obs.get("item"))
+	require.Greater(t, proxy.Requests()[s3test.OpListObjects], lists, "the scan lists the bucket")
+
+	// Orphans: records deleted on the primary without an event.
+	for _, id := range ids[:250] {
+		require.NoError(t, f.app.Delete(ctx, id, false))
+	}
+	reqs := proxy.Requests()
+	r.TriggerConsistency()
+	f.waitConverged(t, stall, sec)
+	after := proxy.Requests()
+	require.Positive(t, after[s3test.OpDeleteObjects]-reqs[s3test.OpDeleteObjects], "orphans removed with DeleteObjects")
+	require.Zero(t, after[s3test.OpDeleteObject]-reqs[s3test.OpDeleteObject], "no orphan removed with a DELETE of its own")
+	var rows int
+	require.NoError(t, f.TrackingDB.GetContext(ctx, &rows, `SELECT count(*) FROM geo_registry`))
+	require.Equal(t, 50, rows, "orphans' rows removed")
+}
+
+// outcomes records the sync outcomes of each record, in order.
+type outcomes struct {
+	replicator.NopObserver
+	mu sync.Mutex
+	by map[int64][]replicator.SyncOutcome
+}
+
+func (o *outcomes) SyncDone(ev replicator.SyncEvent) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.by == nil {
+		o.by = map[int64][]replicator.SyncOutcome{}
+	}
+	o.by[ev.ModelID] = append(o.by[ev.ModelID], ev.Outcome)
+}
+
+func (o *outcomes) of(id int64) []replicator.SyncOutcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]replicator.SyncOutcome(nil), o.by[id]...)
+}
+
+func readAll(ctx context.Context, st *blob.Bucket, key string) ([]byte, error) {
+	r, err := st.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
