@@ -3,7 +3,6 @@ package geotest
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -457,5 +456,3 @@ func (l *TransferLog) Overlaps() []string {
 	}
 	return out
 }
-
-var errMismatch = errors.New("secondary differs from primary")
