@@ -78,7 +78,7 @@ func waitPrimaryChecksum(t *testing.T, f *fixture, id int64) {
 // a large one) fails the sync although the object is at its key, whole.
 // The row must not become synced on that attempt; its retry finds the
 // whole new object in place and settles synced and verified without a
-// second transfer (skip-download), and nothing partial is ever visible.
+// transfer of its own (skip-download), and nothing partial is ever visible.
 func TestFailedCommitOnS3IsRetriedAndSkipped(t *testing.T) {
 	t.Parallel()
 	f := newS3Fixture(t, geotest.Storage{Secondary: geotest.StorageS3})
@@ -110,13 +110,23 @@ func TestFailedCommitOnS3IsRetriedAndSkipped(t *testing.T) {
 			cfg.Storage, cfg.Observer = storage, obs
 			cfg.Retry = strategy.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond}
 			r := f.Start(cfg)
+			defer func() { _ = r.Stop() }() // before the next case's secondary starts
 			row := waitRow(t, r.Store(), id, "synced and verified on a retry", verifiedRow)
 			require.Equal(t, key, row.BlobKey)
+			// The outcome is observed after the row settles.
+			geotest.WaitFor(t, stall, "the retry's outcome observed", func() (bool, string) {
+				got := obs.of(id)
+				return len(got) > 0 && got[len(got)-1] == replicator.ResultSkipped, fmt.Sprint(got)
+			})
+			// The new secondary's backfill and the created event may both
+			// reach the row: a claim the event overtook ends superseded.
 			got := obs.of(id)
 			require.NotEmpty(t, got)
-			require.Equal(t, replicator.ResultFailed, got[0], "the attempt whose Commit failed is a failure, whatever the server did: outcomes %v", got)
+			require.NotContains(t, got, replicator.ResultSynced, "an attempt whose Commit failed is never a success, whatever the server did: outcomes %v", got)
+			require.Contains(t, got, replicator.ResultFailed, "the attempt whose Commit failed is a failure: outcomes %v", got)
 			require.Equal(t, replicator.ResultSkipped, got[len(got)-1], "the retry found the whole object at its key and skipped the download: outcomes %v", got)
-			require.Equal(t, 1, f.Transfers.Count("item", id), "one transfer: the retry skipped the download")
+			n := f.Transfers.Count("item", id)
+			require.True(t, n >= 1 && n <= len(got)-1, "%d transfers for outcomes %v: the skipping retry made none", n, got)
 			b, err := readAll(ctx, f.SecondaryStorage, key)
 			require.NoError(t, err)
 			require.True(t, bytes.Equal(b, data), "the object at the key is whole: got %d bytes, want %d", len(b), len(data))
