@@ -86,6 +86,22 @@ func (e *syncEngine) InFlight() map[string]int {
 	return out
 }
 
+// Running returns the number of syncs running per type: rows claimed and
+// being synced or waiting for their settle. Unlike InFlight it leaves out
+// the capacity reserved for a claim not yet answered (allocate reserves
+// the whole free budget before every claim) and counts a sync whose
+// budget slot was freed when its bytes went to the group commit until it
+// is settled.
+func (e *syncEngine) Running() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for k := range e.active {
+		out[k.Replicable]++
+	}
+	return out
+}
+
 // allocate spreads the free capacity over the types round-robin, starting
 // at a rotating type, skipping types known to have no due work. The
 // capacity it hands out is reserved (counted in flight) until the claim

@@ -20,6 +20,12 @@ import (
 // DefaultMaxFailureLen is the default Options.MaxFailureLen.
 const DefaultMaxFailureLen = 255
 
+// MaxFailureLenMax is the largest Options.MaxFailureLen accepted: the
+// failure indexes carry the reason (migration 0011), and an index entry
+// holds at most about 2,700 bytes, so a longer reason would make the
+// failure's settle fail.
+const MaxFailureLenMax = 2000
+
 // Options configures a Store. The zero value gives the defaults.
 type Options struct {
 	// Now is the clock. Every time the store writes or compares (retry_at,
@@ -33,7 +39,7 @@ type Options struct {
 	// last_sync_failure (and verification_failure, geo_checksums.failure);
 	// longer reasons are cut on a rune boundary and end with "…" within
 	// the bound (below 3 bytes, without it). 0 means DefaultMaxFailureLen;
-	// negative is an error.
+	// negative or above MaxFailureLenMax is an error.
 	MaxFailureLen int
 }
 
@@ -72,8 +78,8 @@ func newBase(who string, db *sqlx.DB, opts Options) (base, error) {
 	if db == nil {
 		return base{}, fmt.Errorf("registry: %s: db is nil", who)
 	}
-	if opts.MaxFailureLen < 0 {
-		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want >= 0", who, opts.MaxFailureLen)
+	if opts.MaxFailureLen < 0 || opts.MaxFailureLen > MaxFailureLenMax {
+		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want 0 to %d", who, opts.MaxFailureLen, MaxFailureLenMax)
 	}
 	b := base{db: db, stmts: stmtcache.New(db), now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
 	if b.now == nil {
