@@ -28,6 +28,21 @@
 // minutes), which fails a hung clause instead of hanging CI. [WaitFor]
 // gives the adopter's own tests the same kind of wait.
 //
+// Object storage. By default both sites keep their blobs in directories.
+// Harness.Storage (and WorldConfig.Storage) puts either site, or both, in
+// a bucket on an S3 server instead: a throwaway versitygw started by
+// geotest/s3test, or the bucket named by GEO_TEST_S3_URL. Run the suite in
+// each pairing an adopter deploys, for instance every one of
+// ObjectStorage():
+//
+//	for _, st := range geotest.ObjectStorage() {
+//		t.Run(st.String(), func(t *testing.T) {
+//			h := harness // as above
+//			h.Storage = st
+//			geotest.RunBlobStrategy(t, h)
+//		})
+//	}
+//
 // A content-addressed type, whose keys are shared by records with equal
 // bytes and come back after a delete, sets Harness.KeysMayCollide: the
 // keys/* clauses then check that equal bytes give equal keys, and that a

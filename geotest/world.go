@@ -19,6 +19,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/replicator/transfer"
@@ -67,12 +68,68 @@ type WorldConfig struct {
 	// outbox pruning) to the test, which runs its own Primary.Run (with a
 	// fake clock, say). By default the World runs it.
 	ManualPrimary bool
+	// Storage chooses where each site keeps its blobs: a directory (the
+	// zero value, for both) or a bucket of its own on an S3 server.
+	Storage Storage
+	// S3 is the S3 server of the sites on StorageS3 (a throwaway
+	// versitygw, or GEO_TEST_S3_URL's bucket; see geotest/s3test). Nil
+	// means one of the world's own, started if a site needs it and
+	// stopped when the test ends; tests building many worlds share one.
+	S3 *s3test.Server
+}
+
+// StorageKind is where one site of a World keeps its blobs.
+type StorageKind string
+
+const (
+	// StorageDir keeps a site's blobs in a directory of the test's
+	// (blob/dirblob). It is the default: "" means it too.
+	StorageDir StorageKind = "dir"
+	// StorageS3 keeps them in a fresh bucket on an S3 server (blob/cloudblob
+	// over geotest/s3test): a bucket of their own on a throwaway versitygw,
+	// or a prefix of their own in GEO_TEST_S3_URL's bucket. Without an S3
+	// server the test fails under CI and is skipped elsewhere, saying how
+	// to install versitygw.
+	StorageS3 StorageKind = "s3"
+)
+
+// Storage chooses the storage of both sites of a World. The zero value
+// puts both on directories.
+type Storage struct {
+	Primary, Secondary StorageKind
+}
+
+// String names s as "PRIMARY-SECONDARY": "dir-dir", "dir-s3", "s3-dir",
+// "s3-s3" (subtest names).
+func (s Storage) String() string { return s.kind(s.Primary) + "-" + s.kind(s.Secondary) }
+
+func (Storage) kind(k StorageKind) string {
+	if k == "" {
+		return string(StorageDir)
+	}
+	return string(k)
+}
+
+// UsesS3 reports whether a site of s is on StorageS3.
+func (s Storage) UsesS3() bool { return s.Primary == StorageS3 || s.Secondary == StorageS3 }
+
+// ObjectStorage returns the pairings with object storage on at least one
+// site: both sites on S3, then the two mixed ones (the primary on a
+// directory and the secondary on S3, and the reverse). Storage{} is the
+// fourth, both on directories.
+func ObjectStorage() []Storage {
+	return []Storage{
+		{Primary: StorageS3, Secondary: StorageS3},
+		{Primary: StorageDir, Secondary: StorageS3},
+		{Primary: StorageS3, Secondary: StorageDir},
+	}
 }
 
 // World is a primary site and the means to start secondaries against it,
 // all on loopback: a primary database (migrated, with the application's
-// schema), a tracking database, a primary storage root and transfer
-// endpoint, and a secondary storage root.
+// schema), a tracking database, the primary's storage and transfer
+// endpoint, and the secondary's storage (each a directory or an S3
+// bucket, as WorldConfig.Storage says).
 type World struct {
 	tb     TB
 	Server *pgtest.Server
@@ -86,8 +143,15 @@ type World struct {
 
 	PrimaryStorage   *blob.Bucket
 	SecondaryStorage *blob.Bucket
-	PrimaryRoot      string
-	SecondaryRoot    string
+	// PrimaryRoot and SecondaryRoot are the sites' storage directories
+	// ("" for a site on S3).
+	PrimaryRoot   string
+	SecondaryRoot string
+	// PrimaryBucket and SecondaryBucket are the sites' S3 buckets (nil for
+	// a site on a directory): open one through a FaultProxy with OpenAt,
+	// look for multipart uploads left behind, write behind geo's back.
+	PrimaryBucket   *s3test.Bucket
+	SecondaryBucket *s3test.Bucket
 	// PrimaryRepositories and SecondaryRepositories are the sites'
 	// repository roots ("" without WorldConfig.Repositories).
 	PrimaryRepositories   string
@@ -136,18 +200,14 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 			tb.Fatalf("geotest: application schema setup: %v", err)
 		}
 	}
+	if cfg.Storage.UsesS3() && cfg.S3 == nil {
+		cfg.S3 = s3test.New()
+		tb.Cleanup(func() { _ = cfg.S3.Stop() })
+	}
 	dir := tb.TempDir()
-	w.PrimaryRoot = filepath.Join(dir, "primary")
-	w.SecondaryRoot = filepath.Join(dir, "secondary")
+	w.PrimaryStorage, w.PrimaryRoot, w.PrimaryBucket = siteStorage(tb, cfg.Storage.Primary, cfg.S3, filepath.Join(dir, "primary"), "primary")
+	w.SecondaryStorage, w.SecondaryRoot, w.SecondaryBucket = siteStorage(tb, cfg.Storage.Secondary, cfg.S3, filepath.Join(dir, "secondary"), "secondary")
 	var err error
-	if w.PrimaryStorage, err = dirblob.Open(w.PrimaryRoot); err != nil {
-		tb.Fatalf("geotest: primary storage: %v", err)
-	}
-	tb.Cleanup(func() { w.PrimaryStorage.Close() })
-	if w.SecondaryStorage, err = dirblob.Open(w.SecondaryRoot); err != nil {
-		tb.Fatalf("geotest: secondary storage: %v", err)
-	}
-	tb.Cleanup(func() { w.SecondaryStorage.Close() })
 
 	w.Strategies = replicator.NewSet()
 	var all []strategy.Strategy
@@ -202,6 +262,26 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	w.HTTP = httptest.NewServer(handler)
 	tb.Cleanup(w.HTTP.Close)
 	return w
+}
+
+// siteStorage opens a site's storage of kind: a directory at root, or a
+// fresh bucket on srv. It is closed (and the bucket removed) when tb ends.
+func siteStorage(tb TB, kind StorageKind, srv *s3test.Server, root, site string) (_ *blob.Bucket, dir string, _ *s3test.Bucket) {
+	tb.Helper()
+	switch kind {
+	case "", StorageDir:
+		st, err := dirblob.Open(root)
+		if err != nil {
+			tb.Fatalf("geotest: %s storage: %v", site, err)
+		}
+		tb.Cleanup(func() { st.Close() })
+		return st, root, nil
+	case StorageS3:
+		b := srv.NewBucket(tb)
+		return b.Open(tb), "", b
+	}
+	tb.Fatalf("geotest: %s storage: unknown StorageKind %q", site, kind)
+	return nil, "", nil
 }
 
 func open(tb TB, url string) *sqlx.DB {
