@@ -78,7 +78,7 @@ var bareAllowed = map[string]bool{
 	"ObjectParentIsFile": true, "SlowDown": true, "Geo-Position": true,
 	"SetMaxIdleConns": true, "SetMaxOpenConns": true, "CrossOriginProtection": true,
 	"Origin": true, "HttpOnly": true, "Secure": true, "VmHWM": true, "ReadDir": true,
-	"ResponseHeaderTimeout": true, "CopyIn": true,
+	"ResponseHeaderTimeout": true, "CopyIn": true, "DeleteObjects": true,
 	// GitLab's workers, in performance.md's comparison.
 	"RegistryConsistencyWorker": true, "RegistrySyncWorker": true,
 }
