@@ -148,6 +148,15 @@ func (s *Stream) fail(err error) error {
 	return s.err
 }
 
+// Err returns the error the stream ended with, nil while it goes on or
+// once its bytes arrived complete and checked.
+func (s *Stream) Err() error {
+	if s.err == io.EOF {
+		return nil
+	}
+	return s.err
+}
+
 // Received reports how many bytes of the body have arrived so far.
 func (s *Stream) Received() int64 { return s.n }
 
