@@ -40,3 +40,7 @@ func (k *KeyBatcher) Waiting() int {
 	defer k.b.mu.Unlock()
 	return len(k.b.queue)
 }
+
+// WaitChecks is how many settle checks s's wait hub has run: one query
+// for every waiter at once, whatever their number.
+func WaitChecks(s *Secondary) int64 { return s.waits.checks.Load() }
