@@ -505,7 +505,7 @@ func (c *Consumer) loadCursor(ctx context.Context, conn *sql.Conn) (Position, er
 		return Position{}, err
 	}
 	c.log.Info("events: first start: consuming from the current end of the log; earlier events are backfill's",
-		zap.Uint64("xid", cur.XID))
+		zap.Uint64("cursor_xid", cur.XID), zap.Int64("cursor_id", cur.ID))
 	return cur, nil
 }
 

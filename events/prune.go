@@ -140,7 +140,7 @@ func RunPruner(ctx context.Context, db *sqlx.DB, cfg PrunerConfig) error {
 		case err != nil:
 			log.Warn("events: prune failed; retrying next interval", zap.Error(err), zap.Int64("deleted", n))
 		case n > 0:
-			log.Info("events: pruned", zap.Int64("deleted", n), zap.Duration("took", time.Since(start)))
+			log.Info("events: pruned", zap.Int64("deleted", n), zap.Duration("duration", time.Since(start)))
 		}
 		if !sleep(ctx, cfg.Interval, nil) {
 			return nil

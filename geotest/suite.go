@@ -247,8 +247,6 @@ func (c *clause) waitFor(what string, cond func() (bool, string)) {
 	}
 }
 
-func (c *clause) strategyName(w *World) string { return w.Strategies.Names()[0] }
-
 // synced waits until record id is synced with bytes equal to want.
 func (c *clause) waitSynced(w *World, sec strategy.BlobStrategy, id int64, want []byte) {
 	c.Helper()

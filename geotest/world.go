@@ -3,7 +3,6 @@ package geotest
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -377,5 +376,3 @@ func (l *TransferLog) Overlaps() []string {
 	}
 	return out
 }
-
-var errMismatch = errors.New("secondary differs from primary")

@@ -130,17 +130,3 @@ FROM geo_processes ORDER BY owner`)
 	}
 	return out, nil
 }
-
-func nonNilMap[V any](m map[string]V) map[string]V {
-	if m == nil {
-		return map[string]V{}
-	}
-	return m
-}
-
-func nonNilSlice(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}

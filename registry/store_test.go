@@ -52,18 +52,6 @@ func TestGetNotFound(t *testing.T) {
 	}
 }
 
-func equalIDs(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func TestResync(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

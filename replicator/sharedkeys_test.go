@@ -169,8 +169,6 @@ type failFor struct {
 	on   bool
 }
 
-func (h *failFor) set(on bool) { h.mu.Lock(); h.on = on; h.mu.Unlock() }
-
 func (h *failFor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	on := h.on

@@ -571,7 +571,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 			if !deleted {
 				// The row changed since the claim (recreated, updated): the
 				// newer claim decides; nothing was removed.
-				log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", err))
+				log.Debug("claim superseded while syncing: discarded", zap.Error(err))
 				e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 				return false
 			}
@@ -743,7 +743,7 @@ func (e *syncEngine) fail(ctx context.Context, log *zap.Logger, c regstore.Claim
 	if err == nil && !current {
 		// The claim was no longer ours (the record changed or was deleted,
 		// and the work was cancelled for it): not a failure of the record.
-		log.Debug("claim superseded while syncing: discarded", zap.NamedError("cause", cause))
+		log.Debug("claim superseded while syncing: discarded", zap.Error(cause))
 		e.obs.SyncDone(SyncEvent{Replicable: c.Replicable, ModelID: c.ModelID, Outcome: ResultSuperseded, Bytes: 0, Duration: time.Since(start)})
 		return
 	}

@@ -164,18 +164,18 @@ func put(t *testing.T, ctx context.Context, s *blob.Bucket, key string, data []b
 func write(ctx context.Context, s *blob.Bucket, key string, data []byte) error {
 	w, err := s.Create(ctx, key, nil)
 	if err != nil {
-		return fmt.Errorf("Create: %w", err)
+		return fmt.Errorf("create: %w", err)
 	}
 	for rest := data; len(rest) > 0; {
 		n := min(len(rest), 7919)
 		if _, err := w.Write(rest[:n]); err != nil {
 			w.Abort()
-			return fmt.Errorf("Write: %w", err)
+			return fmt.Errorf("write: %w", err)
 		}
 		rest = rest[n:]
 	}
 	if err := w.Commit(ctx); err != nil {
-		return fmt.Errorf("Commit: %w", err)
+		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
 }

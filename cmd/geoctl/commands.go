@@ -159,7 +159,7 @@ func unknownType(typ string, known []string) error {
 	if len(known) > 0 {
 		list = strings.Join(known, ", ")
 	}
-	return fmt.Errorf("unknown type %q: the tracking database knows %s (check --type)", typ, list)
+	return usagef("unknown type %q: the tracking database knows %s (check --type)", typ, list)
 }
 
 // adminOps are the change and dry-run count of one admin verb, for listed

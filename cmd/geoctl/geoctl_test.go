@@ -180,9 +180,9 @@ WHERE replicable = 'item'`)
 	require.Equal(t, int64(0), counts["item"].Failed, "failed rows after resync --failed")
 	require.Equal(t, int64(0), counts["item"].VerificationFailed, "verification failed after reverify --failed")
 
-	// Unknown types are errors that list the known ones.
+	// Unknown types are usage errors that list the known ones.
 	_, errOut, code = g.run("resync", "--type", "itme", "--all")
-	require.Equal(t, 1, code)
+	require.Equal(t, 2, code)
 	require.Contains(t, errOut, `unknown type "itme": the tracking database knows doc, item`)
 
 	// pause / resume are persisted.
@@ -192,7 +192,8 @@ WHERE replicable = 'item'`)
 	require.Equal(t, []string{"doc"}, slices.Sorted(maps.Keys(paused)))
 	require.Contains(t, g.ok("status"), "PAUSED")
 	_, errOut, code = g.run("pause", "--type", "new")
-	require.Equal(t, 1, code)
+	require.Equal(t, 2, code, "pause of an unknown type is a usage error")
+	require.Contains(t, errOut, "Run 'geoctl pause --help' for usage.")
 	require.Contains(t, errOut, "pass --force")
 	g.ok("pause", "--type", "new", "--force")
 	require.Contains(t, g.ok("resume", "--type", "doc"), "doc: resumed")
@@ -224,4 +225,37 @@ WHERE replicable = 'doc' AND model_id <= 5`)
 	require.Len(t, js.Rows, 2)
 	require.Equal(t, int64(2), js.Rows[0].ModelID)
 	require.Equal(t, "doc:3", js.Next)
+}
+
+// TestGeoctlHelpVersionCompletionAndTypos checks the command line itself,
+// without a database: --version from the build info, shell completion,
+// typo suggestions, "geoctl -h CMD" giving CMD's help, Example sections on
+// every command, and usage errors pointing at the subcommand's help.
+func TestGeoctlHelpVersionCompletionAndTypos(t *testing.T) {
+	g := build(t)
+	out, _, code := g.run("--version")
+	require.Equal(t, 0, code)
+	require.Regexp(t, `^geoctl \S+ .*go1\.`, out)
+
+	out, _, code = g.run("completion", "bash")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "bash completion")
+
+	_, errOut, code := g.run("stauts")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "Did you mean this?\n\tstatus")
+
+	out, _, code = g.run("-h", "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "status shows, per type")
+
+	_, errOut, code = g.run("failures", "--bogus")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "Run 'geoctl failures --help' for usage.")
+
+	for _, c := range []string{"migrate", "status", "resync", "reverify", "pause", "resume", "failures", "ui"} {
+		out, _, code := g.run(c, "--help")
+		require.Equal(t, 0, code, c)
+		require.Contains(t, out, "Examples:\n  geoctl ", "geoctl %s --help has no Example section", c)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -100,7 +101,7 @@ func run(ctx context.Context, args []string, rawStdout, rawStderr io.Writer) int
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	failed, err := root.ExecuteContextC(ctx)
 	if a.db != nil {
 		a.db.Close()
 	}
@@ -109,7 +110,11 @@ func run(ctx context.Context, args []string, rawStdout, rawStderr io.Writer) int
 	}
 	var ue *usageError
 	if errors.As(err, &ue) || !a.ran {
-		fmt.Fprintf(stderr, "geoctl: %v\nRun 'geoctl --help' for usage.\n", err)
+		help := "geoctl --help"
+		if failed != nil && failed != root {
+			help = failed.CommandPath() + " --help"
+		}
+		fmt.Fprintf(stderr, "geoctl: %v\nRun '%s' for usage.\n", err, help)
 		return exitUsage
 	}
 	fmt.Fprintf(stderr, "geoctl: %v\n", err)
@@ -129,23 +134,84 @@ The database comes from --database-url or $` + envDatabaseURL + `.
 Exit codes: 0 ok, 1 error, 2 usage error.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		// With no command, print the help; an unknown one is a usage error.
-		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usagef("unknown command %q", args[0])
-			}
-			return cmd.Help()
-		},
+		// No Run: with no command cobra prints the help, and an unknown
+		// one is an error with cobra's suggestions ("Did you mean this?").
+		Version:                    version(),
+		SuggestionsMinimumDistance: 2,
 	}
-	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetVersionTemplate("geoctl {{.Version}}\n")
+	// Defined now, not lazily at execution, so that cobra's command
+	// lookup knows -h takes no value: "geoctl -h status" is status's help.
+	root.InitDefaultHelpFlag()
+	root.InitDefaultVersionFlag()
 	root.PersistentFlags().StringVar(&a.dbURL, "database-url", "",
 		"tracking database URL (the primary's for migrate --primary); default $"+envDatabaseURL)
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long (resync and reverify --all/--failed: on one batch)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	root.AddCommand(a.migrateCmd(), a.statusCmd(), a.resyncCmd(), a.reverifyCmd(),
 		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd(), a.uiCmd())
+	for _, c := range root.Commands() {
+		if ex, ok := examples[c.Name()]; ok {
+			c.Example = ex
+		}
+	}
+	root.Example = `  export GEO_DATABASE_URL=postgres://geo@tracking.example.com/geo_tracking
+  geoctl migrate
+  geoctl status --watch
+  geoctl resync --failed --type package_file
+  geoctl completion bash > /etc/bash_completion.d/geoctl`
 	return root
+}
+
+// examples are the commands' Example sections.
+var examples = map[string]string{
+	"migrate": `  geoctl --database-url "$TRACKING_DB" migrate
+  geoctl --database-url "$PRIMARY_DB" migrate --primary`,
+	"status": `  geoctl status
+  geoctl status -o json --primary-database-url "$PRIMARY_STANDBY_DB"
+  geoctl status --watch --interval 5s`,
+	"resync": `  geoctl resync --type package_file --id 17,42
+  geoctl resync --failed --type package_file --dry-run
+  geoctl resync --all --batch 5000
+  geoctl resync --all --resume package_file:120000   # after an interrupted run`,
+	"reverify": `  geoctl reverify --type package_file --id 17
+  geoctl reverify --failed
+  geoctl reverify --all --type lfs_object`,
+	"pause": `  geoctl pause --type package_file
+  geoctl pause --type new_type --force   # a type with no rows yet`,
+	"resume": `  geoctl resume --type package_file`,
+	"failures": `  geoctl failures
+  geoctl failures --type package_file --limit 20
+  geoctl failures --after package_file:4711 -o json`,
+	"ui": `  geoctl ui
+  geoctl ui --listen 127.0.0.1:9090 --primary-database-url "$PRIMARY_STANDBY_DB"
+  geoctl ui --allow-actions --title "secondary eu-west"`,
+}
+
+// version returns geoctl's version from the binary's build info: the
+// module version (a tagged release, or "(devel)"), with the VCS revision
+// and a "+dirty" mark when the build knows them, and the Go version.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		v += " " + rev[:min(len(rev), 12)] + dirty
+	}
+	return v + " " + bi.GoVersion
 }
 
 // runE wraps a command's body: from here on, errors are runtime errors

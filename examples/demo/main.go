@@ -12,6 +12,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,11 +25,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/examples/packagefile"
@@ -54,13 +57,15 @@ type options struct {
 	primaryURL string
 	trackURL   string
 	verbose    bool
+	keep       bool
 }
 
 func run() error {
 	var o options
-	flag.IntVar(&o.n, "n", 3000, "package files on the primary before the secondary starts")
-	flag.IntVar(&o.churn, "churn", 300, "files created, updated and deleted (each) while the secondary runs")
-	flag.DurationVar(&o.timeout, "timeout", 50*time.Second, "give up if the secondary has not converged by then")
+	flag.IntVar(&o.n, "n", 1000, "package files on the primary before the secondary starts")
+	flag.IntVar(&o.churn, "churn", 100, "files created, updated and deleted (each) while the secondary runs")
+	flag.DurationVar(&o.timeout, "timeout", time.Minute, "give up if the secondary has not converged by then")
+	flag.BoolVar(&o.keep, "keep", false, "after the check, keep both sites and the status page running until Ctrl-C, and leave the PostgreSQL cluster running after that, printing what to try")
 	flag.StringVar(&o.primaryURL, "primary-db", os.Getenv("GEO_DEMO_PRIMARY_URL"), "primary database URL (default: a throwaway cluster)")
 	flag.StringVar(&o.trackURL, "tracking-db", os.Getenv("GEO_DEMO_TRACKING_URL"), "secondary tracking database URL (default: a throwaway cluster)")
 	flag.BoolVar(&o.verbose, "v", false, "log the engines' debug output to stderr")
@@ -71,13 +76,19 @@ func run() error {
 	began := time.Now()
 
 	primaryURL, trackURL := o.primaryURL, o.trackURL
+	var cluster *pgtest.Cluster
 	if primaryURL == "" || trackURL == "" {
 		fmt.Println("starting a throwaway PostgreSQL cluster (initdb + pg_ctl)...")
 		c, err := pgtest.StartCluster(ctx, pgtest.Options{})
 		if err != nil {
 			return err
 		}
-		defer c.Stop()
+		cluster = c
+		defer func() {
+			if !o.keep {
+				c.Stop()
+			}
+		}()
 		admin, err := sqlx.Open("postgres", c.URL("postgres"))
 		if err != nil {
 			return err
@@ -163,13 +174,9 @@ func run() error {
 	app := &packagefile.App{DB: primaryDB, Storage: primaryStore, Publisher: primary.Publisher(), Adapter: &packagefile.Strategy{DB: primaryDB}}
 
 	fmt.Printf("primary: creating %d package files of mixed sizes...\n", o.n)
-	var total int64
-	for i := 0; i < o.n; i++ {
-		data := payload(i)
-		total += int64(len(data))
-		if _, err := app.AddFile(ctx, int64(1+i%7), fmt.Sprintf("pkg-%d", i%400), fmt.Sprintf("1.%d.0", i%5), fmt.Sprintf("file-%d.tgz", i), data); err != nil {
-			return err
-		}
+	total, err := seed(ctx, app, o.n)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("primary: %d files, %.1f MiB in %.1fs, served at http://%s\n", o.n, float64(total)/(1<<20), time.Since(began).Seconds(), ln.Addr())
 	syncStart := time.Now()
@@ -178,13 +185,14 @@ func run() error {
 	sset := replicator.NewSet()
 	secStrategy := &packagefile.Strategy{DB: primaryDB} // in production: a streaming replica
 	sset.MustRegister(secStrategy)
-	sec, err := replicator.NewSecondary(replicator.SecondaryConfig{
+	secCfg := replicator.SecondaryConfig{
 		Strategies: sset, Tracking: trackDB, Primary: primaryDB,
 		PrimaryURL: "http://" + ln.Addr().String(), Credentials: creds, Storage: secondaryStore,
 		Logger: logger.Named("secondary"), SyncCapacityPerType: 16,
 		PollInterval: 200 * time.Millisecond, EventPollInterval: 100 * time.Millisecond,
 		ChecksumWait: 2 * time.Second, // re-check soon for checksums the primary is still computing
-	})
+	}
+	sec, err := replicator.NewSecondary(secCfg)
 	if err != nil {
 		return err
 	}
@@ -227,7 +235,7 @@ func run() error {
 				cancelRun()
 				return fmt.Errorf("application churn: %w", churnErr)
 			}
-			fmt.Printf("\nprimary: churn finished (%d created, %d updated, %d deleted)\n", o.churn, o.churn, o.churn)
+			fmt.Printf("\nprimary: churn finished (%d created, %d updated, %d deleted) after %.1fs\n", o.churn, o.churn, o.churn, time.Since(syncStart).Seconds())
 		case <-time.After(500 * time.Millisecond):
 		}
 		line, err := progressLine(ctx, sec, primaryDB)
@@ -283,7 +291,56 @@ func run() error {
 	}
 	fmt.Printf("OK: the secondary is an exact copy of the primary (%d files, checked byte for byte by SHA-256); replication took %.1fs, the whole demo %.1fs\n",
 		diff.Records, time.Since(syncStart).Seconds(), time.Since(began).Seconds())
+	if o.keep {
+		return keepRunning(ctx, cluster, trackURL, primaryURL, pageLn.Addr().String(), secCfg)
+	}
+	fmt.Println("Next: go run ./examples/demo -keep   (keeps both sites and the status page up, to try geoctl and the page)")
 	return nil
+}
+
+// seed creates n package files through the application's code path, four
+// at a time, and returns their total size.
+func seed(ctx context.Context, app *packagefile.App, n int) (int64, error) {
+	var total atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i := 0; i < n; i++ {
+		g.Go(func() error {
+			data := payload(i)
+			total.Add(int64(len(data)))
+			_, err := app.AddFile(gctx, int64(1+i%7), fmt.Sprintf("pkg-%d", i%400), fmt.Sprintf("1.%d.0", i%5), fmt.Sprintf("file-%d.tgz", i), data)
+			return err
+		})
+	}
+	err := g.Wait()
+	return total.Load(), err
+}
+
+// keepRunning runs a secondary process again (a new one, as after a
+// restart) and keeps the status page up until Ctrl-C, after printing what
+// to try; the PostgreSQL cluster is left running after that.
+func keepRunning(ctx context.Context, cluster *pgtest.Cluster, trackURL, primaryURL, page string, cfg replicator.SecondaryConfig) error {
+	sec, err := replicator.NewSecondary(cfg)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- sec.Run(runCtx) }()
+	fmt.Printf("\nkept running (Ctrl-C to stop). Try:\n")
+	fmt.Printf("  go run ./cmd/geoctl --database-url '%s' status\n", trackURL)
+	fmt.Printf("  go run ./cmd/geoctl --database-url '%s' failures\n", trackURL)
+	fmt.Printf("  go run ./cmd/geoctl --database-url '%s' ui --primary-database-url '%s'\n", trackURL, primaryURL)
+	fmt.Printf("  the status page: http://%s/\n", page)
+	<-ctx.Done()
+	cancel()
+	err = <-done
+	if cluster != nil {
+		stop := cluster.Command(context.Background(), "pg_ctl", "-D", cluster.DataDir(), "-m", "fast", "stop")
+		fmt.Printf("\nthe PostgreSQL cluster is still running (data in %s); stop it with:\n  %s\n", cluster.DataDir(), strings.Join(stop.Args, " "))
+	}
+	return err
 }
 
 func openDB(url string) (*sqlx.DB, error) {
@@ -296,35 +353,37 @@ func openDB(url string) (*sqlx.DB, error) {
 	return db, db.Ping()
 }
 
-// payload makes file i: mostly small files, some medium, a few large.
+// payload makes file i: mostly small files (70%: 512 B to 16 KiB), some
+// medium (27%: 16 to 128 KiB), a few large (3%: 512 KiB to 1.5 MiB),
+// about 55 KiB on average. The bytes come from a ChaCha8 stream seeded by
+// i, so a file's bytes depend on i alone.
 func payload(i int) []byte {
-	r := mrand.New(mrand.NewPCG(uint64(i), 42))
+	var seed [32]byte
+	binary.LittleEndian.PutUint64(seed[:], uint64(i))
+	r := mrand.NewChaCha8(seed)
+	rn := mrand.New(r)
 	var n int
-	switch p := r.IntN(100); {
+	switch p := rn.IntN(100); {
 	case p < 70:
-		n = 512 + r.IntN(16<<10)
+		n = 512 + rn.IntN(16<<10)
 	case p < 97:
-		n = 16<<10 + r.IntN(256<<10)
+		n = 16<<10 + rn.IntN(112<<10)
 	default:
-		n = 1<<20 + r.IntN(3<<20)
+		n = 512<<10 + rn.IntN(1<<20)
 	}
 	b := make([]byte, n)
-	for j := range b {
-		b[j] = byte(r.Uint32())
-	}
+	_, _ = r.Read(b)
 	return b
 }
 
 // churn creates, updates and deletes files on the primary, through the
 // application's code paths (which publish events), while the secondary runs.
 func churn(ctx context.Context, app *packagefile.App, o options) error {
-	var created []int64
 	for i := 0; i < o.churn; i++ {
-		id, err := app.AddFile(ctx, 3, "fresh", "2.0.0", fmt.Sprintf("fresh-%d.tgz", i), payload(o.n+i))
+		_, err := app.AddFile(ctx, 3, "fresh", "2.0.0", fmt.Sprintf("fresh-%d.tgz", i), payload(o.n+i))
 		if err != nil {
 			return err
 		}
-		created = append(created, id)
 		// Updates and deletes hit the pre-existing files: 1..o.n.
 		if err := app.ReplaceFile(ctx, int64(1+2*i), payload(10*o.n+i)); err != nil {
 			return err
@@ -348,8 +407,24 @@ func progressLine(ctx context.Context, sec *replicator.Secondary, primaryDB *sql
 	}
 	c := counts["package_file"]
 	st := sec.EventStats()
-	return fmt.Sprintf("package_file %s %5d/%-5d synced  verified %5d  pending %5d  failed %3d  event lag %.2fs",
-		bar(c.Synced, onPrimary, 24), c.Synced, onPrimary, c.VerificationSucceeded, c.Pending+c.Started, c.Failed, st.LagSeconds), nil
+	// The counts and the primary's total are read a moment apart and the
+	// application keeps changing files: rows of files deleted a moment ago
+	// may still be synced, and a verification may be counted before its
+	// sync. The line shows what a newcomer can trust: synced files of the
+	// primary's (never more), verified copies among the synced, the rows
+	// still to do, and 100% only when nothing is left to do.
+	synced := min(c.Synced, onPrimary)
+	verified := min(c.VerificationSucceeded, synced)
+	todo := c.Pending + c.Started
+	pct := 0
+	if onPrimary > 0 {
+		pct = int(100 * synced / onPrimary) // floor: 99.9% is not done
+	}
+	if pct == 100 && (todo > 0 || c.Failed > 0) {
+		pct = 99
+	}
+	return fmt.Sprintf("package_file %s %3d%%  synced %5d of %-5d  verified %5d  to do %5d  failed %3d  event lag %.2fs",
+		bar(synced, onPrimary, 24), pct, synced, onPrimary, verified, todo, c.Failed, st.LagSeconds), nil
 }
 
 func bar(done, total int64, width int) string {

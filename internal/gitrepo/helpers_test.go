@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -321,10 +320,11 @@ func (p *primary) holdFetches() (reached <-chan struct{}, release func()) {
 	return ch, release
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds or testTimeout (a hang guard: a
+// loaded machine may take a good while to reap git's processes) passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testTimeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -371,5 +371,3 @@ func snapshot(t testing.TB, dir string) map[string]string {
 	}
 	return m
 }
-
-func isErr(err, target error) bool { return errors.Is(err, target) }

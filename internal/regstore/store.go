@@ -266,7 +266,7 @@ func (s *Store) copyMissing(ctx context.Context, replicable string, ids []int64)
 	// for insertMissingSQL's $3 (so the server rounds it the same way).
 	now := string(pq.FormatTimestamp(s.now()))
 	err := s.inTx(ctx, func(tx *sqlx.Tx) (err error) {
-		stmt, err := tx.PrepareContext(ctx, pq.CopyIn("geo_registry", "replicable", "model_id", "created_at", "updated_at"))
+		stmt, err := tx.PrepareContext(ctx, `COPY geo_registry (replicable, model_id, created_at, updated_at) FROM STDIN`)
 		if err != nil {
 			return err
 		}

@@ -279,7 +279,7 @@ func (h *handler) serveBlob(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Observe != nil {
 		h.cfg.Observe(replicable, id, start, end, cw.n)
 	}
-	log.Info("blob transfer", zap.String("method", r.Method), zap.Int("status", cw.status),
+	log.Debug("blob transfer", zap.String("method", r.Method), zap.Int("status", cw.status),
 		zap.Int64("bytes", cw.n), zap.Duration("duration", end.Sub(start)))
 }
 

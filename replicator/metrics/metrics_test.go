@@ -177,7 +177,7 @@ func TestSecondaryMetricsMatchTheDatabase(t *testing.T) {
 		"geo_sync_paused{replicable=item}":                                   0,
 		"geo_sync_in_flight{replicable=item}":                                0,
 		"geo_sync_capacity{replicable=item}":                                 32,
-		"geo_sync_capacity_total":                                            32,
+		"geo_sync_capacity_all_types":                                        32,
 		"geo_backfill_progress_ratio{replicable=item}":                       1,
 		"geo_backfill_running{replicable=item}":                              0,
 		"geo_new_failures{replicable=item}":                                  3,

@@ -104,6 +104,9 @@ func NewPrimary(reg prometheus.Registerer, opts PrimaryOptions) (*Primary, error
 		}),
 		snap: newSnapshot(primaryDescs),
 	}
+	if err := registerBuildInfo(reg); err != nil {
+		return nil, fmt.Errorf("metrics: register geo_build_info: %w", err)
+	}
 	for _, c := range []prometheus.Collector{m.transfers, m.sent, m.refreshErr, m.snap} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register primary metrics: %w", err)

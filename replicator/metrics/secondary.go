@@ -128,6 +128,9 @@ func NewSecondary(reg prometheus.Registerer, opts SecondaryOptions) (*Secondary,
 		}),
 		snap: newSnapshot(secondaryDescs),
 	}
+	if err := registerBuildInfo(reg); err != nil {
+		return nil, fmt.Errorf("metrics: register geo_build_info: %w", err)
+	}
 	for _, c := range []prometheus.Collector{m.attempts, m.bytes, m.skipped, m.syncDur, m.verifyDur, m.evSkipped, m.missing, m.refreshErr, m.snap} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register secondary metrics: %w", err)
@@ -221,7 +224,7 @@ var (
 	dPaused       = desc("geo_sync_paused", "1 while an operator paused the type's sync, else 0.", lType)
 	dInFlight     = desc("geo_sync_in_flight", "Syncs this process runs now (capacity in use), by type.", lType)
 	dCapacity     = desc("geo_sync_capacity", "Configured concurrent syncs per type (SecondaryConfig.SyncCapacityPerType).", lType)
-	dCapacityAll  = desc("geo_sync_capacity_total", "Configured concurrent syncs over all types (SecondaryConfig.SyncCapacityTotal).", nil)
+	dCapacityAll  = desc("geo_sync_capacity_all_types", "Configured concurrent syncs over all types (SecondaryConfig.SyncCapacityTotal).", nil)
 	dOldest       = desc("geo_oldest_pending_age_seconds", "How long the next pending row of the type has waited (0 when none is pending).", lType)
 	dLastSynced   = desc("geo_last_progress_timestamp_seconds", "Unix time a row of the type last became synced or verified (see registry.TypeCounts).", lType)
 	dNewFailures  = desc("geo_new_failures", "Rows of the type that failed for the first time in the last 10 minutes.", lType)

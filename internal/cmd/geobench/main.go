@@ -73,8 +73,6 @@ type scenario struct {
 	doc  string
 }
 
-var errUsage = errors.New("usage")
-
 func scenarios() []scenario {
 	return []scenario{
 		{name: "backfill", n: 1_000_000, run: runBackfill,

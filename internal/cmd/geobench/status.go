@@ -66,7 +66,7 @@ FROM generate_series(1, $2::bigint) g`, typeName, n); err != nil {
 		return err
 	}
 	if counts.Total != int64(n) {
-		return fmt.Errorf("Counts: total %d, want %d", counts.Total, n)
+		return fmt.Errorf("counts: total %d, want %d", counts.Total, n)
 	}
 	sorted := slices.Clone(times)
 	slices.Sort(sorted)

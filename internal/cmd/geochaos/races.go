@@ -219,7 +219,6 @@ type raceRun struct {
 	sec   *blob.Bucket
 
 	recreated atomic.Int64
-	versions  atomic.Int64
 }
 
 // runRaces: 1,000 trials (default) of each of update-during-sync and
