@@ -23,6 +23,7 @@
 //	orphans    -n 100000          consistency pass removing N orphans with files vs raw DELETE + unlink
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //	resync-all -n 1000000         batched resync of N synced rows (geoctl resync --all) vs raw batched UPDATE
+//	read       -n 1000 -rate 200 -duration 10s  read-through, local hit and WaitSynced latencies vs raw GET, raw file read, commit-to-synced
 //
 // Usage:
 //
@@ -69,8 +70,12 @@ type scenario struct {
 	// defaults applied when the flag was not given.
 	n    int
 	size int64
-	run  func(ctx context.Context, b *bench, res *result) error
-	doc  string
+	// rate and duration, when set, replace -rate's and -duration's
+	// defaults.
+	rate     int
+	duration time.Duration
+	run      func(ctx context.Context, b *bench, res *result) error
+	doc      string
 }
 
 func scenarios() []scenario {
@@ -95,6 +100,8 @@ func scenarios() []scenario {
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
 		{name: "resync-all", n: 1_000_000, run: runResyncAll,
 			doc: "resync of N synced rows in batches, as geoctl resync --all (rows/s) vs raw batched UPDATE of the same columns; target 1,000,000 in 20 s"},
+		{name: "read", n: 1000, rate: 200, duration: 10 * time.Second, run: runRead,
+			doc: "p50/p99 of a read-through (vs raw GET + SHA-256), a local hit (vs raw file read) and WaitSynced after a commit at -rate (ms; vs commit to synced)"},
 	}
 }
 
@@ -164,6 +171,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.n == 0 {
 		o.n = sc.n
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if sc.rate > 0 && !given["rate"] {
+		o.rate = sc.rate
+	}
+	if sc.duration > 0 && !given["duration"] {
+		o.duration = sc.duration
 	}
 	o.size = sc.size
 	if sizeFlag != "" {
