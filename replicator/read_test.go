@@ -329,3 +329,42 @@ func TestWaitSyncedTimeoutAndCancel(t *testing.T) {
 	_, err = r.WaitRecord(ctx, "item", id+1000)
 	require.ErrorIs(t, err, strategy.ErrNotFound)
 }
+
+// A change whose event this secondary has not handled (no consumer runs)
+// leaves the row synced at the same key with the older bytes: only the
+// Position tells Open that the local copy is too old.
+func TestOpenAfterPositionNotYetConsumed(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	r := f.Start(f.SecondaryConfig(f.secondaryItems()))
+	waitConsuming(t, r)
+	v1, v2 := payload(10, 3000), payload(11, 3000)
+	id, err := f.app.Create(ctx, 0, v1)
+	require.NoError(t, err)
+	require.NoError(t, r.WaitSynced(ctx, lastPosition(t, f.PrimaryDB, id)))
+	require.NoError(t, r.Stop())
+	require.NoError(t, f.app.UpdateInPlace(ctx, id, v2))
+	p2 := lastPosition(t, f.PrimaryDB, id)
+
+	sec, err := replicator.NewSecondary(f.SecondaryConfig(f.secondaryItems()))
+	require.NoError(t, err)
+	rd, err := sec.Open(ctx, "item", id, &replicator.ReadOptions{After: p2})
+	require.NoError(t, err)
+	require.Equal(t, replicator.ReadPrimary, rd.Source, "read at a Position the secondary has not reached")
+	require.Equal(t, v2, readAll(t, rd), "bytes at the change's position")
+	rd, err = sec.Open(ctx, "item", id, nil)
+	require.NoError(t, err)
+	require.Equal(t, replicator.ReadLocal, rd.Source, "read without a Position: the local copy, as fresh as the cursor")
+	require.Equal(t, v1, readAll(t, rd))
+	require.True(t, rd.Fresh.Less(p2), "Fresh %v says the copy may predate %v", rd.Fresh, p2)
+
+	// An update under a new key: the row's key is no longer the record's,
+	// so even without a Position the older copy is not served.
+	v3 := payload(12, 3000)
+	require.NoError(t, f.app.Update(ctx, id, v3))
+	rd, err = sec.Open(ctx, "item", id, nil)
+	require.NoError(t, err)
+	require.Equal(t, replicator.ReadPrimary, rd.Source, "read after the record's key changed")
+	require.Equal(t, v3, readAll(t, rd))
+}

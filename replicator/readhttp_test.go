@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -110,9 +111,15 @@ func TestReadHandlerServesBeforeAndAfterSync(t *testing.T) {
 	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
 	require.Equal(t, "primary", resp.Header.Get(replicator.ReadSourceHeader))
 	require.Equal(t, want[1000:2000], body, "range read through the primary")
-	spooled, err := os.ReadDir(spool)
-	require.NoError(t, err)
-	require.Empty(t, spooled, "spool files left")
+	// The handler removes its spool file once the response is sent, which
+	// may be just after the client has read it.
+	geotest.WaitFor(t, stall, "spool file removed", func() (bool, string) {
+		spooled, err := os.ReadDir(spool)
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(spooled) == 0, fmt.Sprintf("%d spool files", len(spooled))
+	})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -146,6 +153,25 @@ func TestReadHandlerServesBeforeAndAfterSync(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, "If-Range with another ETag: the whole blob")
 	require.Equal(t, want, body)
 	require.Equal(t, transfers, f.Transfers.Count("item", id), "local reads transfer nothing")
+
+	// A change the secondary cannot sync yet (its type paused): a request
+	// with the change's Position gets the new bytes from the primary, at
+	// once, or, from a handler that waits, once its wait times out.
+	require.NoError(t, sec.Pause(ctx, "item"))
+	v2 := payload(17, 90_000)
+	require.NoError(t, f.app.UpdateInPlace(ctx, id, v2))
+	p2 := lastPosition(t, f.PrimaryDB, id)
+	waiting := readServer(t, sec, replicator.ReadHandlerConfig{Wait: true, WaitTimeout: 200 * time.Millisecond})
+	for name, s := range map[string]*httptest.Server{"no wait": srv, "wait times out": waiting} {
+		resp, body, err = get(t, s, path, events.PositionHeader, p2.String())
+		require.NoError(t, err, name)
+		require.Equal(t, http.StatusOK, resp.StatusCode, name)
+		require.Equal(t, "primary", resp.Header.Get(replicator.ReadSourceHeader), name)
+		require.Equal(t, v2, body, "%s: bytes at the change's position", name)
+		got, err := events.ParsePosition(resp.Header.Get(events.PositionHeader))
+		require.NoError(t, err)
+		require.False(t, got.Less(p2), "%s: freshness %v before the asked %v", name, got, p2)
+	}
 }
 
 // A read-through of bytes that do not match the primary's checksum is
