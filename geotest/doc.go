@@ -1,8 +1,8 @@
 // Package geotest is the conformance suite an adopter runs for a new blob
 // type, and the two-site test world it stands on.
 //
-// An adopter's whole test for a new type is one call from its own
-// _test.go file:
+// An adopter's whole test for a new type is one call of [RunBlobStrategy]
+// from its own _test.go file:
 //
 //	func TestConformance(t *testing.T) {
 //		geotest.RunBlobStrategy(t, geotest.Harness{
@@ -22,11 +22,11 @@
 //
 // The suite is meant for the adopter's CI, which is often a loaded
 // machine, so its waits are tied to progress, not to wall time: a wait
-// fails when what it watches shows no change for Harness.Stall
-// (StallDefault, a minute), and a clause that keeps progressing runs on
-// until its watchdog, Harness.Timeout (ClauseTimeoutDefault, 10 minutes),
-// which fails a hung clause instead of hanging CI. WaitFor gives the
-// adopter's own tests the same kind of wait.
+// fails when what it watches shows no change for [Harness].Stall
+// ([StallDefault], a minute), and a clause that keeps progressing runs on
+// until its watchdog, Harness.Timeout ([ClauseTimeoutDefault], 10
+// minutes), which fails a hung clause instead of hanging CI. [WaitFor]
+// gives the adopter's own tests the same kind of wait.
 //
 // A content-addressed type, whose keys are shared by records with equal
 // bytes and come back after a delete, sets Harness.KeysMayCollide: the
@@ -34,8 +34,12 @@
 // key shared by two records, reused after a delete or swapped between
 // records never loses a file (examples/lfs). Without it they skip.
 //
-// World, World.Compare, CompareSites and WaitFor are the same kit geo's own tests use, exported
-// for adopters who want scenario tests of their own.
+// [World], [World.Compare], [CompareSites] and [WaitFor] are the same kit
+// geo's own tests use, exported for adopters who want scenario tests of
+// their own: [WorldConfig].WrapPrimary counts, holds or fails transfers at
+// the primary, PrimaryNow sets the primary's clock, Logger captures both
+// sites' logs, and a [Diff] tells a record that never arrived from one
+// whose stale copy was kept.
 //
 // geotest is for tests; it is not a production component.
 package geotest

@@ -36,11 +36,11 @@ SELECT replicable, state, verification_state, checksum_mismatch, missing_on_prim
 FROM geo_registry_counts
 GROUP BY replicable, state, verification_state, checksum_mismatch, missing_on_primary`
 
-// foldAfter is the number of delta rows past which StatusCounts folds
+// foldAfter is the number of delta rows past which Counts folds
 // them (FoldCounts) after answering, should nothing else fold them.
 const foldAfter = 5000
 
-// StatusCounts returns, per type, what Counts returns plus LastProgressAt,
+// Counts returns, per type, the rows by state ([Counts]) and LastProgressAt,
 // from the counts the registry's triggers maintain (migration 0007): its
 // cost depends on the changes since the last FoldCounts, not on the
 // number of rows (1,000,000 rows: well under a millisecond once folded,
@@ -173,10 +173,14 @@ FROM geo_registry GROUP BY 1, 2, 3, 4, 5`)
 
 // FailureReason is one kind of failure message and how many rows carry
 // it. Messages that differ only in what names the record are grouped
-// (see normalizeReason), so that one cause affecting many records is one
-// reason.
+// (record ids, the object part of keys, digests, sizes and ephemeral ports
+// become placeholders; the rules are in [Operating geo], "Status"), so
+// that one cause affecting many records is one reason.
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 type FailureReason struct {
-	// Reason is the message normalized by normalizeReason.
+	// Reason is the normalized message: what TopFailures groups by and
+	// ReasonQuery.Reason selects.
 	Reason string `json:"reason"`
 	// Count is the number of rows whose message normalizes to Reason.
 	Count int64 `json:"count"`

@@ -188,7 +188,8 @@ type SecondaryConfig struct {
 	// SyncCapacityPerTypeDefault. A slot is cheap (a goroutine, a
 	// temporary file, a pooled buffer while bytes flow) and each sync
 	// holds it through claim, transfer and fsync, so small files need many
-	// in flight to keep a machine busy (docs/performance.md).
+	// in flight to keep a machine busy (geo's performance notes,
+	// https://github.com/geoframework/geo/blob/main/docs/performance.md).
 	SyncCapacityPerType int
 	// SyncCapacityTotal caps concurrent syncs over all types; 0 means
 	// SyncCapacityPerType × the number of types.
@@ -224,8 +225,9 @@ type SecondaryConfig struct {
 	// ExistenceScanInterval is how often the existence scan lists the
 	// storage's keys beside the registry's synced rows and makes rows whose
 	// bytes are gone pending again (R7: a row never stays synced without
-	// its bytes for longer than this plus one scan; docs/operations.md
-	// gives a scan's time at 1,000,000 rows). 0 means
+	// its bytes for longer than this plus one scan; geo's operations guide
+	// gives a scan's time at 1,000,000 rows,
+	// https://github.com/geoframework/geo/blob/main/docs/operations.md). 0 means
 	// ExistenceScanIntervalDefault.
 	ExistenceScanInterval time.Duration
 	// ReverifyInterval is how long a verified copy stays trusted before it

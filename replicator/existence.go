@@ -26,7 +26,7 @@ const localMissingReason = "local copy missing: the existence scan found no byte
 // bug), and makes them pending so they are downloaded again: a row never
 // stays synced without its bytes for longer than one interval plus one
 // scan (R7), far less than the re-verification interval. A scan walks the
-// registry's synced rows in key order (registry.Store.SyncedKeys) beside
+// registry's synced rows in key order (regstore.Store.SyncedKeys) beside
 // the storage's key listing in the same order (blob.Bucket.Keys): one pass over
 // each, no Stat per row. Rows whose key the listing lacks are checked
 // again with a Stat before they are marked (a listing is not a

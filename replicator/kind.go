@@ -10,7 +10,7 @@ import (
 )
 
 // kind is the seam one kind of replicable plugs into the engines through
-// (docs/architecture.md, "Kinds of replicable"). A kind provides its
+// ("Kinds of replicable" in https://github.com/geoframework/geo/blob/main/docs/architecture.md). A kind provides its
 // secondary side, a Replicator (sync into a stage, commit under the row
 // lock, remove, verify), and its primary side (serve, checksum). The
 // engines drive every registered type through its kind alone, with no

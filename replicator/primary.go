@@ -68,12 +68,14 @@ func (p *Primary) Publisher() *events.Publisher { return p.pub }
 
 // Run runs the primary's background work until ctx ends, then returns nil:
 // the verification engine (checksums of every registered type's records,
-// re-verified every ReverifyInterval; see docs/operations.md) and the
-// outbox pruner (events.RunPruner with EventRetention and
+// re-verified every ReverifyInterval; see "Verification" in [Operating
+// geo]) and the outbox pruner ([events.RunPruner] with EventRetention and
 // EventPruneInterval). The transfer endpoint and the publisher work
 // without Run; without it, transfers of records are still verified in
-// transit (the endpoint computes checksums on the fly), but secondaries have no
-// stored checksum to verify their copies against.
+// transit (the endpoint computes checksums on the fly), but secondaries
+// have no stored checksum to verify their copies against.
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 func (p *Primary) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.verifier.run(gctx) })

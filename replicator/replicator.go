@@ -13,8 +13,8 @@ var ErrGone = errors.New("record gone or out of scope")
 
 // Replicator is the secondary side of one registered type: what the
 // engines drive for it, whatever its kind. The framework builds one per
-// registered strategy, from the strategy's kind (see Set.Register and
-// docs/architecture.md, "Kinds of replicable"); adopters implement
+// registered strategy, from the strategy's kind (see [Set.Register] and
+// "Kinds of replicable" in [geo architecture]); adopters implement
 // strategies, not Replicators. Methods are called concurrently, for
 // different records.
 //
@@ -23,6 +23,8 @@ var ErrGone = errors.New("record gone or out of scope")
 // same time name the same data, and the engine, not the Replicator,
 // decides when the data at a locator may go (R7: when no registry row
 // records or stages it).
+//
+// [geo architecture]: https://github.com/geoframework/geo/blob/main/docs/architecture.md
 type Replicator interface {
 	// Name is the replicable name, as registered.
 	Name() string

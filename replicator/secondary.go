@@ -308,9 +308,9 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 
 // deleteOrHandOver deletes the row of deleted record id of replicable and
 // the bytes at its keys and at key (the deleted event's key, or "") that no
-// other row names (registry.Store.Delete with remove; R7). When remove
+// other row names (regstore.Store.Delete with remove; R7). When remove
 // fails (the storage, not the registry), it hands the row to the sync
-// engine instead (registry.Store.RequeueRemoval, keeping key for removal),
+// engine instead (regstore.Store.RequeueRemoval, keeping key for removal),
 // logs why and returns handedOver true with no error: the engine finds
 // the record gone, removes row and bytes, or records the failure on the
 // row and retries it with backoff. This is what deleted events and the

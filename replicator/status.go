@@ -235,8 +235,8 @@ type TypeStatus struct {
 	VerifiedPercent float64 `json:"verified_percent"`
 	FailedPercent   float64 `json:"failed_percent"`
 	// OldestPending is when the next pending row (the head of the FIFO)
-	// was marked pending; zero when none is pending. OldestPendingAge is
-	// At minus it, in seconds.
+	// was marked pending; zero when none is pending.
+	// OldestPendingAgeSeconds is Status.At minus it, in seconds.
 	OldestPending           time.Time `json:"oldest_pending,omitzero"`
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	// LastProgressAt estimates when a row of this type was last synced or
@@ -320,7 +320,7 @@ type EventStatus struct {
 // ReadStatus builds a status report from the tracking database alone (and
 // optionally opts.Primary for the event lag), as an admin tool does. types
 // lists the types to report even when they have no rows; nil means the
-// types the database knows (registry.Store.TrackedTypes). Types with rows
+// types the database knows ([registry.Store.Types]). Types with rows
 // but not listed are reported too.
 //
 // What only a secondary process knows comes from the heartbeat rows of

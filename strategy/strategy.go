@@ -1,12 +1,18 @@
 // Package strategy holds the contracts a replicable data type implements,
 // and the retry policy the engines apply to every type.
 //
-// An adopter adding a blob type implements BlobStrategy (a Strategy plus
-// BlobKey) in one small file:
-// the type's stable name, how to list its record ids, and where a record's
-// bytes live. Everything about moving bytes safely (atomic writes,
-// checksums, retries, leases, deletes, verification) belongs to the
-// framework, not to the strategy.
+// An adopter adding a blob type implements [BlobStrategy] (a [Strategy]
+// plus [BlobStrategy.BlobKey]) in one small file: the type's stable name,
+// how to list its record ids, and where a record's bytes live. Optional
+// interfaces add what some types know better: [Checksummer] (a stored
+// SHA-256), [Opener] (bytes from elsewhere than the site's storage) and
+// [BatchKeyer] (many keys in one query). Everything about moving bytes
+// safely (atomic writes, checksums, retries, leases, deletes,
+// verification) belongs to the framework, not to the strategy.
+//
+// [ValidateKey] and [ValidateName] are the rules for storage keys and type
+// names that the publisher, the storage and the engines share; [Backoff]
+// is the default [RetryPolicy].
 //
 // strategy is not where engines, storage backends or HTTP live; it depends
 // on nothing else in geo.
@@ -93,8 +99,8 @@ type BlobStrategy interface {
 	// at the same time name the same bytes. A secondary removes the bytes
 	// at a key only when none of its registry rows (of any type) records
 	// or stages that key; the application keeps the same rule for its own
-	// storage on the primary (docs/adding-a-blob-type.md,
-	// "Content-addressed storage").
+	// storage on the primary ("Content-addressed storage" in
+	// https://github.com/geoframework/geo/blob/main/docs/adding-a-blob-type.md).
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 

@@ -34,8 +34,8 @@
 //     on the server (with a fresh context bounded by AbortTimeout, since
 //     the Writer's own is cancelled); one abandoned by a crash stays until
 //     the bucket's lifecycle rule (AbortIncompleteMultipartUpload, see
-//     docs/operations.md) or AbortIncompleteUploads removes it, and is
-//     never visible at a key.
+//     [Operating geo], "Writes, crashes and abandoned uploads") or
+//     [AbortIncompleteUploads] removes it, and is never visible at a key.
 //   - Server-side checksum. When the expected SHA-256 and size are known
 //     and the object goes in one PUT, it carries x-amz-checksum-sha256: the
 //     server refuses bytes that differ. Multipart parts carry the SDK's
@@ -74,6 +74,8 @@
 // not-synced and write again. fileblob does not fsync and keeps its
 // temporary files in os.TempDir: it is for tests (blob/dirblob is the
 // durable directory backend).
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 package cloudblob
 
 import (
@@ -120,8 +122,9 @@ const (
 
 	// IncompleteUploadAge is the age after which AbortIncompleteUploads
 	// should abort a multipart upload that was neither completed nor
-	// aborted, and the one docs/operations.md's lifecycle rule uses (one
-	// day): far longer than any upload geo makes takes.
+	// aborted, and the one the lifecycle rule of geo's operations guide
+	// uses (one day; https://github.com/geoframework/geo/blob/main/docs/operations.md): far
+	// longer than any upload geo makes takes.
 	IncompleteUploadAge = 24 * time.Hour
 
 	// ListPageSize is how many keys one listing request asks for (S3's

@@ -1,15 +1,19 @@
 // Package driver defines the interface a storage backend implements so
-// that geo can keep blobs in it: the small "driver" under the portable
-// blob.Bucket, as go-cloud's blob/driver is under its blob.Bucket.
+// that geo can keep blobs in it: the small "driver" ([Bucket], [Writer],
+// [Reader]) under the portable blob.Bucket, as go-cloud's blob/driver is
+// under its blob.Bucket.
 //
 // The portable type does everything once, for every backend: it validates
 // keys (strategy.ValidateKey) before any call reaches a driver, hashes
 // every byte written (SHA-256) and checks it against the checksum the
 // caller expects before it commits, calls Commit or Abort exactly once on
 // a Writer, refuses calls after Close, and wraps every error with the
-// operation and the key, mapping ErrorCode to its sentinels (ErrNotExist,
-// ErrInvalidKey). A backend therefore implements only storage, and must
-// not repeat any of that.
+// operation and the key, mapping [Bucket].ErrorCode's [Code] to its
+// sentinels ([NotFound] to blob.ErrNotExist, [InvalidKey] to
+// blob.ErrInvalidKey). A backend therefore implements only storage, and
+// must not repeat any of that. Optional interfaces ([Syncer],
+// [BatchDeleter]) let a backend do some things better; the portable type
+// finds them by type assertion.
 //
 // The conformance suite for backends is blob/storagetest: a backend that
 // passes it is fit for geo. This package is for backend authors; adopters

@@ -13,8 +13,9 @@
 //	}
 //
 // Each subtest is named after the clause of the driver contract it checks
-// and gets a fresh, empty backend from newDriver. Run it with -race.
-// Optional interfaces (driver.Syncer, driver.BatchDeleter) are checked when
+// and gets a fresh, empty backend from newDriver ([RunConformanceTests]).
+// Run it with -race. Optional interfaces ([driver.Syncer],
+// [driver.BatchDeleter]) are checked when
 // the backend implements them. Backend-specific promises (for example that
 // dirblob leaves no temporary file behind) belong in the backend's own
 // tests, for instance in a t.Cleanup registered by newDriver.
@@ -94,7 +95,7 @@ func RunConformanceTests(t *testing.T, newDriver func(t *testing.T) driver.Bucke
 	t.Run("RangeReads", func(t *testing.T) { testRange(t, newStorage(t)) })
 }
 
-// testSyncer checks writers that implement blob.Syncer (it passes for
+// testSyncer checks writers that implement driver.Syncer (it passes for
 // those that do not): Sync publishes nothing, bytes written after a Sync
 // are committed with the rest, and Sync after Commit or Abort fails.
 func testSyncer(t *testing.T, s *blob.Bucket) {

@@ -21,12 +21,14 @@ import (
 // readThroughWait bounds the demo's wait for the new file's sync.
 const readThroughWait = 30 * time.Second
 
-// readThrough shows reads on the secondary (docs/operations.md, "Reading
-// on a secondary"): a file created on the primary is read from the
+// readThrough shows reads on the secondary ("Reading on a secondary" in
+// [Operating geo]): a file created on the primary is read from the
 // secondary's read handler at once, before it synced (the handler reads
 // it through from the primary: never a 404), then again with the write's
 // Position, which the handler waits for and then serves from the local
 // copy.
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 func readThrough(ctx context.Context, app *packagefile.App, sec *replicator.Secondary, primaryDB *sqlx.DB) error {
 	h, err := replicator.NewReadHandler(sec, replicator.ReadHandlerConfig{
 		Authorize:   func(*http.Request, string, int64) error { return nil }, // the demo serves everyone on loopback

@@ -6,13 +6,19 @@
 //
 // Metrics are registered on the prometheus.Registerer the caller passes,
 // never on the global default registry unless that is what the caller
-// passes. Gauges describing the databases are refreshed on an interval by
-// Run (the registry's maintained counts per refresh, plus index lookups:
-// the cost does not grow with the registry), never per scrape: a scrape only reads the last snapshot, so
-// any number of scrapers cost the database nothing.
+// passes. [NewSecondary] gives a secondary's metrics, an Observer to put in
+// replicator.SecondaryConfig.Observer; [NewPrimary] the primary's, for
+// replicator.PrimaryConfig.Observer. Gauges describing the databases are
+// refreshed on an interval by [Secondary.Run] and [Primary.Run] (the
+// registry's maintained counts per refresh, plus index lookups: the cost
+// does not grow with the registry), never per scrape: a scrape only reads
+// the last snapshot, so any number of scrapers cost the database nothing.
 //
-// It is not a status API: replicator.Secondary.Status is. The metric names
-// are listed in docs/operations.md.
+// It is not a status API: [replicator.Secondary.Status] is. The metric
+// names, with alerts to start from, are listed in [Operating geo],
+// "Metrics".
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 package metrics
 
 import (
