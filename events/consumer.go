@@ -150,6 +150,19 @@ type ConsumerConfig struct {
 	// --all: copies that still match the primary are not downloaded
 	// again).
 	OnFellBehind func(ctx context.Context)
+	// OnProgress, when set, is called (from Run's goroutine) with a
+	// Position h whenever it moves forward, h being such that the
+	// Consumer has handled every committed event at or before h (with the
+	// exceptions Position lists): the cursor once it is loaded and after
+	// every batch is saved and, once a read finds no more event before the
+	// source snapshot's xmin, Position{XID: xmin}, since every transaction
+	// with a smaller xid has ended and none of their events is left
+	// unread. So h passes a Position whose transaction rolled back as
+	// soon as that transaction and every older one have ended, although
+	// no event is ever read there (Stats.Cursor passes it only with a
+	// later event). h is not saved. It must be fast and must not block;
+	// replicator's Secondary drives its read-your-writes waits with it.
+	OnProgress func(handled Position)
 	// Now is the clock for lag; nil means time.Now.
 	Now func() time.Time
 }
@@ -255,6 +268,9 @@ type Consumer struct {
 	// reported is the pruned mark OnFellBehind was last called for;
 	// only Run's goroutine uses it.
 	reported *Position
+	// progressed is the last Position passed to OnProgress; only Run's
+	// goroutine uses it.
+	progressed Position
 
 	mu    sync.Mutex
 	stats Stats
@@ -418,6 +434,7 @@ func (c *Consumer) consume(ctx context.Context, conn *sql.Conn, wake <-chan stru
 		}
 	}
 	c.update(func(s *Stats) { s.Active, s.Cursor = true, cur })
+	c.progress(cur)
 
 	failures := 0
 	var lagAt time.Time
@@ -578,10 +595,15 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Position) (mor
 			}
 			*cur = *mark
 			c.update(func(s *Stats) { s.Cursor = *mark })
+			c.progress(*mark)
 			return true, nil
 		}
 	}
+	// With fewer events than a batch, every event before the snapshot's
+	// xmin has been read: once they are handled, so is everything there.
+	xminMark := Position{XID: xmin}
 	if len(raws) == 0 {
+		c.progress(xminMark)
 		return false, nil
 	}
 
@@ -635,7 +657,28 @@ func (c *Consumer) step(ctx context.Context, conn *sql.Conn, cur *Position) (mor
 			s.LastEventCreatedAt = batch[len(batch)-1].CreatedAt
 		}
 	})
+	if len(raws) < c.cfg.BatchSize && next.Less(xminMark) {
+		c.progress(xminMark)
+	} else {
+		c.progress(next)
+	}
 	return len(raws) == c.cfg.BatchSize, nil
+}
+
+// progress calls OnProgress with h when h is past the last Position it
+// was given, turning a panic into a log entry.
+func (c *Consumer) progress(h Position) {
+	f := c.cfg.OnProgress
+	if f == nil || !c.progressed.Less(h) {
+		return
+	}
+	c.progressed = h
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("events: OnProgress panicked", zap.Any("panic", r))
+		}
+	}()
+	f(h)
 }
 
 // fetch reads the next batch after cur, the pruned mark (nil when none)

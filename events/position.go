@@ -74,7 +74,9 @@ var ErrInvalidPosition = errors.New("invalid position")
 //     of several Positions covers them all).
 //   - A Position returned in a transaction that rolled back (or whose
 //     publish was rolled back to a savepoint) names no event. A cursor
-//     passes it only when a later event is read: do not wait for one.
+//     passes it only when a later event is read; the Position a
+//     Consumer reports to ConsumerConfig.OnProgress passes it once that
+//     transaction and every older one have ended.
 //   - Positions belong to one primary's history. A standby promoted after
 //     a failover goes on from the xids it replayed: events the old primary
 //     committed after the standby's last replay are lost, and their xids

@@ -56,3 +56,7 @@ func ReserveSyncCapacity(s *Secondary) (int, func()) {
 // HeartbeatInFlight is the syncs in flight per type that s's heartbeat row
 // would carry now.
 func HeartbeatInFlight(s *Secondary) map[string]int { return s.hb.process().InFlight }
+
+// WaitChecks is how many settle checks s's wait hub has run: one query
+// for every waiter at once, whatever their number.
+func WaitChecks(s *Secondary) int64 { return s.waits.checks.Load() }

@@ -33,7 +33,9 @@ type Secondary struct {
 	consumer *events.Consumer
 	hb       *heartbeat
 	// env is what the kinds opened for this site (a repository store).
-	env *secondaryEnv
+	env   *secondaryEnv
+	dl    *xfer.Downloader // the sync engine's, shared by reads (read.go)
+	waits *waitHub         // read-your-writes waits (wait.go)
 }
 
 // NewSecondary validates cfg (a bad field is an error naming it) and wires
@@ -60,7 +62,10 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
-	s := &Secondary{cfg: cfg, store: store, reps: map[string]Replicator{}}
+	s := &Secondary{cfg: cfg, store: store, reps: map[string]Replicator{}, dl: dl}
+	s.waits = newWaitHub(s)
+	cfg.Observer = waitObserver{Observer: cfg.Observer, hub: s.waits} // ended syncs wake waits
+	s.cfg.Observer = cfg.Observer
 	s.env = &secondaryEnv{cfg: &s.cfg, storage: cfg.Storage, downloader: dl}
 	// Each type's Replicator, from its kind; and, once per kind, the
 	// storage the existence scan checks for the kind's types.
@@ -111,7 +116,7 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		Source: cfg.Primary, Tracking: cfg.Tracking, BatchSize: cfg.EventBatchSize,
 		PollInterval: cfg.EventPollInterval, Handler: eventHandler{s}, Known: cfg.Strategies.Has,
 		Logger: cfg.Logger, NotifyURL: cfg.NotifyURL, OnFellBehind: func(context.Context) { s.cons.Trigger() },
-		OnSkipped: cfg.Observer.EventsSkipped, Now: cfg.Now,
+		OnSkipped: cfg.Observer.EventsSkipped, Now: cfg.Now, OnProgress: s.waits.advance,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
@@ -157,6 +162,7 @@ func (s *Secondary) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { s.foldCounts(gctx); return nil })
+	g.Go(func() error { s.waits.run(gctx); return nil })
 	return g.Wait()
 }
 

@@ -271,6 +271,12 @@ func run() error {
 			return fmt.Errorf("application churn: %w", err)
 		}
 	}
+	if converged {
+		if err := readThrough(ctx, app, sec, primaryDB); err != nil {
+			cancelRun()
+			return fmt.Errorf("read on the secondary: %w", err)
+		}
+	}
 	cancelRun()
 	if err := <-runErr; err != nil {
 		return fmt.Errorf("secondary: %w", err)

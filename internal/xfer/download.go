@@ -225,52 +225,153 @@ var errStalled = errors.New("stalled")
 // Each request carries a fresh token; a redirect is followed without the
 // Authorization header.
 func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst *blob.Bucket, key, wantChecksum string) (Result, error) {
-	start := time.Now()
 	fail := func(err error) (Result, error) {
 		return Result{}, fmt.Errorf("transfer: fetch %s/%d: %w", replicable, id, err)
 	}
 	if err := strategy.ValidateKey(key); err != nil {
 		return fail(err)
 	}
-	if err := strategy.ValidateName(replicable); err != nil {
+	x, err := d.send(ctx, replicable, id, wantChecksum)
+	if err != nil {
 		return fail(err)
 	}
+	defer x.close()
+
+	if served := x.resp.Header.Get(HeaderKey); served != "" && served != key {
+		return fail(fmt.Errorf("%w: asked for %q, served from %q", transfer.ErrKeyChanged, key, served))
+	}
+	size := int64(0)
+	if x.announced > 0 {
+		size = x.announced
+	}
+	// The portable writer checks the bytes against the checksum known
+	// before the transfer (ours, else the primary's announcement) at
+	// Commit; the backend may have its service check it too.
+	w, err := dst.Create(ctx, key, &blob.WriteOptions{SHA256: x.expect(), Size: size})
+	if err != nil {
+		return fail(err)
+	}
+	n, err := d.copy(ctx, w, x.resp.Body, x.announced, x.stall, func() { x.cancel(context.Canceled) })
+	if err == nil && x.announced >= 0 && n != x.announced {
+		err = fmt.Errorf("%w: received %d bytes, announced %d", transfer.ErrSizeMismatch, n, x.announced)
+	}
+	var sum string
+	if err == nil {
+		_, sum = w.Written()
+		switch {
+		case x.primary != "" && sum != x.primary:
+			err = fmt.Errorf("%w: received %s, primary announced %s", blob.ErrChecksumMismatch, sum, x.primary)
+		case x.want != "" && sum != x.want:
+			err = fmt.Errorf("%w: received %s, want %s", blob.ErrChecksumMismatch, sum, x.want)
+		}
+	} else {
+		err = x.transportErr(err)
+	}
+	if err == nil {
+		// The bytes are checked: make them durable now, in this sync's
+		// own time, so the Commit under the row lock only publishes.
+		err = w.Sync(ctx)
+	}
+	if err != nil {
+		w.Abort()
+		return fail(err)
+	}
+	return Result{Writer: w, Size: n, Checksum: sum, PrimaryChecksum: x.primary, Duration: time.Since(x.start)}, nil
+}
+
+// exchange is one request to the transfer endpoint whose answer was a 200
+// with well-formed headers: what Fetch and Stream share. close releases it.
+type exchange struct {
+	ctx    context.Context // the caller's
+	resp   *http.Response
+	cancel context.CancelCauseFunc
+	rctx   context.Context
+	// stall cancels rctx with errStalled when it fires; it is stopped
+	// once the headers are in, and re-armed around each read of the body.
+	stall   *time.Timer
+	timeout time.Duration
+	start   time.Time
+	// want is the caller's expected checksum, primary the one the primary
+	// announced (lowercase hex; "" when unknown).
+	want, primary string
+	// announced is the body's size from Content-Length and HeaderSize
+	// (they agree), -1 when neither was sent.
+	announced int64
+}
+
+// expect is the checksum the bytes must have: the caller's, else the
+// primary's announcement ("" when neither is known).
+func (x *exchange) expect() string {
+	if x.want != "" {
+		return x.want
+	}
+	return x.primary
+}
+
+func (x *exchange) close() {
+	x.stall.Stop()
+	x.resp.Body.Close()
+	x.cancel(nil)
+}
+
+// transportErr says what a failed request or body read means: a stall
+// (transfer.ErrTimeout), the caller's cancellation, a body that ended
+// early (transfer.ErrSizeMismatch), or err itself.
+func (x *exchange) transportErr(err error) error {
+	switch {
+	case context.Cause(x.rctx) == errStalled:
+		return fmt.Errorf("%w after %v", transfer.ErrTimeout, x.timeout)
+	case x.ctx.Err() != nil:
+		return context.Cause(x.ctx)
+	case isTimeout(err):
+		// The client's own timeout (ResponseHeaderTimeout, which the
+		// default client sets to the same Timeout) may fire before the
+		// stall timer: the same stall, reported the same way.
+		return fmt.Errorf("%w after %v: %w", transfer.ErrTimeout, x.timeout, err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: body ended early: %w", transfer.ErrSizeMismatch, err)
+	}
+	return err
+}
+
+// send asks the transfer endpoint for record id of replicable, with a
+// fresh token, sending wantChecksum (lowercase or upper-case hex, "" for
+// none) so the primary need not look its checksum up. It returns the
+// exchange of a 200 answer whose checksum and size headers are well
+// formed and agree with wantChecksum and each other; otherwise an error
+// (not wrapped with the record) matching the sentinels of Fetch.
+func (d *Downloader) send(ctx context.Context, replicable string, id int64, wantChecksum string) (*exchange, error) {
+	if err := strategy.ValidateName(replicable); err != nil {
+		return nil, err
+	}
 	if id < 0 {
-		return fail(errors.New("negative record id"))
+		return nil, errors.New("negative record id")
 	}
 	want := strings.ToLower(wantChecksum)
 	if want != "" && !validChecksum(want) {
-		return fail(errors.New("wantChecksum is not a hex SHA-256"))
+		return nil, errors.New("wantChecksum is not a hex SHA-256")
 	}
 	auth, err := Authorization(d.creds, replicable, id, d.now())
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 
-	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stall := time.AfterFunc(d.timeout, func() { cancel(errStalled) })
-	defer stall.Stop()
-	transportErr := func(err error) error {
-		switch {
-		case context.Cause(rctx) == errStalled:
-			return fmt.Errorf("%w after %v", transfer.ErrTimeout, d.timeout)
-		case ctx.Err() != nil:
-			return context.Cause(ctx)
-		case isTimeout(err):
-			// The client's own timeout (ResponseHeaderTimeout, which the
-			// default client sets to the same Timeout) may fire before the
-			// stall timer: the same stall, reported the same way.
-			return fmt.Errorf("%w after %v: %w", transfer.ErrTimeout, d.timeout, err)
-		case errors.Is(err, io.ErrUnexpectedEOF):
-			return fmt.Errorf("%w: body ended early: %w", transfer.ErrSizeMismatch, err)
+	x := &exchange{ctx: ctx, timeout: d.timeout, start: time.Now(), want: want}
+	x.rctx, x.cancel = context.WithCancelCause(ctx)
+	x.stall = time.AfterFunc(d.timeout, func() { x.cancel(errStalled) })
+	ok := false
+	defer func() {
+		if !ok {
+			x.stall.Stop()
+			if x.resp != nil {
+				x.resp.Body.Close()
+			}
+			x.cancel(nil)
 		}
-		return err
-	}
-
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, d.base+TransferPath(replicable, id), nil)
+	}()
+	req, err := http.NewRequestWithContext(x.rctx, http.MethodGet, d.base+TransferPath(replicable, id), nil)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	req.Header.Set("Authorization", auth)
 	if want != "" {
@@ -284,77 +385,33 @@ func (d *Downloader) Fetch(ctx context.Context, replicable string, id int64, dst
 		if errors.As(err, &uerr) {
 			err = uerr.Err // its message quotes the URL only; keep it short
 		}
-		return fail(transportErr(err))
+		return nil, x.transportErr(err)
 	}
-	defer resp.Body.Close()
-	stall.Stop()
+	x.resp = resp
+	x.stall.Stop()
 	if resp.StatusCode != http.StatusOK {
-		return fail(statusError(resp))
+		return nil, statusError(resp)
 	}
-
-	if served := resp.Header.Get(HeaderKey); served != "" && served != key {
-		return fail(fmt.Errorf("%w: asked for %q, served from %q", transfer.ErrKeyChanged, key, served))
+	x.primary = strings.ToLower(resp.Header.Get(HeaderChecksum))
+	if x.primary != "" && !validChecksum(x.primary) {
+		return nil, fmt.Errorf("primary sent a malformed %s header", HeaderChecksum)
 	}
-	primary := strings.ToLower(resp.Header.Get(HeaderChecksum))
-	if primary != "" && !validChecksum(primary) {
-		return fail(fmt.Errorf("primary sent a malformed %s header", HeaderChecksum))
+	if want != "" && x.primary != "" && want != x.primary {
+		return nil, fmt.Errorf("%w: primary announces %s, want %s", blob.ErrChecksumMismatch, x.primary, want)
 	}
-	if want != "" && primary != "" && want != primary {
-		return fail(fmt.Errorf("%w: primary announces %s, want %s", blob.ErrChecksumMismatch, primary, want))
-	}
-	announced := resp.ContentLength
+	x.announced = resp.ContentLength
 	if s := resp.Header.Get(HeaderSize); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 0 {
-			return fail(fmt.Errorf("primary sent a malformed %s header", HeaderSize))
+			return nil, fmt.Errorf("primary sent a malformed %s header", HeaderSize)
 		}
-		if announced >= 0 && n != announced {
-			return fail(fmt.Errorf("%w: Content-Length %d, %s %d", transfer.ErrSizeMismatch, announced, HeaderSize, n))
+		if x.announced >= 0 && n != x.announced {
+			return nil, fmt.Errorf("%w: Content-Length %d, %s %d", transfer.ErrSizeMismatch, x.announced, HeaderSize, n)
 		}
-		announced = n
+		x.announced = n
 	}
-
-	size := int64(0)
-	if announced > 0 {
-		size = announced
-	}
-	expect := want
-	if expect == "" {
-		expect = primary
-	}
-	// The portable writer checks the bytes against the checksum known
-	// before the transfer (ours, else the primary's announcement) at
-	// Commit; the backend may have its service check it too.
-	w, err := dst.Create(ctx, key, &blob.WriteOptions{SHA256: expect, Size: size})
-	if err != nil {
-		return fail(err)
-	}
-	n, err := d.copy(ctx, w, resp.Body, announced, stall, func() { cancel(context.Canceled) })
-	if err == nil && announced >= 0 && n != announced {
-		err = fmt.Errorf("%w: received %d bytes, announced %d", transfer.ErrSizeMismatch, n, announced)
-	}
-	var sum string
-	if err == nil {
-		_, sum = w.Written()
-		switch {
-		case primary != "" && sum != primary:
-			err = fmt.Errorf("%w: received %s, primary announced %s", blob.ErrChecksumMismatch, sum, primary)
-		case want != "" && sum != want:
-			err = fmt.Errorf("%w: received %s, want %s", blob.ErrChecksumMismatch, sum, want)
-		}
-	} else {
-		err = transportErr(err)
-	}
-	if err == nil {
-		// The bytes are checked: make them durable now, in this sync's
-		// own time, so the Commit under the row lock only publishes.
-		err = w.Sync(ctx)
-	}
-	if err != nil {
-		w.Abort()
-		return fail(err)
-	}
-	return Result{Writer: w, Size: n, Checksum: sum, PrimaryChecksum: primary, Duration: time.Since(start)}, nil
+	ok = true
+	return x, nil
 }
 
 // isTimeout reports whether err is a network timeout (a net.Error whose

@@ -27,6 +27,7 @@
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //	resync-all -n 1000000         batched resync of N synced rows (geoctl resync --all) vs raw batched UPDATE
 //	repo-sync  -n 500             N git repositories (50 commits, plus 3 large) synced end to end vs raw git clone --mirror; then one push's event to synced
+//	read       -n 1000 -rate 200 -duration 10s  read-through, local hit and WaitSynced latencies vs raw GET, raw file read, commit-to-synced
 //
 // Usage:
 //
@@ -74,8 +75,12 @@ type scenario struct {
 	// defaults applied when the flag was not given.
 	n    int
 	size int64
-	run  func(ctx context.Context, b *bench, res *result) error
-	doc  string
+	// rate and duration, when set, replace -rate's and -duration's
+	// defaults.
+	rate     int
+	duration time.Duration
+	run      func(ctx context.Context, b *bench, res *result) error
+	doc      string
 }
 
 func scenarios() []scenario {
@@ -102,6 +107,8 @@ func scenarios() []scenario {
 			doc: "N git repositories (50 commits each, plus 3 of 1,000) synced end to end (repos/s) vs raw git clone --mirror over the same endpoint; then one push's event to synced"},
 		{name: "resync-all", n: 1_000_000, run: runResyncAll,
 			doc: "resync of N synced rows in batches, as geoctl resync --all (rows/s) vs raw batched UPDATE of the same columns; target 1,000,000 in 20 s"},
+		{name: "read", n: 1000, rate: 200, duration: 10 * time.Second, run: runRead,
+			doc: "p50/p99 of a read-through (vs raw GET + SHA-256), a local hit (vs raw file read) and WaitSynced after a commit at -rate (ms; vs commit to synced)"},
 	}
 }
 
@@ -172,6 +179,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.n == 0 {
 		o.n = sc.n
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if sc.rate > 0 && !given["rate"] {
+		o.rate = sc.rate
+	}
+	if sc.duration > 0 && !given["duration"] {
+		o.duration = sc.duration
 	}
 	o.size = sc.size
 	if sizeFlag != "" {
