@@ -252,7 +252,7 @@ func TestWaitSyncedThousandWaiters(t *testing.T) {
 	for _, id := range ids {
 		row, err := r.Store().Get(ctx, "item", id)
 		require.NoError(t, err)
-		require.Equal(t, registry.StateSynced, row.State, "item %d when WaitSynced returned", id)
+		require.Equal(t, registry.StateSynced, row.State, "item %d when WaitSynced returned (failure: %q)", id, row.LastSyncFailure)
 	}
 	t.Logf("%d waiters on %d writes returned after %v with %d settle checks", waiters, len(ids), elapsed, checks)
 	// One check serves every waiter: a query per waiter would be 1,000.

@@ -701,20 +701,51 @@ func (e *syncEngine) settle(t *task, r regstore.SyncedResult, publish func(conte
 // settleLoop settles requests in batches until e.settles is closed: it
 // takes one request, adds every request already waiting (up to
 // maxSettleBatch) and settles them in one transaction.
+//
+// A batch names each row once: a request for a row already in the batch
+// (an older claim's sync still settling beside the sync of the claim
+// that superseded it, after an event made the started row pending again)
+// waits for the next batch, since SettleSyncedBatch refuses a repeated
+// row and the refused one could be the current claim.
 func (e *syncEngine) settleLoop(ctx context.Context) {
 	batch := make([]settleReq, 0, maxSettleBatch)
 	items := make([]regstore.SettleItem, 0, maxSettleBatch)
 	stagings := make([]regstore.Staging, 0, maxSettleBatch)
-	for req := range e.settles {
-		batch = append(batch[:0], req)
+	var held []settleReq // repeated rows, for the next batch
+	inBatch := make(map[regstore.Key]bool, maxSettleBatch)
+	add := func(r settleReq) {
+		if k := r.item.Claim.Key(); inBatch[k] {
+			held = append(held, r)
+		} else {
+			inBatch[k] = true
+			batch = append(batch, r)
+		}
+	}
+	open := true
+	for open || len(held) > 0 {
+		batch = batch[:0]
+		clear(inBatch)
+		carried := held
+		held = nil
+		for _, r := range carried {
+			add(r)
+		}
+		if len(batch) == 0 {
+			req, ok := <-e.settles
+			if !ok {
+				return
+			}
+			add(req)
+		}
 	more:
-		for len(batch) < maxSettleBatch {
+		for open && len(batch) < maxSettleBatch {
 			select {
 			case r, ok := <-e.settles:
 				if !ok {
+					open = false
 					break more
 				}
-				batch = append(batch, r)
+				add(r)
 			default:
 				break more
 			}
