@@ -79,6 +79,13 @@ type PromoteConfig struct {
 	// Standby that is not in recovery is then expected, not a reason to
 	// refuse (it might be the live primary itself).
 	AlreadyPromoted bool
+	// DrainedAt, when set, makes the preflight check that this site is
+	// drained at that Position (see Drained: a planned switchover), and
+	// refuse when it is not.
+	DrainedAt *events.Position
+	// DrainSince is the exclusive lower bound of the events Drained reads
+	// (the zero Position: the whole retained outbox up to its position).
+	DrainSince events.Position
 	// PromoteWait bounds pg_promote()'s wait; 0 means PromoteWaitDefault.
 	PromoteWait time.Duration
 	// Logger receives the steps' logs; nil means none.
@@ -134,6 +141,8 @@ type PromotionReport struct {
 	Events PromoteEvents `json:"events"`
 	// Standby is the standby's recovery and replay state.
 	Standby StandbyStatus `json:"standby"`
+	// Drain is the drained check at PromoteConfig.DrainedAt; nil without.
+	Drain *DrainReport `json:"drain,omitempty"`
 	// ProcessesAlive lists the secondary processes of this tracking
 	// database whose heartbeat is alive: they must be stopped first.
 	ProcessesAlive []string `json:"processes_alive"`
@@ -301,6 +310,19 @@ func preflight(ctx context.Context, cfg *PromoteConfig) (PromotionReport, error)
 	}
 	if err := readPromoteEvents(ctx, cfg, store, now, &rep); err != nil {
 		return rep, err
+	}
+	if cfg.DrainedAt != nil {
+		dr, err := drained(ctx, cfg, *cfg.DrainedAt)
+		if err != nil {
+			return rep, err
+		}
+		rep.Drain = &dr
+		switch {
+		case !dr.CursorPassed:
+			rep.Reasons = append(rep.Reasons, fmt.Sprintf("drained: the event cursor %s is not at %s yet (events up to it not all applied, or a transaction older than it still open on the primary)", dr.Cursor, dr.Position))
+		case !dr.Drained:
+			rep.Reasons = append(rep.Reasons, fmt.Sprintf("drained: %d records named by events up to %s are not synced and verified here yet", dr.NotDrained, dr.Position))
+		}
 	}
 	types, err := promoteTypes(ctx, cfg, store)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 
+	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/replicator"
 )
 
@@ -34,6 +35,8 @@ func (a *app) promoteCmd() *cobra.Command {
 		alreadyPromoted bool
 		wait            time.Duration
 		deadline        time.Duration
+		drainedAt       string
+		waitDrained     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "promote",
@@ -49,6 +52,12 @@ lost (no copy on this site), stale (an older or differing copy) or
 unverified; the event consumer's lag against the standby's outbox; the
 standby's replay state; secondary processes still alive. With any reason
 it refuses (exit 1) unless --force. --dry-run stops after it.
+
+A planned switchover adds --drained-at XID:ID, a position the old primary
+names once its application stopped writing (the last Publish's, or its
+outbox head): the preflight then also requires that the event cursor is at
+or past it and that every record named by events up to it is synced and
+verified here. --wait-drained D waits up to D for that first.
 
 Then the standby is promoted: with --pg-promote by SELECT pg_promote()
 (the role needs the right), else by the operator (pg_ctl promote), who
@@ -103,6 +112,29 @@ it; do not start this site's secondary again. See docs/operations.md,
 			if list == 0 {
 				cfg.MaxListed = -1
 			}
+			if drainedAt != "" {
+				p, err := events.ParsePosition(drainedAt)
+				if err != nil {
+					return usagef("--drained-at %q: want XID:ID, as the primary names it (%v)", drainedAt, err)
+				}
+				cfg.DrainedAt = &p
+				if waitDrained > 0 {
+					fmt.Fprintf(a.out, "Waiting up to %v until this site is drained at %s...\n", waitDrained, p)
+					wctx, wcancel := context.WithTimeout(ctx, waitDrained)
+					dr, err := replicator.WaitDrained(wctx, cfg, p)
+					wcancel()
+					if err != nil && cmd.Context().Err() != nil {
+						return err
+					}
+					if dr.Drained {
+						fmt.Fprintf(a.out, "Drained at %s.\n\n", p)
+					} else {
+						fmt.Fprintf(a.out, "Not drained within %v.\n\n", waitDrained)
+					}
+				}
+			} else if waitDrained > 0 {
+				return usagef("--wait-drained needs --drained-at")
+			}
 			rep, err := replicator.Promote(ctx, cfg)
 			if rep.At.IsZero() {
 				return err
@@ -135,6 +167,8 @@ it; do not start this site's secondary again. See docs/operations.md,
 	cmd.Flags().BoolVar(&pgPromote, "pg-promote", false, "promote the standby with SELECT pg_promote() (the role needs the right)")
 	cmd.Flags().BoolVar(&alreadyPromoted, "already-promoted", false, "the standby was promoted already (pg_ctl promote): go on with the checksum step")
 	cmd.Flags().DurationVar(&wait, "wait", replicator.PromoteWaitDefault, "how long pg_promote() waits for the end of recovery")
+	cmd.Flags().StringVar(&drainedAt, "drained-at", "", "planned switchover: also require this site drained at this position (XID:ID) the old primary names")
+	cmd.Flags().DurationVar(&waitDrained, "wait-drained", 0, "with --drained-at: wait up to this long until drained before the preflight")
 	cmd.Flags().DurationVar(&deadline, "deadline", promoteDeadlineDefault, "give up on the whole run after this long")
 	return cmd
 }
@@ -165,6 +199,19 @@ func renderPreflight(out io.Writer, rep replicator.PromotionReport) {
 		}
 	} else {
 		fmt.Fprintln(out, "Events: no cursor saved")
+	}
+	if d := rep.Drain; d != nil {
+		switch {
+		case d.Drained:
+			fmt.Fprintf(out, "Drained at %s: yes (cursor %s; %d events up to it, naming %d records, all synced and verified)\n", d.Position, d.Cursor, d.Events, d.Records)
+		case !d.CursorPassed:
+			fmt.Fprintf(out, "Drained at %s: no (the event cursor %s has not reached it)\n", d.Position, d.Cursor)
+		default:
+			fmt.Fprintf(out, "Drained at %s: no (%d of the records named by %d events up to it not synced and verified)\n", d.Position, d.NotDrained, d.Events)
+			for _, r := range d.NotDrainedList {
+				fmt.Fprintf(out, "  %s/%d  %s\n", r.Replicable, r.ID, r.Reason)
+			}
+		}
 	}
 	fmt.Fprintf(out, "Secondary processes alive: %d\n\n", len(rep.ProcessesAlive))
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

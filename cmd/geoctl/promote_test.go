@@ -56,13 +56,12 @@ func TestPromote(t *testing.T) {
 VALUES ('item', $1, 2, 2, $2, now(), now(), $3)`, i, sum(i), fmt.Sprintf("items/%d", i))
 		require.NoError(t, err)
 	}
-	var xid string
-	var id int64
+	var xid, xid2 string
+	var id, id2 int64
 	require.NoError(t, pdb.QueryRowContext(ctx, `INSERT INTO geo_events (replicable, op, model_id) VALUES ('item', 1, 5) RETURNING xid::text, id`).Scan(&xid, &id))
 	_, err = tdb.ExecContext(ctx, `INSERT INTO geo_event_cursor (consumer, xid, id) VALUES ('default', $1::text::xid8, $2)`, xid, id)
 	require.NoError(t, err)
-	_, err = pdb.ExecContext(ctx, `INSERT INTO geo_events (replicable, op, model_id) VALUES ('item', 1, 6)`)
-	require.NoError(t, err)
+	require.NoError(t, pdb.QueryRowContext(ctx, `INSERT INTO geo_events (replicable, op, model_id) VALUES ('item', 1, 6) RETURNING xid::text, id`).Scan(&xid2, &id2))
 	var target string
 	require.NoError(t, pdb.GetContext(ctx, &target, `SELECT pg_current_wal_lsn()::text`))
 	geotest.WaitFor(t, time.Minute, "standby replays", func() (bool, string) {
@@ -98,6 +97,23 @@ VALUES ('item', $1, 2, 2, $2, now(), now(), $3)`, i, sum(i), fmt.Sprintf("items/
 
 	out = g.ok("promote", "--dry-run", "--force")
 	require.Contains(t, out, "Dry run: nothing changed.")
+
+	// Planned switchover: drained at the first event (record 5 is synced
+	// and verified), not at the second (the cursor has not reached it).
+	first, second := fmt.Sprintf("%s:%d", xid, id), fmt.Sprintf("%s:%d", xid2, id2)
+	out, _, _ = g.run("promote", "--dry-run", "--drained-at", first)
+	require.Contains(t, out, "Drained at "+first+": yes (cursor "+first+"; 1 events up to it, naming 1 records, all synced and verified)")
+	require.NotContains(t, out, "  - drained:")
+	out, _, _ = g.run("promote", "--dry-run", "--drained-at", second, "--wait-drained", "1500ms")
+	require.Contains(t, out, "Not drained within 1.5s.")
+	require.Contains(t, out, "Drained at "+second+": no (the event cursor "+first+" has not reached it)")
+	require.Contains(t, out, "  - drained: the event cursor "+first+" is not at "+second+" yet")
+	_, errOut, code = g.run("promote", "--dry-run", "--drained-at", "head")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `--drained-at "head": want XID:ID`)
+	_, errOut, code = g.run("promote", "--dry-run", "--wait-drained", "1s")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--wait-drained needs --drained-at")
 	require.True(t, inRecovery(), "a dry run changes nothing")
 
 	_, errOut, code = g.run("promote", "--force")

@@ -1,0 +1,81 @@
+package replicator_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/geoframework/geo/events"
+	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/replicator"
+)
+
+// TestDrainedForPlannedSwitchover checks the drained check of a planned
+// switchover against a running pair: drained once everything written up to
+// the primary's outbox head is synced and verified; not drained while
+// records named by events up to it wait (their type paused), each listed;
+// drained again once they are synced; never drained at a position the
+// cursor has not reached.
+func TestDrainedForPlannedSwitchover(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	r := f.Start(f.SecondaryConfig(f.secondaryItems()))
+	ids := f.createItems(t, 5, 300)
+	cfg := replicator.PromoteConfig{Tracking: f.TrackingDB, Standby: f.PrimaryDB}
+
+	head, ok, err := replicator.OutboxHead(ctx, f.PrimaryDB)
+	require.NoError(t, err)
+	require.True(t, ok)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute) // a hang guard
+	defer cancel()
+	rep, err := replicator.WaitDrained(wctx, cfg, head)
+	require.NoError(t, err)
+	require.True(t, rep.Drained && rep.CursorPassed)
+	require.EqualValues(t, 5, rep.Records, "records named by events up to the head")
+
+	// Paused: the events are applied (rows pending), nothing syncs.
+	require.NoError(t, r.Pause(ctx, "item"))
+	fresh := f.createItems(t, 3, 400)
+	require.NoError(t, f.app.UpdateInPlace(ctx, ids[0], payload(77, 500)))
+	require.NoError(t, f.app.Delete(ctx, ids[1], true))
+	head2, _, err := replicator.OutboxHead(ctx, f.PrimaryDB)
+	require.NoError(t, err)
+	geotest.WaitFor(t, stall, "the cursor reaches the new head", func() (bool, string) {
+		rep, err = replicator.Drained(ctx, cfg, head2)
+		if err != nil {
+			return false, err.Error()
+		}
+		return rep.CursorPassed, fmt.Sprintf("cursor %s, want %s", rep.Cursor, head2)
+	})
+	require.False(t, rep.Drained, "records wait")
+	want := []replicator.DrainRecord{{Replicable: "item", ID: ids[0], Reason: "pending"}}
+	for _, id := range fresh {
+		want = append(want, replicator.DrainRecord{Replicable: "item", ID: id, Reason: "pending"})
+	}
+	require.ElementsMatch(t, want, rep.NotDrainedList, "records not drained (the deleted one is gone on both sides)")
+	require.EqualValues(t, 4, rep.NotDrained)
+
+	// The preflight carries the check.
+	pcfg := cfg
+	pcfg.DrainedAt = &head2
+	pre, err := replicator.Preflight(ctx, pcfg)
+	require.NoError(t, err)
+	require.NotNil(t, pre.Drain)
+	require.Contains(t, pre.Reasons, fmt.Sprintf("drained: 4 records named by events up to %s are not synced and verified here yet", head2))
+
+	require.NoError(t, r.Resume(ctx, "item"))
+	rep, err = replicator.WaitDrained(wctx, cfg, head2)
+	require.NoError(t, err)
+	require.True(t, rep.Drained)
+	require.EqualValues(t, 10, rep.Events, "events up to the head")
+	require.EqualValues(t, 8, rep.Records, "records they name")
+
+	ahead := events.Position{XID: head2.XID + 1_000_000, ID: head2.ID}
+	rep, err = replicator.Drained(ctx, cfg, ahead)
+	require.NoError(t, err)
+	require.False(t, rep.CursorPassed || rep.Drained, "a position the cursor has not reached")
+}
