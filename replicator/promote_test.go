@@ -56,7 +56,7 @@ func newFailoverPair(t *testing.T) *failoverPair {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a hang guard
 	defer cancel()
-	old, err := pgtest.StartCluster(ctx, pgtest.Options{})
+	old, err := pgtest.StartCluster(ctx, pgtest.Options{Settings: pgtest.RewindSettings()}) // it may rejoin
 	if err != nil {
 		t.Skipf("no throwaway cluster: %v", err)
 	}
@@ -159,7 +159,7 @@ func (f *failoverPair) secondaryConfig(tracking, primaryDB *sqlx.DB, url string,
 		Credentials: f.creds, Storage: storage, Logger: f.log.Named("secondary"),
 		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
 		Lease: geotest.TestLease, ShutdownGrace: 5 * time.Second, TransferTimeout: geotest.TestTransferTimeout,
-		ConsistencyInterval: time.Hour}
+		ConsistencyInterval: time.Hour, ChecksumWait: 200 * time.Millisecond}
 }
 
 // waitReplayed waits until the standby replayed everything the old
