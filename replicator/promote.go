@@ -629,7 +629,9 @@ func classify(tp *TypePreflight, ck ckRow, r *regRow, list func(*[]PromoteRecord
 //  1. the preflight (see Preflight); with reasons and without Force it
 //     returns the report and an error matching ErrPromotionRefused; with
 //     DryRun it returns the report and changes nothing;
-//  2. a standby still in recovery is promoted with pg_promote() when
+//  2. a database not in recovery is refused whatever Force says unless
+//     AlreadyPromoted (it may be the live primary); a standby still in
+//     recovery is promoted with pg_promote() when
 //     PromoteStandby is set (else, or without the right to, an error
 //     matching ErrStandbyInRecovery: the operator promotes it and runs
 //     Promote again with AlreadyPromoted);
@@ -655,6 +657,11 @@ func Promote(ctx context.Context, cfg PromoteConfig) (PromotionReport, error) {
 		return rep, err
 	}
 	log := cfg.Logger
+	if !rep.Standby.InRecovery && !cfg.AlreadyPromoted && !cfg.DryRun {
+		// Not a reason Force overrides: Force accepts losing records, not
+		// rewriting the checksums of what may be the live primary.
+		return rep, fmt.Errorf("replicator: %w: the standby is not in recovery: if you promoted it yourself, say so (AlreadyPromoted); Force does not override this", ErrPromotionRefused)
+	}
 	if rep.Refused() {
 		if !cfg.Force {
 			return rep, fmt.Errorf("replicator: %w: %d reasons (first: %s)", ErrPromotionRefused, len(rep.Reasons), rep.Reasons[0])

@@ -66,6 +66,17 @@ func TestDrainedForPlannedSwitchover(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, pre.Drain)
 	require.Contains(t, pre.Reasons, fmt.Sprintf("drained: 4 records named by events up to %s are not synced and verified here yet", head2))
+	// This World's "standby" is the live primary's database: Force does
+	// not make Promote rewrite its checksums.
+	var before string
+	require.NoError(t, f.PrimaryDB.GetContext(ctx, &before, `SELECT string_agg(model_id || ':' || state || ':' || gen, ',' ORDER BY model_id) FROM geo_checksums`))
+	forced := cfg
+	forced.Force = true
+	_, err = replicator.Promote(ctx, forced)
+	require.ErrorIs(t, err, replicator.ErrPromotionRefused)
+	var after string
+	require.NoError(t, f.PrimaryDB.GetContext(ctx, &after, `SELECT string_agg(model_id || ':' || state || ':' || gen, ',' ORDER BY model_id) FROM geo_checksums`))
+	require.Equal(t, before, after, "a database not in recovery is left alone")
 
 	require.NoError(t, r.Resume(ctx, "item"))
 	rep, err = replicator.WaitDrained(wctx, cfg, head2)

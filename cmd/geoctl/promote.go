@@ -150,6 +150,8 @@ it; do not start this site's secondary again. See docs/operations.md,
 				renderPromotion(a.out, rep, dryRun, err)
 			}
 			switch {
+			case errors.Is(err, replicator.ErrPromotionRefused) && !rep.Standby.InRecovery && !alreadyPromoted && !dryRun:
+				return errors.New("promotion refused: the standby is not in recovery: if you promoted it yourself, pass --already-promoted; if it is the live primary, do not promote (--force does not override this)")
 			case errors.Is(err, replicator.ErrPromotionRefused):
 				return fmt.Errorf("promotion refused: %d reasons above; fix them, or accept the loss with --force", len(rep.Reasons))
 			case errors.Is(err, replicator.ErrStandbyInRecovery):
