@@ -422,8 +422,8 @@ func readPromoteEvents(ctx context.Context, cfg *PromoteConfig, store *registry.
 				Op         int16  `db:"op"`
 				ModelID    int64  `db:"model_id"`
 			}
-			if err := cfg.Standby.SelectContext(ctx, &got, `SELECT xid::text AS xid, id, replicable, op, model_id FROM geo_events
-WHERE (xid, id) > ($1::text::xid8, $2::bigint) ORDER BY xid, id LIMIT $3`,
+			if err := cfg.Standby.SelectContext(ctx, &got, `SELECT e.xid::text AS xid, e.id, e.replicable, e.op, e.model_id FROM geo_events e
+WHERE (e.xid, e.id) > ($1::text::xid8, $2::bigint) ORDER BY e.xid, e.id LIMIT $3`,
 				fmt.Sprint(rep.Events.Cursor.XID), rep.Events.Cursor.ID, cfg.MaxListed); err != nil {
 				return fmt.Errorf("replicator: preflight: list unread events: %w", err)
 			}

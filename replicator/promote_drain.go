@@ -105,7 +105,7 @@ func OutboxHead(ctx context.Context, db interface {
 }) (events.Position, bool, error) {
 	var xid string
 	var id int64
-	err := db.QueryRowContext(ctx, `SELECT xid::text, id FROM geo_events ORDER BY xid DESC, id DESC LIMIT 1`).Scan(&xid, &id)
+	err := db.QueryRowContext(ctx, `SELECT e.xid::text, e.id FROM geo_events e ORDER BY e.xid DESC, e.id DESC LIMIT 1`).Scan(&xid, &id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return events.Position{}, false, nil
 	}
@@ -152,9 +152,9 @@ func drained(ctx context.Context, cfg *PromoteConfig, pos events.Position) (Drai
 			Replicable string `db:"replicable"`
 			ModelID    int64  `db:"model_id"`
 		}
-		if err := cfg.Standby.SelectContext(ctx, &evs, `SELECT xid::text AS xid, id, replicable, model_id FROM geo_events
-WHERE (xid, id) > ($1::text::xid8, $2::bigint) AND (xid, id) <= ($3::text::xid8, $4::bigint)
-ORDER BY xid, id LIMIT $5`, fmt.Sprint(after.XID), after.ID, fmt.Sprint(pos.XID), pos.ID, cfg.BatchSize); err != nil {
+		if err := cfg.Standby.SelectContext(ctx, &evs, `SELECT e.xid::text AS xid, e.id, e.replicable, e.model_id FROM geo_events e
+WHERE (e.xid, e.id) > ($1::text::xid8, $2::bigint) AND (e.xid, e.id) <= ($3::text::xid8, $4::bigint)
+ORDER BY e.xid, e.id LIMIT $5`, fmt.Sprint(after.XID), after.ID, fmt.Sprint(pos.XID), pos.ID, cfg.BatchSize); err != nil {
 			return rep, fmt.Errorf("replicator: drained: read the outbox: %w", err)
 		}
 		if len(evs) == 0 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 )
 
@@ -89,4 +90,33 @@ func TestDrainedForPlannedSwitchover(t *testing.T) {
 	rep, err = replicator.Drained(ctx, cfg, ahead)
 	require.NoError(t, err)
 	require.False(t, rep.CursorPassed || rep.Drained, "a position the cursor has not reached")
+}
+
+// TestDrainOrdersPositionsByXID is the regression test of a bug found by
+// TestDrainedForPlannedSwitchover on a busy cluster: "SELECT xid::text ...
+// ORDER BY xid" sorts by the text output column, so xid 998 came after
+// 1004, OutboxHead named an older event and the drained walk's keyset
+// skipped events. Events at xids across a digit boundary, walked one per
+// batch, must all be read, and the head must be the greatest.
+func TestDrainOrdersPositionsByXID(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pg.NewDatabase(t)
+	require.NoError(t, registry.MigratePrimary(ctx, primary))
+	tracking := pg.NewDatabase(t)
+	require.NoError(t, registry.MigrateTracking(ctx, tracking))
+	for i, x := range []string{"97", "998", "1004"} {
+		_, err := primary.ExecContext(ctx, `INSERT INTO geo_events (xid, replicable, op, model_id) VALUES ($1::text::xid8, 'item', 3, $2)`, x, i+1)
+		require.NoError(t, err)
+	}
+	head, ok, err := replicator.OutboxHead(ctx, primary)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, events.Position{XID: 1004, ID: 3}, head, "the outbox head")
+	_, err = tracking.ExecContext(ctx, `INSERT INTO geo_event_cursor (consumer, xid, id) VALUES ('default', '1004'::xid8, 3)`)
+	require.NoError(t, err)
+	rep, err := replicator.Drained(ctx, replicator.PromoteConfig{Tracking: tracking, Standby: primary, BatchSize: 1}, head)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, rep.Events, "events walked")
+	require.True(t, rep.Drained, "deleted records gone on both sides: %+v", rep)
 }
