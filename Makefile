@@ -38,8 +38,8 @@ chaos:
 # Every fuzz target for FUZZTIME each (a duration, or a count such as 1000x,
 # which CI uses), one at a time (go test -fuzz takes one).
 FUZZTIME ?= 10s
-FUZZ_TARGETS = FuzzValidateKey:./strategy FuzzParseToken:./blob FuzzParseID:./blob FuzzTransferPath:./blob \
-	FuzzFetchResponse:./blob FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl \
+FUZZ_TARGETS = FuzzValidateKey:./strategy FuzzParseToken:./internal/xfer FuzzParseID:./internal/xfer FuzzTransferPath:./internal/xfer \
+	FuzzFetchResponse:./internal/xfer FuzzDecode:./events FuzzValidateName:./strategy FuzzParseAfter:./cmd/geoctl \
 	FuzzCheckConn:./cmd/geoctl FuzzRedactText:./cmd/geoctl
 
 fuzz:

@@ -144,8 +144,11 @@ type WriteOptions struct {
 }
 
 // Create starts writing a new version of the blob at key. Nothing is
-// visible at key until Commit returns nil; Abort, a failed Commit or ctx
-// ending before Commit discard the bytes and leave nothing behind.
+// visible at key before Commit; Abort, or ctx ending before Commit,
+// discard the bytes and leave nothing behind. A Commit that fails leaves
+// the old version or the whole new one at key (see Writer.Commit). ctx
+// governs the Writer until Commit or Abort: ending it is how a Write
+// blocked on a stalled service is interrupted (Abort waits for it).
 func (b *Bucket) Create(ctx context.Context, key string, opts *WriteOptions) (*Writer, error) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
@@ -433,8 +436,16 @@ func (w *Writer) Sync(ctx context.Context) error {
 // reader sees the old version or the new one, never a mix or a prefix.
 // When the Writer was created with WriteOptions.SHA256 and the bytes have
 // another checksum, it aborts and returns an error matching
-// ErrChecksumMismatch. Commit or Abort must be called exactly once; after
-// a failed Commit nothing new is visible at the key.
+// ErrChecksumMismatch (nothing new is visible). Commit or Abort must be
+// called exactly once.
+//
+// Any other failed Commit leaves the old version or the whole new one at
+// the key, never a part: an object store may have published the object
+// although its answer was lost (a connection reset after the upload, the
+// Commit's context ending while the service completes it). Treat a failed
+// Commit as "not known to be written": write again, or read what is there
+// (geo's sync engine retries the sync, and its skip-download finds the
+// whole new version already in place).
 func (w *Writer) Commit(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -452,7 +463,9 @@ func (w *Writer) Commit(ctx context.Context) error {
 }
 
 // Abort discards the bytes. It is safe to call after Commit (then it does
-// nothing) and more than once.
+// nothing) and more than once. It waits for a Write in progress to return,
+// so it cannot interrupt a Write blocked on a stalled service: end the
+// context given to Create for that.
 func (w *Writer) Abort() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()

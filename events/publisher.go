@@ -89,7 +89,7 @@ func (p *Publisher) check(replicable string) error {
 // notifications of one transaction into one.
 //
 // Each statement also invalidates the primary's checksum of the records in
-// the same transaction (geo_checksums, see registry.ChecksumStore): a
+// the same transaction (geo_checksums, read by registry.Checksums): a
 // created or updated record's bytes changed legitimately, so its row
 // becomes pending with a new generation and no checksum (a verification in
 // flight then stores nothing); a deleted record's row is removed. Ids are

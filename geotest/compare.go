@@ -12,6 +12,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/geoframework/geo/blob"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/strategy"
 )
@@ -29,12 +30,12 @@ type Diff struct {
 	// primary's kept at the record's key (a failed or pending update: the
 	// secondary keeps the last good copy until the new one arrives).
 	Stale int
-	// Vanished: a synced row, but no file at its key (R7 broken).
+	// Vanished: a synced row, but no blob at its key (R7 broken).
 	Vanished  int
 	Corrupted int      // a synced row, but bytes differ from the primary's
 	Stuck     int      // registry rows left started
-	Extra     int      // files or rows the secondary should not have
-	TempFiles int      // temporary files left behind
+	Extra     int      // blobs or rows the secondary should not have
+	TempFiles int      // temporary files (or uploads) left behind
 	Details   []string // the first problems found, for messages
 }
 
@@ -61,24 +62,60 @@ func (d Diff) String() string {
 
 // Compare checks the secondary of this world against the primary for the
 // secondary's strategies (scoped as the secondary sees them): every record
-// in scope has a synced registry row and a file whose SHA-256 equals the
-// primary's; no other registry row or file exists; no row is left started;
-// no temporary file remains.
+// in scope has a synced registry row and a blob whose SHA-256 equals the
+// primary's; no other registry row or blob exists; no row is left started;
+// no temporary data remains (files in a directory's .geo-tmp, multipart
+// uploads and staged files in an S3 bucket).
 func (w *World) Compare(ctx context.Context, strategies ...strategy.BlobStrategy) (Diff, error) {
-	return CompareSites(ctx, Sites{
+	sites := Sites{
 		Tracking: w.TrackingDB, PrimaryStorage: w.PrimaryStorage,
 		SecondaryStorage: w.SecondaryStorage, SecondaryRoot: w.SecondaryRoot,
-	}, strategies...)
+	}
+	if b := w.SecondaryBucket; b != nil {
+		sites.Leftovers = func(ctx context.Context) ([]string, error) { return BucketLeftovers(ctx, b) }
+	}
+	return CompareSites(ctx, sites, strategies...)
 }
 
 // Sites names what CompareSites compares: the secondary's tracking
-// database, both sites' storage, and the secondary's storage root on disk
-// (walked for extra and temporary files).
+// database and both sites' storage, with where the secondary's storage
+// keeps temporary data.
 type Sites struct {
 	Tracking         *sqlx.DB
 	PrimaryStorage   *blob.Bucket
 	SecondaryStorage *blob.Bucket
-	SecondaryRoot    string
+	// SecondaryRoot is the root directory of a secondary storage on a
+	// directory (blob/dirblob), whose .geo-tmp is checked for temporary
+	// files left behind; "" for object storage. Extra blobs are found in
+	// SecondaryStorage's listing (blob.Bucket.Keys) on every backend.
+	SecondaryRoot string
+	// Leftovers, when set, returns the temporary data the secondary's
+	// storage holds besides its blobs (for S3: multipart uploads neither
+	// completed nor aborted, a gateway's staged files; BucketLeftovers);
+	// each counts as a temporary file.
+	Leftovers func(ctx context.Context) ([]string, error)
+}
+
+// BucketLeftovers is a Sites.Leftovers for a bucket of geotest/s3test: its
+// multipart uploads neither completed nor aborted, and the files in the
+// gateway's staging area.
+func BucketLeftovers(ctx context.Context, b *s3test.Bucket) ([]string, error) {
+	ups, err := b.IncompleteUploads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ups))
+	for _, k := range ups {
+		out = append(out, "multipart upload of "+k)
+	}
+	staged, err := b.StagedFiles()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range staged {
+		out = append(out, "staged file "+f)
+	}
+	return out, nil
 }
 
 // CompareSites is World.Compare for any pair of sites, such as the demo's.
@@ -175,29 +212,55 @@ func CompareSites(ctx context.Context, w Sites, strategies ...strategy.BlobStrat
 		return d, err
 	}
 	d.Extra += others
-	err = filepath.WalkDir(w.SecondaryRoot, func(p string, e fs.DirEntry, err error) error {
+	// Extra blobs: the secondary storage's own listing, as the engines see
+	// it (a directory walk for blob/dirblob, object listings for S3).
+	for key, err := range w.SecondaryStorage.Keys(ctx, "") {
+		if err != nil {
+			return d, fmt.Errorf("list the secondary's storage: %w", err)
+		}
+		if !wantFiles[key] {
+			d.Extra++
+			d.note("extra blob %s", key)
+		}
+	}
+	if w.SecondaryRoot != "" {
+		if err := tempFiles(&d, w.SecondaryRoot); err != nil {
+			return d, err
+		}
+	}
+	if w.Leftovers != nil {
+		left, err := w.Leftovers(ctx)
+		if err != nil {
+			return d, fmt.Errorf("temporary data of the secondary's storage: %w", err)
+		}
+		for _, l := range left {
+			d.TempFiles++
+			d.note("temporary data left: %s", l)
+		}
+	}
+	return d, nil
+}
+
+// tempFiles counts the files left in a directory storage's .geo-tmp
+// (owners' lock files are not temporary data).
+func tempFiles(d *Diff, root string) error {
+	tmp := filepath.Join(root, ".geo-tmp")
+	err := filepath.WalkDir(tmp, func(p string, e fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(w.SecondaryRoot, p)
+		rel, _ := filepath.Rel(root, p)
 		rel = filepath.ToSlash(rel)
-		if strings.HasPrefix(rel, ".geo-tmp") {
-			if !e.IsDir() && !strings.HasSuffix(rel, "/lock") && !strings.HasSuffix(rel, ".lock") {
-				d.TempFiles++
-				d.note("temporary file left: %s", rel)
-			}
-			return nil
-		}
-		if e.IsDir() {
-			return nil
-		}
-		if !wantFiles[rel] {
-			d.Extra++
-			d.note("extra file %s", rel)
+		if !e.IsDir() && !strings.HasSuffix(rel, "/lock") && !strings.HasSuffix(rel, ".lock") {
+			d.TempFiles++
+			d.note("temporary file left: %s", rel)
 		}
 		return nil
 	})
-	return d, err
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 func rowState(r registry.Row, err error) string {

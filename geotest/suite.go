@@ -10,8 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -25,6 +23,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/events"
 	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/strategy"
@@ -78,6 +77,12 @@ type Harness struct {
 	// Server provides PostgreSQL; nil means one for this run
 	// (GEO_TEST_DATABASE_URL or a throwaway cluster).
 	Server *pgtest.Server
+	// Storage chooses where each site keeps its blobs in every clause's
+	// World (WorldConfig.Storage): directories by default; ObjectStorage
+	// lists the pairings with S3. S3 provides the S3 server; nil means one
+	// for this run (a throwaway versitygw or GEO_TEST_S3_URL).
+	Storage Storage
+	S3      *s3test.Server
 	// Timeout bounds each clause (the watchdog): a hang guard, not a
 	// deadline a slow machine must meet. 0 means ClauseTimeoutDefault.
 	Timeout time.Duration
@@ -127,6 +132,10 @@ func Run(t T, h Harness) {
 	if h.Server == nil {
 		h.Server = pgtest.New(pgtest.Options{})
 		t.Cleanup(func() { _ = h.Server.Stop() })
+	}
+	if h.Storage.UsesS3() && h.S3 == nil {
+		h.S3 = s3test.New()
+		t.Cleanup(func() { _ = h.S3.Stop() })
 	}
 	if h.Timeout == 0 {
 		h.Timeout = ClauseTimeoutDefault
@@ -216,6 +225,8 @@ func (c *clause) world() (*World, App) {
 	c.Helper()
 	w := NewWorld(c, WorldConfig{
 		Server:     c.h.Server,
+		Storage:    c.h.Storage,
+		S3:         c.h.S3,
 		Setup:      c.h.Setup,
 		Strategies: func(db *sqlx.DB) []strategy.BlobStrategy { return []strategy.BlobStrategy{c.h.Strategy(db)} },
 	})
@@ -746,11 +757,12 @@ func (s *suite) corruptAtRest(c *clause) {
 	c.waitSynced(w, sec, id, b)
 	key, err := sec.BlobKey(c.ctx, id)
 	c.check(err, "BlobKey")
-	path := filepath.Join(w.SecondaryRoot, filepath.FromSlash(key))
-	raw, err := os.ReadFile(path)
+	// Behind the engine's back, through the storage itself: a directory's
+	// file or an S3 object alike.
+	raw, err := readBlob(c.ctx, w.SecondaryStorage, key)
 	c.check(err, "read the secondary's copy")
 	raw[len(raw)/2] ^= 0x01
-	c.check(os.WriteFile(path, raw, 0o644), "corrupt the secondary's copy")
+	c.check(writeBlob(c.ctx, w.SecondaryStorage, key, raw), "corrupt the secondary's copy")
 	before := w.Transfers.Count(sec.Name(), id)
 	c.waitFor("corruption at rest detected and repaired", func() (bool, string) {
 		got, state := c.secondaryBytes(w, sec, id)
@@ -761,6 +773,29 @@ func (s *suite) corruptAtRest(c *clause) {
 	})
 	_ = r
 	c.converged(w, sec)
+}
+
+// readBlob returns the bytes stored at key.
+func readBlob(ctx context.Context, st *blob.Bucket, key string) ([]byte, error) {
+	r, err := st.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+// writeBlob stores b at key.
+func writeBlob(ctx context.Context, st *blob.Bucket, key string, b []byte) error {
+	w, err := st.Create(ctx, key, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
+		w.Abort()
+		return err
+	}
+	return w.Commit(ctx)
 }
 
 func (s *suite) empty(c *clause) {

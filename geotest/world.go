@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/blob/dirblob"
 	"github.com/geoframework/geo/geotest/pgtest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/registry"
 	"github.com/geoframework/geo/replicator"
 	"github.com/geoframework/geo/replicator/transfer"
@@ -41,8 +43,13 @@ type WorldConfig struct {
 	// Setup creates the application's schema in the primary database.
 	Setup func(ctx context.Context, db *sqlx.DB) error
 	// Strategies returns the primary's adapters (no scope) over its
-	// database. Required.
+	// database. Required unless Repositories is set.
 	Strategies func(db *sqlx.DB) []strategy.BlobStrategy
+	// Repositories returns the primary's repository adapters (no scope)
+	// over its database: the world then has a repository root on each
+	// site (World.PrimaryRepositories, World.SecondaryRepositories), and
+	// its primary serves them.
+	Repositories func(db *sqlx.DB) []strategy.RepositoryStrategy
 	// Verbose sends the sites' logs to the test log (unless Logger is set).
 	Verbose bool
 	// Logger, when set, receives both sites' logs (named "primary" and
@@ -61,12 +68,68 @@ type WorldConfig struct {
 	// outbox pruning) to the test, which runs its own Primary.Run (with a
 	// fake clock, say). By default the World runs it.
 	ManualPrimary bool
+	// Storage chooses where each site keeps its blobs: a directory (the
+	// zero value, for both) or a bucket of its own on an S3 server.
+	Storage Storage
+	// S3 is the S3 server of the sites on StorageS3 (a throwaway
+	// versitygw, or GEO_TEST_S3_URL's bucket; see geotest/s3test). Nil
+	// means one of the world's own, started if a site needs it and
+	// stopped when the test ends; tests building many worlds share one.
+	S3 *s3test.Server
+}
+
+// StorageKind is where one site of a World keeps its blobs.
+type StorageKind string
+
+const (
+	// StorageDir keeps a site's blobs in a directory of the test's
+	// (blob/dirblob). It is the default: "" means it too.
+	StorageDir StorageKind = "dir"
+	// StorageS3 keeps them in a fresh bucket on an S3 server (blob/cloudblob
+	// over geotest/s3test): a bucket of their own on a throwaway versitygw,
+	// or a prefix of their own in GEO_TEST_S3_URL's bucket. Without an S3
+	// server the test fails under CI and is skipped elsewhere, saying how
+	// to install versitygw.
+	StorageS3 StorageKind = "s3"
+)
+
+// Storage chooses the storage of both sites of a World. The zero value
+// puts both on directories.
+type Storage struct {
+	Primary, Secondary StorageKind
+}
+
+// String names s as "PRIMARY-SECONDARY": "dir-dir", "dir-s3", "s3-dir",
+// "s3-s3" (subtest names).
+func (s Storage) String() string { return s.kind(s.Primary) + "-" + s.kind(s.Secondary) }
+
+func (Storage) kind(k StorageKind) string {
+	if k == "" {
+		return string(StorageDir)
+	}
+	return string(k)
+}
+
+// UsesS3 reports whether a site of s is on StorageS3.
+func (s Storage) UsesS3() bool { return s.Primary == StorageS3 || s.Secondary == StorageS3 }
+
+// ObjectStorage returns the pairings with object storage on at least one
+// site: both sites on S3, then the two mixed ones (the primary on a
+// directory and the secondary on S3, and the reverse). Storage{} is the
+// fourth, both on directories.
+func ObjectStorage() []Storage {
+	return []Storage{
+		{Primary: StorageS3, Secondary: StorageS3},
+		{Primary: StorageDir, Secondary: StorageS3},
+		{Primary: StorageS3, Secondary: StorageDir},
+	}
 }
 
 // World is a primary site and the means to start secondaries against it,
 // all on loopback: a primary database (migrated, with the application's
-// schema), a tracking database, a primary storage root and transfer
-// endpoint, and a secondary storage root.
+// schema), a tracking database, the primary's storage and transfer
+// endpoint, and the secondary's storage (each a directory or an S3
+// bucket, as WorldConfig.Storage says).
 type World struct {
 	tb     TB
 	Server *pgtest.Server
@@ -80,8 +143,19 @@ type World struct {
 
 	PrimaryStorage   *blob.Bucket
 	SecondaryStorage *blob.Bucket
-	PrimaryRoot      string
-	SecondaryRoot    string
+	// PrimaryRoot and SecondaryRoot are the sites' storage directories
+	// ("" for a site on S3).
+	PrimaryRoot   string
+	SecondaryRoot string
+	// PrimaryBucket and SecondaryBucket are the sites' S3 buckets (nil for
+	// a site on a directory): open one through a FaultProxy with OpenAt,
+	// look for multipart uploads left behind, write behind geo's back.
+	PrimaryBucket   *s3test.Bucket
+	SecondaryBucket *s3test.Bucket
+	// PrimaryRepositories and SecondaryRepositories are the sites'
+	// repository roots ("" without WorldConfig.Repositories).
+	PrimaryRepositories   string
+	SecondaryRepositories string
 
 	Strategies  *replicator.Set // the primary's
 	Primary     *replicator.Primary
@@ -94,8 +168,8 @@ type World struct {
 // NewWorld builds a World; everything it starts is stopped when tb ends.
 func NewWorld(tb TB, cfg WorldConfig) *World {
 	tb.Helper()
-	if cfg.Strategies == nil {
-		tb.Fatal("geotest: WorldConfig.Strategies is required")
+	if cfg.Strategies == nil && cfg.Repositories == nil {
+		tb.Fatal("geotest: WorldConfig.Strategies (or Repositories) is required")
 	}
 	ctx := context.Background()
 	srv := cfg.Server
@@ -126,21 +200,33 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 			tb.Fatalf("geotest: application schema setup: %v", err)
 		}
 	}
+	if cfg.Storage.UsesS3() && cfg.S3 == nil {
+		cfg.S3 = s3test.New()
+		tb.Cleanup(func() { _ = cfg.S3.Stop() })
+	}
 	dir := tb.TempDir()
-	w.PrimaryRoot = filepath.Join(dir, "primary")
-	w.SecondaryRoot = filepath.Join(dir, "secondary")
+	w.PrimaryStorage, w.PrimaryRoot, w.PrimaryBucket = siteStorage(tb, cfg.Storage.Primary, cfg.S3, filepath.Join(dir, "primary"), "primary")
+	w.SecondaryStorage, w.SecondaryRoot, w.SecondaryBucket = siteStorage(tb, cfg.Storage.Secondary, cfg.S3, filepath.Join(dir, "secondary"), "secondary")
 	var err error
-	if w.PrimaryStorage, err = dirblob.Open(w.PrimaryRoot); err != nil {
-		tb.Fatalf("geotest: primary storage: %v", err)
-	}
-	tb.Cleanup(func() { w.PrimaryStorage.Close() })
-	if w.SecondaryStorage, err = dirblob.Open(w.SecondaryRoot); err != nil {
-		tb.Fatalf("geotest: secondary storage: %v", err)
-	}
-	tb.Cleanup(func() { w.SecondaryStorage.Close() })
 
 	w.Strategies = replicator.NewSet()
-	for _, s := range cfg.Strategies(w.PrimaryDB) {
+	var all []strategy.Strategy
+	if cfg.Strategies != nil {
+		for _, s := range cfg.Strategies(w.PrimaryDB) {
+			all = append(all, s)
+		}
+	}
+	if cfg.Repositories != nil {
+		w.PrimaryRepositories = filepath.Join(dir, "primary-repositories")
+		w.SecondaryRepositories = filepath.Join(dir, "secondary-repositories")
+		if err := os.MkdirAll(w.PrimaryRepositories, 0o755); err != nil {
+			tb.Fatalf("geotest: primary repository root: %v", err)
+		}
+		for _, s := range cfg.Repositories(w.PrimaryDB) {
+			all = append(all, s)
+		}
+	}
+	for _, s := range all {
 		if err := w.Strategies.Register(s); err != nil {
 			tb.Fatalf("geotest: register: %v", err)
 		}
@@ -149,7 +235,7 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	_, _ = rand.Read(secret)
 	w.Credentials = transfer.Credentials{Site: "secondary-1", AccessKey: "geotest-key", Secret: secret}
 	w.Primary, err = replicator.NewPrimary(replicator.PrimaryConfig{
-		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage,
+		Strategies: w.Strategies, DB: w.PrimaryDB, Storage: w.PrimaryStorage, RepositoryRoot: w.PrimaryRepositories,
 		Secrets: transfer.NewStaticSecrets(w.Credentials), Logger: w.Logger.Named("primary"),
 		Observer: w.Transfers, PollInterval: 50 * time.Millisecond, Now: cfg.PrimaryNow,
 	})
@@ -176,6 +262,26 @@ func NewWorld(tb TB, cfg WorldConfig) *World {
 	w.HTTP = httptest.NewServer(handler)
 	tb.Cleanup(w.HTTP.Close)
 	return w
+}
+
+// siteStorage opens a site's storage of kind: a directory at root, or a
+// fresh bucket on srv. It is closed (and the bucket removed) when tb ends.
+func siteStorage(tb TB, kind StorageKind, srv *s3test.Server, root, site string) (_ *blob.Bucket, dir string, _ *s3test.Bucket) {
+	tb.Helper()
+	switch kind {
+	case "", StorageDir:
+		st, err := dirblob.Open(root)
+		if err != nil {
+			tb.Fatalf("geotest: %s storage: %v", site, err)
+		}
+		tb.Cleanup(func() { st.Close() })
+		return st, root, nil
+	case StorageS3:
+		b := srv.NewBucket(tb)
+		return b.Open(tb), "", b
+	}
+	tb.Fatalf("geotest: %s storage: unknown StorageKind %q", site, kind)
+	return nil, "", nil
 }
 
 func open(tb TB, url string) *sqlx.DB {
@@ -206,10 +312,11 @@ const TestTransferTimeout = 2 * time.Minute
 
 // SecondaryConfig returns a configuration for a secondary of this world
 // using strategies (adapters reading the primary database, possibly
-// scoped) and the world's secondary storage: polls every 100 ms (events
-// every 50 ms), TestLease, TestTransferTimeout, a 5 s shutdown grace.
-// Tests adjust it before calling NewSecondary.
-func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.SecondaryConfig {
+// scoped; blob and repository types alike) and the world's secondary
+// storage and repository root: polls every 100 ms (events every 50 ms),
+// TestLease, TestTransferTimeout, a 5 s shutdown grace. Tests adjust it
+// before calling NewSecondary.
+func (w *World) SecondaryConfig(strategies ...strategy.Strategy) replicator.SecondaryConfig {
 	set := replicator.NewSet()
 	for _, s := range strategies {
 		if err := set.Register(s); err != nil {
@@ -219,8 +326,9 @@ func (w *World) SecondaryConfig(strategies ...strategy.BlobStrategy) replicator.
 	return replicator.SecondaryConfig{
 		Strategies: set, Tracking: w.TrackingDB, Primary: w.PrimaryDB,
 		PrimaryURL: w.HTTP.URL, Credentials: w.Credentials, Storage: w.SecondaryStorage,
-		Logger:       w.Logger.Named("secondary"),
-		PollInterval: 100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
+		RepositoryRoot: w.SecondaryRepositories,
+		Logger:         w.Logger.Named("secondary"),
+		PollInterval:   100 * time.Millisecond, EventPollInterval: 50 * time.Millisecond,
 		Lease: TestLease, ShutdownGrace: 5 * time.Second, TransferTimeout: TestTransferTimeout,
 	}
 }

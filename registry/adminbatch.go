@@ -12,7 +12,10 @@ import (
 // BatchSizeDefault is the default BatchOptions.Size: how many rows of a
 // type a batched admin action walks in one transaction. A batch of
 // 10,000 rows resyncs in a few tens of milliseconds here (1,000,000 rows:
-// docs/performance.md, resync-all), far below any statement timeout.
+// [Performance], "Second wave: resync of every row"), far below any
+// statement timeout.
+//
+// [Performance]: https://github.com/geoframework/geo/blob/main/docs/performance.md
 const BatchSizeDefault = 10_000
 
 // BatchOptions says how ResyncBatches and ReverifyBatches walk a type's

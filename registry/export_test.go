@@ -71,6 +71,17 @@ func (s *Store) ExplainTopFailures(ctx context.Context, types []string, sample i
 	return strings.Join(lines, "\n"), nil
 }
 
+// ExplainAnalyzeTopFailures runs TopFailures' statement under EXPLAIN
+// ANALYZE and returns its plan with the row counts and heap fetches. For
+// tests.
+func (s *Store) ExplainAnalyzeTopFailures(ctx context.Context, types []string, sample int) (string, error) {
+	var lines []string
+	if err := s.db.SelectContext(ctx, &lines, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) `+topFailuresSQL, pq.Array(types), sample); err != nil {
+		return "", err
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
 // BatchPlansSQL is batchPlansSQL, for plan tests.
 const BatchPlansSQL = batchPlansSQL
 

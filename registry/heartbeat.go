@@ -32,7 +32,7 @@ type Process struct {
 	// StartedAt is when the process started its engines.
 	StartedAt time.Time
 	// HeartbeatAt is when the process last wrote its row, by its own clock
-	// (Store.Heartbeat sets it; a value passed in is ignored).
+	// (the process's heartbeat statement sets it).
 	HeartbeatAt time.Time
 	// Interval is the process's heartbeat interval (> 0): readers judge
 	// liveness with it (DeadAfter).

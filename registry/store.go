@@ -65,9 +65,9 @@ FROM (SELECT replicable, model_id FROM geo_registry WHERE replicable = $1 AND %s
 WHERE r.replicable = sel.replicable AND r.model_id = sel.model_id`
 
 // Resync makes the existing rows ids of replicable pending with a new seq,
-// whatever their state (an operator's explicit request), like MarkPending
-// but without inserting rows for untracked ids. It returns the number of
-// rows changed.
+// whatever their state (an operator's explicit request), without
+// inserting rows for untracked ids: each is downloaded again. It returns
+// the number of rows changed.
 func (s *Store) Resync(ctx context.Context, replicable string, ids []int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -144,9 +144,10 @@ func (s *Store) CountResync(ctx context.Context, replicable string, ids []int64)
 	return n, nil
 }
 
-// Pause stops claims of replicable's rows until Resume: Claim skips a
-// paused type. Work already claimed is not affected. Pausing a paused type
-// is a no-op.
+// Pause stops claims of replicable's rows until Resume, in every secondary
+// process sharing the tracking database: the sync engine claims no row of
+// a paused type. Work already claimed is not affected. Pausing a paused
+// type is a no-op.
 func (s *Store) Pause(ctx context.Context, replicable string) error {
 	if _, err := s.db.ExecContext(ctx,
 		`INSERT INTO geo_paused (replicable, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`,

@@ -56,8 +56,9 @@ func reverifyBatch(onlyFailed bool) batchAction {
 	return batchAction{op: op, query: fmt.Sprintf(batchSQL, reverifyAllWhere(onlyFailed, true), reverifySetSQL)}
 }
 
-// ReverifyBatches makes the rows ReverifyAll(ctx, replicable,
-// opts.OnlyFailed) selects verification pending and due now, walking the
+// ReverifyBatches makes the synced rows of replicable whose verification
+// is not already pending (only those whose verification failed, with
+// opts.OnlyFailed) verification pending and due now, walking the
 // type's rows in model_id order after opts.After in batches of opts.Size
 // rows, each batch its own short transaction that locks the rows it
 // changes in model_id order. A verification in flight on a changed row

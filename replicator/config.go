@@ -79,6 +79,11 @@ const (
 	// EventPruneIntervalDefault is the default
 	// PrimaryConfig.EventPruneInterval (events.PrunerConfig's default).
 	EventPruneIntervalDefault = events.PruneIntervalDefault
+
+	// GitBinaryDefault is the default PrimaryConfig.GitBinary and
+	// SecondaryConfig.GitBinary: git, looked up on PATH (Debian's git
+	// package).
+	GitBinaryDefault = "git"
 )
 
 // PrimaryConfig configures the primary site's side of geo. Required fields
@@ -90,9 +95,20 @@ type PrimaryConfig struct {
 	// DB is the primary's database, migrated with registry.MigratePrimary
 	// (required).
 	DB *sqlx.DB
-	// Storage is where the primary's blobs live (required unless every
-	// blob strategy implements strategy.Opener).
+	// Storage is where the primary's blobs live (required when a blob
+	// type is registered, unless every blob strategy implements
+	// strategy.Opener).
 	Storage *blob.Bucket
+	// RepositoryRoot is the directory holding the primary's bare git
+	// repositories, each at its record's RepositoryPath (required when a
+	// repository type is registered; it must exist). The primary serves
+	// them read-only, upload-pack only, under
+	// transfer.RepositoryPathPrefix; it never writes there.
+	RepositoryRoot string
+	// GitBinary is the git binary repository types run (a name looked up
+	// on PATH, or a path); "" means GitBinaryDefault. NewPrimary checks
+	// that it runs and is recent enough (gitrepo.MinGitVersion).
+	GitBinary string
 	// Secrets looks up secondaries' access keys (required).
 	Secrets transfer.Secrets
 	// Logger receives structured logs; nil means none.
@@ -158,8 +174,20 @@ type SecondaryConfig struct {
 	PrimaryURL string
 	// Credentials identify this secondary to the primary (required).
 	Credentials transfer.Credentials
-	// Storage is where this site keeps its copies (required).
+	// Storage is where this site keeps its copies of blobs (required when
+	// a blob type is registered).
 	Storage *blob.Bucket
+	// RepositoryRoot is the directory where this site keeps its copies of
+	// git repositories, each at its record's RepositoryPath (required when
+	// a repository type is registered; created if missing). It must be a
+	// directory of its own, on one filesystem, not inside Storage's root:
+	// stages and removed repositories live in its .geo-tmp directory so
+	// that they move in and out with one rename.
+	RepositoryRoot string
+	// GitBinary is the git binary repository types run (a name looked up
+	// on PATH, or a path); "" means GitBinaryDefault. NewSecondary checks
+	// that it runs and is recent enough.
+	GitBinary string
 	// Logger receives structured logs; nil means none.
 	Logger *zap.Logger
 	// Observer receives the secondary's engine events (syncs,
@@ -188,7 +216,8 @@ type SecondaryConfig struct {
 	// SyncCapacityPerTypeDefault. A slot is cheap (a goroutine, a
 	// temporary file, a pooled buffer while bytes flow) and each sync
 	// holds it through claim, transfer and fsync, so small files need many
-	// in flight to keep a machine busy (docs/performance.md).
+	// in flight to keep a machine busy (geo's performance notes,
+	// https://github.com/geoframework/geo/blob/main/docs/performance.md).
 	SyncCapacityPerType int
 	// SyncCapacityTotal caps concurrent syncs over all types; 0 means
 	// SyncCapacityPerType × the number of types.
@@ -224,8 +253,9 @@ type SecondaryConfig struct {
 	// ExistenceScanInterval is how often the existence scan lists the
 	// storage's keys beside the registry's synced rows and makes rows whose
 	// bytes are gone pending again (R7: a row never stays synced without
-	// its bytes for longer than this plus one scan; docs/operations.md
-	// gives a scan's time at 1,000,000 rows). 0 means
+	// its bytes for longer than this plus one scan; geo's operations guide
+	// gives a scan's time at 1,000,000 rows,
+	// https://github.com/geoframework/geo/blob/main/docs/operations.md). 0 means
 	// ExistenceScanIntervalDefault.
 	ExistenceScanInterval time.Duration
 	// ReverifyInterval is how long a verified copy stays trusted before it
@@ -288,15 +318,12 @@ func (cfg *PrimaryConfig) validate() error {
 	case cfg.Secrets == nil:
 		return configError("PrimaryConfig.Secrets", "is required")
 	}
-	if cfg.Storage == nil {
-		for _, n := range cfg.Strategies.Names() {
-			s, _ := cfg.Strategies.Lookup(n)
-			if _, ok := s.(strategy.BlobStrategy); !ok {
-				continue
-			}
-			if _, ok := s.(strategy.Opener); !ok {
-				return configError("PrimaryConfig.Storage", "is required: strategy %q does not implement strategy.Opener", n)
-			}
+	// What each type's kind needs (a storage, a repository root).
+	for _, n := range cfg.Strategies.Names() {
+		s, _ := cfg.Strategies.Lookup(n)
+		k, _ := cfg.Strategies.kindOf(n)
+		if err := k.checkPrimary(cfg, n, s); err != nil {
+			return err
 		}
 	}
 	if err := noneNegative("PrimaryConfig",
@@ -330,6 +357,7 @@ func (cfg *PrimaryConfig) applyDefaults() {
 	orDefault(&cfg.ConsistencyInterval, ConsistencyIntervalDefault)
 	orDefault(&cfg.EventRetention, EventRetentionDefault)
 	orDefault(&cfg.EventPruneInterval, EventPruneIntervalDefault)
+	orDefault(&cfg.GitBinary, GitBinaryDefault)
 	if cfg.Retry == nil {
 		cfg.Retry = strategy.DefaultBackoff()
 	}
@@ -349,10 +377,15 @@ func (c *SecondaryConfig) validate() error {
 		return configError("SecondaryConfig.Primary", "is required (a read-only handle to the primary's database)")
 	case c.PrimaryURL == "":
 		return configError("SecondaryConfig.PrimaryURL", "is required")
-	case c.Storage == nil:
-		return configError("SecondaryConfig.Storage", "is required")
 	case c.Credentials.AccessKey == "" || len(c.Credentials.Secret) == 0:
 		return configError("SecondaryConfig.Credentials", "needs an access key and a secret")
+	}
+	for _, n := range c.Strategies.Names() {
+		s, _ := c.Strategies.Lookup(n)
+		k, _ := c.Strategies.kindOf(n)
+		if err := k.checkSecondary(c, n, s); err != nil {
+			return err
+		}
 	}
 	if err := noneNegative("SecondaryConfig",
 		field{"Lease", int64(c.Lease)}, field{"PollInterval", int64(c.PollInterval)},
@@ -401,6 +434,7 @@ func (c *SecondaryConfig) applyDefaults() {
 	orDefault(&c.VerifyConcurrency, VerifyConcurrencyDefault)
 	orDefault(&c.VerifyBatchSize, VerifyBatchPerWorker*c.VerifyConcurrency)
 	orDefault(&c.ChecksumWait, min(ChecksumWaitDefault, c.ReverifyInterval))
+	orDefault(&c.GitBinary, GitBinaryDefault)
 	if c.Retry == nil {
 		c.Retry = strategy.DefaultBackoff()
 	}

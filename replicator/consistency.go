@@ -442,7 +442,7 @@ func (c *consistencyEngine) confirmOrphans(ctx context.Context, name string, s s
 }
 
 // orphanChunk is how many orphan rows one removal transaction deletes
-// (registry.Store.DeleteRows, one transaction each).
+// (regstore.Store.DeleteRows, one transaction each).
 const orphanChunk = 2500
 
 // removeOrphans removes orphan rows and the bytes at their keys that no
@@ -525,7 +525,8 @@ func (c *consistencyEngine) removeOrphans(ctx context.Context, name string, ids 
 const orphanWorkers = 3
 
 // batchRemover is implemented by replicators whose data can be removed
-// many records at once (blob types over a blob.BatchRemover storage).
+// many records at once (blob types over a backend implementing
+// driver.BatchDeleter: blob.Bucket.RemoveBatch).
 type batchRemover interface {
 	// removeBatch removes the data at keys, not yet durably.
 	removeBatch(ctx context.Context, keys []string) error

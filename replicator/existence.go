@@ -2,14 +2,12 @@ package replicator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"iter"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/geoframework/geo/blob"
 	"github.com/geoframework/geo/internal/regstore"
 )
 
@@ -21,25 +19,33 @@ const existenceBatch = 10000
 // existence scan found missing.
 const localMissingReason = "local copy missing: the existence scan found no bytes at the recorded key; downloading again"
 
-// existenceEngine finds synced rows whose bytes are gone from the site's
-// storage, whatever removed them (an operator's rm, a replaced disk, a
-// bug), and makes them pending so they are downloaded again: a row never
-// stays synced without its bytes for longer than one interval plus one
-// scan (R7), far less than the re-verification interval. A scan walks the
-// registry's synced rows in key order (registry.Store.SyncedKeys) beside
-// the storage's key listing in the same order (blob.Bucket.Keys): one pass over
-// each, no Stat per row. Rows whose key the listing lacks are checked
-// again with a Stat before they are marked (a listing is not a
-// snapshot).
+// existenceEngine finds synced rows whose data is gone from the site's
+// storage, whatever removed it (an operator's rm, a replaced disk, a
+// bug), and makes them pending so it is fetched again: a row never stays
+// synced without its data for longer than one interval plus one scan
+// (R7), far less than the re-verification interval. A scan checks each
+// kind's storage against the synced rows of that kind's types (an
+// existenceSpace). It walks the registry's synced rows in key order
+// (regstore.Store.SyncedKeysOf) beside the storage's listing in the same
+// order (blob.Bucket.Keys): one pass over each, no Stat per row. Rows
+// whose locator the listing lacks are checked again (a listing is not a
+// snapshot) before they are marked. A storage that cannot list (the
+// repository root) has each row checked instead.
 type existenceEngine struct {
 	store    *regstore.Store
-	storage  *blob.Bucket
-	stat     func(ctx context.Context, key string) error
+	spaces   []existenceSpace
 	interval time.Duration
 	log      *zap.Logger
 	wakeSync func()
 	obs      Observer
 	batch    int
+}
+
+// existenceSpace is one kind's storage and the types whose data it holds.
+type existenceSpace struct {
+	kind    string
+	types   []string
+	storage locatorStorage
 }
 
 // run scans once per interval until ctx ends.
@@ -64,23 +70,45 @@ func (e *existenceEngine) run(ctx context.Context) error {
 	}
 }
 
-// scan runs one pass: it returns the synced rows checked and those made
-// pending because their bytes were missing.
+// scan runs one pass over every kind's storage: it returns the synced
+// rows checked and those made pending because their data was missing.
 func (e *existenceEngine) scan(ctx context.Context) (checked, missing int64, err error) {
-	next, stop := iter.Pull2(e.storage.Keys(ctx, ""))
-	defer stop()
+	for _, sp := range e.spaces {
+		c, m, err := e.scanSpace(ctx, sp)
+		checked += c
+		missing += m
+		if err != nil {
+			return checked, missing, fmt.Errorf("%s storage: %w", sp.kind, err)
+		}
+	}
+	return checked, missing, nil
+}
+
+// scanSpace is scan for one kind's storage.
+func (e *existenceEngine) scanSpace(ctx context.Context, sp existenceSpace) (checked, missing int64, err error) {
+	listing := sp.storage.locators(ctx)
+	next := func() (string, error, bool) { return "", nil, false }
+	if listing != nil {
+		n, stop := iter.Pull2(listing)
+		defer stop()
+		next = n
+	}
 	stored, ok, err := pull(next)
 	if err != nil {
 		return 0, 0, err
 	}
 	var after regstore.KeyedRow
 	for {
-		rows, err := e.store.SyncedKeys(ctx, after, e.batch)
+		rows, err := e.store.SyncedKeysOf(ctx, sp.types, after, e.batch)
 		if err != nil {
 			return checked, missing, err
 		}
 		var absent []regstore.KeyedRow
 		for _, r := range rows {
+			if listing == nil {
+				absent = append(absent, r) // checked one by one
+				continue
+			}
 			// Both sides are in byte order: advance the listing to the
 			// row's key (several rows may share one key).
 			for ok && stored < r.BlobKey {
@@ -93,7 +121,7 @@ func (e *existenceEngine) scan(ctx context.Context) (checked, missing int64, err
 			}
 		}
 		checked += int64(len(rows))
-		n, err := e.markAbsent(ctx, absent)
+		n, err := e.markAbsent(ctx, sp.storage, absent)
 		missing += n
 		if err != nil {
 			return checked, missing, err
@@ -116,16 +144,15 @@ func pull(next func() (string, error, bool)) (key string, ok bool, err error) {
 
 // markAbsent re-checks rows the listing lacked (a key committed while the
 // listing passed it is there after all) and makes the rest pending.
-func (e *existenceEngine) markAbsent(ctx context.Context, rows []regstore.KeyedRow) (int64, error) {
+func (e *existenceEngine) markAbsent(ctx context.Context, storage locatorStorage, rows []regstore.KeyedRow) (int64, error) {
 	var gone []regstore.KeyedRow
 	for _, r := range rows {
-		err := e.stat(ctx, r.BlobKey)
+		present, err := storage.present(ctx, r.BlobKey)
 		switch {
-		case err == nil:
-		case errors.Is(err, blob.ErrNotExist):
-			gone = append(gone, r)
-		default:
+		case err != nil:
 			return 0, fmt.Errorf("existence scan: stat %q: %w", r.BlobKey, err)
+		case !present:
+			gone = append(gone, r)
 		}
 	}
 	marked, err := e.store.MarkLocalMissing(ctx, gone, localMissingReason)

@@ -40,3 +40,19 @@ func (k *KeyBatcher) Waiting() int {
 	defer k.b.mu.Unlock()
 	return len(k.b.queue)
 }
+
+// ReserveSyncCapacity reserves the sync engine's free capacity as it does
+// before each claim, and returns how much it reserved and the function
+// giving it back (as a claim that got no rows does).
+func ReserveSyncCapacity(s *Secondary) (int, func()) {
+	limits := s.sync.allocate(nil)
+	n := 0
+	for _, l := range limits {
+		n += l.Limit
+	}
+	return n, func() { s.sync.unreserve(limits, nil) }
+}
+
+// HeartbeatInFlight is the syncs in flight per type that s's heartbeat row
+// would carry now.
+func HeartbeatInFlight(s *Secondary) map[string]int { return s.hb.process().InFlight }

@@ -73,7 +73,7 @@ func (h *heartbeat) process() registry.Process {
 	p := registry.Process{
 		Owner: s.cfg.Owner, Host: h.host, PID: h.pid, Version: h.version, StartedAt: h.started,
 		Interval: s.cfg.HeartbeatInterval, Types: s.cfg.Strategies.Names(), Roles: []string{},
-		InFlight: s.sync.InFlight(), Backfill: map[string]registry.ProcessBackfill{},
+		InFlight: s.sync.Running(), Backfill: map[string]registry.ProcessBackfill{},
 	}
 	if cs := s.consumer.Stats(); cs.Active {
 		p.Roles = append(p.Roles, RoleConsumer)

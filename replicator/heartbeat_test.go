@@ -193,3 +193,23 @@ func TestHeartbeatIntervalIsValidated(t *testing.T) {
 		require.ErrorContains(t, err, "SecondaryConfig.HeartbeatInterval", "interval %v", d)
 	}
 }
+
+// The syncs in flight a heartbeat carries (and Status reports) are the
+// syncs running, not the capacity the sync engine reserved for a claim
+// not yet answered: it reserves its whole free budget before every claim,
+// so an idle secondary polling for work showed up to its capacity in
+// flight in geoctl status and the status page.
+func TestInFlightIsSyncsRunningNotReservedCapacity(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	s, err := replicator.NewSecondary(f.SecondaryConfig(f.secondaryItems()))
+	require.NoError(t, err)
+	reserved, undo := replicator.ReserveSyncCapacity(s)
+	defer undo()
+	require.Positive(t, reserved, "capacity reserved as for a claim")
+	require.Zero(t, replicator.HeartbeatInFlight(s)["item"], "no sync runs: the heartbeat's in flight")
+	st, err := s.Status(context.Background())
+	require.NoError(t, err)
+	require.Len(t, st.Types, 1)
+	require.Zero(t, st.Types[0].InFlight, "no sync runs: Status's in flight")
+}

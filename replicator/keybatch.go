@@ -29,7 +29,8 @@ const keyRoundTimeout = 10 * time.Second
 // whose answer (a key, ErrNotFound, an error) is then the request's.
 //
 // The endpoint asked BlobKey once per blob it served: for small blobs a
-// database round trip per blob on the primary (docs/performance.md).
+// database round trip per blob on the primary (geo's performance notes,
+// https://github.com/geoframework/geo/blob/main/docs/performance.md).
 type keyBatcher struct {
 	s  strategy.BlobStrategy
 	bk strategy.BatchKeyer

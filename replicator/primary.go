@@ -38,18 +38,46 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
 	p := &Primary{cfg: cfg, cs: cs, sides: map[string]primarySide{}}
+	env := &primaryEnv{cfg: &p.cfg, storage: cfg.Storage, checksum: cs.Checksum}
+	// Each type's primary side, from its kind; each kind's endpoint serves
+	// its types under its own path prefix.
+	byKind := map[string]map[string]primarySide{}
+	kindByName := map[string]kind{}
 	for _, n := range cfg.Strategies.Names() {
 		s, _ := cfg.Strategies.Lookup(n)
 		k, _ := cfg.Strategies.kindOf(n)
-		p.sides[n] = k.primary(s, primaryEnv{storage: cfg.Storage})
+		side, err := k.primary(s, env)
+		if err != nil {
+			return nil, err
+		}
+		p.sides[n] = side
+		if byKind[k.name()] == nil {
+			byKind[k.name()] = map[string]primarySide{}
+			kindByName[k.name()] = k
+		}
+		byKind[k.name()][n] = side
 	}
 	p.verifier = &primaryVerifier{cs: cs, set: cfg.Strategies, sides: p.sides, cfg: &p.cfg, log: cfg.Logger}
-	h, err := xfer.NewHandler(xfer.HandlerConfig{Resolve: p.resolve, Checksum: cs.Checksum,
-		Secrets: cfg.Secrets, Logger: cfg.Logger, Observe: cfg.observeTransfer})
+	mux := http.NewServeMux()
+	for name, sides := range byKind {
+		prefix, h, err := kindByName[name].endpoint(env, sides)
+		if err != nil {
+			return nil, fmt.Errorf("replicator: %w", err)
+		}
+		mux.Handle(prefix, h)
+	}
+	notFound, err := xfer.NewHandler(xfer.HandlerConfig{Secrets: cfg.Secrets, Logger: cfg.Logger,
+		Resolve: func(context.Context, string, int64) (xfer.Source, error) {
+			return xfer.Source{}, strategy.ErrUnknownReplicable
+		}})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
-	p.handler = h
+	// Anything else: the blob endpoint's JSON answers (404 not_found, or
+	// unknown_replicable under its prefix when no blob type is
+	// registered).
+	mux.Handle("/", notFound)
+	p.handler = mux
 	pub, err := events.NewPublisher(cfg.Strategies.Names())
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
@@ -58,8 +86,12 @@ func NewPrimary(cfg PrimaryConfig) (*Primary, error) {
 	return p, nil
 }
 
-// Handler is the transfer endpoint (GET and HEAD
-// /geo/v1/blobs/{replicable}/{id}) to mount on the primary's HTTP server.
+// Handler is the transfer endpoint to mount on the primary's HTTP server:
+// each kind's under its own prefix, GET and HEAD
+// transfer.TransferPathPrefix + "{replicable}/{id}" for blobs, git's smart
+// HTTP protocol (upload-pack only) under transfer.RepositoryPathPrefix +
+// "{replicable}/{id}/" for repositories, all behind the per-record
+// tokens.
 func (p *Primary) Handler() http.Handler { return p.handler }
 
 // Publisher records replication events; call it inside the application's
@@ -68,12 +100,14 @@ func (p *Primary) Publisher() *events.Publisher { return p.pub }
 
 // Run runs the primary's background work until ctx ends, then returns nil:
 // the verification engine (checksums of every registered type's records,
-// re-verified every ReverifyInterval; see docs/operations.md) and the
-// outbox pruner (events.RunPruner with EventRetention and
+// re-verified every ReverifyInterval; see "Verification" in [Operating
+// geo]) and the outbox pruner ([events.RunPruner] with EventRetention and
 // EventPruneInterval). The transfer endpoint and the publisher work
 // without Run; without it, transfers of records are still verified in
-// transit (the endpoint computes checksums on the fly), but secondaries have no
-// stored checksum to verify their copies against.
+// transit (the endpoint computes checksums on the fly), but secondaries
+// have no stored checksum to verify their copies against.
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 func (p *Primary) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.verifier.run(gctx) })
@@ -88,13 +122,3 @@ func (p *Primary) Run(ctx context.Context) error {
 // Checksums returns a reader of the primary's checksum table, for admin
 // tools and tests.
 func (p *Primary) Checksums() *registry.Checksums { return p.cs.Checksums }
-
-// resolve opens a record's data for the transfer endpoint, through its
-// type's primary side.
-func (p *Primary) resolve(ctx context.Context, replicable string, id int64) (xfer.Source, error) {
-	side, ok := p.sides[replicable]
-	if !ok {
-		return xfer.Source{}, fmt.Errorf("%w: %q", strategy.ErrUnknownReplicable, replicable)
-	}
-	return side.source(ctx, id)
-}

@@ -200,23 +200,32 @@ func copyBlob(ctx context.Context, storage *blob.Bucket, from, to, sum string) (
 // stages (R7: a key an old-only record shares with a live one stays), each
 // check atomic with its removal. Run it once the rejoined site's first
 // consistency pass finished, so its registry names every live key. It
-// returns the keys removed and those kept.
+// returns the keys removed and those kept, one transaction per type; on an
+// error, those of the types done before it.
 func RemoveOldOnly(ctx context.Context, tracking *sqlx.DB, storage *blob.Bucket, rep OldOnlyReport) (removed, kept []string, err error) {
 	store, err := regstore.NewStore(tracking, regstore.Options{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("replicator: remove old-only: %w", err)
 	}
-	var keys []string
+	byType := map[string][]string{}
+	var types []string
 	for _, r := range rep.Records {
-		if r.Key != "" {
-			keys = append(keys, r.Key)
+		if r.Key == "" {
+			continue
 		}
+		if _, ok := byType[r.Replicable]; !ok {
+			types = append(types, r.Replicable)
+		}
+		byType[r.Replicable] = append(byType[r.Replicable], r.Key)
 	}
-	removed, kept, err = store.RemoveUnreferenced(ctx, keys, func(ctx context.Context, key string) error {
-		return storage.Remove(ctx, key)
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("replicator: remove old-only: %w", err)
+	for _, typ := range types {
+		rm, kp, err := store.RemoveUnreferenced(ctx, typ, byType[typ], func(ctx context.Context, key string) error {
+			return storage.Remove(ctx, key)
+		})
+		if err != nil {
+			return removed, kept, fmt.Errorf("replicator: remove old-only: %w", err)
+		}
+		removed, kept = append(removed, rm...), append(kept, kp...)
 	}
 	return removed, kept, nil
 }

@@ -13,8 +13,8 @@ var ErrGone = errors.New("record gone or out of scope")
 
 // Replicator is the secondary side of one registered type: what the
 // engines drive for it, whatever its kind. The framework builds one per
-// registered strategy, from the strategy's kind (see Set.Register and
-// docs/architecture.md, "Kinds of replicable"); adopters implement
+// registered strategy, from the strategy's kind (see [Set.Register] and
+// "Kinds of replicable" in [geo architecture]); adopters implement
 // strategies, not Replicators. Methods are called concurrently, for
 // different records.
 //
@@ -23,6 +23,8 @@ var ErrGone = errors.New("record gone or out of scope")
 // same time name the same data, and the engine, not the Replicator,
 // decides when the data at a locator may go (R7: when no registry row
 // records or stages it).
+//
+// [geo architecture]: https://github.com/geoframework/geo/blob/main/docs/architecture.md
 type Replicator interface {
 	// Name is the replicable name, as registered.
 	Name() string
@@ -60,6 +62,19 @@ var ErrLocalMissing = errors.New("missing on secondary")
 // downloading (Job.Redownload).
 var errSkippedBytesGone = errors.New("data found at sync time was gone at settle")
 
+// errStaleStage is returned (wrapped) by a Staged's Commit when the local
+// copy its sync fetched against changed before the commit (a repository
+// stage whose live copy was replaced or removed): nothing was published,
+// and the engine syncs the record again at once (Job.Redownload).
+var errStaleStage = errors.New("the local copy changed between the fetch and the commit")
+
+// errLocalDamaged is returned (wrapped) by Replicator.Verify when the
+// local copy is there but damaged in a way its checksum does not show (a
+// repository whose refs match the primary's, with objects missing or
+// corrupt): verification fails and the record is synced again, with
+// Job.Repair set.
+var errLocalDamaged = errors.New("local copy damaged")
+
 // Job describes one claimed record for Replicator.Sync.
 type Job struct {
 	ModelID int64
@@ -81,6 +96,11 @@ type Job struct {
 	Redownload bool
 	// PrimaryChecksum is the primary's recorded checksum, "" when unknown.
 	PrimaryChecksum string
+	// Repair is true when the row's last verification failed (a mismatch,
+	// or a copy missing or damaged): the replicator must not trust the
+	// local copy, neither to skip the transfer nor to fetch only what it
+	// lacks (a repository is fetched whole and replaces the copy).
+	Repair bool
 }
 
 // Staged is data fetched for one record and not yet visible.

@@ -32,6 +32,8 @@ type Secondary struct {
 	exist    *existenceEngine
 	consumer *events.Consumer
 	hb       *heartbeat
+	// env is what the kinds opened for this site (a repository store).
+	env *secondaryEnv
 }
 
 // NewSecondary validates cfg (a bad field is an error naming it) and wires
@@ -41,7 +43,8 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		return nil, err
 	}
 	cfg.applyDefaults()
-	store, err := regstore.NewStore(cfg.Tracking, regstore.Options{Now: cfg.Now, Retry: cfg.Retry})
+	store, err := regstore.NewStore(cfg.Tracking, regstore.Options{Now: cfg.Now, Retry: cfg.Retry,
+		KeySpaces: keySpaces(cfg.Strategies)})
 	if err != nil {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
@@ -58,11 +61,26 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 		return nil, fmt.Errorf("replicator: %w", err)
 	}
 	s := &Secondary{cfg: cfg, store: store, reps: map[string]Replicator{}}
-	env := secondaryEnv{storage: cfg.Storage, downloader: dl}
+	s.env = &secondaryEnv{cfg: &s.cfg, storage: cfg.Storage, downloader: dl}
+	// Each type's Replicator, from its kind; and, once per kind, the
+	// storage the existence scan checks for the kind's types.
+	var spaces []existenceSpace
+	seen := map[string]int{}
 	for _, name := range cfg.Strategies.Names() {
 		st, _ := cfg.Strategies.Lookup(name)
 		k, _ := cfg.Strategies.kindOf(name)
-		s.reps[name] = k.replicator(st, env)
+		rep, err := k.replicator(st, s.env)
+		if err != nil {
+			return nil, err
+		}
+		s.reps[name] = rep
+		i, ok := seen[k.name()]
+		if !ok {
+			i = len(spaces)
+			seen[k.name()] = i
+			spaces = append(spaces, existenceSpace{kind: k.name(), storage: k.storage(s.env)})
+		}
+		spaces[i].types = append(spaces[i].types, name)
 	}
 	s.sync = newSyncEngine(store, s.reps, cfg.Strategies.Names(), cfg.Owner, &s.cfg, cfg.Observer)
 	// The primary's checksums, read through the replica: downloads are
@@ -77,9 +95,8 @@ func NewSecondary(cfg SecondaryConfig) (*Secondary, error) {
 	s.verify = newVerifyEngine(store, primarySums, s.reps, cfg.Strategies.Names(), &s.cfg, s.sync.Wake)
 	s.cons = newConsistencyEngine(store, cfg.Strategies, s.reps, &s.cfg, s.sync.Wake)
 	s.exist = &existenceEngine{
-		store: store, storage: cfg.Storage, interval: cfg.ExistenceScanInterval, log: cfg.Logger,
+		store: store, spaces: spaces, interval: cfg.ExistenceScanInterval, log: cfg.Logger,
 		wakeSync: s.sync.Wake, obs: cfg.Observer, batch: existenceBatch,
-		stat: func(ctx context.Context, key string) error { _, err := cfg.Storage.Stat(ctx, key); return err },
 	}
 	s.cons.eventsReady = func(ctx context.Context) (bool, error) {
 		cursors, err := store.EventCursors(ctx)
@@ -121,6 +138,7 @@ func (s *Secondary) Owner() string { return s.cfg.Owner }
 func (s *Secondary) Run(ctx context.Context) error {
 	s.hb.started = s.cfg.Now()
 	defer s.hb.remove()
+	defer s.env.close(s.cfg.Logger)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.hb.run(gctx); return nil })
 	g.Go(func() error { return s.sync.run(gctx) })
@@ -302,9 +320,9 @@ func (h eventHandler) HandleEvents(ctx context.Context, evs []events.Event) erro
 
 // deleteOrHandOver deletes the row of deleted record id of replicable and
 // the bytes at its keys and at key (the deleted event's key, or "") that no
-// other row names (registry.Store.Delete with remove; R7). When remove
+// other row names (regstore.Store.Delete with remove; R7). When remove
 // fails (the storage, not the registry), it hands the row to the sync
-// engine instead (registry.Store.RequeueRemoval, keeping key for removal),
+// engine instead (regstore.Store.RequeueRemoval, keeping key for removal),
 // logs why and returns handedOver true with no error: the engine finds
 // the record gone, removes row and bytes, or records the failure on the
 // row and retries it with backoff. This is what deleted events and the

@@ -57,9 +57,11 @@ type StatusOptions struct {
 	TopFailures int
 	// FailureSample bounds the rows whose reasons are counted per type
 	// and kind (the most recently failed), and the new failures counted;
-	// 0 means 1,000. Each such row is a table read: 10,000 failed rows
-	// spread over a 1,000,000-row registry cost 120-280 ms, 1,000 about
-	// a tenth of that.
+	// 0 means 1,000. Each such row is an index entry (the failure indexes
+	// carry the message, migration 0011) and a message to group: 1,000
+	// per type cost a few milliseconds. Reasons counted over a sample are
+	// the sample's counts, not totals: a type with at most FailureSample
+	// failed rows of a kind has them all counted.
 	FailureSample int
 	// StallAfter: a type that is not paused, whose next pending row has
 	// waited at least this long while no row is being synced and nothing
@@ -157,8 +159,9 @@ type ProcessStatus struct {
 	// loops it held (RoleConsumer, RoleConsistency, RoleExistence).
 	Types []string `json:"types"`
 	Roles []string `json:"roles"`
-	// InFlight is the syncs it ran per type; Backfill its consistency
-	// pass per type (types it never ran a pass of are absent).
+	// InFlight is the syncs it ran per type (rows claimed and being
+	// synced or settled, not capacity reserved for a claim); Backfill its
+	// consistency pass per type (types it never ran a pass of are absent).
 	InFlight map[string]int            `json:"in_flight"`
 	Backfill map[string]BackfillStatus `json:"backfill"`
 	// EventLag is its event consumer's lag; nil unless it held the
@@ -235,8 +238,8 @@ type TypeStatus struct {
 	VerifiedPercent float64 `json:"verified_percent"`
 	FailedPercent   float64 `json:"failed_percent"`
 	// OldestPending is when the next pending row (the head of the FIFO)
-	// was marked pending; zero when none is pending. OldestPendingAge is
-	// At minus it, in seconds.
+	// was marked pending; zero when none is pending.
+	// OldestPendingAgeSeconds is Status.At minus it, in seconds.
 	OldestPending           time.Time `json:"oldest_pending,omitzero"`
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	// LastProgressAt estimates when a row of this type was last synced or
@@ -249,9 +252,10 @@ type TypeStatus struct {
 	// NewFailures counts rows that failed for the first time within
 	// StatusOptions.FailureWindow, up to StatusOptions.FailureSample.
 	NewFailures int64 `json:"new_failures"`
-	// InFlight is the number of syncs this process runs now (capacity in
-	// use); in ReadStatus, the sum the live processes reported in their
-	// last heartbeats.
+	// InFlight is the number of syncs this process runs now: rows claimed
+	// and being synced or settled (not capacity reserved for a claim not
+	// yet answered); in ReadStatus, the sum the live processes reported in
+	// their last heartbeats.
 	InFlight int `json:"in_flight"`
 	// Backfill is this process's consistency pass; nil when this process
 	// runs none (another process holds the singleton). In ReadStatus it is
@@ -320,7 +324,7 @@ type EventStatus struct {
 // ReadStatus builds a status report from the tracking database alone (and
 // optionally opts.Primary for the event lag), as an admin tool does. types
 // lists the types to report even when they have no rows; nil means the
-// types the database knows (registry.Store.TrackedTypes). Types with rows
+// types the database knows ([registry.Store.Types]). Types with rows
 // but not listed are reported too.
 //
 // What only a secondary process knows comes from the heartbeat rows of
@@ -606,7 +610,7 @@ func (s *Secondary) StatusWith(ctx context.Context, opts StatusOptions) (Status,
 		return Status{}, err
 	}
 	progress := s.Progress()
-	inflight := s.sync.InFlight()
+	inflight := s.sync.Running()
 	for i := range st.Types {
 		ts := &st.Types[i]
 		ts.InFlight = inflight[ts.Replicable]

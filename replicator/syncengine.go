@@ -86,6 +86,22 @@ func (e *syncEngine) InFlight() map[string]int {
 	return out
 }
 
+// Running returns the number of syncs running per type: rows claimed and
+// being synced or waiting for their settle. Unlike InFlight it leaves out
+// the capacity reserved for a claim not yet answered (allocate reserves
+// the whole free budget before every claim) and counts a sync whose
+// budget slot was freed when its bytes went to the group commit until it
+// is settled.
+func (e *syncEngine) Running() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for k := range e.active {
+		out[k.Replicable]++
+	}
+	return out
+}
+
 // allocate spreads the free capacity over the types round-robin, starting
 // at a rotating type, skipping types known to have no due work. The
 // capacity it hands out is reserved (counted in flight) until the claim
@@ -529,15 +545,16 @@ func (e *syncEngine) process(workCtx, ctx context.Context, t *task, primarySum, 
 		e.fail(settleCtx, log, c, fmt.Errorf("%w: %q is not registered on this secondary", strategy.ErrUnknownReplicable, c.Replicable), false, start)
 		return
 	}
-	job := Job{ModelID: c.ModelID, Locator: key, RecordedLocator: c.BlobKey, PrimaryChecksum: primarySum}
+	job := Job{ModelID: c.ModelID, Locator: key, RecordedLocator: c.BlobKey, PrimaryChecksum: primarySum, Repair: c.VerificationFailed}
 	for {
 		redo := e.syncAndSettle(workCtx, ctx, settleCtx, log, t, rep, job, key, stg, start)
 		if !redo {
 			return
 		}
 		// The sync skipped its download because the data was present, and
-		// another record's removal took it before this row staged the key:
-		// the claim is still held, download this time.
+		// another record's removal took it before this row staged the key,
+		// or the local copy a stage was fetched against changed before the
+		// commit: the claim is still held, download this time.
 		log.Debug("data found present was gone at settle: downloading")
 		job.Redownload = true
 	}
@@ -623,7 +640,7 @@ func (e *syncEngine) syncAndSettle(workCtx, ctx, settleCtx context.Context, log 
 		}
 	}
 	switch {
-	case err != nil && errors.Is(err, errSkippedBytesGone) && !job.Redownload:
+	case err != nil && (errors.Is(err, errSkippedBytesGone) || errors.Is(err, errStaleStage)) && !job.Redownload:
 		return true
 	case err != nil:
 		e.fail(settleCtx, log, c, fmt.Errorf("commit: %w", err), false, start)

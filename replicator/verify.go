@@ -176,6 +176,11 @@ func (e *verifyEngine) process(ctx context.Context, c regstore.VerifyClaim, prim
 		return false
 	case errors.Is(err, ErrLocalMissing):
 		f = regstore.VerifyFailure{Reason: "missing on the secondary: " + err.Error(), PrimaryChecksum: primary, Resync: true}
+	case errors.Is(err, errLocalDamaged):
+		// The checksum matches but the data under it does not hold (a
+		// repository's objects): not a mismatch, a resync all the same.
+		f = regstore.VerifyFailure{Reason: "damaged on the secondary: " + err.Error(), LocalChecksum: res.Checksum,
+			PrimaryChecksum: primary, Resync: true}
 	case err != nil:
 		f = regstore.VerifyFailure{Reason: err.Error(), PrimaryChecksum: primary}
 	case !res.Match:

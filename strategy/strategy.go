@@ -1,12 +1,20 @@
 // Package strategy holds the contracts a replicable data type implements,
 // and the retry policy the engines apply to every type.
 //
-// An adopter adding a blob type implements BlobStrategy (a Strategy plus
-// BlobKey) in one small file:
-// the type's stable name, how to list its record ids, and where a record's
-// bytes live. Everything about moving bytes safely (atomic writes,
-// checksums, retries, leases, deletes, verification) belongs to the
-// framework, not to the strategy.
+// An adopter adding a blob type implements [BlobStrategy] (a [Strategy]
+// plus [BlobStrategy.BlobKey]) in one small file: the type's stable name,
+// how to list its record ids, and where a record's bytes live. Optional
+// interfaces add what some types know better: [Checksummer] (a stored
+// SHA-256), [Opener] (bytes from elsewhere than the site's storage) and
+// [BatchKeyer] (many keys in one query). A git repository type implements
+// [RepositoryStrategy] (a [Strategy] plus [RepositoryStrategy.RepositoryPath])
+// the same way. Everything about moving bytes
+// safely (atomic writes, checksums, retries, leases, deletes,
+// verification) belongs to the framework, not to the strategy.
+//
+// [ValidateKey] and [ValidateName] are the rules for storage keys and type
+// names that the publisher, the storage and the engines share; [Backoff]
+// is the default [RetryPolicy].
 //
 // strategy is not where engines, storage backends or HTTP live; it depends
 // on nothing else in geo.
@@ -50,7 +58,8 @@ func ValidateName(name string) error {
 
 // Strategy is what the adapter of every kind of replicable provides: a
 // stable name and the type's record ids. A kind adds what it needs to find
-// a record's data: BlobStrategy adds the storage key of a record's bytes.
+// a record's data: BlobStrategy adds the storage key of a record's bytes,
+// RepositoryStrategy the path of a record's git repository.
 // replicator.Set.Register takes a Strategy and refuses one that is of no
 // kind this version of geo replicates.
 //
@@ -93,8 +102,8 @@ type BlobStrategy interface {
 	// at the same time name the same bytes. A secondary removes the bytes
 	// at a key only when none of its registry rows (of any type) records
 	// or stages that key; the application keeps the same rule for its own
-	// storage on the primary (docs/adding-a-blob-type.md,
-	// "Content-addressed storage").
+	// storage on the primary ("Content-addressed storage" in
+	// https://github.com/geoframework/geo/blob/main/docs/adding-a-blob-type.md).
 	BlobKey(ctx context.Context, id int64) (string, error)
 }
 
@@ -140,3 +149,35 @@ type Opener interface {
 // ErrBlobMissing means a record exists but its bytes do not ("missing on
 // primary" when it happens there).
 var ErrBlobMissing = errors.New("blob missing")
+
+// RepositoryStrategy is what an adopter implements for one type of git
+// repository (project repositories, wikis, snippets): a Strategy that says
+// where a record's bare repository lives, as a path under the site's
+// repository root (replicator.PrimaryConfig.RepositoryRoot on the primary,
+// SecondaryConfig.RepositoryRoot on a secondary). The rules of Strategy
+// (one site per value, safe for concurrent use, read-only) hold for
+// RepositoryPath too. A type is of one kind: a strategy implementing both
+// BlobKey and RepositoryPath is refused at registration.
+type RepositoryStrategy interface {
+	Strategy
+
+	// RepositoryPath returns the path of record id's bare repository,
+	// relative to the repository root ("groups/42/project-7.git"). It
+	// returns an error matching ErrNotFound when the record does not exist
+	// or lies outside the scope. A path follows the storage key rule
+	// (ValidateKey: relative and slash-separated, no "." or ".." segment,
+	// no NUL byte, backslash, empty segment or trailing slash, at most
+	// KeyLenMax bytes) and must not start with ".geo-tmp", the site's
+	// reserved temporary directory. It must be stable: the same record
+	// gives the same path until the application moves the repository (a
+	// rename is an update: the application publishes an updated event, and
+	// the secondary fetches the repository at its new path).
+	//
+	// Paths are not shared: two records existing at the same time must not
+	// name the same path, nor one a path inside the other's repository.
+	// A path may be reused once the record naming it is deleted (a project
+	// deleted and another created under the same name); the secondary
+	// removes a repository only when no registry row of a repository type
+	// records or stages its path.
+	RepositoryPath(ctx context.Context, id int64) (string, error)
+}

@@ -34,8 +34,8 @@
 //     on the server (with a fresh context bounded by AbortTimeout, since
 //     the Writer's own is cancelled); one abandoned by a crash stays until
 //     the bucket's lifecycle rule (AbortIncompleteMultipartUpload, see
-//     docs/operations.md) or AbortIncompleteUploads removes it, and is
-//     never visible at a key.
+//     [Operating geo], "Writes, crashes and abandoned uploads") or
+//     [AbortIncompleteUploads] removes it, and is never visible at a key.
 //   - Server-side checksum. When the expected SHA-256 and size are known
 //     and the object goes in one PUT, it carries x-amz-checksum-sha256: the
 //     server refuses bytes that differ. Multipart parts carry the SDK's
@@ -46,6 +46,9 @@
 //   - Not found. go-cloud's gcerrors.NotFound is driver.NotFound; so is a
 //     path through a file (ENOTDIR, from fileblob).
 //   - Delete is idempotent: a missing object (NotFound) is success.
+//     Bucket is a driver.BatchDeleter: on S3, DeleteBatch removes up to
+//     DeleteBatchMax objects per DeleteObjects request (the orphan removal
+//     of the consistency pass uses it); SyncDeletes has nothing to do.
 //   - List is in ascending byte order after a key: go-cloud lists in
 //     lexicographic order of UTF-8 keys, which is byte order. On S3 the
 //     listing starts after the key (StartAfter, through the BeforeList
@@ -74,6 +77,8 @@
 // not-synced and write again. fileblob does not fsync and keeps its
 // temporary files in os.TempDir: it is for tests (blob/dirblob is the
 // durable directory backend).
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 package cloudblob
 
 import (
@@ -96,6 +101,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	tmtypes "github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	gcblob "gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
 	"gocloud.dev/blob/memblob"
@@ -120,13 +126,18 @@ const (
 
 	// IncompleteUploadAge is the age after which AbortIncompleteUploads
 	// should abort a multipart upload that was neither completed nor
-	// aborted, and the one docs/operations.md's lifecycle rule uses (one
-	// day): far longer than any upload geo makes takes.
+	// aborted, and the one the lifecycle rule of geo's operations guide
+	// uses (one day; https://github.com/geoframework/geo/blob/main/docs/operations.md): far
+	// longer than any upload geo makes takes.
 	IncompleteUploadAge = 24 * time.Hour
 
 	// ListPageSize is how many keys one listing request asks for (S3's
 	// maximum).
 	ListPageSize = 1000
+
+	// DeleteBatchMax is how many keys one S3 DeleteObjects request
+	// removes (S3's maximum).
+	DeleteBatchMax = 1000
 
 	// contentType is the type objects are stored with: geo stores bytes.
 	contentType = "application/octet-stream"
@@ -164,7 +175,6 @@ func OpenBucket(ctx context.Context, urlstr string) (*blob.Bucket, error) {
 	}
 	d := New(gb)
 	if d.s3 != nil {
-		d.s3Bucket, d.s3Prefix = u.Host, u.Query().Get("prefix")
 		if _, _, err := gb.ListPage(ctx, gcblob.FirstPageToken, 1, nil); err != nil {
 			gb.Close()
 			return nil, fmt.Errorf("cloudblob: open %s: list the bucket: %w", where(u), err)
@@ -209,8 +219,9 @@ type Bucket struct {
 	b *gcblob.Bucket
 	// s3 is the S3 client under b, nil for other services.
 	s3 *s3.Client
-	// s3Bucket and s3Prefix name the S3 bucket and the prefix under it,
-	// when OpenBucket opened it (AbortIncompleteUploads needs them).
+	// s3Bucket and s3Prefix name the S3 bucket and the prefix (as stored)
+	// under which b keeps its keys, "" when New could not learn them
+	// (batch deletes and AbortIncompleteUploads need them).
 	s3Bucket, s3Prefix string
 	// sortList is set for fileblob, whose directory walk is not in byte
 	// order.
@@ -229,12 +240,36 @@ func New(b *gcblob.Bucket) *Bucket {
 	var c *s3.Client
 	if b.As(&c) {
 		d.s3 = c
+		d.s3Bucket, d.s3Prefix = s3Names(b)
 	}
 	var fi os.FileInfo
 	if b.As(&fi) { // only fileblob exposes the directory it walks
 		d.sortList = true
 	}
 	return d
+}
+
+var _ driver.BatchDeleter = (*Bucket)(nil)
+
+// errProbe ends the listing s3Names starts before it reaches the network.
+var errProbe = errors.New("cloudblob: probe")
+
+// s3Names returns the S3 bucket under b and the prefix its keys are
+// stored under (go-cloud's prefix= or PrefixedBucket), as go-cloud puts
+// them in a listing request; it sends no request (its BeforeList hook
+// ends the listing first). Both are "" when go-cloud does not show them
+// (the legacy listing, list_type=1).
+func s3Names(b *gcblob.Bucket) (bucket, prefix string) {
+	_, _, _ = b.ListPage(context.Background(), gcblob.FirstPageToken, 1, &gcblob.ListOptions{
+		BeforeList: func(as func(any) bool) error {
+			var in *s3.ListObjectsV2Input
+			if as(&in) {
+				bucket, prefix = aws.ToString(in.Bucket), aws.ToString(in.Prefix)
+			}
+			return errProbe
+		},
+	})
+	return bucket, prefix
 }
 
 // GoCloud returns the go-cloud bucket under d, for As-style access to the
@@ -357,22 +392,48 @@ func (d *Bucket) beforeWrite(as func(any) bool, opts *driver.WriterOptions) erro
 	return nil
 }
 
-// partGrace is the S3 client of the transfer manager: a part upload in
-// flight when its context ends (an abort) may finish for AbortTimeout
-// more, so that the AbortMultipartUpload that follows frees it. A part
-// cancelled on the client may still be stored by the server after the
-// abort (S3 documents it: "it might be necessary to abort a given
-// multipart upload multiple times"; versitygw then keeps the part's file
-// in its staging directory, where nothing lists or removes it).
+// partGrace is the S3 client of the transfer manager: a request that
+// writes (a part, a single PUT, the completion of a multipart upload) in
+// flight when its context ends (an abort, a Commit's context ending) may
+// finish for AbortTimeout more, so that its outcome is settled when the
+// call returns. A request the client cancels may still be carried out by
+// the server after the client has moved on: a part stored after the abort
+// (S3 documents it: "it might be necessary to abort a given multipart
+// upload multiple times"; versitygw then keeps the part's file in its
+// staging directory, where nothing lists or removes it), or an object
+// published after the failed Commit returned, over a version written
+// since (storagetest's FailedCommitLeavesOldOrWholeNew saw it). A request
+// whose context has ended before it starts is not sent.
 type partGrace struct{ *s3.Client }
 
-// UploadPart implements transfermanager.S3APIClient.
-func (c partGrace) UploadPart(ctx context.Context, in *s3.UploadPartInput, opts ...func(*s3.Options)) (*s3.UploadPartOutput, error) {
+// graceful runs call with a context that ends AbortTimeout after ctx does.
+func graceful[T any](ctx context.Context, call func(context.Context) (T, error)) (T, error) {
+	if err := ctx.Err(); err != nil {
+		var zero T
+		return zero, err
+	}
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(AbortTimeout, cancel) })
 	defer stop()
-	return c.Client.UploadPart(gctx, in, opts...)
+	return call(gctx)
+}
+
+// UploadPart implements transfermanager.S3APIClient.
+func (c partGrace) UploadPart(ctx context.Context, in *s3.UploadPartInput, opts ...func(*s3.Options)) (*s3.UploadPartOutput, error) {
+	return graceful(ctx, func(ctx context.Context) (*s3.UploadPartOutput, error) { return c.Client.UploadPart(ctx, in, opts...) })
+}
+
+// PutObject implements transfermanager.S3APIClient.
+func (c partGrace) PutObject(ctx context.Context, in *s3.PutObjectInput, opts ...func(*s3.Options)) (*s3.PutObjectOutput, error) {
+	return graceful(ctx, func(ctx context.Context) (*s3.PutObjectOutput, error) { return c.Client.PutObject(ctx, in, opts...) })
+}
+
+// CompleteMultipartUpload implements transfermanager.S3APIClient.
+func (c partGrace) CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMultipartUploadInput, opts ...func(*s3.Options)) (*s3.CompleteMultipartUploadOutput, error) {
+	return graceful(ctx, func(ctx context.Context) (*s3.CompleteMultipartUploadOutput, error) {
+		return c.Client.CompleteMultipartUpload(ctx, in, opts...)
+	})
 }
 
 // writer is a go-cloud Writer with the context that aborts it.
@@ -438,6 +499,52 @@ func (d *Bucket) Delete(ctx context.Context, key string) error {
 	}
 	return err
 }
+
+// DeleteBatch implements driver.BatchDeleter. On S3 it removes the
+// objects with DeleteObjects requests of up to DeleteBatchMax keys each
+// (quiet: S3 reports only the keys it failed to delete; a missing key is
+// deleted as far as S3 is concerned), a round trip per thousand keys
+// instead of go-cloud's two per key (HEAD, then DELETE). Elsewhere, and on
+// an S3 bucket whose name New could not learn, it calls Delete per key.
+// The removals are durable when it returns.
+func (d *Bucket) DeleteBatch(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := checkKey(k); err != nil {
+			return err
+		}
+	}
+	if d.s3 == nil || d.s3Bucket == "" {
+		for _, k := range keys {
+			if err := d.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for chunk := range slices.Chunk(keys, DeleteBatchMax) {
+		objs := make([]s3types.ObjectIdentifier, len(chunk))
+		for i, k := range chunk {
+			objs[i] = s3types.ObjectIdentifier{Key: aws.String(d.s3Prefix + k)}
+		}
+		out, err := d.s3.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+			Bucket: aws.String(d.s3Bucket),
+			Delete: &s3types.Delete{Objects: objs, Quiet: aws.Bool(true)},
+		})
+		if err != nil {
+			return fmt.Errorf("cloudblob: delete %d objects: %w", len(chunk), err)
+		}
+		if len(out.Errors) > 0 {
+			e := out.Errors[0]
+			return fmt.Errorf("cloudblob: delete %d objects: %d not deleted, the first %q: %s: %s",
+				len(chunk), len(out.Errors), strings.TrimPrefix(aws.ToString(e.Key), d.s3Prefix), aws.ToString(e.Code), aws.ToString(e.Message))
+		}
+	}
+	return nil
+}
+
+// SyncDeletes implements driver.BatchDeleter: an object store's deletes
+// are durable when they return, so there is nothing left to do.
+func (d *Bucket) SyncDeletes(context.Context, []string) error { return nil }
 
 // List implements driver.Bucket.
 func (d *Bucket) List(ctx context.Context, after string) iter.Seq2[string, error] {
@@ -542,12 +649,13 @@ func (d *Bucket) Close() error { return d.b.Close() }
 // AbortIncompleteMultipartUpload does, for servers without lifecycle rules
 // (versitygw); pass IncompleteUploadAge, or an age longer than any upload
 // in progress may take, since a live upload aborted fails its Commit. It
-// returns how many it aborted. b must have been opened by OpenBucket on an
-// s3:// URL; otherwise it returns an error matching errors.ErrUnsupported.
+// returns how many it aborted. b must be an S3 bucket of this package
+// (OpenBucket on an s3:// URL, or New over s3blob); otherwise it returns an
+// error matching errors.ErrUnsupported.
 func AbortIncompleteUploads(ctx context.Context, b *blob.Bucket, olderThan time.Duration) (int, error) {
 	d, ok := b.Driver().(*Bucket)
 	if !ok || d.s3 == nil || d.s3Bucket == "" {
-		return 0, fmt.Errorf("cloudblob: abort incomplete uploads: only on a bucket opened by OpenBucket on an s3:// URL: %w", errors.ErrUnsupported)
+		return 0, fmt.Errorf("cloudblob: abort incomplete uploads: only on an S3 bucket: %w", errors.ErrUnsupported)
 	}
 	before := time.Now().Add(-olderThan)
 	in := &s3.ListMultipartUploadsInput{Bucket: aws.String(d.s3Bucket), Prefix: aws.String(d.s3Prefix)}

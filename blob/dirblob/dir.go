@@ -1,10 +1,12 @@
-// Package dirblob is the directory backend of blob.Bucket: the blob at key
-// is the file root/key. Open returns the portable blob.Bucket over it; New
-// returns the driver itself, for wrappers (fault injection in tests).
+// Package dirblob is the directory backend of [blob.Bucket]: the blob at
+// key is the file root/key. [Open] returns the portable blob.Bucket over
+// it; [New] returns the driver itself ([Dir]), for wrappers (fault
+// injection in tests).
 //
-// It implements driver.Bucket and its optional driver.Syncer (on its
-// Writers) and driver.BatchDeleter. Keys starting with ".geo-tmp" are its
-// own (its temporary files) and are refused with driver.InvalidKey.
+// It implements [driver.Bucket] and its optional [driver.Syncer] (on its
+// Writers) and [driver.BatchDeleter]. Keys starting with [ReservedPrefix]
+// (".geo-tmp") are its own (its temporary files) and are refused with
+// [driver.InvalidKey].
 package dirblob
 
 import (
@@ -58,7 +60,7 @@ const lockFileName = "lock"
 // walks the whole tree, which may hold millions of blobs. Keys starting with
 // ".geo-tmp" are reserved (refused with driver.InvalidKey). Each Dir owns a
 // subdirectory root/.geo-tmp/<random>/ and holds an exclusive flock on a lock
-// file inside it while open; CleanTemp (run by NewDir) removes every other
+// file inside it while open; CleanTemp (run by New) removes every other
 // subdirectory whose lock it can take, that is, whose owner has died. So no
 // temporary file survives a restart, even with several processes sharing
 // root.

@@ -18,7 +18,7 @@ import (
 // blob's commit walked its temporary directory twice and its key's
 // directory three times, about ten openat and close calls per blob, and
 // on a virtual machine the kernel entries cost more than the write. The
-// temporary directory is held open from NewDir on (it is this Dir's own,
+// temporary directory is held open from New on (it is this Dir's own,
 // under its lock); a key's directory is still resolved through root, once
 // per commit, so links planted under root are refused as before, and that
 // one open serves both the rename and the directory fsync.

@@ -1,15 +1,19 @@
 // Package driver defines the interface a storage backend implements so
-// that geo can keep blobs in it: the small "driver" under the portable
-// blob.Bucket, as go-cloud's blob/driver is under its blob.Bucket.
+// that geo can keep blobs in it: the small "driver" ([Bucket], [Writer],
+// [Reader]) under the portable blob.Bucket, as go-cloud's blob/driver is
+// under its blob.Bucket.
 //
 // The portable type does everything once, for every backend: it validates
 // keys (strategy.ValidateKey) before any call reaches a driver, hashes
 // every byte written (SHA-256) and checks it against the checksum the
 // caller expects before it commits, calls Commit or Abort exactly once on
 // a Writer, refuses calls after Close, and wraps every error with the
-// operation and the key, mapping ErrorCode to its sentinels (ErrNotExist,
-// ErrInvalidKey). A backend therefore implements only storage, and must
-// not repeat any of that.
+// operation and the key, mapping [Bucket].ErrorCode's [Code] to its
+// sentinels ([NotFound] to blob.ErrNotExist, [InvalidKey] to
+// blob.ErrInvalidKey). A backend therefore implements only storage, and
+// must not repeat any of that. Optional interfaces ([Syncer],
+// [BatchDeleter]) let a backend do some things better; the portable type
+// finds them by type assertion.
 //
 // The conformance suite for backends is blob/storagetest: a backend that
 // passes it is fit for geo. This package is for backend authors; adopters
@@ -75,13 +79,23 @@ type Bucket interface {
 	NewRangeReader(ctx context.Context, key string, offset, length int64) (Reader, error)
 
 	// NewWriter starts writing a new version of the object at key. Nothing
-	// may be visible at key until the Writer's Commit returns nil; the old
-	// version, if any, stays readable until then. After Abort, after a
-	// failed Commit, when ctx ends before Commit, and after a crash before
-	// Commit, nothing new may be visible at key or at any other key, and
-	// no temporary data may remain once the backend is opened again (or,
-	// for object stores, once a documented lifecycle rule has run). opts is
-	// never nil.
+	// may be visible at key before Commit is called; the old version, if
+	// any, stays readable until the new one replaces it. After Abort, when
+	// ctx ends before Commit is called, and after a crash before Commit is
+	// called, nothing new may be visible at key or at any other key. A
+	// Commit that fails, or a crash during Commit, leaves at key the old
+	// version or the whole new one, never a mix or a part, and nothing
+	// new at any other key: an object store may have published the object
+	// although its answer was lost, and the caller must treat a failed
+	// Commit as "not known to be written", not as "not written". In every
+	// case no temporary data may remain once the backend is opened again
+	// (or, for object stores, once a documented lifecycle rule has run).
+	//
+	// ctx governs the Writer until Commit or Abort: when it ends, a Write
+	// in progress (blocked on a stalled service, say) must return, with an
+	// error. Abort is never called while a Write is in progress (the
+	// portable type serialises them), so ctx is the only way to interrupt
+	// one. opts is never nil.
 	NewWriter(ctx context.Context, key string, opts *WriterOptions) (Writer, error)
 
 	// Delete removes the object at key. A missing object is not an error:
@@ -120,10 +134,14 @@ type Writer interface {
 	// Commit makes the bytes written durable and visible at the key,
 	// atomically: a reader sees the old version or the new one, never a
 	// mix or a prefix, and after Commit returns nil the bytes survive a
-	// crash. It is called at most once, and not after Abort.
+	// crash. When it returns an error the key holds the old version or
+	// the whole new one (see Bucket.NewWriter). It is called at most
+	// once, and not after Abort.
 	Commit(ctx context.Context) error
-	// Abort discards the bytes written. It is called at most once, and
-	// not after a successful Commit.
+	// Abort discards the bytes written. It is called at most once, not
+	// after a successful Commit, and never while a Write is in progress:
+	// it cannot interrupt a Write blocked on a stalled service (only the
+	// end of NewWriter's context can).
 	Abort() error
 }
 

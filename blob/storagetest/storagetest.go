@@ -13,8 +13,9 @@
 //	}
 //
 // Each subtest is named after the clause of the driver contract it checks
-// and gets a fresh, empty backend from newDriver. Run it with -race.
-// Optional interfaces (driver.Syncer, driver.BatchDeleter) are checked when
+// and gets a fresh, empty backend from newDriver ([RunConformanceTests]).
+// Run it with -race. Optional interfaces ([driver.Syncer],
+// [driver.BatchDeleter]) are checked when
 // the backend implements them. Backend-specific promises (for example that
 // dirblob leaves no temporary file behind) belong in the backend's own
 // tests, for instance in a t.Cleanup registered by newDriver.
@@ -81,6 +82,7 @@ func RunConformanceTests(t *testing.T, newDriver func(t *testing.T) driver.Bucke
 	t.Run("AbortLeavesNothing", func(t *testing.T) { testAbort(t, newStorage(t)) })
 	t.Run("CommitOrAbortExactlyOnce", func(t *testing.T) { testOnce(t, newStorage(t)) })
 	t.Run("CancelledContextLeavesNothing", func(t *testing.T) { testCancelled(t, newStorage(t)) })
+	t.Run("FailedCommitLeavesOldOrWholeNew", func(t *testing.T) { testInterruptedCommit(t, newStorage(t)) })
 	t.Run("OverwriteIsAtomic", func(t *testing.T) { testOverwriteAtomic(t, newStorage(t)) })
 	t.Run("ConcurrentWritersLeaveOneCompleteVersion", func(t *testing.T) { testConcurrentWriters(t, newStorage(t)) })
 	t.Run("RemoveIsIdempotent", func(t *testing.T) { testRemove(t, newStorage(t)) })
@@ -94,7 +96,7 @@ func RunConformanceTests(t *testing.T, newDriver func(t *testing.T) driver.Bucke
 	t.Run("RangeReads", func(t *testing.T) { testRange(t, newStorage(t)) })
 }
 
-// testSyncer checks writers that implement blob.Syncer (it passes for
+// testSyncer checks writers that implement driver.Syncer (it passes for
 // those that do not): Sync publishes nothing, bytes written after a Sync
 // are committed with the rest, and Sync after Commit or Abort fails.
 func testSyncer(t *testing.T, s *blob.Bucket) {
@@ -388,6 +390,53 @@ func testCancelled(t *testing.T, s *blob.Bucket) {
 	}
 	w.Abort()
 	wantMissing(t, ctx, s, "cancelled/commit")
+}
+
+// testInterruptedCommit: a Commit whose context ends while it runs may
+// fail, and then the key holds the old version or the whole new one (an
+// object store may have published it although the answer was lost),
+// never a mix or a part; a new key holds nothing or the whole object. The
+// context ends at several moments, from before Commit looks at it to
+// after it is done, so each backend meets the cases its timing allows;
+// any outcome but a partial one passes.
+func testInterruptedCommit(t *testing.T, s *blob.Bucket) {
+	ctx := testCtx(t)
+	const key, fresh = "interrupted/blob", "interrupted/new-%d"
+	cur := pattern(300_000, 'o')
+	put(t, ctx, s, key, cur)
+	delays := []time.Duration{0, time.Microsecond, 100 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond, 30 * time.Millisecond}
+	for i, d := range delays {
+		for _, k := range []string{key, fmt.Sprintf(fresh, i)} {
+			data := pattern(300_000+i*1000, byte(i+1))
+			w, err := s.Create(ctx, k, &blob.WriteOptions{SHA256: sum(data), Size: int64(len(data))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			cctx, cancel := context.WithCancel(ctx)
+			stop := time.AfterFunc(d, cancel)
+			cerr := w.Commit(cctx)
+			stop.Stop()
+			cancel()
+			w.Abort()
+			got, rerr := read(ctx, s, k)
+			switch {
+			case cerr == nil && (rerr != nil || !bytes.Equal(got, data)):
+				t.Fatalf("Commit(%q) = nil with its context ending after %v, then read %d bytes (%v), want the %d bytes written", k, d, len(got), rerr, len(data))
+			case k == key && rerr != nil:
+				t.Fatalf("Commit(%q) = %v with its context ending after %v: reading the key then = %v, want the old version or the whole new one", k, cerr, d, rerr)
+			case rerr != nil && !errors.Is(rerr, blob.ErrNotExist):
+				t.Fatalf("read %q after Commit = %v: %v", k, cerr, rerr)
+			case rerr == nil && !bytes.Equal(got, data) && (k != key || !bytes.Equal(got, cur)):
+				t.Fatalf("Commit(%q) = %v with its context ending after %v: the key holds %d bytes (sha %.12s), want the old version or the whole new one, never a part or a mix", k, cerr, d, len(got), sum(got))
+			}
+			if k == key && rerr == nil {
+				cur = got
+			}
+		}
+	}
 }
 
 func testOverwriteAtomic(t *testing.T, s *blob.Bucket) {

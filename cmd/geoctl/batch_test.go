@@ -57,7 +57,7 @@ func (g *geoctl) start(args ...string) *running {
 // waitLine returns the first stderr line (from here on) containing want.
 func (r *running) waitLine(want string) string {
 	r.t.Helper()
-	deadline := time.After(2 * time.Minute)
+	deadline := time.After(hangGuard)
 	for {
 		select {
 		case line, ok := <-r.lines:
@@ -68,16 +68,34 @@ func (r *running) waitLine(want string) string {
 				return line
 			}
 		case <-deadline:
-			r.t.Fatalf("geoctl printed no %q in 2 minutes", want)
+			r.t.Fatalf("geoctl printed no %q in %v", want, hangGuard)
 		}
 	}
 }
 
+// hangGuard bounds a wait for a geoctl process: reached only when it
+// hangs, so that the test fails with its stderr instead of the package
+// timing out.
+const hangGuard = 2 * time.Minute
+
 // wait waits for the process to end and returns stdout, stderr and its
-// exit code.
+// exit code; a process still running after hangGuard is killed and fails
+// the test.
 func (r *running) wait() (string, string, int) {
 	r.t.Helper()
-	for range r.lines { // drain, so the reader reaches EOF
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range r.lines { // drain, so the reader reaches EOF
+		}
+	}()
+	select {
+	case <-drained:
+	case <-time.After(hangGuard):
+		_ = r.cmd.Process.Kill()
+		<-drained
+		<-r.done
+		r.t.Fatalf("geoctl %v did not end within %v; stderr:\n%s", r.cmd.Args[1:], hangGuard, r.stderr.String())
 	}
 	<-r.done
 	err := r.cmd.Wait()
@@ -112,6 +130,25 @@ func lockRow(t *testing.T, db *sqlx.DB, id int64) func() {
 		}
 	})
 	return release
+}
+
+// waitLockWaiter waits until a session of db's database other than its
+// own waits for a lock: the batch behind a row lockRow holds.
+func waitLockWaiter(t *testing.T, db *sqlx.DB) {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for {
+		var n int
+		err := db.Get(&n, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`)
+		if err == nil && n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no batch waiting on the locked row within %v (%d, %v)", hangGuard, n, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the server: no event to wait on
+	}
 }
 
 // resumeArgs returns the arguments of the "resume with: geoctl ..." line
@@ -209,6 +246,11 @@ SELECT 'item', g, 2, 2, now(), 'k/' || g, now() FROM generate_series(1, $1::bigi
 	release := lockRow(t, db, 15500)
 	r = g.start("resync", "--all", "--type", "item", "--batch", "1000")
 	r.waitLine("batch 15:")
+	// The signal goes once batch 16's statement waits on the row: sent as
+	// the batch begins, its cancel could reach the server before the
+	// statement (lib/pq sends one), and geoctl then waited on the lock
+	// for ever (seen under load; a geoctl issue, reported).
+	waitLockWaiter(t, db)
 	require.NoError(t, r.cmd.Process.Signal(syscall.SIGINT))
 	out, errOut, code = r.wait()
 	require.Equal(t, 1, code, "interrupted run: stderr %s", errOut)

@@ -6,8 +6,10 @@
 //
 // The whole adapter is this file; app.go is the application's own code
 // (the lfs_objects table and the paths that store, re-point and delete an
-// object), and lfs_test.go the one-call conformance test. See
-// docs/adding-a-blob-type.md, "Content-addressed storage".
+// object), and lfs_test.go the one-call conformance test. See [Adding a
+// blob type], "Content-addressed storage".
+//
+// [Adding a blob type]: https://github.com/geoframework/geo/blob/main/docs/adding-a-blob-type.md
 package lfs
 
 import (

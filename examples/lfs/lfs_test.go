@@ -11,6 +11,7 @@ import (
 
 	"github.com/geoframework/geo/examples/lfs"
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -29,8 +30,24 @@ func store(project int64) func(context.Context, geotest.App, []byte) (int64, err
 	}
 }
 
-func TestConformance(t *testing.T) {
-	geotest.RunBlobStrategy(t, geotest.Harness{
+func TestConformance(t *testing.T) { geotest.RunBlobStrategy(t, harness()) }
+
+// TestConformanceObjectStorage runs the suite with the sites on S3
+// (versitygw): both, and each alone.
+func TestConformanceObjectStorage(t *testing.T) {
+	srv := s3test.New()
+	t.Cleanup(func() { _ = srv.Stop() })
+	for _, st := range geotest.ObjectStorage() {
+		t.Run(st.String(), func(t *testing.T) {
+			h := harness()
+			h.Storage, h.S3 = st, srv
+			geotest.RunBlobStrategy(t, h)
+		})
+	}
+}
+
+func harness() geotest.Harness {
+	return geotest.Harness{
 		Setup:    lfs.CreateSchema,
 		Strategy: func(db *sqlx.DB) strategy.BlobStrategy { return &lfs.Strategy{DB: db} },
 		Create:   store(1),
@@ -43,7 +60,7 @@ func TestConformance(t *testing.T) {
 		// Objects are content-addressed: records with equal bytes share a
 		// key, and a key comes back when its bytes do.
 		KeysMayCollide: true,
-	})
+	}
 }
 
 // TestCollectIsAtomicWithStore deletes the last record naming an object

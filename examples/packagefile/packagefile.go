@@ -1,5 +1,7 @@
 // Package packagefile replicates package files, the first blob type: the
-// whole adapter is this file. See docs/adding-a-blob-type.md.
+// whole adapter is this file. See [Adding a blob type].
+//
+// [Adding a blob type]: https://github.com/geoframework/geo/blob/main/docs/adding-a-blob-type.md
 package packagefile
 
 import (

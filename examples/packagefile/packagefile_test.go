@@ -8,6 +8,7 @@ import (
 
 	pf "github.com/geoframework/geo/examples/packagefile"
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -15,8 +16,24 @@ func app(a geotest.App) *pf.App {
 	return &pf.App{DB: a.DB, Storage: a.Storage, Publisher: a.Publisher, Adapter: &pf.Strategy{DB: a.DB}}
 }
 
-func TestConformance(t *testing.T) {
-	geotest.RunBlobStrategy(t, geotest.Harness{
+func TestConformance(t *testing.T) { geotest.RunBlobStrategy(t, harness()) }
+
+// TestConformanceObjectStorage runs the suite with the sites on S3
+// (versitygw): both, and each alone.
+func TestConformanceObjectStorage(t *testing.T) {
+	srv := s3test.New()
+	t.Cleanup(func() { _ = srv.Stop() })
+	for _, st := range geotest.ObjectStorage() {
+		t.Run(st.String(), func(t *testing.T) {
+			h := harness()
+			h.Storage, h.S3 = st, srv
+			geotest.RunBlobStrategy(t, h)
+		})
+	}
+}
+
+func harness() geotest.Harness {
+	return geotest.Harness{
 		Setup:          pf.CreateSchema,
 		Strategy:       func(db *sqlx.DB) strategy.BlobStrategy { return &pf.Strategy{DB: db} },
 		ScopedStrategy: func(db *sqlx.DB) strategy.BlobStrategy { return &pf.Strategy{DB: db, ProjectIDs: []int64{1}} },
@@ -30,5 +47,5 @@ func TestConformance(t *testing.T) {
 			return app(a).ReplaceFile(ctx, id, b)
 		},
 		Delete: func(ctx context.Context, a geotest.App, id int64) error { return app(a).DeleteFile(ctx, id) },
-	})
+	}
 }

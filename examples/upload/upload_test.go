@@ -9,6 +9,7 @@ import (
 
 	"github.com/geoframework/geo/examples/upload"
 	"github.com/geoframework/geo/geotest"
+	"github.com/geoframework/geo/geotest/s3test"
 	"github.com/geoframework/geo/strategy"
 )
 
@@ -23,8 +24,24 @@ func create(modelType string) func(context.Context, geotest.App, []byte) (int64,
 	}
 }
 
-func TestConformance(t *testing.T) {
-	geotest.RunBlobStrategy(t, geotest.Harness{
+func TestConformance(t *testing.T) { geotest.RunBlobStrategy(t, harness()) }
+
+// TestConformanceObjectStorage runs the suite with the sites on S3
+// (versitygw): both, and each alone.
+func TestConformanceObjectStorage(t *testing.T) {
+	srv := s3test.New()
+	t.Cleanup(func() { _ = srv.Stop() })
+	for _, st := range geotest.ObjectStorage() {
+		t.Run(st.String(), func(t *testing.T) {
+			h := harness()
+			h.Storage, h.S3 = st, srv
+			geotest.RunBlobStrategy(t, h)
+		})
+	}
+}
+
+func harness() geotest.Harness {
+	return geotest.Harness{
 		Setup:    upload.CreateSchema,
 		Strategy: func(db *sqlx.DB) strategy.BlobStrategy { return &upload.Strategy{DB: db} },
 		Create:   create("Project"),
@@ -37,5 +54,5 @@ func TestConformance(t *testing.T) {
 			return &upload.Strategy{DB: db, ModelTypes: []string{"Project", "Group"}}
 		},
 		CreateOutOfScope: create("User"),
-	})
+	}
 }

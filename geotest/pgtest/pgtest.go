@@ -5,8 +5,8 @@
 //
 // Each test gets a fresh database of its own (Server.NewDatabase), so tests
 // run in parallel without sharing rows. When no server can be had, a test
-// fails if the CI environment variable is set and is skipped with the reason
-// otherwise; it never passes silently.
+// fails, under CI and elsewhere, with what to install or set; it is never
+// skipped and never passes silently.
 //
 // pgtest is for tests and benchmarks, not for production use. It depends on
 // nothing else in geo, so any package (and any adopter's CI) can use it.
@@ -169,8 +169,8 @@ func (s *Server) Stop() error {
 // GEO_TEST_DATABASE_URL (or has not started).
 func (s *Server) Cluster() *Cluster { return s.cluster }
 
-// require starts the server or ends the test: a failure under CI, a skip
-// with the reason elsewhere.
+// require starts the server or fails the test with what to install or set,
+// under CI and elsewhere alike: a missing server is never a skip.
 func (s *Server) require(tb TB) {
 	tb.Helper()
 	if err := s.Start(context.Background()); err != nil {
@@ -181,10 +181,7 @@ func (s *Server) require(tb TB) {
 		if errors.Is(err, ErrUnreachable) {
 			msg = fmt.Sprintf("pgtest: no PostgreSQL server: %v", err) // the error says what to fix
 		}
-		if os.Getenv("CI") != "" {
-			tb.Fatal(msg)
-		}
-		tb.Skip(msg)
+		tb.Fatal(msg)
 	}
 }
 

@@ -2,7 +2,9 @@ package pgtest_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/geoframework/geo/geotest/pgtest"
@@ -33,5 +35,45 @@ func TestDatabasesAreIsolated(t *testing.T) {
 	}
 	if v < 130000 {
 		t.Fatalf("server_version_num = %d, want >= 130000", v)
+	}
+}
+
+// recTB records how a test ended; Fatal and Skip end it by panicking,
+// which end recovers, as testing.T's runtime.Goexit would.
+type recTB struct {
+	fatal, skip string
+}
+
+func (r *recTB) Helper()                           {}
+func (r *recTB) Fatal(args ...any)                 { r.fatal = fmt.Sprint(args...); panic(r) }
+func (r *recTB) Fatalf(format string, args ...any) { r.fatal = fmt.Sprintf(format, args...); panic(r) }
+func (r *recTB) Skip(args ...any)                  { r.skip = fmt.Sprint(args...); panic(r) }
+func (r *recTB) Logf(string, ...any)               {}
+func (r *recTB) Cleanup(func())                    {}
+
+func (r *recTB) end(f func(pgtest.TB)) {
+	defer func() {
+		if v := recover(); v != nil && v != any(r) {
+			panic(v)
+		}
+	}()
+	f(r)
+}
+
+// TestMissingServerFails: a server that cannot be had fails the test
+// outside CI too (CI unset; under CI it always failed), with what is
+// missing; it is never a skip, which go test's summary reads as "ok".
+// It waits out the connect's 30 s bound once.
+func TestMissingServerFails(t *testing.T) {
+	// Port 1 on loopback: nothing listens there.
+	t.Setenv(pgtest.EnvURL, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+	t.Setenv("CI", "")
+	r := &recTB{}
+	r.end(func(tb pgtest.TB) { pgtest.New(pgtest.Options{}).NewDatabase(tb) })
+	if r.fatal == "" || r.skip != "" {
+		t.Fatalf("want a failure, got fatal %q, skip %q", r.fatal, r.skip)
+	}
+	if !strings.Contains(r.fatal, "no PostgreSQL server") {
+		t.Errorf("message %q does not say what is missing", r.fatal)
 	}
 }

@@ -132,6 +132,7 @@ const (
 	OpGetObject               Op = "GetObject"
 	OpHeadObject              Op = "HeadObject"
 	OpDeleteObject            Op = "DeleteObject"
+	OpDeleteObjects           Op = "DeleteObjects"
 	OpListObjects             Op = "ListObjects"
 	OpOther                   Op = "Other"
 )
@@ -144,6 +145,8 @@ func Operation(r *http.Request) Op {
 	switch {
 	case !object && r.Method == http.MethodGet && (q.Has("list-type") || len(q) == 0 || q.Has("prefix")):
 		return OpListObjects
+	case !object && r.Method == http.MethodPost && q.Has("delete"):
+		return OpDeleteObjects
 	case !object:
 		return OpOther
 	case r.Method == http.MethodPut && q.Has("partNumber") && q.Has("uploadId"):

@@ -259,6 +259,7 @@ func TestOperation(t *testing.T) {
 		{"GET", "/b/k", s3test.OpGetObject},
 		{"HEAD", "/b/k", s3test.OpHeadObject},
 		{"GET", "/b?list-type=2&prefix=p", s3test.OpListObjects},
+		{"POST", "/b?delete=", s3test.OpDeleteObjects},
 		{"PUT", "/b", s3test.OpOther},
 	} {
 		r, err := http.NewRequest(c.method, "http://h"+c.target, nil)

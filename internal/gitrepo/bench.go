@@ -333,3 +333,15 @@ func (c *benchCounter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// RunGit runs git with args in dir (under Git's controlled environment;
+// nothing secret may be in args) and returns its standard output, trimmed:
+// for tests, benchmarks and tools that change repositories the way an
+// application does (a force-push, a deleted branch).
+func RunGit(ctx context.Context, g *Git, dir string, args ...string) (string, error) {
+	out, err := g.output(ctx, cmd{dir: dir, args: args})
+	if err != nil {
+		return "", fmt.Errorf("gitrepo: RunGit: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}

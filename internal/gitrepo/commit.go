@@ -60,6 +60,10 @@ func diffRefs(old, new []Ref) []refChange {
 // fsynced) and renamed into place in one rename; if a repository appeared
 // at the path meanwhile, the error wraps ErrStale and nothing changes.
 //
+// A replacing stage (FetchParams.Replace) is made durable the same way;
+// the live copy, if it is still the one the fetch saw (else ErrStale), is
+// renamed into the Store's trash and the stage into its place.
+//
 // For a live copy, Commit first checks that the copy is the one the stage
 // borrowed from (same directory), then:
 //  1. moves the stage's new objects into the copy: each pack's files,
@@ -85,9 +89,12 @@ func (st *Stage) Commit(ctx context.Context) error {
 	st.done = true
 	defer os.RemoveAll(st.dir)
 	var err error
-	if st.isNew {
+	switch {
+	case st.isNew:
 		err = st.commitNew()
-	} else {
+	case st.replace:
+		err = st.commitReplace()
+	default:
 		err = st.commitExisting(ctx)
 	}
 	if err != nil {

@@ -43,6 +43,13 @@ type FetchParams struct {
 	// command line that other users may read in /proc (the HEAD request
 	// is made in-process), and never appears in an error.
 	Authorization string
+	// Replace fetches the whole repository afresh (a mirror clone, not a
+	// fetch borrowing the live copy's objects), and Commit then puts it in
+	// place of the live copy. It is for a copy whose objects are damaged
+	// or missing: a fetch borrowing them would trust them (git offers the
+	// copy's refs as haves and the primary sends nothing it reaches).
+	// Without a live copy it changes nothing.
+	Replace bool
 }
 
 // fetchConfig is the configuration of every command that talks to the
@@ -81,6 +88,7 @@ type Stage struct {
 	newRefs []Ref  // the stage's refs: the primary's
 	oldHead string // the live copy's HEAD target ("" when not symbolic)
 	head    string // the primary's HEAD target ("" when unknown)
+	replace bool   // a whole clone that replaces the live copy at Commit
 	done    bool
 }
 
@@ -124,12 +132,17 @@ func (s *Store) Fetch(ctx context.Context, p FetchParams) (*Stage, error) {
 	st.dir, _ = s.tempName("stage")
 	if _, err := os.Lstat(live); errors.Is(err, fs.ErrNotExist) {
 		st.isNew = true
-	} else if err := bareRepository(live); err != nil {
+	} else if err := bareRepository(live); err != nil && !p.Replace {
 		// Not geo's doing (its renames leave a whole repository or
 		// nothing): an operator must look.
 		return nil, fmt.Errorf("gitrepo: fetch: the path holds no bare repository: %w", err)
+	} else if p.Replace {
+		st.replace = true
+		if st.liveID, err = os.Lstat(live); err != nil {
+			return nil, fmt.Errorf("gitrepo: fetch: live copy: %w", err)
+		}
 	}
-	if st.isNew {
+	if st.isNew || st.replace {
 		err = st.clone(ctx, p, config)
 	} else {
 		err = st.fetch(ctx, p, config)
@@ -380,7 +393,7 @@ func (st *Stage) Checksum() string { return ChecksumRefs(st.newRefs) }
 // Changed reports whether committing the stage would change the live
 // copy: a new repository, a ref to create, move or delete, or a new HEAD.
 func (st *Stage) Changed() bool {
-	if st.isNew {
+	if st.isNew || st.replace {
 		return true
 	}
 	return len(diffRefs(st.oldRefs, st.newRefs)) > 0 || (st.head != "" && st.head != st.oldHead)

@@ -236,3 +236,41 @@ func BenchmarkSettle(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSettleFailed measures recording failed syncs (SettleFailed, one
+// transaction per row, 8 at a time as workers do): the one settle that
+// writes the failure indexes (geo_registry_failed_due, and
+// geo_registry_new_failures on a row's first failure).
+func BenchmarkSettleFailed(b *testing.B) {
+	const batch = 100
+	reason := "transfer: fetch package_file/123456: primary answered 503 Service Unavailable"
+	for _, mode := range paramModes {
+		b.Run(mode.name, func(b *testing.B) {
+			ctx := context.Background()
+			db := benchDB(b, mode.binary)
+			s, err := regstore.NewStore(db, regstore.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			claims := claimedRows(b, s, db, b.N*batch, batch)
+			b.ResetTimer()
+			for _, cs := range claims {
+				var g errgroup.Group
+				g.SetLimit(8)
+				for _, c := range cs {
+					g.Go(func() error {
+						ok, err := s.SettleFailed(ctx, "bench", c, reason, false)
+						if err == nil && !ok {
+							b.Error("not settled")
+						}
+						return err
+					})
+				}
+				if err := g.Wait(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRows(b, b.N*batch)
+		})
+	}
+}

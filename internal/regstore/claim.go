@@ -49,6 +49,10 @@ type Claim struct {
 	// VerificationChecksum is the local SHA-256 (hex) recorded by the last
 	// sync or verification, "" if none.
 	VerificationChecksum string
+	// VerificationFailed is true when the row's last verification failed
+	// (a mismatch, a missing or damaged local copy): the sync must not
+	// trust the local copy, for example by fetching only what it lacks.
+	VerificationFailed bool
 	// LastSyncedAt is when the row was last synced; zero if never or since
 	// it was last marked pending.
 	LastSyncedAt time.Time
@@ -121,7 +125,7 @@ WHERE r.replicable = p.replicable AND r.model_id = p.model_id
 RETURNING r.replicable, r.model_id, r.seq, p.state AS prev_state, r.retry_count,
   coalesce(r.blob_key, '') AS blob_key, coalesce(r.staged_key, '') AS staged_key, coalesce(r.blob_size, 0) AS blob_size,
   coalesce(r.verification_checksum, '') AS verification_checksum,
-  r.last_synced_at, r.lease_expires_at`
+  r.verification_state = 3 AS verification_failed, r.last_synced_at, r.lease_expires_at`
 
 // Claim claims due rows for owner in one statement and leases them for
 // lease: for each type in limits, up to Limit rows, taking started rows
@@ -184,6 +188,7 @@ func (s *Store) Claim(ctx context.Context, p ClaimParams) ([]Claim, error) {
 			StagedKey:            r.StagedKey,
 			BlobSize:             r.BlobSize,
 			VerificationChecksum: r.VerificationChecksum,
+			VerificationFailed:   r.VerificationFailed,
 			LastSyncedAt:         r.LastSyncedAt.Time,
 			LeaseExpiresAt:       r.LeaseExpiresAt,
 		}
@@ -254,6 +259,7 @@ type claimScan struct {
 	StagedKey            string       `db:"staged_key"`
 	BlobSize             int64        `db:"blob_size"`
 	VerificationChecksum string       `db:"verification_checksum"`
+	VerificationFailed   bool         `db:"verification_failed"`
 	LastSyncedAt         sql.NullTime `db:"last_synced_at"`
 	LeaseExpiresAt       time.Time    `db:"lease_expires_at"`
 }
@@ -501,7 +507,7 @@ func (s *Store) deleteRow(ctx context.Context, extra string, removeIfNone bool, 
 		if remove == nil {
 			return nil
 		}
-		return removeReleased(ctx, tx, row, releasedKeys("", key, staged, extra), remove)
+		return s.removeReleased(ctx, tx, row, releasedKeys("", key, staged, extra), remove)
 	})
 	if errors.Is(err, errStale) {
 		return false, nil
@@ -511,17 +517,17 @@ func (s *Store) deleteRow(ctx context.Context, extra string, removeIfNone bool, 
 
 // removeReleased removes, in tx and under their key locks, the bytes at
 // each of keys (released by row) that no other registry row names.
-func removeReleased(ctx context.Context, tx *sqlx.Tx, row Key, keys []string, remove func(context.Context, string) error) error {
+func (s *Store) removeReleased(ctx context.Context, tx *sqlx.Tx, row Key, keys []string, remove func(context.Context, string) error) error {
 	rels := make([]release, len(keys))
 	for i, k := range keys {
 		rels[i] = release{key: k, rowKey: row}
 	}
-	free, err := unreferenced(ctx, tx, rels)
+	free, err := s.unreferenced(ctx, tx, rels)
 	if err != nil {
 		return err
 	}
 	for _, k := range keys {
-		if !free[k] {
+		if !free.has(row.Replicable, k) {
 			continue
 		}
 		if err := remove(ctx, k); err != nil {
@@ -639,15 +645,14 @@ func (s *Store) DeleteRows(ctx context.Context, replicable string, ids []int64, 
 				keys = append(keys, k)
 			}
 		}
-		free, err := checkReleased(ctx, tx, rels, true)
+		free, err := s.checkReleased(ctx, tx, rels, true)
 		if err != nil {
 			return err
 		}
 		var gone []string
 		for _, k := range keys {
-			if free[k] {
+			if free.take(replicable, k) { // a key two rows released is removed once
 				gone = append(gone, k)
-				delete(free, k) // a key two rows released is removed once
 			}
 		}
 		if len(gone) == 0 || remove == nil {

@@ -23,6 +23,13 @@ type KeyedRow struct {
 // costs one index walk whatever its size; byte order is the order of a
 // storage's key listing (blob.Lister), so the two can be merged.
 func (s *Store) SyncedKeys(ctx context.Context, after KeyedRow, limit int) ([]KeyedRow, error) {
+	return s.SyncedKeysOf(ctx, nil, after, limit)
+}
+
+// SyncedKeysOf is SyncedKeys for the rows of types only (nil: every
+// type): the existence scan of one kind's storage reads the rows of that
+// kind's types.
+func (s *Store) SyncedKeysOf(ctx context.Context, types []string, after KeyedRow, limit int) ([]KeyedRow, error) {
 	if limit <= 0 {
 		return nil, fmt.Errorf("registry: synced keys: limit = %d, want > 0", limit)
 	}
@@ -30,9 +37,9 @@ func (s *Store) SyncedKeys(ctx context.Context, after KeyedRow, limit int) ([]Ke
 	err := s.db.SelectContext(ctx, &rows, `
 SELECT blob_key, replicable, model_id, seq FROM geo_registry
 WHERE blob_key IS NOT NULL AND (blob_key COLLATE "C", replicable COLLATE "C", model_id) > ($1 COLLATE "C", $2 COLLATE "C", $3)
-  AND state = 2
+  AND state = 2 AND ($5::text[] IS NULL OR replicable = ANY($5::text[]))
 ORDER BY blob_key COLLATE "C", replicable COLLATE "C", model_id
-LIMIT $4`, after.BlobKey, after.Replicable, after.ModelID, limit)
+LIMIT $4`, after.BlobKey, after.Replicable, after.ModelID, limit, pq.Array(types))
 	if err != nil {
 		return nil, fmt.Errorf("registry: synced keys: %w", err)
 	}

@@ -24,6 +24,18 @@ func (s *Store) ExplainClaim(ctx context.Context, owner string, lease time.Durat
 	return strings.Join(lines, "\n"), nil
 }
 
+// ExplainAnalyzeNewFailures runs NewFailures' statement under EXPLAIN
+// ANALYZE and returns its plan with the row counts and heap fetches. For
+// tests.
+func (s *Store) ExplainAnalyzeNewFailures(ctx context.Context, types []string, since time.Time, limit int) (string, error) {
+	var lines []string
+	if err := s.db.SelectContext(ctx, &lines, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) `+newFailuresSQL,
+		pq.Array(types), since, limit); err != nil {
+		return "", err
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
 // The key-joined statements of claim and settle transactions, for plan
 // tests.
 const (

@@ -64,17 +64,20 @@ const lockBulkSQL = `SELECT pg_advisory_xact_lock(hashtext('geo_registry_bulk:' 
 
 // referencedSQL returns the keys among $1 that some registry row names
 // (blob_key or staged_key), not counting the rows releasing that key: row
-// ($2[i], $3[i]) releases key $1[i]. Each column is probed through its
+// ($2[i], $3[i]) releases key $1[i]; with each, the key space of the row
+// naming it ($4[j] is the space of type $5[j]; "" for a type not listed:
+// its references count in every space). Each column is probed through its
 // own index (migration 0009) for all the keys at once; a key many rows
 // share reads all their index entries.
 const referencedSQL = `
-SELECT DISTINCT x.key FROM (
+SELECT DISTINCT x.key, coalesce(sp.space, '') AS space FROM (
   SELECT r.blob_key AS key, r.replicable, r.model_id FROM geo_registry r
   WHERE r.blob_key COLLATE "C" = ANY($1::text[])
   UNION ALL
   SELECT r.staged_key, r.replicable, r.model_id FROM geo_registry r
   WHERE r.staged_key COLLATE "C" = ANY($1::text[])
 ) x
+LEFT JOIN unnest($5::text[], $4::text[]) AS sp(replicable, space) ON sp.replicable = x.replicable
 WHERE NOT EXISTS (
   SELECT 1 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS e(key, replicable, model_id)
   WHERE e.key = x.key AND e.replicable = x.replicable AND e.model_id = x.model_id)`
@@ -84,6 +87,48 @@ WHERE NOT EXISTS (
 type release struct {
 	key    string
 	rowKey Key
+	// typ is the type whose key space key is in, when rowKey is zero (a
+	// check that counts the row's own references too); else rowKey's.
+	typ string
+}
+
+// typeOf returns the type whose key space r's key is in.
+func (r release) typeOf() string {
+	if r.typ != "" {
+		return r.typ
+	}
+	return r.rowKey.Replicable
+}
+
+// Key spaces. Each kind of replicable keeps its data in a storage of its
+// own (blobs in the site's blob storage, git repositories under the
+// repository root), so a key names bytes only within its kind's storage:
+// R7 holds per key space. Options.KeySpaces maps each type to its space;
+// a row of a type in another space never keeps a key's bytes, and a type
+// the map does not list (or a store without the map) shares every space,
+// the safe side. Locks stay per key string: two spaces using one string
+// only serialise their removals.
+
+// spaceKey is a key within its key space.
+type spaceKey struct{ space, key string }
+
+// keyFree is the set of released keys that no row of their space names:
+// their bytes may be removed.
+type keyFree struct {
+	set    map[spaceKey]bool
+	spaces map[string]string
+}
+
+// has reports whether key, released by a row of type typ, is free.
+func (f keyFree) has(typ, key string) bool { return f.set[spaceKey{f.spaces[typ], key}] }
+
+// take is has, and forgets key so that a second release of it in the same
+// space is not removed twice.
+func (f keyFree) take(typ, key string) bool {
+	k := spaceKey{f.spaces[typ], key}
+	ok := f.set[k]
+	delete(f.set, k)
+	return ok
 }
 
 // lockKeys takes the advisory locks of keys in tx, exclusive (a removal)
@@ -103,17 +148,19 @@ func lockKeys(ctx context.Context, tx *sqlx.Tx, keys []string, shared bool) erro
 }
 
 // unreferenced locks the keys of rels and returns those that no registry
-// row names any more, apart from the rows releasing them: their bytes may
-// be removed in tx, before it commits. The locks are held until tx ends.
-func unreferenced(ctx context.Context, tx *sqlx.Tx, rels []release) (map[string]bool, error) {
-	return checkReleased(ctx, tx, rels, false)
+// row of their key space names any more, apart from the rows releasing
+// them: their bytes may be removed in tx, before it commits. The locks
+// are held until tx ends.
+func (s *Store) unreferenced(ctx context.Context, tx *sqlx.Tx, rels []release) (keyFree, error) {
+	return s.checkReleased(ctx, tx, rels, false)
 }
 
 // checkReleased is unreferenced; bulk takes the bulk lock instead of one
 // lock per key.
-func checkReleased(ctx context.Context, tx *sqlx.Tx, rels []release, bulk bool) (map[string]bool, error) {
+func (s *Store) checkReleased(ctx context.Context, tx *sqlx.Tx, rels []release, bulk bool) (keyFree, error) {
+	free := keyFree{set: make(map[spaceKey]bool, len(rels)), spaces: s.spaces}
 	if len(rels) == 0 {
-		return nil, nil
+		return free, nil
 	}
 	keys, types := make([]string, len(rels)), make([]string, len(rels))
 	ids := make([]int64, len(rels))
@@ -122,21 +169,35 @@ func checkReleased(ctx context.Context, tx *sqlx.Tx, rels []release, bulk bool) 
 	}
 	if bulk {
 		if _, err := tx.ExecContext(ctx, lockBulkSQL); err != nil {
-			return nil, fmt.Errorf("lock keys: %w", err)
+			return free, fmt.Errorf("lock keys: %w", err)
 		}
 	} else if err := lockKeys(ctx, tx, keys, false); err != nil {
-		return nil, err
+		return free, err
 	}
-	var named []string
-	if err := tx.SelectContext(ctx, &named, referencedSQL, pq.Array(keys), pq.Array(types), pq.Array(ids)); err != nil {
-		return nil, fmt.Errorf("check key references: %w", err)
+	var named []struct {
+		Key   string `db:"key"`
+		Space string `db:"space"`
 	}
-	free := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		free[k] = true
+	if err := tx.SelectContext(ctx, &named, referencedSQL, pq.Array(keys), pq.Array(types), pq.Array(ids),
+		pq.Array(s.spaceNames), pq.Array(s.spaceTypes)); err != nil {
+		return free, fmt.Errorf("check key references: %w", err)
 	}
-	for _, k := range named {
-		delete(free, k)
+	// A reference of an unlisted type ("") counts in every space; a key
+	// released by an unlisted type is referenced by a row of any space.
+	inAll := map[string]bool{}
+	bySpace := map[spaceKey]bool{}
+	for _, n := range named {
+		if n.Space == "" {
+			inAll[n.Key] = true
+		}
+		bySpace[spaceKey{n.Space, n.Key}] = true
+		bySpace[spaceKey{"", n.Key}] = true
+	}
+	for _, r := range rels {
+		k := spaceKey{s.spaces[r.typeOf()], r.key}
+		if !inAll[r.key] && !bySpace[k] {
+			free.set[k] = true
+		}
 	}
 	return free, nil
 }

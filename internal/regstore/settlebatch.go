@@ -185,7 +185,7 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 		for j, e := range todo {
 			idx[j] = e.i
 		}
-		if err := removeReleasedBatch(ctx, tx, items, idx, published, out); err != nil {
+		if err := s.removeReleasedBatch(ctx, tx, items, idx, published, out); err != nil {
 			return err
 		}
 		var (
@@ -255,9 +255,9 @@ func (s *Store) SettleSyncedBatch(ctx context.Context, owner string, items []Set
 // item whose removal fails is no longer published: its row stays
 // started, and out records why. A key released by several items is
 // removed once.
-func removeReleasedBatch(ctx context.Context, tx *sqlx.Tx, items []SettleItem, idx []int, published []bool, out []SettleOutcome) error {
+func (s *Store) removeReleasedBatch(ctx context.Context, tx *sqlx.Tx, items []SettleItem, idx []int, published []bool, out []SettleOutcome) error {
 	var rels []release
-	by := map[string][]int{} // key -> positions in idx releasing it
+	by := map[spaceKey][]int{} // key in its space -> positions in idx releasing it
 	for j, i := range idx {
 		it := items[i]
 		if !published[j] || it.Remove == nil {
@@ -265,10 +265,11 @@ func removeReleasedBatch(ctx context.Context, tx *sqlx.Tx, items []SettleItem, i
 		}
 		for _, k := range releasedKeys(it.Result.BlobKey, it.Claim.BlobKey, it.Claim.StagedKey) {
 			rels = append(rels, release{key: k, rowKey: it.Claim.Key()})
-			by[k] = append(by[k], j)
+			sk := spaceKey{s.spaces[it.Claim.Replicable], k}
+			by[sk] = append(by[sk], j)
 		}
 	}
-	free, err := unreferenced(ctx, tx, rels)
+	free, err := s.unreferenced(ctx, tx, rels)
 	if err != nil {
 		return err
 	}
@@ -276,8 +277,9 @@ func removeReleasedBatch(ctx context.Context, tx *sqlx.Tx, items []SettleItem, i
 		wg sync.WaitGroup
 		mu sync.Mutex
 	)
-	for k, js := range by {
-		if !free[k] {
+	for sk, js := range by {
+		k := sk.key
+		if !free.has(items[idx[js[0]]].Claim.Replicable, k) {
 			continue
 		}
 		it := items[idx[js[0]]]

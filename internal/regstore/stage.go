@@ -54,11 +54,11 @@ func (s *Store) ClearStagedKey(ctx context.Context, owner string, c Claim, remov
 		}
 		// The row's own blob_key counts: its bytes are released by the
 		// settle that records the new key, not here.
-		free, err := unreferenced(ctx, tx, []release{{key: c.StagedKey}})
+		free, err := s.unreferenced(ctx, tx, []release{{key: c.StagedKey, typ: c.Replicable}})
 		if err != nil {
 			return err
 		}
-		if free[c.StagedKey] {
+		if free.has(c.Replicable, c.StagedKey) {
 			if err := remove(ctx, c.StagedKey); err != nil {
 				return fmt.Errorf("remove staged key %q: %w", c.StagedKey, err)
 			}

@@ -20,6 +20,12 @@ import (
 // DefaultMaxFailureLen is the default Options.MaxFailureLen.
 const DefaultMaxFailureLen = 255
 
+// MaxFailureLenMax is the largest Options.MaxFailureLen accepted: the
+// failure indexes carry the reason (migration 0011), and an index entry
+// holds at most about 2,700 bytes, so a longer reason would make the
+// failure's settle fail.
+const MaxFailureLenMax = 2000
+
 // Options configures a Store. The zero value gives the defaults.
 type Options struct {
 	// Now is the clock. Every time the store writes or compares (retry_at,
@@ -33,8 +39,15 @@ type Options struct {
 	// last_sync_failure (and verification_failure, geo_checksums.failure);
 	// longer reasons are cut on a rune boundary and end with "…" within
 	// the bound (below 3 bytes, without it). 0 means DefaultMaxFailureLen;
-	// negative is an error.
+	// negative or above MaxFailureLenMax is an error.
 	MaxFailureLen int
+	// KeySpaces maps each registered type to the key space its keys live
+	// in: the kind's storage ("blob" for the site's blob storage,
+	// "repository" for its repository root). R7 holds per space: bytes at a
+	// key are kept while a row of a type in the same space (or of a type
+	// the map does not list) names the key, and rows of other spaces do not
+	// keep them. Nil means one space for every type. Only Store reads it.
+	KeySpaces map[string]string
 }
 
 // Store is the PostgreSQL store of the secondary's registry rows: the sync
@@ -50,6 +63,10 @@ type Options struct {
 // recommended for the tracking database and changes no behaviour here.
 type Store struct {
 	base
+	// spaces is Options.KeySpaces; spaceTypes and spaceNames are it as
+	// parallel arrays for referencedSQL.
+	spaces                 map[string]string
+	spaceTypes, spaceNames []string
 	// Store gives the engines the registry's public reads and admin
 	// actions (counts, folds, resync...) on the same database.
 	*registry.Store
@@ -72,8 +89,8 @@ func newBase(who string, db *sqlx.DB, opts Options) (base, error) {
 	if db == nil {
 		return base{}, fmt.Errorf("registry: %s: db is nil", who)
 	}
-	if opts.MaxFailureLen < 0 {
-		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want >= 0", who, opts.MaxFailureLen)
+	if opts.MaxFailureLen < 0 || opts.MaxFailureLen > MaxFailureLenMax {
+		return base{}, fmt.Errorf("registry: %s: Options.MaxFailureLen = %d, want 0 to %d", who, opts.MaxFailureLen, MaxFailureLenMax)
 	}
 	b := base{db: db, stmts: stmtcache.New(db), now: opts.Now, retry: opts.Retry, maxFailureLen: opts.MaxFailureLen}
 	if b.now == nil {
@@ -99,7 +116,16 @@ func NewStore(db *sqlx.DB, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{base: b, Store: pub}, nil
+	st := &Store{base: b, Store: pub, spaces: map[string]string{}}
+	for typ, space := range opts.KeySpaces {
+		if space == "" {
+			return nil, fmt.Errorf("registry: NewStore: Options.KeySpaces[%q] is empty", typ)
+		}
+		st.spaces[typ] = space
+		st.spaceTypes = append(st.spaceTypes, typ)
+		st.spaceNames = append(st.spaceNames, space)
+	}
+	return st, nil
 }
 
 // DB returns the handle the store uses.

@@ -6,13 +6,19 @@
 //
 // Metrics are registered on the prometheus.Registerer the caller passes,
 // never on the global default registry unless that is what the caller
-// passes. Gauges describing the databases are refreshed on an interval by
-// Run (the registry's maintained counts per refresh, plus index lookups:
-// the cost does not grow with the registry), never per scrape: a scrape only reads the last snapshot, so
-// any number of scrapers cost the database nothing.
+// passes. [NewSecondary] gives a secondary's metrics, an Observer to put in
+// replicator.SecondaryConfig.Observer; [NewPrimary] the primary's, for
+// replicator.PrimaryConfig.Observer. Gauges describing the databases are
+// refreshed on an interval by [Secondary.Run] and [Primary.Run] (the
+// registry's maintained counts per refresh, plus index lookups: the cost
+// does not grow with the registry), never per scrape: a scrape only reads
+// the last snapshot, so any number of scrapers cost the database nothing.
 //
-// It is not a status API: replicator.Secondary.Status is. The metric names
-// are listed in docs/operations.md.
+// It is not a status API: [replicator.Secondary.Status] is. The metric
+// names, with alerts to start from, are listed in [Operating geo],
+// "Metrics".
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 package metrics
 
 import (
@@ -222,7 +228,7 @@ var (
 	dMissing      = desc("geo_registry_missing_on_primary_rows", "Registry rows whose last sync failed because the primary lacks the bytes, by type.", lType)
 	dPrimary      = desc("geo_primary_records", "Records of the type on the primary, as of the last consistency pass this process finished.", lType)
 	dPaused       = desc("geo_sync_paused", "1 while an operator paused the type's sync, else 0.", lType)
-	dInFlight     = desc("geo_sync_in_flight", "Syncs this process runs now (capacity in use), by type.", lType)
+	dInFlight     = desc("geo_sync_in_flight", "Syncs this process runs now (rows claimed, being synced or settled), by type.", lType)
 	dCapacity     = desc("geo_sync_capacity", "Configured concurrent syncs per type (SecondaryConfig.SyncCapacityPerType).", lType)
 	dCapacityAll  = desc("geo_sync_capacity_all_types", "Configured concurrent syncs over all types (SecondaryConfig.SyncCapacityTotal).", nil)
 	dOldest       = desc("geo_oldest_pending_age_seconds", "How long the next pending row of the type has waited (0 when none is pending).", lType)

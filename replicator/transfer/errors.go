@@ -21,6 +21,13 @@ var ErrMissingOnPrimary = fmt.Errorf("missing on primary: %w", strategy.ErrBlobM
 // GET and HEAD TransferPathPrefix + "{replicable}/{id}".
 const TransferPathPrefix = "/geo/v1/blobs/"
 
+// RepositoryPathPrefix is where the primary serves git repositories: git's
+// smart HTTP protocol, upload-pack only (clone and fetch), at
+// RepositoryPathPrefix + "{replicable}/{id}" (git appends /info/refs and
+// /git-upload-pack), authenticated by the same per-record tokens as blob
+// transfers. Push is refused.
+const RepositoryPathPrefix = "/geo/v1/repositories/"
+
 // ErrSizeMismatch is the sync failure (wrapped) when the body received is
 // shorter or longer than its announced size, for example a truncated
 // transfer.

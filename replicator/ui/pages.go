@@ -41,6 +41,12 @@ type typeView struct {
 	// Untracked is how many of the primary's records have no row yet.
 	Untracked int64
 	Reasons   []reasonView
+	// Sample is the most failed rows of each kind the reasons are counted
+	// over (StatusOptions.FailureSample); Sampled says the type has more
+	// failed rows than that, so the reasons' counts are a sample's, not
+	// totals.
+	Sample  int64
+	Sampled bool
 }
 
 // metric is one line of a type's counts.
@@ -89,7 +95,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 			body.Status = st
 			p.Health = string(st.Health)
 			for _, ts := range st.Types {
-				body.Types = append(body.Types, typeOf(ts))
+				body.Types = append(body.Types, typeOf(ts, h.cfg.Status.FailureSample))
 			}
 		}
 	}
@@ -114,9 +120,15 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 	h.render(w, "overview", code, p, start)
 }
 
-func typeOf(ts replicator.TypeStatus) typeView {
+// typeOf is ts on the overview; sample is the failure sample its reasons
+// were counted over.
+func typeOf(ts replicator.TypeStatus, sample int) typeView {
 	c := ts.Counts
-	v := typeView{TypeStatus: ts, Whole: max(c.Total, ts.PrimaryRecords)}
+	v := typeView{TypeStatus: ts, Whole: max(c.Total, ts.PrimaryRecords), Sample: int64(sample)}
+	// VerificationFailed counts every row whose verification failed, the
+	// sampled ones (synced) among them: more than the sample may still be
+	// all of those, but it is never said to be when it is not.
+	v.Sampled = c.Failed > v.Sample || c.VerificationFailed > v.Sample
 	verified := min(c.VerificationSucceeded, c.Synced)
 	if ts.PrimaryRecords > c.Total {
 		v.Untracked = ts.PrimaryRecords - c.Total

@@ -1,7 +1,8 @@
-// Package ui is geo's web status page: an http.Handler a host application
-// mounts on its own mux, on a secondary site or on the primary.
+// Package ui is geo's web status page: an http.Handler ([Handler], built by
+// [New]) a host application mounts on its own mux, on a secondary site or
+// on the primary.
 //
-// On a secondary (Config.Tracking) it shows, per type, the registry's rows
+// On a secondary ([Config].Tracking) it shows, per type, the registry's rows
 // by state as progress bars (synced, verified, failed, pending, missing on
 // primary), the backfill's progress and ETA and whether the type is
 // paused; the event consumer's lag; the secondary processes with their
@@ -30,7 +31,9 @@
 // public registry reads), so it needs no running secondary in its
 // process: `geoctl ui` serves it against a tracking database alone.
 // Reading is not authorised here: put the host's authentication in front
-// of the whole handler. See docs/operations.md.
+// of the whole handler. See [Operating geo], "The web status page".
+//
+// [Operating geo]: https://github.com/geoframework/geo/blob/main/docs/operations.md
 package ui
 
 import (
@@ -121,8 +124,9 @@ type Config struct {
 	Waker Waker
 
 	// Status tunes the status report (see replicator.StatusOptions and its
-	// defaults). Status.Primary nil means Primary: the event lag is then
-	// measured on it rather than taken from the consumer's heartbeat.
+	// defaults). When its Primary is nil, Config.Primary is used: the
+	// event lag is then measured there rather than taken from the
+	// consumer's heartbeat.
 	Status replicator.StatusOptions
 	// RefreshInterval is how often the page's script refreshes the live
 	// part of the page; 0 means RefreshIntervalDefault, and less than
@@ -263,6 +267,9 @@ func applyDefaults(cfg *Config) error {
 	}
 	if cfg.Status.Now == nil {
 		cfg.Status.Now = cfg.Now
+	}
+	if cfg.Status.FailureSample <= 0 {
+		cfg.Status.FailureSample = replicator.StatusFailureSampleDefault
 	}
 	cfg.Types = append([]string(nil), cfg.Types...)
 	return nil

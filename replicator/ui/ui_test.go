@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -344,7 +345,7 @@ func TestPages(t *testing.T) {
 		"400 of 1,000 (40.0%)", "ETA 3m10s",
 		"1.5s, 12 events", "by the consumer (its last heartbeat)",
 		"sec-a", "host-a", "consumer, consistency",
-		"primary answered 503 for item/N", "50 rows",
+		"primary answered 503 for item/N", "50 rows", "Counted over every failed row.",
 	} {
 		require.Contains(t, page, want)
 	}
@@ -415,6 +416,30 @@ func mustHead(t *testing.T, u string) http.Header {
 
 // /status.json is geoctl status -o json's report (replicator.Status),
 // snake_case throughout.
+// A type with more failed rows than the failure sample says its reasons
+// were counted over a sample, and of how many: the page said "Counted over
+// the most recently failed rows" whatever the numbers, so a sample's
+// counts read as totals.
+func TestFailureReasonsSayWhenSampled(t *testing.T) {
+	t.Parallel()
+	db := trackingDB(t)
+	fill(t, db, 100) // 10 failed: 5 of each reason
+	h, err := ui.New(ui.Config{Tracking: db, ReadOnly: true, Status: replicator.StatusOptions{FailureSample: 4}})
+	require.NoError(t, err)
+	code, page := newClient(t).get(serve(t, h))
+	require.Equal(t, http.StatusOK, code, page)
+	require.Contains(t, page, "Counted over a sample: the 4 most recently failed rows of each kind, of 10 failed; "+
+		"the counts are the sample's, not totals.")
+	require.NotContains(t, page, "Counted over every failed row.")
+	var sum int
+	for _, m := range regexp.MustCompile(`<span class="count">(\d+) rows?</span>`).FindAllStringSubmatch(page, -1) {
+		n, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		sum += n
+	}
+	require.Equal(t, 4, sum, "the reasons count the sample's rows")
+}
+
 func TestStatusJSON(t *testing.T) {
 	ctx := context.Background()
 	db := trackingDB(t)

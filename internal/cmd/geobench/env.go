@@ -58,6 +58,7 @@ type bench struct {
 	secondaryRoot string
 	primaryStore  *blob.Bucket
 	secondStore   *blob.Bucket
+	s3            *s3Site // -storage s3: the secondary's bucket
 
 	typ     *testtype.Type
 	creds   transfer.Credentials
@@ -128,7 +129,15 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (_ *bench, err e
 	if b.primaryStore, err = dirblob.Open(b.primaryRoot); err != nil {
 		return nil, err
 	}
-	if b.secondStore, err = dirblob.Open(b.secondaryRoot); err != nil {
+	if o.storage == storageS3 {
+		b.logf("starting a throwaway versitygw for the secondary's storage")
+		if b.s3, err = startS3(ctx); err != nil {
+			return nil, err
+		}
+		if b.secondStore, err = b.s3.open(ctx); err != nil {
+			return nil, err
+		}
+	} else if b.secondStore, err = dirblob.Open(b.secondaryRoot); err != nil {
 		return nil, err
 	}
 
@@ -232,6 +241,9 @@ func (b *bench) close() error {
 	}
 	if b.cluster != nil {
 		errs = append(errs, b.cluster.Stop())
+	}
+	if b.s3 != nil {
+		errs = append(errs, b.s3.gw.Stop())
 	}
 	if b.removeDir {
 		errs = append(errs, os.RemoveAll(b.dir))

@@ -16,13 +16,17 @@
 //	backfill   -n 1000000         consistency pass creating N registry rows vs raw unnest inserts
 //	sync-small -n 20000 -size 4KiB  N pending rows synced end to end vs raw GET+SHA-256+fsync+rename
 //	sync-large -size 1GiB         one blob end to end vs raw GET+SHA-256+fsync copy
+//	  (sync-small and sync-large with -storage s3: the secondary on a throwaway
+//	  versitygw, against raw GET+SHA-256+PUT to the same server)
 //	event-lag  -rate 500 -duration 20s  p99 commit-to-synced latency (ms) at a steady create rate
 //	status     -n 1000000         one grouped Counts pass over N registry rows
 //	verify     -n 2000 -size 1MiB re-verification MB/s vs raw SHA-256 over the same files
+//	  (-storage s3: objects on versitygw, against raw GET+SHA-256 of the same objects)
 //	claim-order -n 1000000        ms from lease expiry / retry due to claim behind N pending rows
 //	orphans    -n 100000          consistency pass removing N orphans with files vs raw DELETE + unlink
 //	existence  -n 1000000         one existence scan (R7's detection) vs raw key read + directory walk
 //	resync-all -n 1000000         batched resync of N synced rows (geoctl resync --all) vs raw batched UPDATE
+//	repo-sync  -n 500             N git repositories (50 commits, plus 3 large) synced end to end vs raw git clone --mirror; then one push's event to synced
 //
 // Usage:
 //
@@ -59,6 +63,7 @@ type options struct {
 	warmup      time.Duration
 	batch       int
 	dir         string
+	storage     string
 	cpuprofile  string
 	verbose     bool
 }
@@ -93,6 +98,8 @@ func scenarios() []scenario {
 			doc: "consistency pass removing N orphan rows with 4 KiB files (rows/s) vs raw DELETE = ANY + unlink"},
 		{name: "existence", n: 1_000_000, run: runExistence,
 			doc: "one existence scan over N synced rows and their files (rows/s) vs raw key read + directory walk"},
+		{name: "repo-sync", n: 500, run: runRepoSync,
+			doc: "N git repositories (50 commits each, plus 3 of 1,000) synced end to end (repos/s) vs raw git clone --mirror over the same endpoint; then one push's event to synced"},
 		{name: "resync-all", n: 1_000_000, run: runResyncAll,
 			doc: "resync of N synced rows in batches, as geoctl resync --all (rows/s) vs raw batched UPDATE of the same columns; target 1,000,000 in 20 s"},
 	}
@@ -131,6 +138,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "event-lag: records created at -rate before the measured ones (connections, plans and caches warm up), synced but not counted; the warm-up then goes on at the rate until the secondary has caught up (a tenth of a second's records, or 10, or fewer unsynced; at most 10s more)")
 	fs.IntVar(&o.batch, "batch", 0, "backfill, resync-all: keyset batch, geo and raw alike (0: geo's default, 10000)")
 	fs.StringVar(&o.dir, "dir", "", "directory for storage roots (empty: a temporary directory, removed at the end)")
+	fs.StringVar(&o.storage, "storage", storageDir, "sync-small, sync-large, verify: the secondary's storage, dir (a directory) or s3 (a bucket on a throwaway versitygw, opened by URL; the raw loops then PUT to and GET from the same server)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured geo phase to this file")
 	fs.BoolVar(&o.verbose, "v", false, "log the secondary's warnings to stderr")
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -176,6 +184,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.n < 0 || o.size < 0 || o.concurrency < 0 || o.rate <= 0 || o.duration <= 0 || o.batch < 0 || o.warmup < 0 {
 		fmt.Fprintln(stderr, "geobench: -n, -size, -concurrency, -batch and -warmup must not be negative; -rate and -duration must be positive")
+		return 2
+	}
+
+	switch {
+	case o.storage == storageDir:
+	case o.storage == storageS3 && (name == "sync-small" || name == "sync-large" || name == "verify"):
+	default:
+		fmt.Fprintf(stderr, "%v: %q is not a storage for %s (dir; s3 for sync-small, sync-large and verify)\n", errStorage, o.storage, name)
 		return 2
 	}
 
@@ -236,8 +252,11 @@ func (r *result) add(name, format string, args ...any) {
 
 func (r *result) print(w io.Writer, o options) {
 	rss := peakRSSMiB()
-	fmt.Fprintf(w, "geobench %s (n=%d size=%d concurrency=%d durable=%v binary_parameters=%v)\n",
-		r.scenario, o.n, o.size, o.concurrency, o.durable, o.binary)
+	fmt.Fprintf(w, "geobench %s (n=%d size=%d concurrency=%d durable=%v binary_parameters=%v storage=%s)\n",
+		r.scenario, o.n, o.size, o.concurrency, o.durable, o.binary, o.storage)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.add("load average", "%s (1, 5, 15 min, at the end)", strings.Join(strings.Fields(string(la))[:3], " "))
+	}
 	width := 0
 	for _, row := range r.rows {
 		width = max(width, len(row[0]))
