@@ -37,7 +37,7 @@ func lastPosition(t *testing.T, db *sqlx.DB, id int64) events.Position {
 }
 
 // readAll reads r to its end and closes it.
-func readBlob(t *testing.T, r *replicator.BlobReader) []byte {
+func readFrom(t *testing.T, r *replicator.BlobReader) []byte {
 	t.Helper()
 	b, err := io.ReadAll(r)
 	require.NoError(t, err)
@@ -88,7 +88,7 @@ func TestOpenReadsThroughBeforeSyncThenLocal(t *testing.T) {
 	require.Equal(t, int64(len(want)), rd.Size)
 	require.Len(t, rd.Checksum, 64)
 	remoteSum := rd.Checksum
-	require.Equal(t, want, readBlob(t, rd), "bytes read through")
+	require.Equal(t, want, readFrom(t, rd), "bytes read through")
 	require.Equal(t, 1, f.Transfers.Count("item", id), "transfers after the read-through")
 	row, err := sec.Store().Get(ctx, "item", id)
 	require.NoError(t, err, "the read-through makes the record's row")
@@ -117,7 +117,7 @@ func TestOpenReadsThroughBeforeSyncThenLocal(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, replicator.ReadLocal, rd.Source, "read after the sync")
 		require.Equal(t, remoteSum, rd.Checksum, "the local copy's checksum")
-		require.Equal(t, want, readBlob(t, rd))
+		require.Equal(t, want, readFrom(t, rd))
 		require.False(t, rd.Fresh.IsZero(), "a local read says how fresh it is")
 	}
 	require.Equal(t, synced, f.Transfers.Count("item", id), "transfers: local reads transfer nothing")
@@ -160,7 +160,7 @@ func TestOpenAfterPositionNeverServesOlderBytes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadLocal, rd.Source, "read at the create's position once synced")
 	require.False(t, rd.Fresh.Less(p1), "Fresh %v before After %v", rd.Fresh, p1)
-	require.Equal(t, v1, readBlob(t, rd))
+	require.Equal(t, v1, readFrom(t, rd))
 
 	// The type is paused: the update's event is handled (the row turns
 	// pending) but its sync cannot run.
@@ -174,7 +174,7 @@ func TestOpenAfterPositionNeverServesOlderBytes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadPrimary, rd.Source, "read after an unsynced change")
 	require.False(t, rd.Fresh.Less(p2))
-	require.Equal(t, v2, readBlob(t, rd), "bytes at or after the change's position")
+	require.Equal(t, v2, readFrom(t, rd), "bytes at or after the change's position")
 
 	// With Wait: it waits for the sync, which the pause holds back.
 	type result struct {
@@ -205,14 +205,14 @@ func TestOpenAfterPositionNeverServesOlderBytes(t *testing.T) {
 	}
 	require.NoError(t, res.err)
 	require.Equal(t, replicator.ReadLocal, res.rd.Source, "waited read")
-	require.Equal(t, v2, readBlob(t, res.rd), "waited read's bytes")
+	require.Equal(t, v2, readFrom(t, res.rd), "waited read's bytes")
 
 	// Without a position, a local copy says how fresh it is.
 	rd, err = r.Open(ctx, "item", id, nil)
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadLocal, rd.Source)
 	require.False(t, rd.Fresh.Less(p2), "Fresh %v: the cursor it read at", rd.Fresh)
-	require.Equal(t, v2, readBlob(t, rd))
+	require.Equal(t, v2, readFrom(t, rd))
 }
 
 // WaitSynced returns once the write's event is handled and its row
@@ -352,11 +352,11 @@ func TestOpenAfterPositionNotYetConsumed(t *testing.T) {
 	rd, err := sec.Open(ctx, "item", id, &replicator.ReadOptions{After: p2})
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadPrimary, rd.Source, "read at a Position the secondary has not reached")
-	require.Equal(t, v2, readBlob(t, rd), "bytes at the change's position")
+	require.Equal(t, v2, readFrom(t, rd), "bytes at the change's position")
 	rd, err = sec.Open(ctx, "item", id, nil)
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadLocal, rd.Source, "read without a Position: the local copy, as fresh as the cursor")
-	require.Equal(t, v1, readBlob(t, rd))
+	require.Equal(t, v1, readFrom(t, rd))
 	require.True(t, rd.Fresh.Less(p2), "Fresh %v says the copy may predate %v", rd.Fresh, p2)
 
 	// An update under a new key: the row's key is no longer the record's,
@@ -366,5 +366,5 @@ func TestOpenAfterPositionNotYetConsumed(t *testing.T) {
 	rd, err = sec.Open(ctx, "item", id, nil)
 	require.NoError(t, err)
 	require.Equal(t, replicator.ReadPrimary, rd.Source, "read after the record's key changed")
-	require.Equal(t, v3, readBlob(t, rd))
+	require.Equal(t, v3, readFrom(t, rd))
 }

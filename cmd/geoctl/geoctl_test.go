@@ -253,7 +253,7 @@ func TestGeoctlHelpVersionCompletionAndTypos(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errOut, "Run 'geoctl failures --help' for usage.")
 
-	for _, c := range []string{"migrate", "status", "resync", "reverify", "pause", "resume", "failures", "ui"} {
+	for _, c := range []string{"migrate", "status", "resync", "reverify", "pause", "resume", "failures", "ui", "promote"} {
 		out, _, code := g.run(c, "--help")
 		require.Equal(t, 0, code, c)
 		require.Contains(t, out, "Examples:\n  geoctl ", "geoctl %s --help has no Example section", c)

@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, rawStdout, rawStderr io.Writer) int
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "geoctl",
-		Short: "Operate geo: migrate, status, resync, reverify, pause, resume, failures, ui",
+		Short: "Operate geo: migrate, status, resync, reverify, pause, resume, failures, ui, promote",
 		Long: `geoctl operates a geo secondary through its tracking database: it works
 without the secondary process running (several processes may share the
 database; they all see what geoctl changes at their next poll).
@@ -149,7 +149,7 @@ Exit codes: 0 ok, 1 error, 2 usage error.`,
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "give up on one database operation after this long (resync and reverify --all/--failed: on one batch)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	root.AddCommand(a.migrateCmd(), a.statusCmd(), a.resyncCmd(), a.reverifyCmd(),
-		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd(), a.uiCmd())
+		a.pauseCmd("pause"), a.pauseCmd("resume"), a.failuresCmd(), a.uiCmd(), a.promoteCmd())
 	for _, c := range root.Commands() {
 		if ex, ok := examples[c.Name()]; ok {
 			c.Example = ex
@@ -183,6 +183,9 @@ var examples = map[string]string{
 	"failures": `  geoctl failures
   geoctl failures --type package_file --limit 20
   geoctl failures --after package_file:4711 -o json`,
+	"promote": `  geoctl promote --dry-run --primary-database-url "$STANDBY_DB"
+  geoctl promote --pg-promote --primary-database-url "$STANDBY_DB"
+  geoctl promote --already-promoted --force   # after pg_ctl promote, accepting what the preflight listed`,
 	"ui": `  geoctl ui
   geoctl ui --listen 127.0.0.1:9090 --primary-database-url "$PRIMARY_STANDBY_DB"
   geoctl ui --allow-actions --title "secondary eu-west"`,

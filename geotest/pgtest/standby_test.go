@@ -20,7 +20,7 @@ func TestStandbyReplicates(t *testing.T) {
 	defer cancel()
 	primary, err := pgtest.StartCluster(ctx, pgtest.Options{})
 	if err != nil {
-		t.Skipf("no throwaway cluster: %v", err)
+		t.Fatalf("no throwaway cluster (needs initdb/pg_ctl: apt-get install postgresql): %v", err)
 	}
 	defer primary.Stop()
 
