@@ -31,9 +31,9 @@ func TestConformance(t *testing.T) { geotest.RunBlobStrategy(t, harness()) }
 func TestConformanceObjectStorage(t *testing.T) {
 	srv := s3test.New()
 	t.Cleanup(func() { _ = srv.Stop() })
-	for _, st := range geotest.ObjectStorage() {
+	for _, st := range geotest.ObjectStorage() { // s3-s3, dir-s3, s3-dir
 		t.Run(st.String(), func(t *testing.T) {
-			h := harness()
+			h := harness() // the same Harness as TestConformance
 			h.Storage, h.S3 = st, srv
 			geotest.RunBlobStrategy(t, h)
 		})
