@@ -203,7 +203,7 @@ func (c *repoClause) waitFor(what string, cond func() (bool, string)) {
 	c.Helper()
 	deadline, _ := c.ctx.Deadline()
 	limit := max(time.Until(deadline)-5*time.Second, time.Second)
-	if err := eventually(c.h.Stall, limit, cond); err != nil {
+	if err := eventually(c.h.Stall, limit, true, cond); err != nil {
 		c.failf("%s: %v", what, err)
 	}
 }

@@ -87,7 +87,7 @@ type Harness struct {
 	// deadline a slow machine must meet. 0 means ClauseTimeoutDefault.
 	Timeout time.Duration
 	// Stall fails a wait within a clause whose condition shows no
-	// progress (the state it reports does not change) for this long; a
+	// progress (it reports no state it has not reported before) for this long; a
 	// wait that keeps progressing runs on until the clause's Timeout. 0
 	// means StallDefault.
 	Stall time.Duration
@@ -253,7 +253,7 @@ func (c *clause) waitFor(what string, cond func() (bool, string)) {
 	if limit < time.Second {
 		limit = time.Second
 	}
-	if err := eventually(c.h.Stall, limit, cond); err != nil {
+	if err := eventually(c.h.Stall, limit, true, cond); err != nil {
 		c.failf("%s: %v", what, err)
 	}
 }

@@ -399,23 +399,37 @@ func WaitFor(tb TB, stall time.Duration, what string, cond func() (bool, string)
 // explanation stays the same for stall or, progress or not, after
 // WaitHangFactor times stall (see WaitFor).
 func Eventually(stall time.Duration, cond func() (bool, string)) error {
-	return eventually(stall, WaitHangFactor*stall, cond)
+	return eventually(stall, WaitHangFactor*stall, false, cond)
 }
 
 // eventually is Eventually with its hang guard given: it gives up when
-// cond's explanation is unchanged for stall or after limit in all.
-func eventually(stall, limit time.Duration, cond func() (bool, string)) error {
+// cond's explanation is unchanged for stall or after limit in all. With
+// newOnly (the conformance suites' clause waits) only an explanation
+// never given before is progress: a clause whose state keeps returning to
+// where it was (a row flapping between started and failed on a checksum
+// mismatch that never heals) fails after stall instead of running to the
+// clause's watchdog.
+// eventuallySeenMax bounds the explanations eventually remembers.
+const eventuallySeenMax = 10_000
+
+func eventually(stall, limit time.Duration, newOnly bool, cond func() (bool, string)) error {
 	start := time.Now()
-	var last string
-	changed := start
+	seen := map[string]bool{} // explanations given so far
+	last, changed := "", start
 	for n := 0; ; n++ {
 		ok, why := cond()
 		if ok {
 			return nil
 		}
 		now := time.Now()
-		if n == 0 || why != last {
+		if !newOnly && (n == 0 || why != last) {
 			last, changed = why, now
+		}
+		if newOnly && !seen[why] {
+			if len(seen) >= eventuallySeenMax {
+				clear(seen) // bounded memory; a new explanation is still progress
+			}
+			seen[why], changed = true, now
 		}
 		switch {
 		case now.Sub(changed) >= stall:
