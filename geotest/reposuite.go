@@ -142,39 +142,14 @@ type repoSuite struct {
 
 // repoClause is one repository clause's context.
 type repoClause struct {
-	T
-	name string
-	ctx  context.Context
-	h    RepositoryHarness
-	git  *gitrepo.Git
-}
-
-func (c *repoClause) failf(format string, args ...any) {
-	c.Helper()
-	c.Fatalf("%s: %s", c.name, fmt.Sprintf(format, args...))
-}
-
-func (c *repoClause) check(err error, what string) {
-	c.Helper()
-	if err != nil {
-		c.failf("%s: %v", what, err)
-	}
+	clauseCtx
+	h   RepositoryHarness
+	git *gitrepo.Git
 }
 
 // run executes one clause under the same watchdog as the blob suite's.
 func (s *repoSuite) run(t T, name string, f func(c *repoClause)) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.h.Timeout)
-	defer cancel()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-done:
-		case <-time.After(s.h.Timeout + time.Minute):
-			panic(fmt.Sprintf("geotest: clause %s hung past its watchdog (%v)", name, s.h.Timeout))
-		}
-	}()
-	f(&repoClause{T: t, name: name, ctx: ctx, h: s.h, git: s.git})
+	runClause(t, name, s.h.Timeout, s.h.Stall, func(cc clauseCtx) { f(&repoClause{clauseCtx: cc, h: s.h, git: s.git}) })
 }
 
 // world builds a fresh primary with the harness's repository type.
@@ -197,15 +172,6 @@ func (c *repoClause) secondaryConfig(w *World, s strategy.RepositoryStrategy) re
 	cfg.ConsistencyInterval = time.Hour
 	cfg.Retry = strategy.Backoff{Base: 100 * time.Millisecond, Max: time.Second}
 	return cfg
-}
-
-func (c *repoClause) waitFor(what string, cond func() (bool, string)) {
-	c.Helper()
-	deadline, _ := c.ctx.Deadline()
-	limit := max(time.Until(deadline)-5*time.Second, time.Second)
-	if err := eventually(c.h.Stall, limit, true, cond); err != nil {
-		c.failf("%s: %v", what, err)
-	}
 }
 
 func (c *repoClause) converged(w *World, sec strategy.RepositoryStrategy) {

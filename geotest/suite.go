@@ -179,45 +179,70 @@ func Run(t T, h Harness) {
 
 type suite struct{ h Harness }
 
-// clause is one subtest's context: its name, a deadline-bound context, and
-// the T to report on.
-type clause struct {
+// clauseCtx is what every conformance clause has, blob or repository:
+// the T to report on, the clause's name for messages, a context ending at
+// the clause's deadline, and the Stall its waits allow.
+type clauseCtx struct {
 	T
-	name string
-	ctx  context.Context
-	h    Harness
+	name  string
+	ctx   context.Context
+	stall time.Duration
 }
 
 // failf fails the clause with "clause: got X, want Y" style messages.
-func (c *clause) failf(format string, args ...any) {
+func (c *clauseCtx) failf(format string, args ...any) {
 	c.Helper()
 	c.Fatalf("%s: %s", c.name, fmt.Sprintf(format, args...))
 }
 
-func (c *clause) check(err error, what string) {
+func (c *clauseCtx) check(err error, what string) {
 	c.Helper()
 	if err != nil {
 		c.failf("%s: %v", what, err)
 	}
 }
 
-// run executes one clause under a watchdog: its context ends at the
-// deadline (every wait in the suite honours it), and if the clause is
+// waitFor waits until cond holds; it fails the clause when cond gives no
+// explanation it has not given before for the Stall (no progress), or at
+// the clause's deadline.
+func (c *clauseCtx) waitFor(what string, cond func() (bool, string)) {
+	c.Helper()
+	// Stop waiting a little before the clause's deadline, so the last look
+	// at the state (in the failure message) still has a live context.
+	deadline, _ := c.ctx.Deadline()
+	limit := max(time.Until(deadline)-5*time.Second, time.Second)
+	if err := eventually(c.stall, limit, true, cond); err != nil {
+		c.failf("%s: %v", what, err)
+	}
+}
+
+// runClause executes one clause under a watchdog: its context ends after
+// timeout (every wait in the suites honours it), and if the clause is
 // still running a minute later the process panics with the clause's name
 // rather than hang CI.
-func (s *suite) run(t T, name string, f func(c *clause)) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.h.Timeout)
+func runClause(t T, name string, timeout, stall time.Duration, f func(c clauseCtx)) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
 		select {
 		case <-done:
-		case <-time.After(s.h.Timeout + time.Minute):
-			panic(fmt.Sprintf("geotest: clause %s hung past its watchdog (%v)", name, s.h.Timeout))
+		case <-time.After(timeout + time.Minute):
+			panic(fmt.Sprintf("geotest: clause %s hung past its watchdog (%v)", name, timeout))
 		}
 	}()
-	f(&clause{T: t, name: name, ctx: ctx, h: s.h})
+	f(clauseCtx{T: t, name: name, ctx: ctx, stall: stall})
+}
+
+// clause is one blob clause's context.
+type clause struct {
+	clauseCtx
+	h Harness
+}
+
+func (s *suite) run(t T, name string, f func(c *clause)) {
+	runClause(t, name, s.h.Timeout, s.h.Stall, func(cc clauseCtx) { f(&clause{clauseCtx: cc, h: s.h}) })
 }
 
 // world builds a fresh primary for the clause.
@@ -239,23 +264,6 @@ func (c *clause) secondaryConfig(w *World, s strategy.BlobStrategy) replicator.S
 	cfg := w.SecondaryConfig(s)
 	cfg.ConsistencyInterval = time.Hour
 	return cfg
-}
-
-// waitFor waits until cond holds; it fails the clause when cond's
-// explanation stays the same for Harness.Stall (no progress), or at the
-// clause's deadline.
-func (c *clause) waitFor(what string, cond func() (bool, string)) {
-	c.Helper()
-	// Stop waiting a little before the clause's deadline, so the last look
-	// at the state (in the failure message) still has a live context.
-	deadline, _ := c.ctx.Deadline()
-	limit := time.Until(deadline) - 5*time.Second
-	if limit < time.Second {
-		limit = time.Second
-	}
-	if err := eventually(c.h.Stall, limit, true, cond); err != nil {
-		c.failf("%s: %v", what, err)
-	}
 }
 
 // synced waits until record id is synced with bytes equal to want.
