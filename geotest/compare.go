@@ -50,6 +50,30 @@ func (d *Diff) note(format string, args ...any) {
 	}
 }
 
+// checkRows counts type name's registry rows left started (Stuck) and
+// those of records not in inScope (Extra): the row checks both kinds'
+// comparisons share.
+func (d *Diff) checkRows(ctx context.Context, tracking *sqlx.DB, name string, inScope map[int64]bool) error {
+	var rows []struct {
+		ID    int64 `db:"model_id"`
+		State int16 `db:"state"`
+	}
+	if err := tracking.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, name); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if registry.State(r.State) == registry.StateStarted {
+			d.Stuck++
+			d.note("%s/%d: left started", name, r.ID)
+		}
+		if !inScope[r.ID] {
+			d.Extra++
+			d.note("%s/%d: registry row for a record not on the primary (or out of scope)", name, r.ID)
+		}
+	}
+	return nil
+}
+
 // String summarises d.
 func (d Diff) String() string {
 	s := fmt.Sprintf("records=%d lost=%d (never arrived=%d stale=%d vanished=%d) corrupted=%d stuck=%d extra=%d temp=%d",
@@ -189,22 +213,8 @@ func CompareSites(ctx context.Context, w Sites, strategies ...strategy.BlobStrat
 			}
 			after = ids[len(ids)-1]
 		}
-		var rows []struct {
-			ID    int64 `db:"model_id"`
-			State int16 `db:"state"`
-		}
-		if err := w.Tracking.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, s.Name()); err != nil {
+		if err := d.checkRows(ctx, w.Tracking, s.Name(), inScope); err != nil {
 			return d, err
-		}
-		for _, r := range rows {
-			if registry.State(r.State) == registry.StateStarted {
-				d.Stuck++
-				d.note("%s/%d: left started", s.Name(), r.ID)
-			}
-			if !inScope[r.ID] {
-				d.Extra++
-				d.note("%s/%d: registry row for a record not on the primary (or out of scope)", s.Name(), r.ID)
-			}
 		}
 	}
 	var others int

@@ -155,22 +155,8 @@ func compareRepositories(ctx context.Context, w RepositorySites, strategies []st
 			}
 			after = ids[len(ids)-1]
 		}
-		var rows []struct {
-			ID    int64 `db:"model_id"`
-			State int16 `db:"state"`
-		}
-		if err := w.Tracking.SelectContext(ctx, &rows, `SELECT model_id, state FROM geo_registry WHERE replicable = $1`, s.Name()); err != nil {
+		if err := d.checkRows(ctx, w.Tracking, s.Name(), inScope); err != nil {
 			return d, err
-		}
-		for _, r := range rows {
-			if registry.State(r.State) == registry.StateStarted {
-				d.Stuck++
-				d.note("%s/%d: left started", s.Name(), r.ID)
-			}
-			if !inScope[r.ID] {
-				d.Extra++
-				d.note("%s/%d: registry row for a record not on the primary (or out of scope)", s.Name(), r.ID)
-			}
 		}
 	}
 	if countOthers {
