@@ -129,6 +129,13 @@ func TestReadHandlerServesBeforeAndAfterSync(t *testing.T) {
 		<-done
 	})
 	waitState(t, sec.Store(), id, registry.StateSynced)
+	// The row can sync by the pass at start before the consumer has
+	// handled an event; the freshness header names the consumer's
+	// position, so wait for one.
+	geotest.WaitFor(t, stall, "event consumer has a position", func() (bool, string) {
+		st := sec.EventStats()
+		return st.Active && !st.Cursor.IsZero(), fmt.Sprintf("%+v", st)
+	})
 	transfers := f.Transfers.Count("item", id)
 
 	// After it: local, with ranges and conditional requests.
